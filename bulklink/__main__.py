@@ -1,0 +1,5 @@
+"""``python -m bulklink`` is the same as the ``bulklink`` command."""
+
+from bulklink.cli import main
+
+main()

@@ -1,0 +1,383 @@
+"""The library's front door: ``run_job``, ``retry_job``, ``link_pairs``, ``read_report``.
+
+The CLI is a thin layer over these. They take the CLI's options as keyword arguments
+(snake_case), never call ``sys.exit`` and print nothing unless given a console; failures
+are exceptions from :mod:`bulklink.errors`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bulklink.assembly import ErrorTally, Layout
+from bulklink.client import DEFAULT_BASE_URL, Client
+from bulklink.console import Console
+from bulklink.credentials import preflight, resolve_auth
+from bulklink.errors import InputError, UsageError
+from bulklink.inputs import DUPLICATE, INVALID_REASONS, SEND, Chunk, Plan, ReadOptions, Table, scan
+from bulklink.job import Job, execute, resolve_report
+from bulklink.models import (
+    RESULT_COLUMNS,
+    TICKET_COLUMNS,
+    Outcome,
+    Pair,
+    Summary,
+)
+from bulklink.report import report_format, unneutralize
+from bulklink.runner import RunSettings
+
+
+def _settings(
+    rate: float, concurrency: int | str | None, max_retries: int, timeout: float, backoff: float
+) -> RunSettings:
+    if rate < 0:
+        raise UsageError("--rate must be 0 (no limit) or more")
+    if concurrency in (None, "auto"):
+        workers = None
+    else:
+        try:
+            workers = int(concurrency)
+        except ValueError:
+            raise UsageError("--concurrency must be a number or 'auto'") from None
+        if not 1 <= workers <= 10_000:
+            raise UsageError("--concurrency must be between 1 and 10000")
+    if max_retries < 0:
+        raise UsageError("--max-retries must be 0 or more")
+    if timeout <= 0:
+        raise UsageError("--timeout must be more than 0 seconds")
+    if backoff < 0:
+        raise UsageError("--backoff must be 0 or more seconds")
+    return RunSettings(
+        rate=rate, concurrency=workers, max_retries=max_retries, timeout=timeout, backoff=backoff
+    )
+
+
+@dataclass(slots=True)
+class DryRun:
+    """What ``--dry-run`` found: per-outcome counts, invalid rows, requests it would send."""
+
+    input: str
+    rows: int
+    would_send: int
+    counts: dict[str, int]
+    invalid_rows: list[tuple[int, str]]
+    sample_requests: list[Pair] = field(default_factory=list)
+    url: str = ""
+
+
+def _spool_stdin(report: Path) -> Path:
+    """Standard input saved beside the report, so a crashed run can be resumed by content."""
+    spool = report.with_name(f".{report.name}.stdin.csv")
+    with spool.open("wb") as fh:
+        shutil.copyfileobj(sys.stdin.buffer, fh)
+    return spool
+
+
+def _open_input(
+    input: str | Path, output: str | Path | None, read: ReadOptions
+) -> tuple[Table, Path, Path | None]:
+    stdin = str(input) == "-"
+    if stdin:
+        if output is None:
+            raise UsageError("reading from standard input ('-') needs -o/--output")
+        report = resolve_report(None, Path(output))
+        report_format(report)
+        spool = _spool_stdin(report)
+        try:
+            return Table(spool, read), report, spool
+        except BaseException:
+            spool.unlink(missing_ok=True)
+            raise
+    path = Path(input)
+    report = resolve_report(path, Path(output) if output is not None else None)
+    report_format(report)
+    return Table(path, read), report, None
+
+
+def run_job(
+    input: str | Path,
+    output: str | Path | None = None,
+    *,
+    base_url: str | None = None,
+    token: str | None = None,
+    token_file: str | Path | None = None,
+    api_key: str | None = None,
+    api_key_file: str | Path | None = None,
+    org_id: str | None = None,
+    rate: float = 10.0,
+    concurrency: int | str | None = "auto",
+    max_retries: int = 5,
+    timeout: float = 30.0,
+    backoff: float = 0.5,
+    source_col: str | None = None,
+    linked_col: str | None = None,
+    sheet: str | None = None,
+    encoding: str | None = None,
+    delimiter: str | None = None,
+    limit: int | None = None,
+    fresh: bool = False,
+    sandbox: bool = False,
+    summary_json: str | Path | None = None,
+    console: Console | None = None,
+    handle_signals: bool = False,
+) -> Summary:
+    """Link every pair in ``input`` and write the report; what ``bulklink run`` does.
+
+    Resumes from the journal of an interrupted run on the same input and report, holds
+    the report's lock, and raises :class:`~bulklink.errors.BulklinkError` subclasses
+    (after writing the report when the run had started).
+    """
+    console = console or Console.silent()
+    settings = _settings(rate, concurrency, max_retries, timeout, backoff)
+    if limit is not None and limit < 0:
+        raise UsageError("--limit must be 0 or more")
+    auth = resolve_auth(
+        token=token,
+        token_file=token_file,
+        api_key=api_key,
+        api_key_file=api_key_file,
+        org_id=org_id,
+        sandbox=sandbox,
+    )
+    console.redact = auth.redact
+    read = ReadOptions(source_col, linked_col, sheet, encoding, _delimiter(delimiter))
+    table, report, spool = _open_input(input, output, read)
+    try:
+        plan = scan(table)
+        layout = Layout(passthrough=list(table.other_cols))
+        return _execute(
+            plan,
+            layout,
+            report,
+            auth,
+            base_url,
+            settings,
+            console,
+            limit,
+            fresh,
+            sandbox,
+            summary_json,
+            handle_signals,
+            f"bulklink run {input}",
+        )
+    finally:
+        if spool is not None:
+            spool.unlink(missing_ok=True)
+
+
+def retry_job(
+    report: str | Path,
+    output: str | Path | None = None,
+    *,
+    base_url: str | None = None,
+    token: str | None = None,
+    token_file: str | Path | None = None,
+    api_key: str | None = None,
+    api_key_file: str | Path | None = None,
+    org_id: str | None = None,
+    rate: float = 10.0,
+    concurrency: int | str | None = "auto",
+    max_retries: int = 5,
+    timeout: float = 30.0,
+    backoff: float = 0.5,
+    limit: int | None = None,
+    fresh: bool = False,
+    sandbox: bool = False,
+    summary_json: str | Path | None = None,
+    console: Console | None = None,
+    handle_signals: bool = False,
+) -> Summary:
+    """Resend a report's ``failed`` and ``skipped`` rows; rewrite it (or ``output``) in place."""
+    console = console or Console.silent()
+    settings = _settings(rate, concurrency, max_retries, timeout, backoff)
+    auth = resolve_auth(
+        token=token,
+        token_file=token_file,
+        api_key=api_key,
+        api_key_file=api_key_file,
+        org_id=org_id,
+        sandbox=sandbox,
+    )
+    console.redact = auth.redact
+    source = Path(report)
+    target = Path(output) if output is not None else source
+    report_format(target)
+    if not target.parent.is_dir():
+        raise UsageError(f"the report's folder does not exist: {target.parent}")
+    table, layout = open_report(source)
+    plan = scan(table, keep=_kept)
+    return _execute(
+        plan,
+        layout,
+        target,
+        auth,
+        base_url,
+        settings,
+        console,
+        limit,
+        fresh,
+        sandbox,
+        summary_json,
+        handle_signals,
+        f"bulklink retry {report}",
+    )
+
+
+def _delimiter(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(value, value)
+    if len(value) != 1:
+        raise UsageError("--delimiter must be one character (or 'tab')")
+    return value
+
+
+def _execute(
+    plan: Plan,
+    layout: Layout,
+    report: Path,
+    auth: Any,
+    base_url: str | None,
+    settings: RunSettings,
+    console: Console,
+    limit: int | None,
+    fresh: bool,
+    sandbox: bool,
+    summary_json: str | Path | None,
+    handle_signals: bool,
+    command: str,
+) -> Summary:
+    to_send = plan.to_send if limit is None else min(plan.to_send, limit)
+    seconds = to_send / settings.rate if settings.rate > 0 else 0.0
+    warning = preflight(auth, seconds) if not sandbox else ""
+    if warning:
+        console.info(warning)
+    job = Job(
+        plan=plan,
+        layout=layout,
+        report=report,
+        auth=auth,
+        base_url=base_url or DEFAULT_BASE_URL,
+        settings=settings,
+        console=console,
+        command=command,
+        fresh=fresh,
+        limit=limit,
+        sandbox=sandbox,
+        handle_signals=handle_signals,
+        summary_json=Path(summary_json) if summary_json else None,
+    )
+    if not sandbox:
+        Client(job.base_url, auth)  # checks the URL's shape before anything is locked
+    return execute(job)
+
+
+def dry_run(
+    input: str | Path,
+    *,
+    base_url: str | None = None,
+    source_col: str | None = None,
+    linked_col: str | None = None,
+    sheet: str | None = None,
+    encoding: str | None = None,
+    delimiter: str | None = None,
+) -> DryRun:
+    """Read and validate ``input`` and say what a run would send; touches nothing."""
+    read = ReadOptions(source_col, linked_col, sheet, encoding, _delimiter(delimiter))
+    if str(input) == "-":
+        with tempfile.TemporaryDirectory() as tmp:
+            spool = Path(tmp) / "stdin.csv"
+            spool.write_bytes(sys.stdin.buffer.read())
+            return _describe(scan(Table(spool, read)), "-", base_url)
+    return _describe(scan(Table(Path(input), read)), str(input), base_url)
+
+
+def _describe(plan: Plan, name: str, base_url: str | None) -> DryRun:
+    counts = {
+        "send": plan.counts.get(SEND, 0),
+        "invalid": sum(plan.counts.get(code, 0) for code in INVALID_REASONS),
+        "duplicate": plan.counts.get(DUPLICATE, 0),
+    }
+    return DryRun(
+        name,
+        plan.rows,
+        counts["send"],
+        counts,
+        plan.invalid_examples[:20],
+        plan.send_examples,
+        (base_url or DEFAULT_BASE_URL).rstrip("/"),
+    )
+
+
+# -- reports read back ---------------------------------------------------------------
+REQUIRED = ("row", "sourceTicketId", "linkedTicketId", "success", "outcome", "attempts")
+
+
+def open_report(path: Path) -> tuple[Table, Layout]:
+    """A report written by ``run`` as a table, with its result columns told apart."""
+    table = Table(path, ReadOptions("sourceTicketId", "linkedTicketId"), report=True)
+    missing = [c for c in REQUIRED if c not in table.columns]
+    if missing:
+        raise InputError(f"{path} is not a bulklink report: no column {', '.join(missing)}")
+    ours = set(RESULT_COLUMNS) | set(TICKET_COLUMNS)
+    extra = [
+        c.removeprefix("ticket.")
+        for c in table.columns
+        if c.startswith("ticket.") and c not in ours
+    ]
+    passthrough = [c for c in table.other_cols if c not in ours and not c.startswith("ticket.")]
+    return table, Layout(passthrough=passthrough, extra_fields=extra, retry=True)
+
+
+def _kept(chunk: Chunk) -> list[bool]:
+    """Rows ``retry`` leaves alone: linked, invalid, and duplicates of a linked row."""
+    outcomes = chunk.columns["outcome"]
+    success = chunk.columns["success"]
+    keep = []
+    for outcome, ok in zip(outcomes, success, strict=True):
+        outcome = str(outcome).strip()
+        if outcome not in {o.value for o in Outcome}:
+            raise InputError(f"unknown outcome {outcome!r} in the report")
+        keep.append(
+            outcome in ("linked", "invalid")
+            or (outcome == "duplicate" and str(ok).strip().lower() == "true")
+        )
+    return keep
+
+
+def read_report(report: str | Path) -> Summary:
+    """Counts, failures by error and rows to retry, from a report in any format; no network."""
+    path = Path(report)
+    table, _ = open_report(path)
+    summary = Summary(report=str(path))
+    tally = ErrorTally()
+    unsuccessful = 0
+    for chunk in table.chunks():
+        cols = chunk.columns
+        for at, outcome in enumerate(cols["outcome"]):
+            outcome = str(outcome).strip()
+            if outcome not in summary.counts:
+                raise InputError(
+                    f"{path}: unknown outcome {outcome!r} in row {at + chunk.start + 1}"
+                )
+            summary.counts[outcome] += 1
+            if str(cols["success"][at]).strip().lower() != "true":
+                unsuccessful += 1
+                if outcome != "duplicate":
+                    error = cols["error"][at] if "error" in cols else ""
+                    tally.add(
+                        cols["row"][at],
+                        unneutralize(str(error or "")),
+                        chunk.source[at],
+                        chunk.linked[at],
+                    )
+        summary.rows += len(chunk)
+    summary.errors = tally.groups()
+    summary.retryable_rows = summary.counts["failed"] + summary.counts["skipped"]
+    summary.exit_code = 1 if unsuccessful else 0
+    return summary

@@ -1,0 +1,487 @@
+"""The ``bulklink`` command: parse options, call :mod:`bulklink.api`, map errors to exit codes.
+
+Heavy libraries (pandas, aiohttp) are imported inside the commands that need them, so
+``bulklink --help`` starts quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from bulklink.console import Console
+    from bulklink.models import Summary
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_CODES = """\b
+Exit codes: 0 every row linked (or a duplicate of a linked row); 1 some rows not
+linked; 2 usage or input error, nothing sent; 3 credentials rejected (run stopped);
+75 another run holds the report; 130/143 interrupted by SIGINT/SIGTERM."""
+
+
+def _connection_options(func: F) -> F:
+    options = [
+        click.option(
+            "--base-url",
+            envvar="THENA_BASE_URL",
+            show_envvar=True,
+            help="API base URL.  [default: https://platform.thena.ai]",
+        ),
+        click.option(
+            "--token",
+            envvar="THENA_TOKEN",
+            show_envvar=True,
+            metavar="TOKEN",
+            help="Bearer token. Prefer the THENA_TOKEN variable or --token-file: a "
+            "token on the command line is visible to other users in the "
+            "process list.",
+        ),
+        click.option(
+            "--token-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Read the Bearer token from this file.",
+        ),
+        click.option(
+            "--api-key",
+            envvar="THENA_API_KEY",
+            show_envvar=True,
+            metavar="KEY",
+            help="Send x-api-key instead of a Bearer token (app keys are what Thena "
+            "recommends for production). Prefer the variable or --api-key-file.",
+        ),
+        click.option(
+            "--api-key-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Read the API key from this file.",
+        ),
+        click.option(
+            "--org-id",
+            envvar="THENA_ORG_ID",
+            show_envvar=True,
+            help="Organization ID sent as x-org-id (required with a Bearer token).",
+        ),
+        click.option(
+            "--rate",
+            type=click.FloatRange(min=0),
+            default=10.0,
+            show_default=True,
+            help="At most this many requests started per second, retries included; "
+            "0 = no limit. Lowered automatically while the server answers 429.",
+        ),
+        click.option(
+            "--concurrency",
+            default="auto",
+            show_default=True,
+            metavar="N|auto",
+            help="Requests in flight at most. 'auto' starts at 16 and grows (up to "
+            "256) to rate x latency, so a slow API still gets the full rate.",
+        ),
+        click.option(
+            "--max-retries",
+            type=click.IntRange(min=0),
+            default=5,
+            show_default=True,
+            help="Retries of a transient failure (5xx, 408, 429, timeout, "
+            "connection error) before the row fails.",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=30.0,
+            show_default=True,
+            help="Seconds allowed for one request.",
+        ),
+        click.option(
+            "--backoff",
+            type=click.FloatRange(min=0),
+            default=0.5,
+            show_default=True,
+            help="First retry delay in seconds; doubles per retry (capped at 30 s), "
+            "with random jitter.",
+        ),
+        click.option(
+            "--limit",
+            type=click.IntRange(min=0),
+            default=None,
+            help="Send only the first N pairs that would be sent (a canary run); the "
+            "rest are 'skipped' so `bulklink retry` can finish the job.",
+        ),
+        click.option(
+            "--fresh",
+            is_flag=True,
+            help="Ignore the journal of an interrupted earlier run and start over.",
+        ),
+        click.option(
+            "--sandbox",
+            is_flag=True,
+            help="Run against the embedded API simulator on 127.0.0.1 (no token "
+            "needed): try the tool safely.",
+        ),
+        click.option(
+            "--progress/--no-progress",
+            default=None,
+            help="Progress bar on stderr.  [default: on when stderr is a terminal; "
+            "otherwise a log line every 10 s]",
+        ),
+        click.option(
+            "-q",
+            "--quiet",
+            is_flag=True,
+            help="Print nothing on success; on failure only the summary and errors.",
+        ),
+        click.option(
+            "--log-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Append timestamped log lines (progress, notes, summary) here.",
+        ),
+        click.option(
+            "--summary-json",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Write a machine-readable summary here (counts, top errors, "
+            "timestamps, elapsed seconds, report path, exit code).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="bulklink")
+def cli() -> None:
+    """Link Thena tickets in bulk from a CSV or Excel file of (source, linked) pairs.
+
+    \b
+    Examples:
+      bulklink run samples/pairs.csv --sandbox
+      THENA_TOKEN=... THENA_ORG_ID=... bulklink run pairs.csv --rate 20
+      bulklink retry pairs.results.csv
+    """
+
+
+def _console(quiet: bool, progress: bool | None, log_file: Path | None) -> Console:
+    from bulklink.console import Console
+
+    return Console(stream=sys.stderr, quiet=quiet, progress=progress, log_file=log_file)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"bulklink: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _print_summary(console: Console, summary: Summary) -> None:
+    important = summary.exit_code != 0
+    for group in summary.errors:
+        rows = ", ".join(str(r) for r in group.example_rows)
+        more = ", ..." if group.count > len(group.example_rows) else ""
+        console.summary(
+            f"  {group.count} x {group.error}  (rows {rows}{more})", important=important
+        )
+    counts = ", ".join(f"{name} {n}" for name, n in summary.counts.items())
+    resumed = f" ({summary.resumed_rows} done earlier)" if summary.resumed_rows else ""
+    console.summary(
+        f"{counts} | {summary.rows} rows{resumed} in {summary.elapsed:.1f}s | "
+        f"report: {summary.report}",
+        important=important,
+    )
+
+
+def _write_summary_json(path: Path | None, summary: Summary) -> None:
+    if path is not None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+
+def _run_and_report(
+    console: Console, summary_json: Path | None, call: Callable[[], Summary]
+) -> None:
+    from bulklink.errors import BulklinkError, CredentialsRejected, Interrupted
+
+    try:
+        try:
+            summary = call()
+        except (CredentialsRejected, Interrupted) as exc:
+            if exc.summary is not None:
+                _print_summary(console, exc.summary)
+                _write_summary_json(summary_json, exc.summary)
+            console.error(f"bulklink: {exc}")
+            sys.exit(exc.exit_code)
+        except BulklinkError as exc:
+            console.error(f"bulklink: error: {console.redact(str(exc))}")
+            sys.exit(exc.exit_code)
+        _print_summary(console, summary)
+        _write_summary_json(summary_json, summary)
+        sys.exit(summary.exit_code)
+    finally:
+        console.close()
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  bulklink run samples/pairs.csv --sandbox
+  bulklink run tickets.xlsx --sheet Links --dry-run
+  THENA_TOKEN=$(cat ~/.thena-token) THENA_ORG_ID=org_123 \\
+    bulklink run export.csv --rate 20 --limit 10      # a canary run of 10 rows
+
+"""
+    + EXIT_CODES
+)
+@click.argument("input", metavar="INPUT")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The report (.csv, .xlsx or .jsonl).  [default: INPUT's stem + .results.csv, beside it]",
+)
+@click.option(
+    "--source-col",
+    help="Column of source ticket IDs.  [default: detected: "
+    "sourceTicketId, Source Ticket ID, source_ticket_id, source]",
+)
+@click.option("--linked-col", help="Column of linked ticket IDs.  [default: detected likewise]")
+@click.option("--sheet", help="Excel sheet to read.  [default: the first]")
+@click.option(
+    "--encoding", help="CSV encoding.  [default: UTF-8 (with or without BOM), else cp1252]"
+)
+@click.option(
+    "--delimiter", help="CSV delimiter ('tab' for a tab).  [default: detected among , ; tab |]"
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Read and validate only: print what would be sent; send nothing and write nothing.",
+)
+@_connection_options
+def run(
+    input: str,
+    output: Path | None,
+    dry_run: bool,
+    progress: bool | None,
+    quiet: bool,
+    log_file: Path | None,
+    summary_json: Path | None,
+    **options: Any,
+) -> None:
+    """Link every (source, linked) pair in INPUT (.csv, .tsv or .xlsx; '-' = CSV on stdin).
+
+    Writes a report with one row per input row. An interrupted run (crash, kill, Ctrl-C)
+    resumes where it stopped when run again with the same input and report.
+    """
+    from bulklink.errors import BulklinkError
+
+    if dry_run:
+        from bulklink.api import dry_run as plan
+
+        read = {
+            k: options[k] for k in ("source_col", "linked_col", "sheet", "encoding", "delimiter")
+        }
+        try:
+            info = plan(input, base_url=options["base_url"], **read)
+        except BulklinkError as exc:
+            _fail(str(exc), exc.exit_code)
+        _print_dry_run(info)
+        return
+    from bulklink.api import run_job
+
+    console = _console(quiet, progress, log_file)
+    _run_and_report(
+        console,
+        summary_json,
+        lambda: run_job(
+            input, output, console=console, handle_signals=True, summary_json=None, **options
+        ),
+    )
+
+
+def _print_dry_run(info: Any) -> None:
+    click.echo(
+        f"{info.input}: {info.rows} rows: would send {info.counts['send']}, "
+        f"invalid {info.counts['invalid']}, duplicate {info.counts['duplicate']} "
+        "(nothing sent)"
+    )
+    if info.invalid_rows:
+        click.echo("invalid rows:")
+        for row, reason in info.invalid_rows:
+            click.echo(f"  row {row}: {reason}")
+        if info.counts["invalid"] > len(info.invalid_rows):
+            click.echo(f"  ... and {info.counts['invalid'] - len(info.invalid_rows)} more")
+    if info.sample_requests:
+        click.echo("first requests:")
+        for pair in info.sample_requests:
+            body = json.dumps({"sourceTicketId": pair.source, "linkedTicketId": pair.linked})
+            click.echo(f"  row {pair.row}: PATCH {info.url}/v1/tickets/link {body}")
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  bulklink retry pairs.results.csv
+  bulklink retry nightly.xlsx -o nightly.retried.xlsx --rate 5
+
+"""
+    + EXIT_CODES
+)
+@click.argument("report", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the updated report here.  [default: rewrite REPORT in place]",
+)
+@_connection_options
+def retry(
+    report: Path,
+    output: Path | None,
+    progress: bool | None,
+    quiet: bool,
+    log_file: Path | None,
+    summary_json: Path | None,
+    **options: Any,
+) -> None:
+    """Resend the failed and skipped rows of REPORT (written by `run`, any format).
+
+    Linked, invalid and duplicate rows are kept exactly as they were; `attempts`
+    accumulates.
+    """
+    from bulklink.api import retry_job
+
+    console = _console(quiet, progress, log_file)
+    _run_and_report(
+        console,
+        summary_json,
+        lambda: retry_job(report, output, console=console, handle_signals=True, **options),
+    )
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  bulklink report pairs.results.csv
+  bulklink report nightly.xlsx --json | jq .counts
+
+Exit code: 0 if every row is linked, 1 otherwise, 2 if REPORT cannot be read."""
+)
+@click.argument("report", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the same as JSON.")
+def report(report: Path, as_json: bool) -> None:
+    """Summarize REPORT without touching the network: counts, failures by error, rows to retry."""
+    from bulklink.api import read_report
+    from bulklink.errors import BulklinkError
+
+    try:
+        info = read_report(report)
+    except BulklinkError as exc:
+        _fail(str(exc), exc.exit_code)
+    if as_json:
+        click.echo(json.dumps(info.to_dict(), indent=2))
+    else:
+        click.echo(
+            f"{report}: {info.rows} rows: " + ", ".join(f"{k} {v}" for k, v in info.counts.items())
+        )
+        if info.errors:
+            click.echo("failures by error (most common first):")
+            for group in info.errors:
+                rows = ", ".join(str(r) for r in group.example_rows)
+                click.echo(f"  {group.count} x {group.error}  (e.g. rows {rows})")
+        if info.retryable_rows:
+            click.echo(f"{info.retryable_rows} rows to retry: bulklink retry {report}")
+        else:
+            click.echo("nothing to retry")
+    sys.exit(0 if info.all_linked else 1)
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  bulklink sandbox --port 8080
+  bulklink sandbox --latency 0.3 --error-rate 0.05 --rate-limit 20
+  bulklink sandbox --token secret --org-id org_1   # then: THENA_BASE_URL=http://127.0.0.1:8080"""
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port (0 = any free one).",
+)
+@click.option(
+    "--latency",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds added to every answer.",
+)
+@click.option(
+    "--error-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of requests answered with a transient 503.",
+)
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Requests per second allowed before answering 429 with X-RateLimit-* "
+    "headers (0 = no limit).",
+)
+@click.option("--retry-after", is_flag=True, help="Add Retry-After to 429s (Thena does not).")
+@click.option("--token", help="Require this Bearer token (default: accept any).")
+@click.option("--api-key", help="Accept this x-api-key.")
+@click.option("--org-id", help="Require this x-org-id.")
+@click.option(
+    "--unknown-prefix",
+    default="MISSING",
+    show_default=True,
+    help="Ticket IDs starting with this answer 404.",
+)
+@click.option("--seed", type=int, help="Seed for the fault injection.")
+def sandbox(
+    host: str,
+    port: int,
+    latency: float,
+    error_rate: float,
+    rate_limit: float,
+    retry_after: bool,
+    token: str | None,
+    api_key: str | None,
+    org_id: str | None,
+    unknown_prefix: str,
+    seed: int | None,
+) -> None:
+    """Serve a local simulator of Thena's link endpoint (PATCH /v1/tickets/link)."""
+    from bulklink.sandbox import SandboxConfig, run_forever
+
+    config = SandboxConfig(
+        token=token,
+        api_key=api_key,
+        org_id=org_id,
+        latency=latency,
+        error_rate=error_rate,
+        rate_limit=rate_limit,
+        retry_after=retry_after,
+        seed=seed,
+        unknown_prefix=unknown_prefix,
+        record=False,
+    )
+    run_forever(
+        config,
+        host,
+        port,
+        lambda url: click.echo(f"sandbox listening on {url} (Ctrl-C to stop)", err=True),
+    )
+
+
+def main() -> None:
+    cli(prog_name="bulklink")

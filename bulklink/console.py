@@ -1,0 +1,146 @@
+"""What a run says while it works: notes, a progress bar or periodic log lines, a log file.
+
+At a terminal the progress is a bar on stderr; without one (cron, CI, a pipe) it is a
+plain log line at most every ``LOG_EVERY`` seconds, never a carriage return. ``quiet``
+silences everything but errors on stderr; the log file, when given, gets every line
+with a timestamp whatever ``quiet`` says. The library default prints nothing at all.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+LOG_EVERY = 10.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class Console:
+    """Where a run's words go. ``Console.silent()`` is the library's default."""
+
+    def __init__(
+        self,
+        *,
+        stream: IO[str] | None = None,
+        quiet: bool = False,
+        progress: bool | None = None,
+        log_file: Path | None = None,
+        redact: Callable[[str], str] = lambda s: s,
+    ) -> None:
+        self.stream = stream
+        self.quiet = quiet
+        tty = stream is not None and stream.isatty()
+        self.bar_wanted = (tty if progress is None else progress) and not quiet and stream
+        self.log_lines = (
+            stream is not None
+            and not quiet
+            and not self.bar_wanted
+            and (progress is None or progress)
+        )
+        self.redact = redact
+        self._log: IO[str] | None = None
+        if log_file is not None:
+            self._log = log_file.open("a", encoding="utf-8")
+        self._bar: Any = None
+        self._total = 0
+        self._done = 0
+        self._t0 = time.monotonic()
+        self._last_line = 0.0
+
+    @classmethod
+    def silent(cls) -> Console:
+        return cls()
+
+    def _to_log(self, text: str) -> None:
+        if self._log is not None:
+            stamp = datetime.now(UTC).isoformat(timespec="seconds")
+            self._log.write(f"{stamp} {text}\n")
+            self._log.flush()
+
+    def _say(self, text: str, *, force: bool = False) -> None:
+        text = self.redact(text)
+        self._to_log(text)
+        if self.stream is not None and (force or not self.quiet):
+            if self._bar is not None:
+                self._bar.write(text, file=self.stream)
+            else:
+                print(text, file=self.stream, flush=True)
+
+    def info(self, text: str) -> None:
+        self._say(text)
+
+    def error(self, text: str) -> None:
+        self._say(text, force=True)
+
+    def summary(self, text: str, *, important: bool) -> None:
+        """The closing lines: shown even with ``quiet`` when something needs attention."""
+        self._say(text, force=important)
+
+    # -- progress -----------------------------------------------------------------------
+    def start_progress(self, total: int) -> None:
+        self._total = total
+        self._t0 = self._last_line = time.monotonic()
+        if self.bar_wanted and total:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=total,
+                file=self.stream,
+                unit="row",
+                dynamic_ncols=True,
+                smoothing=0.1,
+                leave=False,
+            )
+
+    def progress(self, done: int, in_flight: int) -> None:
+        if self._bar is not None:
+            self._bar.update(done - self._done)
+            self._bar.set_postfix_str(f"in flight {in_flight}", refresh=False)
+        self._done = done
+        now = time.monotonic()
+        if self._bar is None and now - self._last_line >= LOG_EVERY and self._total:
+            self._last_line = now
+            line = self._line(done, now)
+            self._to_log(line)
+            if self.log_lines:
+                print(line, file=self.stream, flush=True)
+
+    def _line(self, done: int, now: float) -> str:
+        elapsed = now - self._t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self._total - done) / rate if rate > 0 else 0.0
+        pct = 100.0 * done / self._total if self._total else 100.0
+        return (
+            f"progress: {done}/{self._total} rows ({pct:.1f}%), {rate:.1f} rows/s, "
+            f"ETA {_duration(eta)}"
+        )
+
+    def finish_progress(self, done: int) -> None:
+        if self._bar is not None:
+            self._bar.update(done - self._done)
+            self._bar.close()
+            self._bar = None
+        self._done = done
+
+    def close(self) -> None:
+        self.finish_progress(self._done)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def out(text: str) -> None:
+    """Standard output, for what a command is asked to print (dry-run, report)."""
+    sys.stdout.write(text + "\n")

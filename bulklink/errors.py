@@ -1,0 +1,72 @@
+"""The exceptions bulklink raises, one tree so callers can catch what they mean.
+
+    BulklinkError                 base of everything below; ``exit_code`` is the CLI's
+    ├── UsageError                bad options or environment (exit 2)
+    │   └── TokenExpiredError     the Bearer JWT's ``exp`` is in the past (exit 2)
+    ├── InputError                the input file cannot be used; nothing was sent (exit 2)
+    ├── LockedError               another run holds the report's lock (exit 75)
+    ├── CredentialsRejected       the API answered 401/403; the run stopped (exit 3)
+    └── Interrupted               SIGINT/SIGTERM stopped the run (exit 130/143)
+
+``CredentialsRejected`` and ``Interrupted`` carry the :class:`~bulklink.models.Summary` of
+the run so far when they come out of :func:`bulklink.run_job`: the report was still written.
+Messages never contain the token or API key.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bulklink.models import Summary
+
+
+class BulklinkError(Exception):
+    """Base of every error bulklink raises on purpose."""
+
+    exit_code: int = 1
+
+
+class UsageError(BulklinkError):
+    """Options or environment do not make a runnable job."""
+
+    exit_code = 2
+
+
+class TokenExpiredError(UsageError):
+    """The Bearer token's JWT ``exp`` claim is already past: sending would only collect 401s."""
+
+
+class InputError(BulklinkError):
+    """The input file is missing, unreadable, of an unknown kind or lacks the ID columns."""
+
+    exit_code = 2
+
+
+class LockedError(BulklinkError):
+    """Another process is working on the same report; two runs would trample each other."""
+
+    exit_code = 75
+
+
+class _StoppedWithSummary(BulklinkError):
+    """A run that stopped early but still wrote its report."""
+
+    def __init__(self, message: str, summary: Summary | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+class CredentialsRejected(_StoppedWithSummary):
+    """The API answered 401 or 403: the token, key or org is wrong, so no row can succeed."""
+
+    exit_code = 3
+
+
+class Interrupted(_StoppedWithSummary):
+    """A signal stopped the run; undone rows are ``skipped`` and the journal allows a resume."""
+
+    def __init__(self, message: str, signum: int, summary: Summary | None = None) -> None:
+        super().__init__(message, summary)
+        self.signum = signum
+        self.exit_code = 128 + signum

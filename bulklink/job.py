@@ -1,0 +1,260 @@
+"""A whole job, from a file to a report: what ``bulklink run`` and ``retry`` do, as a library.
+
+This is the layer that owns the run's lifetime: the lock, the journal, the input
+passes, the event loop's signal handlers, the report commit and the summary. It prints
+nothing itself; everything it has to say goes through a :class:`~bulklink.console.Console`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bulklink.assembly import Assembler, Layout
+from bulklink.client import Auth, Client
+from bulklink.console import Console
+from bulklink.errors import CredentialsRejected, Interrupted, UsageError
+from bulklink.inputs import SEND, Chunk, Plan
+from bulklink.journal import Journal, journal_path
+from bulklink.lock import hold
+from bulklink.models import Outcome, Pair, Summary
+from bulklink.report import open_writer
+from bulklink.runner import Runner, RunSettings
+
+MAX_LEAD_ROWS = 200_000  # input rows read ahead of the report cursor before the feed waits
+BATCH = 1024
+
+
+@dataclass(slots=True)
+class Job:
+    """Everything a run needs, resolved and checked; built by :mod:`bulklink.api`."""
+
+    plan: Plan
+    layout: Layout
+    report: Path
+    auth: Auth
+    base_url: str
+    settings: RunSettings
+    console: Console
+    command: str
+    fresh: bool = False
+    limit: int | None = None
+    sandbox: bool = False
+    handle_signals: bool = True
+    summary_json: Path | None = None
+
+
+def execute(job: Job) -> Summary:
+    """Run the job under its lock; raise for aborts after the report is written."""
+    started = datetime.now(UTC)
+    t0 = time.monotonic()
+    with hold(job.report, job.command):
+        journal, note = Journal.open(
+            journal_path(job.report), job.plan.key, job.plan.rows, fresh=job.fresh
+        )
+        if note:
+            job.console.info(note)
+        writer = open_writer(job.report, job.layout.extra_fields, job.layout.passthrough)
+        assembler = Assembler(job.plan, job.layout, journal, writer)
+        try:
+            stop_reason, signum = asyncio.run(_run(job, journal, assembler))
+            writer.commit()
+        except BaseException:
+            writer.discard()
+            journal.close()
+            raise
+        if stop_reason:
+            journal.close()  # kept: a rerun resumes from it
+        else:
+            journal.remove()
+    summary = Summary(
+        report=str(job.report),
+        rows=job.plan.rows,
+        counts={o.value: assembler.counts.get(o.value, 0) for o in Outcome},
+        errors=assembler.errors.groups(),
+        retryable_rows=assembler.counts["failed"] + assembler.counts["skipped"],
+        resumed_rows=journal.resumed,
+        started=started.isoformat(timespec="seconds"),
+        finished=datetime.now(UTC).isoformat(timespec="seconds"),
+        elapsed=time.monotonic() - t0,
+        exit_code=1 if assembler.unsuccessful else 0,
+        stopped=stop_reason,
+    )
+    if stop_reason == "credentials rejected":
+        summary.exit_code = 3
+        raise CredentialsRejected(
+            "the API rejected the credentials (HTTP 401/403): check the token or API key "
+            "and the org ID; nothing more was sent",
+            summary,
+        )
+    if signum:
+        summary.exit_code = 128 + signum
+        raise Interrupted(f"interrupted by {signal.Signals(signum).name}", signum, summary)
+    return summary
+
+
+async def _run(job: Job, journal: Journal, assembler: Assembler) -> tuple[str, int]:
+    console = job.console
+    to_send = journal.pending(job.plan.codes == SEND)
+    if job.limit is not None:
+        to_send = min(to_send, job.limit)
+    async with (
+        _endpoint(job) as base_url,
+        Client(
+            base_url,
+            job.auth,
+            timeout=job.settings.timeout,
+            max_connections=job.settings.concurrency or 256,
+        ) as client,
+    ):
+        runner = Runner(client, job.settings, assembler.accept)
+        signum = 0
+        loop = asyncio.get_running_loop()
+
+        def on_signal(sig: int) -> None:
+            nonlocal signum
+            if signum and sig == signal.SIGINT:
+                os._exit(130)  # second Ctrl-C: now; every finished row is in the journal
+            if not signum:
+                signum = sig
+                name = signal.Signals(sig).name
+                console.info(
+                    f"{name}: finishing requests in flight, then writing the report "
+                    "(Ctrl-C again to quit at once)"
+                )
+                runner.stop(f"interrupted by {name}")
+
+        handled = _install_signals(loop, on_signal) if job.handle_signals else []
+        ticker = asyncio.create_task(_tick(job, journal, assembler, runner, to_send))
+        stream = _ChunkStream(job.plan.table.chunks())
+        try:
+            await runner.run(_feed(job, journal, assembler, stream, runner))
+            while (chunk := await stream.get()) is not None:
+                assembler.add_chunk(chunk)
+        finally:
+            ticker.cancel()
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+            stream.close()
+        if runner.stop_reason:
+            assembler.skip_reason = f"not attempted: {runner.stop_reason}"
+        elif job.limit is not None:
+            assembler.skip_reason = f"not attempted (--limit {job.limit})"
+        assembler.finish()
+        journal.sync()
+        console.finish_progress(assembler.done_this_run)
+        return runner.stop_reason, signum
+
+
+@contextlib.asynccontextmanager
+async def _endpoint(job: Job) -> AsyncIterator[str]:
+    """The base URL to call: the embedded sandbox's when asked for, else the configured one."""
+    if not job.sandbox:
+        yield job.base_url
+        return
+    from bulklink.sandbox import Sandbox, SandboxConfig
+
+    async with Sandbox(SandboxConfig(record=False)) as sandbox:
+        yield sandbox.url
+
+
+def _install_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[int], None]) -> list[int]:
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    handled: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, handler, sig)
+        handled.append(sig)
+    return handled
+
+
+async def _tick(
+    job: Job, journal: Journal, assembler: Assembler, runner: Runner, total: int
+) -> None:
+    """Twice a second: progress; once a second: fsync the journal (off the event loop)."""
+    job.console.start_progress(total)
+    last_sync = time.monotonic()
+    while True:
+        await asyncio.sleep(0.5)
+        job.console.progress(assembler.done_this_run, runner.in_flight)
+        if time.monotonic() - last_sync >= 1.0 and journal.dirty:
+            journal.dirty = False
+            last_sync = time.monotonic()
+            await asyncio.to_thread(journal.fsync_now)
+
+
+class _ChunkStream:
+    """Input chunks read in a worker thread, one ahead, so pandas never blocks the loop."""
+
+    def __init__(self, chunks: Iterator[Chunk]) -> None:
+        self._chunks = chunks
+        self._next: asyncio.Future[Chunk | None] | None = None
+        self._done = False
+
+    def _prefetch(self) -> asyncio.Future[Chunk | None]:
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(None, next, self._chunks, None)
+
+    async def get(self) -> Chunk | None:
+        if self._done:
+            return None
+        future = self._next or self._prefetch()
+        chunk = await future
+        self._next = self._prefetch() if chunk is not None else None
+        self._done = chunk is None
+        return chunk
+
+    def close(self) -> None:
+        if self._next is not None and not self._next.done():
+            self._next.cancel()
+
+
+async def _feed(
+    job: Job, journal: Journal, assembler: Assembler, stream: _ChunkStream, runner: Runner
+) -> AsyncIterator[list[Pair]]:
+    """Batches of pairs still to send, in input order, honouring --limit and back-pressure."""
+    codes = job.plan.codes
+    budget = job.limit
+    while (chunk := await stream.get()) is not None:
+        assembler.add_chunk(chunk)
+        batch: list[Pair] = []
+        source, linked, start = chunk.source, chunk.linked, chunk.start
+        for at in range(len(chunk)):
+            index = start + at
+            if codes[index] != SEND or journal.done(index + 1):
+                continue
+            if budget is not None:
+                if budget <= 0:
+                    break
+                budget -= 1
+            batch.append(Pair(index + 1, source[at], linked[at]))
+            if len(batch) >= BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+        if budget is not None and budget <= 0:
+            return
+        while assembler.lead > MAX_LEAD_ROWS and not runner.stop_reason:
+            assembler.moved.clear()
+            await assembler.moved.wait()
+
+
+def resolve_report(input_path: Path | None, output: Path | None) -> Path:
+    if output is None:
+        if input_path is None:
+            raise UsageError("reading from standard input needs -o/--output")
+        output = input_path.with_name(f"{input_path.stem}.results.csv")
+    if input_path is not None and output.resolve() == input_path.resolve():
+        raise UsageError("the report would overwrite the input; choose another -o/--output")
+    if not output.parent.is_dir():
+        raise UsageError(f"the report's folder does not exist: {output.parent}")
+    return output

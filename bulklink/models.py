@@ -1,0 +1,160 @@
+"""Plain data shared by every layer: outcomes, pairs, results and the run's summary."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The ticket fields Thena documents for the link endpoint's answer, in its order. The
+#: report always has a ``ticket.<field>`` column for each, so its shape never depends on
+#: which rows succeeded.
+TICKET_FIELDS: tuple[str, ...] = (
+    "id",
+    "title",
+    "ticketId",
+    "description",
+    "accountId",
+    "status",
+    "statusId",
+    "priority",
+    "priorityId",
+    "storyPoints",
+    "account",
+    "teamId",
+    "teamName",
+    "isPrivate",
+    "typeId",
+    "type",
+    "assignedAgent",
+    "assignedAgentId",
+    "assignedAgentEmail",
+    "requestorEmail",
+    "customerContactId",
+    "customerContactFirstName",
+    "customerContactLastName",
+    "customerContactEmail",
+    "submitterEmail",
+    "customFieldValues",
+    "deletedAt",
+    "archivedAt",
+    "createdAt",
+    "updatedAt",
+    "formId",
+    "aiGeneratedTitle",
+    "aiGeneratedSummary",
+)
+
+#: The report's leading columns, before the ``ticket.*`` ones.
+RESULT_COLUMNS: tuple[str, ...] = (
+    "row",
+    "sourceTicketId",
+    "linkedTicketId",
+    "success",
+    "outcome",
+    "http_status",
+    "error",
+    "attempts",
+)
+TICKET_COLUMNS: tuple[str, ...] = tuple(f"ticket.{name}" for name in TICKET_FIELDS)
+
+
+class Outcome(enum.StrEnum):
+    """What became of one input row."""
+
+    LINKED = "linked"
+    FAILED = "failed"
+    INVALID = "invalid"
+    DUPLICATE = "duplicate"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """One link to make; ``row`` is the 1-based data row it came from."""
+
+    row: int
+    source: str
+    linked: str
+
+
+@dataclass(slots=True)
+class Result:
+    """What happened to one pair. ``body`` is the raw 2xx answer, kept for the journal."""
+
+    row: int
+    outcome: Outcome
+    http_status: int | None
+    error: str
+    attempts: int
+    ticket: dict[str, Any] | None = None
+    body: bytes | None = None
+
+    @property
+    def success(self) -> bool:
+        return self.outcome is Outcome.LINKED
+
+
+@dataclass(frozen=True, slots=True)
+class LinkResult:
+    """One pair's result as :func:`bulklink.link_pairs` yields it."""
+
+    source: str
+    linked: str
+    outcome: Outcome
+    http_status: int | None
+    error: str
+    attempts: int
+    ticket: dict[str, Any] | None
+
+    @property
+    def success(self) -> bool:
+        return self.outcome is Outcome.LINKED
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorGroup:
+    """Failures that share one error text, with a few example rows to look at."""
+
+    error: str
+    count: int
+    example_rows: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class Summary:
+    """The run's outcome in numbers: what the CLI prints and ``--summary-json`` writes."""
+
+    report: str
+    rows: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: {o.value: 0 for o in Outcome})
+    errors: list[ErrorGroup] = field(default_factory=list)
+    retryable_rows: int = 0
+    resumed_rows: int = 0
+    started: str = ""
+    finished: str = ""
+    elapsed: float = 0.0
+    exit_code: int = 0
+    stopped: str = ""
+
+    @property
+    def all_linked(self) -> bool:
+        return self.exit_code == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "report": self.report,
+            "rows": self.rows,
+            "counts": dict(self.counts),
+            "errors": [
+                {"error": g.error, "count": g.count, "example_rows": list(g.example_rows)}
+                for g in self.errors
+            ],
+            "retryable_rows": self.retryable_rows,
+            "resumed_rows": self.resumed_rows,
+            "started": self.started,
+            "finished": self.finished,
+            "elapsed_seconds": round(self.elapsed, 3),
+            "exit_code": self.exit_code,
+            "stopped": self.stopped,
+        }

@@ -1,0 +1,129 @@
+"""When the next request may start: the rate limit, 429 pauses and the adaptive rate.
+
+The limiter is an ``aiolimiter.AsyncLimiter`` with capacity ``1 + slack`` and refill R/s,
+where ``slack < 1`` is chosen so that no window of one second can hold more than R+1
+starts (a bucket of capacity ``b`` allows at most ``b + R*T`` starts in any ``T`` seconds)
+while timer wake-ups that run late are absorbed instead of lost. A bucket of capacity R
+would let 2R through in the first second; capacity 1 loses every late wake-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+
+from aiolimiter import AsyncLimiter
+
+MIN_RATE = 0.2  # requests/s the adaptive rate never goes below
+DECREASE = 0.9  # multiplicative decrease on a 429, applied to what the server accepted
+INCREASE_EVERY = 1.0  # seconds between additive increases while no 429 arrives
+
+
+def bucket_capacity(rate: float) -> float:
+    """Capacity keeping every 1-second window at or under ``floor(R) + 1`` starts."""
+    return 1.0 + 0.5 * (math.floor(rate) + 1.0 - rate)
+
+
+class Pacer:
+    """Gate every request start (retries included) goes through.
+
+    ``rate`` is the ceiling asked for (0 = none). After a 429 the pacer pauses all
+    dispatch until the server's reset time and lowers its own rate to a little under what
+    the server accepted in the last second; it then creeps back up (AIMD) while no 429
+    comes, never above the ceiling.
+    """
+
+    def __init__(
+        self, rate: float, *, adaptive: bool = True, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ceiling = rate
+        self.adaptive = adaptive
+        self.clock = clock
+        self.current: float = rate  # 0 = unlimited
+        self._limiter: AsyncLimiter | None = None
+        self._paused_until = 0.0
+        self._last_decrease = -math.inf
+        self._last_increase = 0.0
+        self._accepted: deque[float] = deque()
+        self.throttled = 0
+        self.requests = 0
+        if rate > 0:
+            self._limiter = self._make_limiter(rate, primed=False)
+
+    @staticmethod
+    def _make_limiter(rate: float, *, primed: bool) -> AsyncLimiter:
+        capacity = bucket_capacity(rate)
+        limiter = AsyncLimiter(capacity, capacity / rate)
+        if primed:
+            # A fresh bucket is empty and would allow a small burst at every rate change.
+            limiter._level = capacity
+        return limiter
+
+    @property
+    def idle(self) -> bool:
+        """True when a request may start without awaiting anything (the --rate 0 fast path)."""
+        return self._limiter is None and self._paused_until <= self.clock()
+
+    async def wait(self) -> None:
+        """Block until this request may start."""
+        while True:
+            delay = self._paused_until - self.clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            limiter = self._limiter
+            if limiter is None:
+                return
+            await limiter.acquire()
+            # A token from a limiter replaced meanwhile (the rate changed) does not count.
+            if limiter is self._limiter and self._paused_until <= self.clock():
+                return
+
+    def pause(self, seconds: float) -> None:
+        """Hold every new request for ``seconds`` (the server's Retry-After or reset)."""
+        self._paused_until = max(self._paused_until, self.clock() + seconds)
+
+    def on_answer(self, sent_at: float, throttled: bool) -> None:
+        """Feed every answer back: 429s lower the rate, quiet seconds raise it again."""
+        now = self.clock()
+        self.requests += 1
+        if throttled:
+            self.throttled += 1
+            if self.adaptive and sent_at >= self._last_decrease:
+                self._decrease(now)
+            return
+        self._accepted.append(now)
+        while self._accepted and self._accepted[0] < now - 1.0:
+            self._accepted.popleft()
+        if (
+            self.adaptive
+            and self.current != self.ceiling
+            and now - self._last_increase >= INCREASE_EVERY
+            and now - self._last_decrease >= INCREASE_EVERY
+        ):
+            self._last_increase = now
+            step = max(0.5, 0.02 * self.current)
+            target = self.current + step
+            if self.ceiling > 0:
+                target = min(target, self.ceiling)
+            self._set_rate(target if self.ceiling > 0 or target < 10_000 else 0.0)
+
+    def _decrease(self, now: float) -> None:
+        accepted = len(self._accepted)
+        base = self.current if self.current > 0 else math.inf
+        if accepted:
+            base = min(base, float(accepted))
+        if math.isinf(base):
+            base = 1.0
+        self._last_decrease = now
+        self._last_increase = now
+        self._set_rate(max(MIN_RATE, base * DECREASE))
+
+    def _set_rate(self, rate: float) -> None:
+        if rate == self.current:
+            return
+        self.current = rate
+        self._limiter = self._make_limiter(rate, primed=True) if rate > 0 else None

@@ -1,0 +1,203 @@
+"""The run itself: a bounded pool of workers, pacing, retries with backoff, and stopping.
+
+Workers pull pairs from a shared feed; each makes its requests one at a time, so the
+number of workers is the number of requests in flight. With ``concurrency=None`` (auto)
+the pool starts at 16 and grows, up to 256, to what Little's law asks for: rate x
+latency. Results are handed to ``on_result`` as they finish; the runner keeps none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from bulklink.client import Answer, Client, Verdict
+from bulklink.models import Outcome, Pair, Result
+from bulklink.pacing import Pacer
+
+AUTO_START = 16
+AUTO_CAP = 256
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """How hard to push: the knobs of ``bulklink run`` that shape traffic."""
+
+    rate: float = 10.0
+    concurrency: int | None = None  # None: auto
+    max_retries: int = 5
+    timeout: float = 30.0
+    backoff: float = 0.5  # first retry delay in seconds; doubles each time, with jitter
+    backoff_cap: float = 30.0
+    adaptive: bool = True
+
+    def delay(self, attempt: int) -> float:
+        """Full-jitter exponential backoff: spreads retries so they don't arrive together."""
+        return random.uniform(0, min(self.backoff_cap, self.backoff * 2 ** (attempt - 1)))
+
+
+class Runner:
+    """Links every pair from a feed of batches; one instance per run."""
+
+    def __init__(
+        self,
+        client: Client,
+        settings: RunSettings,
+        on_result: Callable[[Result], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.on_result = on_result
+        self.clock = clock
+        self.pacer = Pacer(settings.rate, adaptive=settings.adaptive, clock=clock)
+        self.stop_reason = ""
+        self.in_flight = 0
+        self.latency = 0.0  # moving average of answer times, for the auto pool size
+        self._queue: deque[Pair] = deque()
+        self._feed: AsyncIterator[list[Pair]] | None = None
+        self._feed_done = False
+        self._refill = asyncio.Lock()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._waiting: set[asyncio.Task[None]] = set()
+
+    @property
+    def workers(self) -> int:
+        return len(self._workers)
+
+    def stop(self, reason: str) -> None:
+        """Dispatch nothing new; requests in flight finish, waiting ones give up."""
+        if self.stop_reason:
+            return
+        self.stop_reason = reason
+        for task in self._waiting:
+            task.cancel()
+
+    async def run(self, feed: AsyncIterator[list[Pair]]) -> None:
+        self._feed = feed
+        size = self.settings.concurrency or AUTO_START
+        for _ in range(size):
+            self._spawn()
+        sizer = None
+        if self.settings.concurrency is None:
+            sizer = asyncio.create_task(self._autosize())
+        try:
+            while self._workers:
+                await asyncio.wait(set(self._workers))
+        finally:
+            if sizer is not None:
+                sizer.cancel()
+            for pair in self._queue:
+                self.on_result(self._unsent(pair, 0, None))
+            self._queue.clear()
+
+    def _spawn(self) -> None:
+        task = asyncio.create_task(self._worker())
+        self._workers.add(task)
+        task.add_done_callback(self._workers.discard)
+
+    async def _autosize(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            rate = self.pacer.current
+            if rate <= 0 or self._feed_done or self.stop_reason:
+                continue
+            want = min(AUTO_CAP, math.ceil(rate * self.latency * 1.5) + 2)
+            for _ in range(want - len(self._workers)):
+                self._spawn()
+
+    async def _next(self) -> Pair | None:
+        if self._queue:
+            return self._queue.popleft()
+        async with self._refill:
+            while not self._queue and not self._feed_done and not self.stop_reason:
+                assert self._feed is not None
+                batch = await anext(self._feed, None)
+                if batch is None:
+                    self._feed_done = True
+                else:
+                    self._queue.extend(batch)
+        return self._queue.popleft() if self._queue and not self.stop_reason else None
+
+    async def _worker(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        while not self.stop_reason:
+            pair = await self._next()
+            if pair is None:
+                return
+            self.on_result(await self._link(pair, task))
+
+    async def _link(self, pair: Pair, task: asyncio.Task[None]) -> Result:
+        settings, pacer = self.settings, self.pacer
+        attempts = 0
+        last: Answer | None = None
+        while True:
+            if not pacer.idle or attempts:
+                self._waiting.add(task)
+                try:
+                    if attempts and not last_throttled(last):
+                        await asyncio.sleep(wait_before_retry(last, attempts, settings))
+                    if not pacer.idle:
+                        await pacer.wait()
+                except asyncio.CancelledError:
+                    if not self.stop_reason:
+                        raise
+                    task.uncancel()
+                finally:
+                    self._waiting.discard(task)
+            if self.stop_reason:
+                return self._unsent(pair, attempts, last)
+            attempts += 1
+            sent = self.clock()
+            self.in_flight += 1
+            try:
+                answer = await self.client.link(pair.source, pair.linked)
+            finally:
+                self.in_flight -= 1
+            now = self.clock()
+            self.latency += (now - sent - self.latency) * 0.1
+            pacer.on_answer(sent, answer.throttled)
+            verdict = answer.verdict
+            if verdict is Verdict.LINKED:
+                return Result(
+                    pair.row,
+                    Outcome.LINKED,
+                    answer.http_status,
+                    "",
+                    attempts,
+                    answer.ticket,
+                    answer.body,
+                )
+            if verdict is Verdict.ABORT:
+                self.stop("credentials rejected")
+            if verdict is not Verdict.RETRY:
+                return Result(pair.row, Outcome.FAILED, answer.http_status, answer.error, attempts)
+            if answer.throttled:
+                pacer.pause(answer.wait if answer.wait is not None else settings.delay(attempts))
+            last = answer
+            if attempts > settings.max_retries:
+                error = f"{answer.error} (gave up after {attempts} attempts)"
+                return Result(pair.row, Outcome.FAILED, answer.http_status, error, attempts)
+
+    def _unsent(self, pair: Pair, attempts: int, last: Answer | None) -> Result:
+        why = f"not attempted: {self.stop_reason or 'run stopped'}"
+        if last is not None:
+            why = f"stopped before retrying ({self.stop_reason}); last: {last.error}"
+        return Result(pair.row, Outcome.SKIPPED, last.http_status if last else None, why, attempts)
+
+
+def last_throttled(answer: Answer | None) -> bool:
+    return answer is not None and answer.throttled
+
+
+def wait_before_retry(answer: Answer | None, attempts: int, settings: RunSettings) -> float:
+    """The server's Retry-After when it gave one, else the backoff for this attempt."""
+    if answer is not None and answer.wait is not None:
+        return answer.wait
+    return settings.delay(attempts)
