@@ -12,15 +12,15 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bulklink.assembly import ErrorTally, Layout
-from bulklink.client import DEFAULT_BASE_URL, Client
+from bulklink.client import DEFAULT_BASE_URL, Auth, Client
 from bulklink.console import Console
 from bulklink.credentials import preflight, resolve_auth
 from bulklink.errors import InputError, UsageError
 from bulklink.inputs import DUPLICATE, INVALID_REASONS, SEND, Chunk, Plan, ReadOptions, Table, scan
 from bulklink.job import Job, execute, resolve_report
+from bulklink.lock import hold
 from bulklink.models import (
     RESULT_COLUMNS,
     TICKET_COLUMNS,
@@ -78,27 +78,6 @@ def _spool_stdin(report: Path) -> Path:
     return spool
 
 
-def _open_input(
-    input: str | Path, output: str | Path | None, read: ReadOptions
-) -> tuple[Table, Path, Path | None]:
-    stdin = str(input) == "-"
-    if stdin:
-        if output is None:
-            raise UsageError("reading from standard input ('-') needs -o/--output")
-        report = resolve_report(None, Path(output))
-        report_format(report)
-        spool = _spool_stdin(report)
-        try:
-            return Table(spool, read), report, spool
-        except BaseException:
-            spool.unlink(missing_ok=True)
-            raise
-    path = Path(input)
-    report = resolve_report(path, Path(output) if output is not None else None)
-    report_format(report)
-    return Table(path, read), report, None
-
-
 def run_job(
     input: str | Path,
     output: str | Path | None = None,
@@ -134,8 +113,6 @@ def run_job(
     """
     console = console or Console.silent()
     settings = _settings(rate, concurrency, max_retries, timeout, backoff)
-    if limit is not None and limit < 0:
-        raise UsageError("--limit must be 0 or more")
     auth = resolve_auth(
         token=token,
         token_file=token_file,
@@ -146,28 +123,31 @@ def run_job(
     )
     console.redact = auth.redact
     read = ReadOptions(source_col, linked_col, sheet, encoding, _delimiter(delimiter))
-    table, report, spool = _open_input(input, output, read)
-    try:
-        plan = scan(table)
-        layout = Layout(passthrough=list(table.other_cols))
-        return _execute(
-            plan,
-            layout,
-            report,
-            auth,
-            base_url,
-            settings,
-            console,
-            limit,
-            fresh,
-            sandbox,
-            summary_json,
-            handle_signals,
-            f"bulklink run {input}",
-        )
-    finally:
-        if spool is not None:
-            spool.unlink(missing_ok=True)
+    stdin = str(input) == "-"
+    if stdin and output is None:
+        raise UsageError("reading from standard input ('-') needs -o/--output")
+    report = resolve_report(None if stdin else Path(input), Path(output) if output else None)
+    common = _Common(
+        report,
+        auth,
+        base_url,
+        settings,
+        console,
+        limit,
+        fresh,
+        sandbox,
+        summary_json,
+        handle_signals,
+        f"bulklink run {input}",
+    )
+    with hold(report, common.command):
+        spool = _spool_stdin(report) if stdin else None
+        try:
+            table = Table(spool or Path(input), read)
+            return _execute(scan(table), Layout(passthrough=list(table.other_cols)), common)
+        finally:
+            if spool is not None:
+                spool.unlink(missing_ok=True)
 
 
 def retry_job(
@@ -205,15 +185,8 @@ def retry_job(
     )
     console.redact = auth.redact
     source = Path(report)
-    target = Path(output) if output is not None else source
-    report_format(target)
-    if not target.parent.is_dir():
-        raise UsageError(f"the report's folder does not exist: {target.parent}")
-    table, layout = open_report(source)
-    plan = scan(table, keep=_kept)
-    return _execute(
-        plan,
-        layout,
+    target = resolve_report(None, Path(output) if output is not None else source)
+    common = _Common(
         target,
         auth,
         base_url,
@@ -226,6 +199,9 @@ def retry_job(
         handle_signals,
         f"bulklink retry {report}",
     )
+    with hold(target, common.command):
+        table, layout = open_report(source)
+        return _execute(scan(table, keep=_kept), layout, common)
 
 
 def _delimiter(value: str | None) -> str | None:
@@ -237,43 +213,52 @@ def _delimiter(value: str | None) -> str | None:
     return value
 
 
-def _execute(
-    plan: Plan,
-    layout: Layout,
-    report: Path,
-    auth: Any,
-    base_url: str | None,
-    settings: RunSettings,
-    console: Console,
-    limit: int | None,
-    fresh: bool,
-    sandbox: bool,
-    summary_json: str | Path | None,
-    handle_signals: bool,
-    command: str,
-) -> Summary:
+@dataclass(frozen=True, slots=True)
+class _Common:
+    """The options ``run`` and ``retry`` share, checked, before the input is read."""
+
+    report: Path
+    auth: Auth
+    base_url: str | None
+    settings: RunSettings
+    console: Console
+    limit: int | None
+    fresh: bool
+    sandbox: bool
+    summary_json: str | Path | None
+    handle_signals: bool
+    command: str
+
+    def __post_init__(self) -> None:
+        report_format(self.report)
+        if self.limit is not None and self.limit < 0:
+            raise UsageError("--limit must be 0 or more")
+        if not self.sandbox:
+            Client(self.base_url or DEFAULT_BASE_URL, self.auth)  # checks the URL's shape
+
+
+def _execute(plan: Plan, layout: Layout, common: _Common) -> Summary:
+    settings, limit = common.settings, common.limit
     to_send = plan.to_send if limit is None else min(plan.to_send, limit)
     seconds = to_send / settings.rate if settings.rate > 0 else 0.0
-    warning = preflight(auth, seconds) if not sandbox else ""
+    warning = preflight(common.auth, seconds) if not common.sandbox else ""
     if warning:
-        console.info(warning)
+        common.console.info(warning)
     job = Job(
         plan=plan,
         layout=layout,
-        report=report,
-        auth=auth,
-        base_url=base_url or DEFAULT_BASE_URL,
+        report=common.report,
+        auth=common.auth,
+        base_url=common.base_url or DEFAULT_BASE_URL,
         settings=settings,
-        console=console,
-        command=command,
-        fresh=fresh,
+        console=common.console,
+        command=common.command,
+        fresh=common.fresh,
         limit=limit,
-        sandbox=sandbox,
-        handle_signals=handle_signals,
-        summary_json=Path(summary_json) if summary_json else None,
+        sandbox=common.sandbox,
+        handle_signals=common.handle_signals,
+        summary_json=Path(common.summary_json) if common.summary_json else None,
     )
-    if not sandbox:
-        Client(job.base_url, auth)  # checks the URL's shape before anything is locked
     return execute(job)
 
 

@@ -193,16 +193,7 @@ def _print_summary(console: Console, summary: Summary) -> None:
     )
 
 
-def _write_summary_json(path: Path | None, summary: Summary) -> None:
-    if path is not None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
-
-
-def _run_and_report(
-    console: Console, summary_json: Path | None, call: Callable[[], Summary]
-) -> None:
+def _run_and_report(console: Console, call: Callable[[], Summary]) -> None:
     from bulklink.errors import BulklinkError, CredentialsRejected, Interrupted
 
     try:
@@ -211,14 +202,12 @@ def _run_and_report(
         except (CredentialsRejected, Interrupted) as exc:
             if exc.summary is not None:
                 _print_summary(console, exc.summary)
-                _write_summary_json(summary_json, exc.summary)
             console.error(f"bulklink: {exc}")
             sys.exit(exc.exit_code)
         except BulklinkError as exc:
             console.error(f"bulklink: error: {console.redact(str(exc))}")
             sys.exit(exc.exit_code)
         _print_summary(console, summary)
-        _write_summary_json(summary_json, summary)
         sys.exit(summary.exit_code)
     finally:
         console.close()
@@ -295,9 +284,13 @@ def run(
     console = _console(quiet, progress, log_file)
     _run_and_report(
         console,
-        summary_json,
         lambda: run_job(
-            input, output, console=console, handle_signals=True, summary_json=None, **options
+            input,
+            output,
+            console=console,
+            handle_signals=True,
+            summary_json=summary_json,
+            **options,
         ),
     )
 
@@ -357,8 +350,14 @@ def retry(
     console = _console(quiet, progress, log_file)
     _run_and_report(
         console,
-        summary_json,
-        lambda: retry_job(report, output, console=console, handle_signals=True, **options),
+        lambda: retry_job(
+            report,
+            output,
+            console=console,
+            handle_signals=True,
+            summary_json=summary_json,
+            **options,
+        ),
     )
 
 

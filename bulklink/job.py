@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -21,13 +22,12 @@ from pathlib import Path
 from bulklink.assembly import Assembler, Layout
 from bulklink.client import Auth, Client
 from bulklink.console import Console
-from bulklink.errors import CredentialsRejected, Interrupted, UsageError
+from bulklink.errors import BulklinkError, CredentialsRejected, Interrupted, UsageError
 from bulklink.inputs import SEND, Chunk, Plan
 from bulklink.journal import Journal, journal_path
-from bulklink.lock import hold
 from bulklink.models import Outcome, Pair, Summary
 from bulklink.report import open_writer
-from bulklink.runner import Runner, RunSettings
+from bulklink.runner import CREDENTIALS_REJECTED, Runner, RunSettings
 
 MAX_LEAD_ROWS = 200_000  # input rows read ahead of the report cursor before the feed waits
 BATCH = 1024
@@ -53,28 +53,27 @@ class Job:
 
 
 def execute(job: Job) -> Summary:
-    """Run the job under its lock; raise for aborts after the report is written."""
+    """Run the job (its lock held by the caller); raise for aborts after writing the report."""
     started = datetime.now(UTC)
     t0 = time.monotonic()
-    with hold(job.report, job.command):
-        journal, note = Journal.open(
-            journal_path(job.report), job.plan.key, job.plan.rows, fresh=job.fresh
-        )
-        if note:
-            job.console.info(note)
-        writer = open_writer(job.report, job.layout.extra_fields, job.layout.passthrough)
-        assembler = Assembler(job.plan, job.layout, journal, writer)
-        try:
-            stop_reason, signum = asyncio.run(_run(job, journal, assembler))
-            writer.commit()
-        except BaseException:
-            writer.discard()
-            journal.close()
-            raise
-        if stop_reason:
-            journal.close()  # kept: a rerun resumes from it
-        else:
-            journal.remove()
+    journal, note = Journal.open(
+        journal_path(job.report), job.plan.key, job.plan.rows, fresh=job.fresh
+    )
+    if note:
+        job.console.info(note)
+    writer = open_writer(job.report, job.layout.extra_fields, job.layout.passthrough)
+    assembler = Assembler(job.plan, job.layout, journal, writer)
+    try:
+        stop_reason, signum = asyncio.run(_run(job, journal, assembler))
+        writer.commit()
+    except BaseException:
+        writer.discard()
+        journal.close()
+        raise
+    if stop_reason:
+        journal.close()  # kept: a rerun resumes from it
+    else:
+        journal.remove()
     summary = Summary(
         report=str(job.report),
         rows=job.plan.rows,
@@ -88,17 +87,29 @@ def execute(job: Job) -> Summary:
         exit_code=1 if assembler.unsuccessful else 0,
         stopped=stop_reason,
     )
-    if stop_reason == "credentials rejected":
-        summary.exit_code = 3
-        raise CredentialsRejected(
+    error: BulklinkError | None = None
+    if stop_reason == CREDENTIALS_REJECTED:
+        error = CredentialsRejected(
             "the API rejected the credentials (HTTP 401/403): check the token or API key "
             "and the org ID; nothing more was sent",
             summary,
         )
-    if signum:
-        summary.exit_code = 128 + signum
-        raise Interrupted(f"interrupted by {signal.Signals(signum).name}", signum, summary)
+    elif signum:
+        error = Interrupted(f"interrupted by {signal.Signals(signum).name}", signum, summary)
+    if error is not None:
+        summary.exit_code = error.exit_code
+    if job.summary_json is not None:
+        write_summary_json(job.summary_json, summary)
+    if error is not None:
+        raise error
     return summary
+
+
+def write_summary_json(path: Path, summary: Summary) -> None:
+    """Atomically, so a monitor polling the file never reads half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 async def _run(job: Job, journal: Journal, assembler: Assembler) -> tuple[str, int]:

@@ -88,9 +88,8 @@ class ReportWriter:
         self.rows = 0
         self._new_extras: dict[str, None] = {}
         self._spool: IO[str] | None = None
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        # A fixed name: the report's lock is held, and a crashed run's leftover is reused.
+        self.tmp = path.with_name(f".{path.name}.bulklink-tmp")
 
     def columns(self, extras: Sequence[str] = ()) -> list[str]:
         ticket_extra = [f"ticket.{name}" for name in (*self.extra_fields, *extras)]

@@ -20,6 +20,7 @@ from bulklink.client import Answer, Client, Verdict
 from bulklink.models import Outcome, Pair, Result
 from bulklink.pacing import Pacer
 
+CREDENTIALS_REJECTED = "credentials rejected"
 AUTO_START = 16
 AUTO_CAP = 256
 
@@ -175,7 +176,7 @@ class Runner:
                     answer.body,
                 )
             if verdict is Verdict.ABORT:
-                self.stop("credentials rejected")
+                self.stop(CREDENTIALS_REJECTED)
             if verdict is not Verdict.RETRY:
                 return Result(pair.row, Outcome.FAILED, answer.http_status, answer.error, attempts)
             if answer.throttled:
