@@ -7,9 +7,11 @@ are exceptions from :mod:`bulklink.errors`.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sys
 import tempfile
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,19 +19,21 @@ from bulklink.assembly import ErrorTally, Layout
 from bulklink.client import DEFAULT_BASE_URL, Auth, Client
 from bulklink.console import Console
 from bulklink.credentials import preflight, resolve_auth
-from bulklink.errors import InputError, UsageError
+from bulklink.errors import CredentialsRejected, InputError, UsageError
 from bulklink.inputs import DUPLICATE, INVALID_REASONS, SEND, Chunk, Plan, ReadOptions, Table, scan
 from bulklink.job import Job, execute, resolve_report
 from bulklink.lock import hold
 from bulklink.models import (
     RESULT_COLUMNS,
     TICKET_COLUMNS,
+    LinkResult,
     Outcome,
     Pair,
+    Result,
     Summary,
 )
 from bulklink.report import report_format, unneutralize
-from bulklink.runner import RunSettings
+from bulklink.runner import AUTO_CAP, CREDENTIALS_REJECTED, Runner, RunSettings
 
 
 def _settings(
@@ -366,3 +370,107 @@ def read_report(report: str | Path) -> Summary:
     summary.retryable_rows = summary.counts["failed"] + summary.counts["skipped"]
     summary.exit_code = 1 if unsuccessful else 0
     return summary
+
+
+async def _each(
+    pairs: Iterable[tuple[str, str]] | AsyncIterable[tuple[str, str]],
+) -> AsyncIterator[tuple[str, str]]:
+    if isinstance(pairs, AsyncIterable):
+        async for pair in pairs:
+            yield pair
+    else:
+        for pair in pairs:
+            yield pair
+
+
+async def link_pairs(
+    pairs: Iterable[tuple[str, str]] | AsyncIterable[tuple[str, str]],
+    *,
+    base_url: str | None = None,
+    token: str | None = None,
+    token_file: str | Path | None = None,
+    api_key: str | None = None,
+    api_key_file: str | Path | None = None,
+    org_id: str | None = None,
+    rate: float = 10.0,
+    concurrency: int | str | None = "auto",
+    max_retries: int = 5,
+    timeout: float = 30.0,
+    backoff: float = 0.5,
+) -> AsyncIterator[LinkResult]:
+    """Link ``(source, linked)`` pairs in the caller's event loop, yielding each result.
+
+    Results come in completion order, one per pair. A blank ID or a self-link is
+    ``invalid`` and not sent. Rate limit, retries and the stop on 401/403 work as in
+    ``run``: after a rejection the remaining pairs come out ``skipped`` and then
+    :class:`~bulklink.errors.CredentialsRejected` is raised. No journal, report or lock:
+    the caller owns the results.
+    """
+    settings = _settings(rate, concurrency, max_retries, timeout, backoff)
+    auth = resolve_auth(
+        token=token,
+        token_file=token_file,
+        api_key=api_key,
+        api_key_file=api_key_file,
+        org_id=org_id,
+    )
+    source = _each(pairs)
+    ids: dict[int, tuple[str, str]] = {}
+    done: asyncio.Queue[Result | None] = asyncio.Queue()
+    counter = 0
+
+    async def feed() -> AsyncIterator[list[Pair]]:
+        nonlocal counter
+        async for raw_source, raw_linked in source:
+            counter += 1
+            pair = Pair(counter, str(raw_source).strip(), str(raw_linked).strip())
+            ids[counter] = (pair.source, pair.linked)
+            if not pair.source or not pair.linked or pair.source == pair.linked:
+                reason = (
+                    "blank ticket ID"
+                    if pair.source == "" or pair.linked == ""
+                    else ("source and linked ticket are the same")
+                )
+                done.put_nowait(Result(counter, Outcome.INVALID, None, reason, 0))
+                continue
+            yield [pair]
+
+    def as_link(result: Result) -> LinkResult:
+        s, d = ids.pop(result.row)
+        return LinkResult(
+            s, d, result.outcome, result.http_status, result.error, result.attempts, result.ticket
+        )
+
+    async with Client(
+        base_url or DEFAULT_BASE_URL,
+        auth,
+        timeout=settings.timeout,
+        max_connections=settings.concurrency or AUTO_CAP,
+    ) as client:
+        runner = Runner(client, settings, done.put_nowait)
+        task = asyncio.create_task(runner.run(feed()))
+        task.add_done_callback(lambda _: done.put_nowait(None))
+        try:
+            while (result := await done.get()) is not None:
+                yield as_link(result)
+            await task
+            while not done.empty():  # invalid pairs queued after the runner finished
+                item = done.get_nowait()
+                if item is not None:
+                    yield as_link(item)
+        finally:
+            if not task.done():
+                runner.stop("the caller stopped reading results")
+                await task
+    if runner.stop_reason == CREDENTIALS_REJECTED:
+        async for raw_source, raw_linked in source:
+            yield LinkResult(
+                str(raw_source).strip(),
+                str(raw_linked).strip(),
+                Outcome.SKIPPED,
+                None,
+                f"not attempted: {CREDENTIALS_REJECTED}",
+                0,
+                None,
+            )
+        raise CredentialsRejected("the API rejected the credentials (HTTP 401/403)")

@@ -8,16 +8,18 @@ nothing itself; everything it has to say goes through a :class:`~bulklink.consol
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from bulklink.assembly import Assembler, Layout
 from bulklink.client import Auth, Client
@@ -29,6 +31,7 @@ from bulklink.models import Outcome, Pair, Summary
 from bulklink.report import open_writer
 from bulklink.runner import CREDENTIALS_REJECTED, Runner, RunSettings
 
+_T = TypeVar("_T")
 MAX_LEAD_ROWS = 200_000  # input rows read ahead of the report cursor before the feed waits
 BATCH = 1024
 
@@ -64,7 +67,7 @@ def execute(job: Job) -> Summary:
     writer = open_writer(job.report, job.layout.extra_fields, job.layout.passthrough)
     assembler = Assembler(job.plan, job.layout, journal, writer)
     try:
-        stop_reason, signum = asyncio.run(_run(job, journal, assembler))
+        stop_reason, signum = _run_to_completion(lambda: _run(job, journal, assembler))
         writer.commit()
     except BaseException:
         writer.discard()
@@ -110,6 +113,17 @@ def write_summary_json(path: Path, summary: Summary) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def _run_to_completion(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """``asyncio.run``, or in a thread of its own when the caller's thread runs a loop already
+    (a notebook, an async application): the job then blocks its caller, as any call does."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bulklink") as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
 
 
 async def _run(job: Job, journal: Journal, assembler: Assembler) -> tuple[str, int]:

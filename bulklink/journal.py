@@ -134,7 +134,11 @@ def _load(path: Path, header: bytes, offsets: array[int]) -> tuple[int, int, str
     with path.open("rb") as fh:
         first = fh.readline()
         if first.rstrip(b"\n") != header:
-            return 0, 0, "the journal beside the report belongs to another input or command: starting fresh"
+            return (
+                0,
+                0,
+                "the journal beside the report belongs to another input or command: starting fresh",
+            )
         end = len(first)
         for line in fh:
             if not line.endswith(b"}\n") or not line.startswith(b'{"r":'):
