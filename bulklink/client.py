@@ -56,7 +56,7 @@ class Auth:
 
     def redact(self, text: str) -> str:
         for secret in (self.token, self.api_key):
-            if secret:
+            if secret and len(secret) >= 4:  # shorter would mangle ordinary words
                 text = text.replace(secret, "***")
         return text
 
