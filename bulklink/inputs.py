@@ -136,7 +136,7 @@ class Table:
         header = next(csv.reader(io.StringIO(text), delimiter=self.delimiter), [])
         if self.encoding == "utf-8-sig" and header:
             header[0] = header[0].removeprefix("\ufeff")
-        return [h.strip() for h in header]
+        return _unique([h.strip() for h in header])
 
     def _open_excel(self) -> list[str]:
         import pandas as pd
@@ -159,7 +159,10 @@ class Table:
         except (zipfile.BadZipFile, KeyError, OSError, TypeError) as exc:
             reason = str(exc) or type(exc).__name__
             raise InputError(f"{self.path} is not a readable .xlsx file ({reason})") from None
-        frame.columns = [str(c).strip() for c in frame.columns]
+        frame.columns = _unique([str(c).strip() for c in frame.columns])
+        if len(frame.columns):
+            # A fully blank row is skipped, as blank lines are in a CSV.
+            frame = frame[(frame != "").any(axis=1)].reset_index(drop=True)
         self._frame = frame
         return list(frame.columns)
 
@@ -193,9 +196,15 @@ class Table:
         import pandas as pd
 
         try:
+            # names + usecols: the header decides the columns. A trailing delimiter on
+            # every row (a common export quirk) or a stray extra cell can then neither
+            # turn the first column into an index nor shift the IDs.
             with pd.read_csv(
                 self.path,
                 sep=self.delimiter,
+                header=0,
+                names=self.columns,
+                usecols=range(len(self.columns)),
                 dtype=str,
                 keep_default_na=False,
                 na_filter=False,
@@ -205,9 +214,7 @@ class Table:
                 engine="c",
                 skip_blank_lines=True,
             ) as reader:
-                for frame in reader:
-                    frame.columns = self.columns
-                    yield frame
+                yield from reader
         except (pd.errors.ParserError, ValueError) as exc:
             raise InputError(f"{self.path} is not valid CSV: {str(exc).strip()}") from None
 
@@ -220,6 +227,20 @@ class Table:
             columns = {c: frame[c].tolist() for c in self.other_cols}
             yield Chunk(start, source, linked, columns)
             start += len(source)
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Header names made unique the way pandas does it (``note``, ``note.1``)."""
+    seen: dict[str, int] = {}
+    out = []
+    for index, name in enumerate(names):
+        name = name or f"column{index + 1}"
+        if name in seen:
+            seen[name] += 1
+            name = f"{name}.{seen[name]}"
+        seen.setdefault(name, 0)
+        out.append(name)
+    return out
 
 
 def _kind(path: Path, report: bool) -> str:

@@ -33,6 +33,14 @@ _KNOWN = frozenset(TICKET_FIELDS)
 API_TEXT_COLUMNS = frozenset({"error", *TICKET_COLUMNS})
 
 
+_RISKY_FIRST = frozenset("=+-@\t\r'")
+
+
+def _api_cell(value: Any) -> str:
+    """A cell of text from the API: formatted, then neutralised."""
+    return neutralize(text_cell(value))
+
+
 def neutralize(text: str) -> str:
     """Prefix a quote to text a spreadsheet would run as a formula; bijective by design."""
     return "'" + text if _RISKY.match(text) else text
@@ -145,15 +153,24 @@ class CsvWriter(ReportWriter):
         extras: dict[str, Any] | None,
         others: Sequence[Any],
     ) -> None:
-        cells = [text_cell(v) for v in head]
-        cells[6] = neutralize(cells[6])
-        cells.extend(neutralize(v) if type(v) is str else text_cell(v) for v in ticket)
+        # The hot path of a fast run: plain text, ints and None go to the csv module as
+        # they are (it writes None as empty); only the rest takes the slow road.
+        cells: list[Any] = [v if v.__class__ is str or v is None else text_cell(v) for v in head]
+        cells[6] = neutralize(cells[6] or "")
+        cells += [
+            v
+            if (v.__class__ is str and (not v or v[0] not in _RISKY_FIRST))
+            or v is None
+            or v.__class__ is int
+            else _api_cell(v)
+            for v in ticket
+        ]
         if self._n_known:
             known = extras or {}
-            cells.extend(neutralize(text_cell(known.get(k))) for k in self.extra_fields)
-        if self._note_extras(extras):
+            cells += [_api_cell(known.get(k)) for k in self.extra_fields]
+        if extras is not None and self._note_extras(extras):
             self._spill(extras)
-        cells.extend(text_cell(v) for v in others)
+        cells += [v if v.__class__ is str else text_cell(v) for v in others]
         self._csv.writerow(cells)
         self.rows += 1
 

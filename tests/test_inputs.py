@@ -236,14 +236,14 @@ def test_utf8_bom_header_is_detected(sandbox: Sandbox, tmp_path: Path, header: l
 
 
 def test_cp1252_bytes_fall_back_and_run(sandbox: Sandbox, tmp_path: Path) -> None:
-    rows = [[*HEAD, "note"], ["A1", "B1", "café"], ["A2", "B2", "naïve – 5€"]]
+    rows = [[*HEAD, "note"], ["A1", "B1", "café"], ["A2", "B2", "naïve \u2013 5€"]]
     path = write_csv(tmp_path / "legacy.csv", rows, encoding="cp1252")
     with pytest.raises(UnicodeDecodeError):
         path.read_bytes().decode("utf-8")
     result = run(sandbox, path)
     assert result.exit_code == 0, result.output
     assert sorted(sent(sandbox)) == [("A1", "B1"), ("A2", "B2")]
-    assert [r["note"] for r in report_of(path)] == ["café", "naïve – 5€"]
+    assert [r["note"] for r in report_of(path)] == ["café", "naïve \u2013 5€"]
 
 
 def test_encoding_option_overrides_detection(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -311,7 +311,6 @@ def test_trailing_delimiter_on_every_row_keeps_the_columns(
     path = tmp_path / "pairs.csv"
     path.write_text("sourceTicketId,linkedTicketId\nA1,B1,\nA2,B2,\n")
     result = run(sandbox, path)
-    assert ("B1", "") not in ids(report_of(path)) if result.exit_code != 2 else True
     assert result.exit_code == 0, result.output
     assert sorted(sent(sandbox)) == [("A1", "B1"), ("A2", "B2")]
     assert ids(report_of(path)) == [("A1", "B1"), ("A2", "B2")]
@@ -347,22 +346,19 @@ def test_repeated_column_name_is_carried_not_a_crash(sandbox: Sandbox, tmp_path:
 
 # -- column detection ------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("source", "linked"),
+    ("header", "row"),
     [
-        ("Source Ticket ID", "Linked Ticket ID"),
-        ("source_ticket_id", "linked_ticket_id"),
-        ("SOURCE-TICKET-ID", "LINKED-TICKET-ID"),
-        ("source", "linked"),
-        ("Linked Ticket ID", "source"),  # order in the file does not matter
+        (["other", "Source Ticket ID", "Linked Ticket ID"], ["o", "A1", "B1"]),
+        (["other", "source_ticket_id", "linked_ticket_id"], ["o", "A1", "B1"]),
+        (["other", "SOURCE-TICKET-ID", "LINKED-TICKET-ID"], ["o", "A1", "B1"]),
+        (["other", "source", "linked"], ["o", "A1", "B1"]),
+        (["other", " Linked Ticket ID ", "Source"], ["o", "B1", "A1"]),  # any order
     ],
+    ids=["spaces", "underscores", "dashes-upper", "aliases", "reversed-order"],
 )
 def test_id_columns_are_detected(
-    sandbox: Sandbox, tmp_path: Path, source: str, linked: str
+    sandbox: Sandbox, tmp_path: Path, header: list[str], row: list[str]
 ) -> None:
-    if source.lower().startswith("linked"):
-        header, row = ["other", source, linked], ["o", "B1", "A1"]
-    else:
-        header, row = ["other", source, linked], ["o", "A1", "B1"]
     path = write_csv(tmp_path / "pairs.csv", [header, row])
     result = run(sandbox, path)
     assert result.exit_code == 0, result.output
@@ -395,9 +391,7 @@ def test_no_recognisable_columns_lists_the_columns(sandbox: Sandbox, tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_explicit_column_not_in_file_is_an_input_error(
-    sandbox: Sandbox, tmp_path: Path
-) -> None:
+def test_explicit_column_not_in_file_is_an_input_error(sandbox: Sandbox, tmp_path: Path) -> None:
     path = write_csv(tmp_path / "pairs.csv", [[*HEAD], ["A", "B"]])
     result = run(sandbox, path, "--source-col", "parent")
     assert result.exit_code == 2, result.output
@@ -647,7 +641,7 @@ def test_dry_run_reports_and_sends_nothing(sandbox: Sandbox, tmp_path: Path) -> 
     assert re.search(r"\binvalid\D{0,3}25\b", out), out
     assert re.search(r"\bduplicate\D{0,3}2\b", out), out
     for row in range(2, 22):  # the first 20 invalid rows, each with its reason
-        reason = "blank" if row % 2 == 0 else "same"
+        reason = "(blank|empty|missing)" if row % 2 == 0 else "(same|itself|self)"
         assert re.search(rf"\brow {row}\b[^\n]*{reason}", out), (row, out)
     for row in range(22, 27):
         assert not re.search(rf"\brow {row}\b", out), (row, out)
