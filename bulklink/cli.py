@@ -207,6 +207,9 @@ def _run_and_report(console: Console, call: Callable[[], Summary]) -> None:
         except BulklinkError as exc:
             console.error(f"bulklink: error: {console.redact(str(exc))}")
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:  # Ctrl-C before any request went out (reading the input)
+            console.error("bulklink: interrupted before anything was sent")
+            sys.exit(130)
         _print_summary(console, summary)
         sys.exit(summary.exit_code)
     finally:

@@ -270,7 +270,8 @@ async def _feed(
             return
         while assembler.lead > MAX_LEAD_ROWS and not runner.stop_reason:
             assembler.moved.clear()
-            await assembler.moved.wait()
+            with contextlib.suppress(TimeoutError):  # wakes to notice a stop, too
+                await asyncio.wait_for(assembler.moved.wait(), 0.5)
 
 
 def resolve_report(input_path: Path | None, output: Path | None) -> Path:

@@ -89,7 +89,14 @@ class Runner:
             sizer = asyncio.create_task(self._autosize())
         try:
             while self._workers:
-                await asyncio.wait(set(self._workers))
+                done, _ = await asyncio.wait(
+                    set(self._workers), return_when=asyncio.FIRST_EXCEPTION
+                )
+                failed = [t for t in done if not t.cancelled() and t.exception() is not None]
+                if failed:  # a bug, not a network fault: stop everyone and let it surface
+                    self.stop("internal error")
+                    await asyncio.gather(*self._workers, return_exceptions=True)
+                    raise failed[0].exception()  # type: ignore[misc]
         finally:
             if sizer is not None:
                 sizer.cancel()
