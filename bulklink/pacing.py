@@ -1,11 +1,11 @@
 """When the next request may start: the rate limit, 429 pauses and the adaptive rate.
 
 The limiter is an ``aiolimiter.AsyncLimiter`` with capacity ``1 + slack`` and refill R/s,
-where ``slack < 1`` (see :func:`bucket_capacity`) is chosen so that no window of one second can hold more than R+1
-starts (a bucket of capacity ``b`` allows at most ``b + R*T`` starts in any ``T`` seconds)
-while timer wake-ups that run late are absorbed instead of lost. A bucket of capacity R
-would let 2R through in the first second; capacity 1 loses every late wake-up.
-"""
+where ``slack < 1`` (see :func:`bucket_capacity`) is chosen so that no window of one
+second can hold more than R+1 starts (a bucket of capacity ``b`` allows at most
+``b + R*T`` starts in any ``T`` seconds) while timer wake-ups that run late are absorbed
+instead of lost. A bucket of capacity R would let 2R through in the first second;
+capacity 1 loses every late wake-up."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ class Pacer:
         self._paused_until = 0.0
         self._last_decrease = -math.inf
         self._last_increase = 0.0
-        self._accepted: deque[float] = deque()
+        self._accepted: deque[float] = deque()  # times of answers other than 429
+        self._answered: deque[float] = deque()  # times of every answer
         self.throttled = 0
         self.requests = 0
         if rate > 0:
@@ -96,14 +97,14 @@ class Pacer:
         """Feed every answer back: 429s lower the rate, quiet seconds raise it again."""
         now = self.clock()
         self.requests += 1
+        self._answered.append(now)
         if throttled:
             self.throttled += 1
             if self.adaptive and sent_at >= self._last_decrease:
                 self._decrease(now)
             return
         self._accepted.append(now)
-        while self._accepted and self._accepted[0] < now - 1.0:
-            self._accepted.popleft()
+        self._forget(now)
         if (
             self.adaptive
             and self.current != self.ceiling
@@ -117,16 +118,26 @@ class Pacer:
                 target = min(target, self.ceiling)
             self._set_rate(target if self.ceiling > 0 or target < 10_000 else 0.0)
 
+    def _forget(self, now: float) -> None:
+        """Keep one second of answers: what the server took is its capacity, give or take."""
+        for window in (self._accepted, self._answered):
+            while window and window[0] < now - 1.0:
+                window.popleft()
+
     def _decrease(self, now: float) -> None:
-        accepted = len(self._accepted)
-        base = self.current if self.current > 0 else math.inf
-        if accepted:
-            base = min(base, float(accepted))
-        if math.isinf(base):
-            base = 1.0
+        """To a little under what the server accepted in the last second.
+
+        Half of what we sent is the floor, so a 429 on the very first requests (nothing
+        accepted yet) does not drop the run to a crawl; only one decrease per round
+        trip, since the 429s of requests sent before it say nothing new.
+        """
+        self._forget(now)
+        estimate = max(float(len(self._accepted)), 0.5 * len(self._answered))
+        if self.current > 0:
+            estimate = min(estimate, self.current)
         self._last_decrease = now
         self._last_increase = now
-        self._set_rate(max(MIN_RATE, base * DECREASE))
+        self._set_rate(max(MIN_RATE, estimate * DECREASE))
 
     def _set_rate(self, rate: float) -> None:
         if rate == self.current:

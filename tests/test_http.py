@@ -7,6 +7,7 @@ import email.utils
 import json
 import math
 import re
+import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ from click.testing import Result
 from multidict import CIMultiDict
 
 from bulklink.client import Verdict, classify
-from bulklink.sandbox import RequestRecord, Reply, Sandbox
+from bulklink.sandbox import Reply, RequestRecord, Sandbox
 from tests.conftest import ORG, TOKEN, invoke, pairs_csv, read_report, run_against, write_csv
 
 FAST = ("--backoff", "0.01", "--no-progress")
@@ -36,12 +37,19 @@ NGINX_502 = (
     "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
     "</body>\r\n</html>\r\n"
     + "<!-- a padding to disable MSIE and Chrome friendly error page -->\r\n" * 6
-    + "<p>" + "lorem ipsum dolor sit amet " * 300 + "</p>"
+    + "<p>"
+    + "lorem ipsum dolor sit amet " * 300
+    + "</p>"
 )
 
 
 def jbytes(obj: Any) -> bytes:
     return json.dumps(obj).encode()
+
+
+def nest(status: int, message: str) -> bytes:
+    """A NestJS-style error body."""
+    return jbytes({"statusCode": status, "message": message, "error": "Error"})
 
 
 def source_of(record: RequestRecord) -> str:
@@ -61,10 +69,8 @@ def source_of(record: RequestRecord) -> str:
             [],
             id="200-status-true",
         ),
-        pytest.param(
-            200, b"<html>down for maintenance</html>", Verdict.FAIL, ["down for maintenance"],
-            id="200-not-json",
-        ),  # fmt: skip
+        pytest.param(200, b"<html>down for maintenance</html>", Verdict.FAIL,
+                     ["down for maintenance"], id="200-not-json"),
         pytest.param(
             200,
             jbytes({"status": False, "message": "Link rejected by workflow", "data": None}),
@@ -76,21 +82,16 @@ def source_of(record: RequestRecord) -> str:
         pytest.param(404, jbytes(NEST_404), Verdict.FAIL, ["Ticket not found: T9"], id="404"),
         pytest.param(409, jbytes(NEST_409), Verdict.FAIL, ["already linked"], id="409"),
         pytest.param(422, jbytes(NEST_422), Verdict.FAIL, ["is archived"], id="422"),
-        pytest.param(401, jbytes({"statusCode": 401, "message": "Unauthorized"}),
-                     Verdict.ABORT, [], id="401"),  # fmt: skip
-        pytest.param(403, jbytes({"statusCode": 403, "message": "Forbidden resource"}),
-                     Verdict.ABORT, [], id="403"),  # fmt: skip
+        pytest.param(401, nest(401, "Unauthorized"), Verdict.ABORT, [], id="401"),
+        pytest.param(403, nest(403, "Forbidden resource"), Verdict.ABORT, [], id="403"),
         pytest.param(408, b"", Verdict.RETRY, [], id="408"),
-        pytest.param(429, jbytes({"statusCode": 429, "message": "Too Many Requests"}),
-                     Verdict.RETRY, [], id="429"),  # fmt: skip
-        pytest.param(500, jbytes({"statusCode": 500, "message": "Internal server error"}),
-                     Verdict.RETRY, [], id="500"),  # fmt: skip
+        pytest.param(429, nest(429, "Too Many Requests"), Verdict.RETRY, [], id="429"),
+        pytest.param(500, nest(500, "Internal server error"), Verdict.RETRY, [], id="500"),
         pytest.param(502, NGINX_502.encode(), Verdict.RETRY, ["502 Bad Gateway"], id="502"),
-        pytest.param(503, jbytes({"statusCode": 503, "message": "Service Unavailable"}),
-                     Verdict.RETRY, [], id="503"),  # fmt: skip
+        pytest.param(503, nest(503, "Service Unavailable"), Verdict.RETRY, [], id="503"),
         pytest.param(504, b"Gateway Timeout", Verdict.RETRY, [], id="504"),
     ],
-)
+)  # fmt: skip
 def test_classify(status: int, body: bytes, verdict: Verdict, needles: list[str]) -> None:
     answer = classify(status, CIMultiDict({"content-type": "application/json"}), body)
     assert answer.verdict is verdict
@@ -250,6 +251,22 @@ def test_transient_failure_then_200_is_linked(
         assert time.monotonic() - started < 0.95
 
 
+def test_connection_refused_is_retried_then_fails(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    inp = pairs_csv(tmp_path / "in.csv", 1)
+    out = tmp_path / "out.csv"
+    env = {"THENA_TOKEN": TOKEN, "THENA_ORG_ID": ORG, "THENA_BASE_URL": f"http://127.0.0.1:{port}"}
+    result = invoke("run", inp, "-o", out, "--rate", "0", "--max-retries", "2", *FAST, env=env)
+    assert result.exit_code == 1, result.stderr
+    (row,) = read_report(out)
+    assert row["outcome"] == "failed"
+    assert row["attempts"] == "3"
+    assert row["http_status"] == ""
+    assert re.search(r"connect", row["error"], re.IGNORECASE), row["error"]
+
+
 @pytest.mark.parametrize(
     ("reply", "needle"),
     [
@@ -298,9 +315,7 @@ def test_429_pauses_all_dispatch_until_x_ratelimit_reset(
     server = start_sandbox(latency=latency, script={"T00006": [throttled]})
     inp = pairs_csv(tmp_path / "in.csv", 24)
     out = tmp_path / "out.csv"
-    result = run_against(
-        server, "run", inp, "-o", out, "--rate", "0", "--concurrency", "4", *FAST
-    )
+    result = run_against(server, "run", inp, "-o", out, "--rate", "0", "--concurrency", "4", *FAST)
     assert result.exit_code == 0, result.stderr
     rows = read_report(out)
     assert all(r["outcome"] == "linked" for r in rows)
@@ -323,6 +338,29 @@ def test_429_pauses_all_dispatch_until_x_ratelimit_reset(
     retried = [r for r in reqs if source_of(r) == "T00006"]
     assert len(retried) == 2
     assert retried[1].t >= hit.t + pause - 0.1
+
+
+def test_server_rate_limit_is_waited_out(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    """Against the sandbox's own limiter (Thena's X-RateLimit-* headers, no Retry-After)
+    every row ends linked, and after each 429 nothing new starts before its reset."""
+    server = start_sandbox(rate_limit=10)
+    n = 30
+    inp = pairs_csv(tmp_path / "in.csv", n)
+    out = tmp_path / "out.csv"
+    result = run_against(server, "run", inp, "-o", out, "--rate", "0", "--concurrency", "4", *FAST)
+    assert result.exit_code == 0, result.stderr
+    rows = read_report(out)
+    assert [r["outcome"] for r in rows] == ["linked"] * n
+    reqs = server.requests
+    hits = [r for r in reqs if r.status == 429]
+    assert hits, "the server never throttled: the test proves nothing"
+    for hit in hits:
+        reset = math.floor(hit.wall) + 1  # the sandbox's windows end on whole seconds
+        early = [r for r in reqs if r.t > hit.t + 0.05 and r.wall < reset - 0.05]
+        assert early == [], [(round(r.wall - hit.wall, 3), source_of(r)) for r in early]
+    assert len(hits) <= 2 * 4  # it learns: not a 429 storm
 
 
 # -- credentials ----------------------------------------------------------------------------
@@ -403,16 +441,31 @@ def max_in_window(times: list[float], width: float = 1.0) -> int:
     return max(sum(1 for u in times if t <= u <= t + width) for t in times)
 
 
-@pytest.mark.parametrize(("rate", "n"), [(20, 60), (50, 100)])
-def test_rate_bound(sandbox: Sandbox, tmp_path: Path, rate: int, n: int) -> None:
+@pytest.mark.parametrize(
+    ("rate", "n", "error_rate"),
+    [
+        pytest.param(20, 60, 0.0, id="20/s"),
+        pytest.param(50, 100, 0.0, id="50/s"),
+        pytest.param(20, 40, 0.3, id="20/s-retries-included"),
+    ],
+)
+def test_rate_bound(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path, rate: int, n: int, error_rate: float
+) -> None:
+    server = start_sandbox(error_rate=error_rate, seed=7)
     inp = pairs_csv(tmp_path / "in.csv", n)
     out = tmp_path / "out.csv"
-    result = run_against(sandbox, "run", inp, "-o", out, "--rate", str(rate), *FAST)
+    result = run_against(
+        server, "run", inp, "-o", out, "--rate", str(rate), "--max-retries", "20", *FAST
+    )
     assert result.exit_code == 0, result.stderr
-    times = sorted(r.t for r in sandbox.requests)
-    assert len(times) == n
+    times = sorted(r.t for r in server.requests)
+    if error_rate:
+        assert len(times) > n  # retries happened, and they count against the rate
+    else:
+        assert len(times) == n
     assert max_in_window(times) <= rate + 1
-    achieved = (n - 1) / (times[-1] - times[0])
+    achieved = (len(times) - 1) / (times[-1] - times[0])
     assert achieved >= 0.9 * rate, f"{achieved:.1f}/s"
 
 
@@ -421,9 +474,7 @@ def test_concurrency_bound(start_sandbox: Callable[..., Sandbox], tmp_path: Path
     server = start_sandbox(latency=latency)
     inp = pairs_csv(tmp_path / "in.csv", 24)
     out = tmp_path / "out.csv"
-    result = run_against(
-        server, "run", inp, "-o", out, "--rate", "0", "--concurrency", "3", *FAST
-    )
+    result = run_against(server, "run", inp, "-o", out, "--rate", "0", "--concurrency", "3", *FAST)
     assert result.exit_code == 0, result.stderr
     times = sorted(r.t for r in server.requests)
     assert len(times) == 24

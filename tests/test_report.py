@@ -34,7 +34,7 @@ HEAD = [
     "attempts",
 ]
 TICKET_COLS = [f"ticket.{name}" for name in TICKET_FIELDS]
-CUSTOM_FIELDS = [{"id": "CF1", "name": "Region", "value": "EMEA, \"north\""}, {"id": "CF2"}]
+CUSTOM_FIELDS = [{"id": "CF1", "name": "Region", "value": 'EMEA, "north"'}, {"id": "CF2"}]
 
 
 def custom_ticket(source: str, **extra: Any) -> dict[str, Any]:
@@ -222,7 +222,8 @@ def test_formula_title_is_text_in_xlsx_and_neutralised_in_csv(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
     inp = write_csv(
-        tmp_path / "in.csv", [["sourceTicketId", "linkedTicketId"], ["FORMULA1", "L1"]]
+        tmp_path / "in.csv",
+        [["sourceTicketId", "linkedTicketId", "memo"], ["FORMULA1", "L1", "=1+1"]],
     )
     xlsx, csv_out = tmp_path / "r.xlsx", tmp_path / "r.csv"
     for out in (xlsx, csv_out):
@@ -234,6 +235,9 @@ def test_formula_title_is_text_in_xlsx_and_neutralised_in_csv(
     title = sheet.cell(row=2, column=header.index("ticket.title") + 1)
     assert title.value == FORMULA_TITLE
     assert title.data_type == "s"  # a string cell, not a formula ("f")
+    memo = sheet.cell(row=2, column=header.index("memo") + 1)
+    assert memo.value == "=1+1"  # input text stays text too
+    assert memo.data_type == "s"
     for row in sheet.iter_rows():
         for cell in row:
             assert cell.data_type != "f", cell.coordinate
@@ -372,7 +376,7 @@ def test_report_is_written_atomically(
     assert {p.name for p in tmp_path.iterdir()} == names  # no temp files left
 
 
-# -- exit codes and the summary ---------------------------------------------------------------------
+# -- exit codes and the summary ----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
