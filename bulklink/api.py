@@ -359,8 +359,9 @@ def read_report(report: str | Path) -> Summary:
                 unsuccessful += 1
                 if outcome != "duplicate":
                     error = cols["error"][at] if "error" in cols else ""
+                    row = cols["row"][at]
                     tally.add(
-                        cols["row"][at],
+                        int(row) if str(row).isdigit() else row,
                         unneutralize(str(error or "")),
                         chunk.source[at],
                         chunk.linked[at],

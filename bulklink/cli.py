@@ -152,17 +152,17 @@ def _connection_options(func: F) -> F:
     return func
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="""\b
+Examples:
+  bulklink run samples/pairs.csv --sandbox
+  THENA_TOKEN=... THENA_ORG_ID=... bulklink run pairs.csv --rate 20
+  bulklink retry pairs.results.csv""",
+)
 @click.version_option(package_name="bulklink")
 def cli() -> None:
-    """Link Thena tickets in bulk from a CSV or Excel file of (source, linked) pairs.
-
-    \b
-    Examples:
-      bulklink run samples/pairs.csv --sandbox
-      THENA_TOKEN=... THENA_ORG_ID=... bulklink run pairs.csv --rate 20
-      bulklink retry pairs.results.csv
-    """
+    """Link Thena tickets in bulk from a CSV or Excel file of (source, linked) pairs."""
 
 
 def _console(quiet: bool, progress: bool | None, log_file: Path | None) -> Console:
@@ -217,15 +217,14 @@ def _run_and_report(console: Console, call: Callable[[], Summary]) -> None:
 
 
 @cli.command(
-    epilog="""\b
+    epilog=EXIT_CODES
+    + """
+
+\b
 Examples:
   bulklink run samples/pairs.csv --sandbox
   bulklink run tickets.xlsx --sheet Links --dry-run
-  THENA_TOKEN=$(cat ~/.thena-token) THENA_ORG_ID=org_123 \\
-    bulklink run export.csv --rate 20 --limit 10      # a canary run of 10 rows
-
-"""
-    + EXIT_CODES
+  bulklink run export.csv --rate 20 --limit 10    # a canary run of 10 rows""",
 )
 @click.argument("input", metavar="INPUT")
 @click.option(
@@ -318,13 +317,13 @@ def _print_dry_run(info: Any) -> None:
 
 
 @cli.command(
-    epilog="""\b
+    epilog=EXIT_CODES
+    + """
+
+\b
 Examples:
   bulklink retry pairs.results.csv
-  bulklink retry nightly.xlsx -o nightly.retried.xlsx --rate 5
-
-"""
-    + EXIT_CODES
+  bulklink retry nightly.xlsx -o nightly.retried.xlsx --rate 5""",
 )
 @click.argument("report", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -365,12 +364,12 @@ def retry(
 
 
 @cli.command(
-    epilog="""\b
+    epilog="""Exit code: 0 if every row is linked, 1 otherwise, 2 if REPORT cannot be read.
+
+\b
 Examples:
   bulklink report pairs.results.csv
-  bulklink report nightly.xlsx --json | jq .counts
-
-Exit code: 0 if every row is linked, 1 otherwise, 2 if REPORT cannot be read."""
+  bulklink report nightly.xlsx --json | jq .counts"""
 )
 @click.argument("report", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the same as JSON.")
