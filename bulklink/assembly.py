@@ -20,7 +20,6 @@ from bulklink.models import TICKET_COLUMNS, ErrorGroup, Outcome, Result
 from bulklink.report import ReportWriter, split_ticket, unneutralize
 
 PENDING_IN_MEMORY = 4096  # out-of-order results kept whole; beyond it, re-read from journal
-RESULT_FIELDS = ("row", "success", "outcome", "http_status", "error", "attempts")
 
 
 @dataclass(slots=True)
@@ -235,7 +234,7 @@ class Assembler:
             "true" if success else "false",
             outcome.value,
             _number(status),
-            _restore(cols["error"][at]),
+            _text(cols["error"][at]),
             _number(cols["attempts"][at]),
         ]
         self.writer.write(head, ticket, extras, self._others(chunk, at))
@@ -278,6 +277,11 @@ def _restore(value: Any) -> Any:
     if isinstance(value, str):
         return unneutralize(value) if value else None
     return value
+
+
+def _text(value: Any) -> str:
+    """The error cell read back: text as written (``""`` stays ``""``), escapes undone."""
+    return "" if value is None else unneutralize(str(value))
 
 
 def _number(value: Any) -> Any:

@@ -79,6 +79,7 @@ class Table:
         self.path = path
         self.options = options
         self.kind = _kind(path, report)
+        self.report = report
         self.digest = ""
         self._frame: pd.DataFrame | None = None
         self.encoding = options.encoding or "utf-8"
@@ -120,6 +121,11 @@ class Table:
                             decoder.decode(block)
                         except UnicodeDecodeError:
                             utf8 = False
+            if utf8:
+                try:
+                    decoder.decode(b"", final=True)  # a sequence cut off at the very end
+                except UnicodeDecodeError:
+                    utf8 = False
         except OSError as exc:
             raise InputError(f"cannot read {self.path}: {exc.strerror}") from None
         self.digest = digest.hexdigest()
@@ -147,7 +153,9 @@ class Table:
             frame = pd.read_excel(
                 io.BytesIO(data),
                 sheet_name=self.options.sheet if self.options.sheet is not None else 0,
-                dtype=str,
+                # An input is all text; a report read back keeps its numbers and booleans
+                # so that ``retry`` writes the rows it keeps exactly as they were.
+                dtype=object if self.report else str,
                 keep_default_na=False,
                 na_filter=False,
                 engine="openpyxl",
@@ -160,6 +168,10 @@ class Table:
             reason = str(exc) or type(exc).__name__
             raise InputError(f"{self.path} is not a readable .xlsx file ({reason})") from None
         frame.columns = _unique([str(c).strip() for c in frame.columns])
+        if self.report:
+            for name in (self.options.source_col, self.options.linked_col):
+                if name in frame.columns:
+                    frame[name] = frame[name].map(str)
         if len(frame.columns):
             # A fully blank row is skipped, as blank lines are in a CSV.
             frame = frame[(frame != "").any(axis=1)].reset_index(drop=True)
