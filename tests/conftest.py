@@ -46,11 +46,13 @@ def sandbox(start_sandbox: Callable[..., Sandbox]) -> Sandbox:
     return start_sandbox()
 
 
-def invoke(*args: str | Path, env: dict[str, str] | None = None, input: str | None = None
-           ) -> Result:
+def invoke(
+    *args: str | Path, env: dict[str, str] | None = None, input: str | None = None
+) -> Result:
     """Run the CLI in-process, as a user would type it; stdout and stderr kept apart."""
-    return CliRunner().invoke(cli, [str(a) for a in args], env=env, input=input,
-                              catch_exceptions=False)
+    return CliRunner().invoke(
+        cli, [str(a) for a in args], env=env, input=input, catch_exceptions=False
+    )
 
 
 def run_against(server: Sandbox, *args: str | Path, **kwargs: Any) -> Result:
@@ -60,8 +62,9 @@ def run_against(server: Sandbox, *args: str | Path, **kwargs: Any) -> Result:
     return invoke(*args, env=env, **kwargs)
 
 
-def write_csv(path: Path, rows: list[list[str]], delimiter: str = ",",
-              encoding: str = "utf-8") -> Path:
+def write_csv(
+    path: Path, rows: list[list[str]], delimiter: str = ",", encoding: str = "utf-8"
+) -> Path:
     with path.open("w", newline="", encoding=encoding) as fh:
         csv.writer(fh, delimiter=delimiter).writerows(rows)
     return path
