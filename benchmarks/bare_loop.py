@@ -48,6 +48,7 @@ async def link_all(
     url: str,
     headers: dict[str, str],
     concurrency: int,
+    no_cookies: bool = False,
 ) -> tuple[int, int]:
     """Send every pair; returns (rows answered 2xx, rows not)."""
     writer = csv.writer(out)
@@ -60,6 +61,7 @@ async def link_all(
         headers=headers,
         timeout=aiohttp.ClientTimeout(total=30),
         skip_auto_headers=("User-Agent",),
+        cookie_jar=aiohttp.DummyCookieJar() if no_cookies else None,
     ) as session:
 
         async def worker() -> None:
@@ -96,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", type=Path)
     parser.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:8080")
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--no-cookies",
+        action="store_true",
+        help="use aiohttp.DummyCookieJar, as bulklink does (like-for-like HTTP settings)",
+    )
     parser.add_argument("--token", default=os.environ.get("THENA_TOKEN", "bench-token"))
     parser.add_argument("--org-id", default=os.environ.get("THENA_ORG_ID", "org_bench"))
     args = parser.parse_args(argv)
@@ -111,7 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with args.output.open("w", newline="", encoding="utf-8") as out:
         ok, failed = asyncio.run(
-            link_all(read_pairs(args.input), out, url, headers, max(1, args.concurrency))
+            link_all(
+                read_pairs(args.input),
+                out,
+                url,
+                headers,
+                max(1, args.concurrency),
+                args.no_cookies,
+            )
         )
     elapsed = time.perf_counter() - t0
     print(

@@ -50,7 +50,7 @@ class Assembler:
         self.layout = layout
         self.journal = journal
         self.writer = writer
-        self.codes = plan.codes
+        self.codes = plan.codes.tobytes()  # per-row reads of bytes are far cheaper than numpy
         self.first_of = plan.first_of
         self._targets = {int(i) for i in set(plan.first_of[plan.first_of >= 0].tolist())}
         self._firsts: dict[int, _First] = {}

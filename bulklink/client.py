@@ -191,6 +191,9 @@ class Client:
             headers=self.auth.headers(),
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             skip_auto_headers=("User-Agent",),
+            # The API authenticates every request by header; a cookie jar would only
+            # cost a lookup per request and per answer.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         return self
 

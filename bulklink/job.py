@@ -140,6 +140,7 @@ async def _run(job: Job, journal: Journal, assembler: Assembler) -> tuple[str, i
             max_connections=job.settings.concurrency or 256,
         ) as client,
     ):
+        journal.defer = asyncio.get_running_loop().call_soon
         runner = Runner(client, job.settings, assembler.accept)
         signum = 0
         loop = asyncio.get_running_loop()
@@ -246,7 +247,7 @@ async def _feed(
     job: Job, journal: Journal, assembler: Assembler, stream: _ChunkStream, runner: Runner
 ) -> AsyncIterator[list[Pair]]:
     """Batches of pairs still to send, in input order, honouring --limit and back-pressure."""
-    codes = job.plan.codes
+    codes = job.plan.codes.tobytes()
     budget = job.limit
     while (chunk := await stream.get()) is not None:
         assembler.add_chunk(chunk)

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 from array import array
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,11 @@ class Journal:
         self.resumed = resumed
         self._end = end
         self._reader: Any = None
+        self._lines: list[bytes] = []
         self.dirty = False
+        #: How to run :meth:`flush` soon after a record: ``loop.call_soon`` inside a run,
+        #: so all the rows finished in one event-loop turn cost one system call.
+        self.defer: Callable[[Callable[[], None]], object] = lambda flush: flush()
 
     @classmethod
     def open(cls, path: Path, key: str, rows: int, *, fresh: bool = False) -> tuple[Journal, str]:
@@ -73,12 +78,23 @@ class Journal:
             json.dumps(result.error).encode(),
             body,
         )
-        os.write(self._fd, line)
         self.offsets[result.row - 1] = self._end
         self._end += len(line)
-        self.dirty = True
+        self._lines.append(line)
+        if len(self._lines) == 1:
+            self.defer(self.flush)
+
+    def flush(self) -> None:
+        """Hand buffered lines to the OS: one ``write`` per event-loop turn, not per row."""
+        if self._lines:
+            data = b"".join(self._lines)
+            self._lines.clear()
+            while data:
+                data = data[os.write(self._fd, data) :]
+            self.dirty = True
 
     def sync(self) -> None:
+        self.flush()
         if self.dirty:
             self.dirty = False
             os.fsync(self._fd)
@@ -100,6 +116,7 @@ class Journal:
 
     def read(self, row: int) -> Result:
         """The recorded result of ``row`` (which must be :meth:`done`)."""
+        self.flush()
         if self._reader is None:
             self._reader = self.path.open("rb")
         self._reader.seek(self.offsets[row - 1])

@@ -70,6 +70,8 @@ def text_cell(value: Any) -> str:
     if value is False:
         return "false"
     if isinstance(value, dict | list):
+        if not value:
+            return "[]" if isinstance(value, list) else "{}"
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return str(value)
 
@@ -155,7 +157,10 @@ class CsvWriter(ReportWriter):
     ) -> None:
         # The hot path of a fast run: plain text, ints and None go to the csv module as
         # they are (it writes None as empty); only the rest takes the slow road.
-        cells: list[Any] = [v if v.__class__ is str or v is None else text_cell(v) for v in head]
+        cells: list[Any] = [
+            v if v.__class__ is str or v.__class__ is int or v is None else text_cell(v)
+            for v in head
+        ]
         cells[6] = neutralize(cells[6] or "")
         cells += [
             v
