@@ -98,8 +98,14 @@ def describe_body(body: bytes) -> str:
     return _SPACE.sub(" ", json.dumps(obj))[:200]
 
 
-def server_wait(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds the server asks us to wait: Retry-After first, then X-RateLimit-Reset."""
+def server_wait(
+    headers: Mapping[str, str], now: float | None = None, *, rate_limited: bool = True
+) -> float | None:
+    """Seconds the server asks us to wait: Retry-After first, then X-RateLimit-Reset.
+
+    The reset time only means something on a 429 (``rate_limited``): on a 503 it is just
+    the end of the current rate window, not advice about the outage.
+    """
     now = time.time() if now is None else now
     retry_after = headers.get("Retry-After")
     if retry_after:
@@ -112,7 +118,7 @@ def server_wait(headers: Mapping[str, str], now: float | None = None) -> float |
             when = None
         if when is not None:
             return min(max(when - now, 0.0), MAX_SERVER_WAIT)
-    reset = headers.get("X-RateLimit-Reset")
+    reset = headers.get("X-RateLimit-Reset") if rate_limited else None
     if reset:
         try:
             stamp = float(reset)
@@ -147,7 +153,7 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> Answer:
     if status == 429:
         return Answer(Verdict.RETRY, status, error, wait=server_wait(headers))
     if status == 408 or status >= 500:
-        return Answer(Verdict.RETRY, status, error, wait=server_wait(headers))
+        return Answer(Verdict.RETRY, status, error, wait=server_wait(headers, rate_limited=False))
     return Answer(Verdict.FAIL, status, error)
 
 

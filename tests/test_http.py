@@ -148,6 +148,16 @@ def test_classify_429_wait(headers: Callable[[], dict[str, str]], expected: floa
     assert expected - 1.5 <= answer.wait <= expected + 0.5
 
 
+def test_classify_503_ignores_the_rate_window_but_honours_retry_after() -> None:
+    """A 503's X-RateLimit-Reset is the end of a rate window, not advice about the outage."""
+    reset = {"x-ratelimit-reset": str(int(time.time()) + 40)}
+    body = jbytes({"statusCode": 503, "message": "Service Unavailable"})
+    assert classify(503, CIMultiDict(reset), body).wait is None
+    answer = classify(503, CIMultiDict({**reset, "retry-after": "2"}), body)
+    assert answer.verdict is Verdict.RETRY
+    assert answer.wait == 2.0
+
+
 # -- retries and failures through the CLI ------------------------------------------------
 
 
