@@ -83,12 +83,18 @@ class Assembler:
         if result.outcome is Outcome.LINKED or result.outcome is Outcome.FAILED:
             self.journal.record(result)
             self.done_this_run += 1
-            if index == self._cursor or len(self._pending) < PENDING_IN_MEMORY:
-                self._pending[index] = result
-        else:
+            if index != self._cursor:
+                if len(self._pending) < PENDING_IN_MEMORY:
+                    self._pending[index] = result
+                return
+        elif index != self._cursor:
             self._pending[index] = result
-        if index == self._cursor:
-            self._advance()
+            return
+        # The row the report is waiting for (the usual case): write it straight away.
+        chunk = self._chunks[0]
+        self._write_result(chunk, index - chunk.start, result)
+        self._step(chunk)
+        self._advance()
 
     def finish(self) -> None:
         """Everything still without a result is ``skipped``; called once no request runs."""
@@ -123,10 +129,14 @@ class Assembler:
                 self._write_kept(chunk, at)
             else:
                 self._write_invalid(chunk, at, INVALID_REASONS[int(code)])
-            self._cursor += 1
-            if self._cursor == chunk.start + len(chunk):
-                self._chunks.popleft()
-                self.moved.set()
+            self._step(chunk)
+
+    def _step(self, chunk: Chunk) -> None:
+        """Past one row; past the chunk too when it was its last."""
+        self._cursor += 1
+        if self._cursor == chunk.start + len(chunk):
+            self._chunks.popleft()
+            self.moved.set()
 
     def _others(self, chunk: Chunk, at: int) -> list[Any]:
         cols = chunk.columns

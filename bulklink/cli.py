@@ -7,6 +7,7 @@ Heavy libraries (pandas, aiohttp) are imported inside the commands that need the
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -485,4 +486,7 @@ def sandbox(
 
 
 def main() -> None:
+    # numpy's OpenBLAS would start a thread per core at import, for linear algebra
+    # bulklink never does; on a small machine they only take CPU from the event loop.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     cli(prog_name="bulklink")

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 
@@ -65,9 +65,12 @@ class Auth:
         return f"Auth(mode={mode}, org_id={self.org_id!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """One attempt's classified outcome; ``wait`` is the server's requested pause, if any."""
+class Answer(NamedTuple):
+    """One attempt's classified outcome; ``wait`` is the server's requested pause, if any.
+
+    A named tuple, not a frozen dataclass: one is built per request, and a frozen
+    dataclass pays an ``object.__setattr__`` per field.
+    """
 
     verdict: Verdict
     http_status: int | None
@@ -197,9 +200,7 @@ class Client:
             headers=self.auth.headers(),
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             skip_auto_headers=("User-Agent",),
-            # The API authenticates every request by header; a cookie jar would only
-            # cost a lookup per request and per answer.
-            cookie_jar=aiohttp.DummyCookieJar(),
+            cookie_jar=aiohttp.DummyCookieJar(),  # the API authenticates by header
         )
         return self
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -66,6 +67,9 @@ def execute(job: Job) -> Summary:
         job.console.info(note)
     writer = open_writer(job.report, job.layout.extra_fields, job.layout.passthrough)
     assembler = Assembler(job.plan, job.layout, journal, writer)
+    # Everything alive now (pandas, numpy, aiohttp, the plan) lives for the whole run:
+    # keep the collector from walking it again and again while rows stream through.
+    gc.freeze()
     try:
         stop_reason, signum = _run_to_completion(lambda: _run(job, journal, assembler))
         writer.commit()
@@ -73,6 +77,8 @@ def execute(job: Job) -> Summary:
         writer.discard()
         journal.close()
         raise
+    finally:
+        gc.unfreeze()
     if stop_reason:
         journal.close()  # kept: a rerun resumes from it
     else:

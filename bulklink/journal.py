@@ -75,7 +75,7 @@ class Journal:
             result.outcome.value.encode(),
             status,
             result.attempts,
-            json.dumps(result.error).encode(),
+            json.dumps(result.error).encode() if result.error else b'""',
             body,
         )
         self.offsets[result.row - 1] = self._end

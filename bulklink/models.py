@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 #: The ticket fields Thena documents for the link endpoint's answer, in its order. The
 #: report always has a ``ticket.<field>`` column for each, so its shape never depends on
@@ -69,9 +69,8 @@ class Outcome(enum.StrEnum):
     SKIPPED = "skipped"
 
 
-@dataclass(frozen=True, slots=True)
-class Pair:
-    """One link to make; ``row`` is the 1-based data row it came from."""
+class Pair(NamedTuple):
+    """One link to make; ``row`` is the 1-based data row it came from (one per row: cheap)."""
 
     row: int
     source: str

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 
 from aiolimiter import AsyncLimiter
@@ -20,6 +19,7 @@ from aiolimiter import AsyncLimiter
 MIN_RATE = 0.2  # requests/s the adaptive rate never goes below
 DECREASE = 0.9  # multiplicative decrease on a 429, applied to what the server accepted
 INCREASE_EVERY = 1.0  # seconds between additive increases while no 429 arrives
+SLOTS_PER_SECOND = 4
 
 
 def bucket_capacity(rate: float) -> float:
@@ -53,8 +53,11 @@ class Pacer:
         self._paused_until = 0.0
         self._last_decrease = -math.inf
         self._last_increase = 0.0
-        self._accepted: deque[float] = deque()  # times of answers other than 429
-        self._answered: deque[float] = deque()  # times of every answer
+        # Answers per quarter second over the last second, newest first: what the server
+        # accepted (not 429) and everything it answered.
+        self._slot = 0
+        self._accepted = [0] * SLOTS_PER_SECOND
+        self._answered = [0] * SLOTS_PER_SECOND
         self.throttled = 0
         self.requests = 0
         if rate > 0:
@@ -97,17 +100,19 @@ class Pacer:
         """Feed every answer back: 429s lower the rate, quiet seconds raise it again."""
         now = self.clock()
         self.requests += 1
-        self._answered.append(now)
+        slot = int(now * SLOTS_PER_SECOND)
+        if slot != self._slot:
+            self._roll(slot)
+        self._answered[0] += 1
         if throttled:
             self.throttled += 1
             if self.adaptive and sent_at >= self._last_decrease:
                 self._decrease(now)
             return
-        self._accepted.append(now)
-        self._forget(now)
+        self._accepted[0] += 1
         if (
-            self.adaptive
-            and self.current != self.ceiling
+            self.current != self.ceiling
+            and self.adaptive
             and now - self._last_increase >= INCREASE_EVERY
             and now - self._last_decrease >= INCREASE_EVERY
         ):
@@ -118,11 +123,13 @@ class Pacer:
                 target = min(target, self.ceiling)
             self._set_rate(target if self.ceiling > 0 or target < 10_000 else 0.0)
 
-    def _forget(self, now: float) -> None:
-        """Keep one second of answers: what the server took is its capacity, give or take."""
-        for window in (self._accepted, self._answered):
-            while window and window[0] < now - 1.0:
-                window.popleft()
+    def _roll(self, slot: int) -> None:
+        """Counts per quarter second, the last second's worth kept: cheap on every answer."""
+        shift = min(slot - self._slot, SLOTS_PER_SECOND)
+        for counts in (self._accepted, self._answered):
+            counts[shift:] = counts[: SLOTS_PER_SECOND - shift]
+            counts[:shift] = [0] * shift
+        self._slot = slot
 
     def _decrease(self, now: float) -> None:
         """To a little under what the server accepted in the last second.
@@ -131,8 +138,7 @@ class Pacer:
         accepted yet) does not drop the run to a crawl; only one decrease per round
         trip, since the 429s of requests sent before it say nothing new.
         """
-        self._forget(now)
-        estimate = max(float(len(self._accepted)), 0.5 * len(self._answered))
+        estimate = max(float(sum(self._accepted)), 0.5 * sum(self._answered))
         if self.current > 0:
             estimate = min(estimate, self.current)
         self._last_decrease = now

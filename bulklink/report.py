@@ -43,7 +43,9 @@ def _api_cell(value: Any) -> str:
 
 def neutralize(text: str) -> str:
     """Prefix a quote to text a spreadsheet would run as a formula; bijective by design."""
-    return "'" + text if _RISKY.match(text) else text
+    if text and text[0] in _RISKY_FIRST and _RISKY.match(text):
+        return "'" + text
+    return text
 
 
 def unneutralize(text: str) -> str:
@@ -80,6 +82,8 @@ def split_ticket(ticket: dict[str, Any] | None) -> tuple[list[Any], dict[str, An
     """Documented fields in order, and the undocumented ones (or None)."""
     if ticket is None:
         return [None] * len(TICKET_FIELDS), None
+    if len(ticket) == len(TICKET_FIELDS) and tuple(ticket) == TICKET_FIELDS:
+        return list(ticket.values()), None  # the usual answer: exactly the documented fields
     get = ticket.get
     cells = [get(name) for name in TICKET_FIELDS]
     extras = None

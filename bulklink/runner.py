@@ -111,7 +111,7 @@ class Runner:
 
     async def _autosize(self) -> None:
         while True:
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.1)
             rate = self.pacer.current
             if rate <= 0 or self._feed_done or self.stop_reason:
                 continue
@@ -135,8 +135,10 @@ class Runner:
     async def _worker(self) -> None:
         task = asyncio.current_task()
         assert task is not None
+        queue = self._queue
         while not self.stop_reason:
-            pair = await self._next()
+            # The queue is rarely empty: take from it without creating a coroutine.
+            pair = queue.popleft() if queue else await self._next()
             if pair is None:
                 return
             self.on_result(await self._link(pair, task))
@@ -169,7 +171,9 @@ class Runner:
             finally:
                 self.in_flight -= 1
             now = self.clock()
-            self.latency += (now - sent - self.latency) * 0.1
+            # Moving average of answer times; the first answer sets it outright so the
+            # auto-sized pool reaches rate x latency within the first fraction of a second.
+            self.latency += (now - sent - self.latency) * (0.1 if self.latency else 1.0)
             pacer.on_answer(sent, answer.throttled)
             verdict = answer.verdict
             if verdict is Verdict.LINKED:
