@@ -1,0 +1,89 @@
+"""Per-row CPU cost of bulklink against the bare loop, in instructions: repeatable on a noisy VM.
+
+    .venv/bin/python benchmarks/instructions.py [SMALL LARGE]      # default 500 1500 rows
+
+Wall and CPU seconds swing by 20-30% between identical runs on a shared 2-core VM, which
+hides a 5% change. ``valgrind --tool=callgrind`` counts instructions instead, the same
+for the same program and input whatever else the machine does. Each program runs on two
+input sizes against nginx on 127.0.0.1 (or the sandbox); the slope between them is the
+cost per row, the intercept the fixed start-up cost. Needs valgrind (Debian: valgrind).
+About two minutes at the default sizes (valgrind runs Python ~50x slower).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import bench
+
+BARE_LOOP = Path(__file__).with_name("bare_loop.py")
+
+
+def instructions(cmd: list[str], env: dict[str, str], work: Path) -> int:
+    out = work / "callgrind.out"
+    proc = subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = re.search(r"Collected : (\d+)", proc.stderr)
+    if proc.returncode not in (0, 1) or found is None:
+        raise RuntimeError(f"{cmd[:3]} failed under valgrind:\n{proc.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def main(argv: list[str]) -> int:
+    small, large = (int(a) for a in argv[:2]) if len(argv) >= 2 else (500, 1500)
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    with tempfile.TemporaryDirectory(prefix="bulklink-instr-") as tmp:
+        work = Path(tmp)
+        python = sys.executable
+        server_cm = (
+            bench.nginx_server(nginx, work)
+            if Path(nginx).exists()
+            else bench.sandbox_server(bench.find_bulklink())
+        )
+        with server_cm as server:
+            env = dict(os.environ, THENA_TOKEN=bench.TOKEN, THENA_ORG_ID=bench.ORG)
+            env["THENA_BASE_URL"] = server.url
+            counts: dict[tuple[str, int], int] = {}
+            for rows in (small, large):
+                path = bench.make_input(work / f"in{rows}.csv", rows)
+                programs = {
+                    "bulklink": [python, "-m", "bulklink", "run", str(path), "-o",
+                                 str(work / "report.csv"), "--rate", "0", "--concurrency", "64",
+                                 "--no-progress", "--fresh", "-q"],
+                    "bare loop": [python, str(BARE_LOOP), str(path), str(work / "bare.csv"),
+                                  "--url", server.url, "--concurrency", "64"],
+                }  # fmt: skip
+                for name, cmd in programs.items():
+                    counts[name, rows] = instructions(cmd, env, work)
+                    print(f"  {name}, {rows} rows: {counts[name, rows] / 1e9:.2f}G", flush=True)
+    per_row = {n: (counts[n, large] - counts[n, small]) / (large - small) for n in programs}
+    fixed = {n: counts[n, small] - per_row[n] * small for n in programs}
+    for name in programs:
+        print(f"{name:9}: {per_row[name] / 1e3:6.1f}k instructions/row, "
+              f"fixed {fixed[name] / 1e9:.2f}G")  # fmt: skip
+    ratio = per_row["bulklink"] / per_row["bare loop"]
+    print(f"per-row ratio bulklink/bare: {ratio:.3f}")
+    for rows in (50_000, 1_000_000):
+        total = {n: fixed[n] + per_row[n] * rows for n in programs}
+        print(f"  projected total at {rows:,} rows: {total['bulklink'] / total['bare loop']:.3f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
