@@ -506,7 +506,6 @@ class Bench:
         self.run_bare(warm, server.url)
         a: list[Proc] = []
         b: list[Proc] = []
-        c: list[Proc] = []  # the bare loop with bulklink's session settings (no cookie jar)
         for n in range(3):
             proc, info = self.run_bulklink(path, server.url, *opts)
             linked = info["counts"].get("linked", 0)
@@ -515,18 +514,15 @@ class Bench:
             a.append(proc)
             bare = self.run_bare(path, server.url)
             b.append(bare)
-            c.append(self.run_bare(path, server.url, "--no-cookies"))
             log(
                 f"  round {n + 1}/3: bulklink {proc.wall:.2f}s wall {proc.cpu:.2f}s CPU | "
                 f"bare {bare.wall:.2f}s wall {bare.cpu:.2f}s CPU"
             )
         wall_a, wall_b = _median([p.wall for p in a]), _median([p.wall for p in b])
         cpu_a, cpu_b = _median([p.cpu for p in a]), _median([p.cpu for p in b])
-        wall_c, cpu_c = _median([p.wall for p in c]), _median([p.cpu for p in c])
         for label, procs, wall, cpu in (
             ("bulklink", a, wall_a, cpu_a),
             ("bare loop", b, wall_b, cpu_b),
-            ("bare loop, no cookie jar", c, wall_c, cpu_c),
         ):
             rss = _median([p.peak_rss for p in procs])
             walls = sorted(p.wall for p in procs)
@@ -546,11 +542,6 @@ class Bench:
                 f"{ratio:.2f}x (medians; per round {rounds}; best-of-3 {best:.2f}x)",
                 f"<= {goal:.2f}x",
                 ratio <= goal,
-            )
-            like = _median([getattr(p, key) for p in a]) / _median([getattr(p, key) for p in c])
-            self.add(
-                f"overhead: {what} ratio vs bare loop without cookie jar",
-                f"{like:.2f}x (what bulklink's own work costs, HTTP settings equal)",
             )
 
     # -- 2. rate fidelity ---------------------------------------------------------------

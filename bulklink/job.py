@@ -154,7 +154,8 @@ async def _run(job: Job, journal: Journal, assembler: Assembler) -> tuple[str, i
         def on_signal(sig: int) -> None:
             nonlocal signum
             if signum and sig == signal.SIGINT:
-                os._exit(130)  # second Ctrl-C: now; every finished row is in the journal
+                journal.flush()  # second Ctrl-C: quit now, every finished row journaled
+                os._exit(130)
             if not signum:
                 signum = sig
                 name = signal.Signals(sig).name
