@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bulklink.api import dry_run as dry_run
-    from bulklink.api import link_pairs as link_pairs
-    from bulklink.api import read_report as read_report
     from bulklink.api import retry_job as retry_job
     from bulklink.api import run_job as run_job
     from bulklink.console import Console as Console
@@ -28,6 +26,8 @@ if TYPE_CHECKING:
     from bulklink.models import LinkResult as LinkResult
     from bulklink.models import Outcome as Outcome
     from bulklink.models import Summary as Summary
+    from bulklink.readback import read_report as read_report
+    from bulklink.stream import link_pairs as link_pairs
 
 try:
     __version__ = version("bulklink")
@@ -37,8 +37,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 _EXPORTS = {
     "run_job": "bulklink.api",
     "retry_job": "bulklink.api",
-    "link_pairs": "bulklink.api",
-    "read_report": "bulklink.api",
+    "link_pairs": "bulklink.stream",
+    "read_report": "bulklink.readback",
     "dry_run": "bulklink.api",
     "Console": "bulklink.console",
     "BulklinkError": "bulklink.errors",

@@ -376,8 +376,8 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print the same as JSON.")
 def report(report: Path, as_json: bool) -> None:
     """Summarize REPORT without touching the network: counts, failures by error, rows to retry."""
-    from bulklink.api import read_report
     from bulklink.errors import BulklinkError
+    from bulklink.readback import read_report
 
     try:
         info = read_report(report)

@@ -1,0 +1,79 @@
+"""Reading back a report written by ``run``: what ``retry`` resends and ``report`` counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bulklink.assembly import ErrorTally, Layout
+from bulklink.errors import InputError
+from bulklink.inputs import Chunk, ReadOptions, Table
+from bulklink.models import RESULT_COLUMNS, TICKET_COLUMNS, Outcome, Summary
+from bulklink.report import unneutralize
+
+REQUIRED = ("row", "sourceTicketId", "linkedTicketId", "success", "outcome", "attempts")
+
+
+def open_report(path: Path) -> tuple[Table, Layout]:
+    """A report written by ``run`` as a table, with its result columns told apart."""
+    table = Table(path, ReadOptions("sourceTicketId", "linkedTicketId"), report=True)
+    missing = [c for c in REQUIRED if c not in table.columns]
+    if missing:
+        raise InputError(f"{path} is not a bulklink report: no column {', '.join(missing)}")
+    ours = set(RESULT_COLUMNS) | set(TICKET_COLUMNS)
+    extra = [
+        c.removeprefix("ticket.")
+        for c in table.columns
+        if c.startswith("ticket.") and c not in ours
+    ]
+    passthrough = [c for c in table.other_cols if c not in ours and not c.startswith("ticket.")]
+    return table, Layout(passthrough=passthrough, extra_fields=extra, retry=True)
+
+
+def kept_rows(chunk: Chunk) -> list[bool]:
+    """Rows ``retry`` leaves alone: linked, invalid, and duplicates of a linked row."""
+    outcomes = chunk.columns["outcome"]
+    success = chunk.columns["success"]
+    keep = []
+    for outcome, ok in zip(outcomes, success, strict=True):
+        outcome = str(outcome).strip()
+        if outcome not in {o.value for o in Outcome}:
+            raise InputError(f"unknown outcome {outcome!r} in the report")
+        keep.append(
+            outcome in ("linked", "invalid")
+            or (outcome == "duplicate" and str(ok).strip().lower() == "true")
+        )
+    return keep
+
+
+def read_report(report: str | Path) -> Summary:
+    """Counts, failures by error and rows to retry, from a report in any format; no network."""
+    path = Path(report)
+    table, _ = open_report(path)
+    summary = Summary(report=str(path))
+    tally = ErrorTally()
+    unsuccessful = 0
+    for chunk in table.chunks():
+        cols = chunk.columns
+        for at, outcome in enumerate(cols["outcome"]):
+            outcome = str(outcome).strip()
+            if outcome not in summary.counts:
+                raise InputError(
+                    f"{path}: unknown outcome {outcome!r} in row {at + chunk.start + 1}"
+                )
+            summary.counts[outcome] += 1
+            if str(cols["success"][at]).strip().lower() != "true":
+                unsuccessful += 1
+                if outcome != "duplicate":
+                    error = cols["error"][at] if "error" in cols else ""
+                    row = cols["row"][at]
+                    tally.add(
+                        int(row) if str(row).isdigit() else row,
+                        unneutralize(str(error or "")),
+                        chunk.source[at],
+                        chunk.linked[at],
+                    )
+        summary.rows += len(chunk)
+    summary.errors = tally.groups()
+    summary.retryable_rows = summary.counts["failed"] + summary.counts["skipped"]
+    summary.exit_code = 1 if unsuccessful else 0
+    return summary

@@ -1,0 +1,117 @@
+"""``link_pairs``: the runner for callers who hold pairs, not files (Airflow, notebooks)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from pathlib import Path
+
+from bulklink.client import DEFAULT_BASE_URL, Client
+from bulklink.credentials import resolve_auth
+from bulklink.errors import CredentialsRejected
+from bulklink.models import LinkResult, Outcome, Pair, Result
+from bulklink.runner import AUTO_CAP, CREDENTIALS_REJECTED, Runner, settings_from
+
+
+async def _each(
+    pairs: Iterable[tuple[str, str]] | AsyncIterable[tuple[str, str]],
+) -> AsyncIterator[tuple[str, str]]:
+    if isinstance(pairs, AsyncIterable):
+        async for pair in pairs:
+            yield pair
+    else:
+        for pair in pairs:
+            yield pair
+
+
+async def link_pairs(
+    pairs: Iterable[tuple[str, str]] | AsyncIterable[tuple[str, str]],
+    *,
+    base_url: str | None = None,
+    token: str | None = None,
+    token_file: str | Path | None = None,
+    api_key: str | None = None,
+    api_key_file: str | Path | None = None,
+    org_id: str | None = None,
+    rate: float = 10.0,
+    concurrency: int | str | None = "auto",
+    max_retries: int = 5,
+    timeout: float = 30.0,
+    backoff: float = 0.5,
+) -> AsyncIterator[LinkResult]:
+    """Link ``(source, linked)`` pairs in the caller's event loop, yielding each result.
+
+    Results come in completion order, one per pair. A blank ID or a self-link is
+    ``invalid`` and not sent. Rate limit, retries and the stop on 401/403 work as in
+    ``run``: after a rejection the remaining pairs come out ``skipped`` and then
+    :class:`~bulklink.errors.CredentialsRejected` is raised. No journal, report or lock:
+    the caller owns the results.
+    """
+    settings = settings_from(rate, concurrency, max_retries, timeout, backoff)
+    auth = resolve_auth(
+        token=token,
+        token_file=token_file,
+        api_key=api_key,
+        api_key_file=api_key_file,
+        org_id=org_id,
+    )
+    source = _each(pairs)
+    ids: dict[int, tuple[str, str]] = {}
+    done: asyncio.Queue[Result | None] = asyncio.Queue()
+    counter = 0
+
+    async def feed() -> AsyncIterator[list[Pair]]:
+        nonlocal counter
+        async for raw_source, raw_linked in source:
+            counter += 1
+            pair = Pair(counter, str(raw_source).strip(), str(raw_linked).strip())
+            ids[counter] = (pair.source, pair.linked)
+            if not pair.source or not pair.linked or pair.source == pair.linked:
+                reason = (
+                    "blank ticket ID"
+                    if pair.source == "" or pair.linked == ""
+                    else ("source and linked ticket are the same")
+                )
+                done.put_nowait(Result(counter, Outcome.INVALID, None, reason, 0))
+                continue
+            yield [pair]
+
+    def as_link(result: Result) -> LinkResult:
+        s, d = ids.pop(result.row)
+        return LinkResult(
+            s, d, result.outcome, result.http_status, result.error, result.attempts, result.ticket
+        )
+
+    async with Client(
+        base_url or DEFAULT_BASE_URL,
+        auth,
+        timeout=settings.timeout,
+        max_connections=settings.concurrency or AUTO_CAP,
+    ) as client:
+        runner = Runner(client, settings, done.put_nowait)
+        task = asyncio.create_task(runner.run(feed()))
+        task.add_done_callback(lambda _: done.put_nowait(None))
+        try:
+            while (result := await done.get()) is not None:
+                yield as_link(result)
+            await task
+            while not done.empty():  # invalid pairs queued after the runner finished
+                item = done.get_nowait()
+                if item is not None:
+                    yield as_link(item)
+        finally:
+            if not task.done():
+                runner.stop("the caller stopped reading results")
+                await task
+    if runner.stop_reason == CREDENTIALS_REJECTED:
+        async for raw_source, raw_linked in source:
+            yield LinkResult(
+                str(raw_source).strip(),
+                str(raw_linked).strip(),
+                Outcome.SKIPPED,
+                None,
+                f"not attempted: {CREDENTIALS_REJECTED}",
+                0,
+                None,
+            )
+        raise CredentialsRejected("the API rejected the credentials (HTTP 401/403)")
