@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bulklink.assembly import Layout
-from bulklink.client import DEFAULT_BASE_URL, Auth, Client
+from bulklink.client import DEFAULT_BASE_URL, Client
 from bulklink.console import Console
-from bulklink.credentials import preflight, resolve_auth
-from bulklink.errors import UsageError
+from bulklink.credentials import Auth, preflight, resolve_auth
+from bulklink.errors import InputError, UsageError
 from bulklink.inputs import DUPLICATE, INVALID_REASONS, SEND, Plan, ReadOptions, Table, scan
 from bulklink.job import Job, execute, resolve_report
 from bulklink.lock import hold
@@ -35,18 +35,20 @@ class DryRun:
 
     input: str
     rows: int
-    would_send: int
     counts: dict[str, int]
     invalid_rows: list[tuple[int, str]]
     sample_requests: list[Pair] = field(default_factory=list)
     url: str = ""
 
 
-def _spool_stdin(report: Path) -> Path:
-    """Standard input saved beside the report, so a crashed run can be resumed by content."""
-    spool = report.with_name(f".{report.name}.stdin.csv")
+def _spool_stdin(spool: Path) -> Path:
+    """Standard input saved to a file: read twice (validation, then the run), and a
+    crashed run can be resumed by feeding the same content again (same hash)."""
     with spool.open("wb") as fh:
         shutil.copyfileobj(sys.stdin.buffer, fh)
+    if spool.stat().st_size == 0:
+        spool.unlink()
+        raise InputError("standard input is empty")
     return spool
 
 
@@ -113,7 +115,7 @@ def run_job(
         f"bulklink run {input}",
     )
     with hold(report, common.command):
-        spool = _spool_stdin(report) if stdin else None
+        spool = _spool_stdin(report.with_name(f".{report.name}.stdin.csv")) if stdin else None
         try:
             table = Table(spool or Path(input), read)
             return _execute(scan(table), Layout(passthrough=list(table.other_cols)), common)
@@ -203,6 +205,8 @@ class _Common:
 
     def __post_init__(self) -> None:
         report_format(self.report)
+        if self.summary_json is not None and not Path(self.summary_json).parent.is_dir():
+            raise UsageError(f"--summary-json: no such folder {Path(self.summary_json).parent}")
         if self.limit is not None and self.limit < 0:
             raise UsageError("--limit must be 0 or more")
         if not self.sandbox:
@@ -243,27 +247,29 @@ def dry_run(
     sheet: str | None = None,
     encoding: str | None = None,
     delimiter: str | None = None,
+    limit: int | None = None,
 ) -> DryRun:
     """Read and validate ``input`` and say what a run would send; touches nothing."""
     read = ReadOptions(source_col, linked_col, sheet, encoding, _delimiter(delimiter))
     if str(input) == "-":
         with tempfile.TemporaryDirectory() as tmp:
-            spool = Path(tmp) / "stdin.csv"
-            spool.write_bytes(sys.stdin.buffer.read())
-            return _describe(scan(Table(spool, read)), "-", base_url)
-    return _describe(scan(Table(Path(input), read)), str(input), base_url)
+            spool = _spool_stdin(Path(tmp) / "stdin.csv")
+            return _describe(scan(Table(spool, read)), "-", base_url, limit)
+    return _describe(scan(Table(Path(input), read)), str(input), base_url, limit)
 
 
-def _describe(plan: Plan, name: str, base_url: str | None) -> DryRun:
+def _describe(plan: Plan, name: str, base_url: str | None, limit: int | None) -> DryRun:
     counts = {
         "send": plan.counts.get(SEND, 0),
         "invalid": sum(plan.counts.get(code, 0) for code in INVALID_REASONS),
         "duplicate": plan.counts.get(DUPLICATE, 0),
     }
+    if limit is not None and counts["send"] > limit:
+        counts["send"] = limit
+        counts["not sent (--limit)"] = plan.counts.get(SEND, 0) - limit
     return DryRun(
         name,
         plan.rows,
-        counts["send"],
         counts,
         plan.invalid_examples[:20],
         plan.send_examples,

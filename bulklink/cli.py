@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -36,12 +36,10 @@ def _connection_options(func: F) -> F:
         ),
         click.option(
             "--token",
-            envvar="THENA_TOKEN",
-            show_envvar=True,
             metavar="TOKEN",
-            help="Bearer token. Prefer the THENA_TOKEN variable or --token-file: a "
-            "token on the command line is visible to other users in the "
-            "process list.",
+            help="Bearer token.  [env var: THENA_TOKEN] Prefer the variable or "
+            "--token-file: a token on the command line is visible to other users in "
+            "the process list.",
         ),
         click.option(
             "--token-file",
@@ -50,11 +48,10 @@ def _connection_options(func: F) -> F:
         ),
         click.option(
             "--api-key",
-            envvar="THENA_API_KEY",
-            show_envvar=True,
             metavar="KEY",
             help="Send x-api-key instead of a Bearer token (app keys are what Thena "
-            "recommends for production). Prefer the variable or --api-key-file.",
+            "recommends for production).  [env var: THENA_API_KEY] Prefer the variable "
+            "or --api-key-file.",
         ),
         click.option(
             "--api-key-file",
@@ -168,11 +165,15 @@ def cli() -> None:
 
 def _console(quiet: bool, progress: bool | None, log_file: Path | None) -> Console:
     from bulklink.console import Console
+    from bulklink.errors import BulklinkError
 
-    return Console(stream=sys.stderr, quiet=quiet, progress=progress, log_file=log_file)
+    try:
+        return Console(stream=sys.stderr, quiet=quiet, progress=progress, log_file=log_file)
+    except BulklinkError as exc:  # an unwritable --log-file
+        _fail(str(exc), exc.exit_code)
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"bulklink: error: {message}", err=True)
     sys.exit(code)
 
@@ -227,7 +228,7 @@ Examples:
   bulklink run tickets.xlsx --sheet Links --dry-run
   bulklink run export.csv --rate 20 --limit 10    # a canary run of 10 rows""",
 )
-@click.argument("input", metavar="INPUT")
+@click.argument("input", metavar="INPUT", type=click.Path(allow_dash=True, dir_okay=True))
 @click.option(
     "-o",
     "--output",
@@ -274,7 +275,8 @@ def run(
         from bulklink.api import dry_run as plan
 
         read = {
-            k: options[k] for k in ("source_col", "linked_col", "sheet", "encoding", "delimiter")
+            k: options[k]
+            for k in ("source_col", "linked_col", "sheet", "encoding", "delimiter", "limit")
         }
         try:
             info = plan(input, base_url=options["base_url"], **read)
@@ -299,10 +301,12 @@ def run(
 
 
 def _print_dry_run(info: Any) -> None:
+    held = info.counts.get("not sent (--limit)", 0)
     click.echo(
         f"{info.input}: {info.rows} rows: would send {info.counts['send']}, "
-        f"invalid {info.counts['invalid']}, duplicate {info.counts['duplicate']} "
-        "(nothing sent)"
+        f"invalid {info.counts['invalid']}, duplicate {info.counts['duplicate']}"
+        + (f", skipped by --limit {held}" if held else "")
+        + " (nothing sent)"
     )
     if info.invalid_rows:
         click.echo("invalid rows:")

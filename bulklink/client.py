@@ -14,12 +14,12 @@ import json
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple
 
 import aiohttp
 
+from bulklink.credentials import Auth
 from bulklink.errors import UsageError
 
 LINK_PATH = "/v1/tickets/link"
@@ -34,35 +34,6 @@ class Verdict(enum.Enum):
     RETRY = "retry"  # transient: 5xx, 408, 429, timeout, connection error
     FAIL = "fail"  # the row cannot succeed as sent: other 4xx, 2xx without status true
     ABORT = "abort"  # 401/403: no row can succeed with these credentials
-
-
-@dataclass(frozen=True, slots=True)
-class Auth:
-    """Credentials for every request. ``repr`` hides them; :meth:`redact` scrubs text."""
-
-    token: str | None = None
-    api_key: str | None = None
-    org_id: str | None = None
-
-    def headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["x-api-key"] = self.api_key
-        elif self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        if self.org_id:
-            headers["x-org-id"] = self.org_id
-        return headers
-
-    def redact(self, text: str) -> str:
-        for secret in (self.token, self.api_key):
-            if secret and len(secret) >= 4:  # shorter would mangle ordinary words
-                text = text.replace(secret, "***")
-        return text
-
-    def __repr__(self) -> str:
-        mode = "api-key" if self.api_key else "bearer" if self.token else "none"
-        return f"Auth(mode={mode}, org_id={self.org_id!r})"
 
 
 class Answer(NamedTuple):

@@ -8,12 +8,13 @@ with a timestamp whatever ``quiet`` says. The library default prints nothing at 
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
+
+from bulklink.errors import UsageError
 
 LOG_EVERY = 10.0
 
@@ -52,7 +53,10 @@ class Console:
         self.redact = redact
         self._log: IO[str] | None = None
         if log_file is not None:
-            self._log = log_file.open("a", encoding="utf-8")
+            try:
+                self._log = log_file.open("a", encoding="utf-8")
+            except OSError as exc:
+                raise UsageError(f"cannot write --log-file {log_file}: {exc.strerror}") from None
         self._bar: Any = None
         self._total = 0
         self._done = 0
@@ -139,8 +143,3 @@ class Console:
         if self._log is not None:
             self._log.close()
             self._log = None
-
-
-def out(text: str) -> None:
-    """Standard output, for what a command is asked to print (dry-run, report)."""
-    sys.stdout.write(text + "\n")

@@ -13,12 +13,41 @@ import binascii
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bulklink.client import Auth
 from bulklink.errors import TokenExpiredError, UsageError
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """Credentials for every request. ``repr`` hides them; :meth:`redact` scrubs text."""
+
+    token: str | None = None
+    api_key: str | None = None
+    org_id: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key:
+            headers["x-api-key"] = self.api_key
+        elif self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if self.org_id:
+            headers["x-org-id"] = self.org_id
+        return headers
+
+    def redact(self, text: str) -> str:
+        for secret in (self.token, self.api_key):
+            if secret and len(secret) >= 4:  # shorter would mangle ordinary words
+                text = text.replace(secret, "***")
+        return text
+
+    def __repr__(self) -> str:
+        mode = "api-key" if self.api_key else "bearer" if self.token else "none"
+        return f"Auth(mode={mode}, org_id={self.org_id!r})"
+
 
 SANDBOX_TOKEN = "sandbox-token"  # noqa: S105 - not a secret: what --sandbox sends; the embedded simulator accepts any
 
@@ -27,7 +56,7 @@ SANDBOX_TOKEN = "sandbox-token"  # noqa: S105 - not a secret: what --sandbox sen
 class Secret:
     """A credential with where it came from, for messages that must not show it."""
 
-    value: str
+    value: str = field(repr=False)
     origin: str
 
 
@@ -41,15 +70,25 @@ def _read_file(path: str | Path, flag: str) -> str:
     return value
 
 
-def _pick(value: str | None, file: str | Path | None, env: str, flag: str) -> Secret | None:
+def _pick(value: str | None, file: str | Path | None, flag: str) -> Secret | None:
     if value is not None and file is not None:
         raise UsageError(f"give {flag} or {flag}-file, not both")
     if file is not None:
         return Secret(_read_file(file, f"{flag}-file"), f"{flag}-file")
-    if value:
+    if value is not None and value.strip():
         return Secret(value.strip(), flag)
-    from_env = os.environ.get(env, "").strip()
-    return Secret(from_env, env) if from_env else None
+    return None
+
+
+def _from_env(name: str) -> Secret | None:
+    value = os.environ.get(name, "").strip()
+    return Secret(value, name) if value else None
+
+
+def _check(secret: Secret | None) -> None:
+    if secret is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in secret.value):
+        # aiohttp would refuse the header mid-run; say so before anything is sent.
+        raise UsageError(f"the credential from {secret.origin} contains a control character")
 
 
 def resolve_auth(
@@ -61,9 +100,16 @@ def resolve_auth(
     org_id: str | None = None,
     sandbox: bool = False,
 ) -> Auth:
-    """Pick the auth mode from arguments, files and THENA_* variables; exit-2 errors otherwise."""
-    bearer = _pick(token, token_file, "THENA_TOKEN", "--token")
-    key = _pick(api_key, api_key_file, "THENA_API_KEY", "--api-key")
+    """Pick the auth mode; each credential from its option, else its THENA_* variable.
+
+    ``--token-file`` overrides an exported THENA_TOKEN (and ``--api-key-file``
+    THENA_API_KEY). A token and an API key together, from wherever, are a usage error:
+    which one was meant cannot be guessed.
+    """
+    bearer = _pick(token, token_file, "--token") or _from_env("THENA_TOKEN")
+    key = _pick(api_key, api_key_file, "--api-key") or _from_env("THENA_API_KEY")
+    _check(bearer)
+    _check(key)
     org = (org_id or os.environ.get("THENA_ORG_ID", "")).strip() or None
     if bearer and key:
         raise UsageError(

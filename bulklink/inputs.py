@@ -40,6 +40,27 @@ _HASH_KEYS = ("bulklink-pair-k1", "bulklink-pair-k2")  # pandas wants 16-char ke
 _ALIASES = {"source": "sourceticketid", "linked": "linkedticketid"}
 
 
+def clean_id(value: object) -> str:
+    """An ID from a Python caller as text: None and NaN (a pandas blank) are blank."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return str(value).strip()
+
+
+def invalid_reason(source: str, linked: str) -> str | None:
+    """Why a pair cannot be sent, or None: the rule :func:`scan` applies to whole files."""
+    if not source or not linked:
+        code = (
+            BLANK_BOTH
+            if not source and not linked
+            else BLANK_SOURCE
+            if not source
+            else (BLANK_LINKED)
+        )
+        return INVALID_REASONS[code]
+    return INVALID_REASONS[SELF_LINK] if source == linked else None
+
+
 def _norm(name: str) -> str:
     """Fold case, spaces, underscores and dashes: ``Source Ticket ID`` == ``source_ticket_id``."""
     key = re.sub(r"[\s_\-]+", "", name.strip().lower())
@@ -85,6 +106,10 @@ class Table:
         self.encoding = options.encoding or "utf-8"
         self.delimiter = options.delimiter or ("\t" if self.kind == "tsv" else ",")
         self.columns = self._open()
+        if report:
+            missing = [c for c in (options.source_col, options.linked_col) if c not in self.columns]
+            if missing:
+                raise InputError(f"{path} is not a bulklink report: no column {missing[0]}")
         self.source_col, self.linked_col = _pick_columns(self.columns, options)
         self.other_cols = [c for c in self.columns if c not in (self.source_col, self.linked_col)]
 
@@ -325,7 +350,14 @@ class Plan:
     def key(self) -> str:
         """Ties a journal to this input's content and how it was read."""
         t = self.table
-        parts = (t.digest, t.source_col, t.linked_col, t.options.sheet or "", t.delimiter)
+        parts = (
+            t.digest,
+            t.source_col,
+            t.linked_col,
+            t.options.sheet or "",
+            t.delimiter,
+            t.encoding,
+        )
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
     @property

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import gc
 import json
 import os
 import signal
@@ -23,8 +22,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bulklink.assembly import Assembler, Layout
-from bulklink.client import Auth, Client
+from bulklink.client import Client
 from bulklink.console import Console
+from bulklink.credentials import Auth
 from bulklink.errors import BulklinkError, CredentialsRejected, Interrupted, UsageError
 from bulklink.inputs import SEND, Chunk, Plan
 from bulklink.journal import Journal, journal_path
@@ -67,9 +67,6 @@ def execute(job: Job) -> Summary:
         job.console.info(note)
     writer = open_writer(job.report, job.layout.extra_fields, job.layout.passthrough)
     assembler = Assembler(job.plan, job.layout, journal, writer)
-    # Everything alive now (pandas, numpy, aiohttp, the plan) lives for the whole run:
-    # keep the collector from walking it again and again while rows stream through.
-    gc.freeze()
     try:
         stop_reason, signum = _run_to_completion(lambda: _run(job, journal, assembler))
         writer.commit()
@@ -77,8 +74,6 @@ def execute(job: Job) -> Summary:
         writer.discard()
         journal.close()
         raise
-    finally:
-        gc.unfreeze()
     if stop_reason:
         journal.close()  # kept: a rerun resumes from it
     else:
@@ -136,7 +131,7 @@ async def _run(job: Job, journal: Journal, assembler: Assembler) -> tuple[str, i
     console = job.console
     to_send = journal.pending(job.plan.codes == SEND)
     if job.limit is not None:
-        to_send = min(to_send, job.limit)
+        to_send = min(to_send, max(0, job.limit - journal.resumed))
     async with (
         _endpoint(job) as base_url,
         Client(
@@ -255,7 +250,8 @@ async def _feed(
 ) -> AsyncIterator[list[Pair]]:
     """Batches of pairs still to send, in input order, honouring --limit and back-pressure."""
     codes = job.plan.codes.tobytes()
-    budget = job.limit
+    # A canary resumed after a crash sends only what the first attempt had left of N.
+    budget = None if job.limit is None else max(0, job.limit - journal.resumed)
     while (chunk := await stream.get()) is not None:
         assembler.add_chunk(chunk)
         batch: list[Pair] = []

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bulklink.errors import LockedError
+from bulklink.errors import LockedError, UsageError
 
 
 def lock_path(report: Path) -> Path:
@@ -28,7 +28,10 @@ def hold(report: Path, command: str) -> Iterator[None]:
     """Hold the report's lock for the block, or raise :class:`LockedError` at once."""
     path = lock_path(report)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UsageError(f"cannot create the lock file {path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

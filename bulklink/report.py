@@ -19,7 +19,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -313,13 +313,3 @@ class XlsxWriter(ReportWriter):
 def open_writer(path: Path, extra_fields: Sequence[str], other_cols: Sequence[str]) -> ReportWriter:
     kind = {".csv": CsvWriter, ".jsonl": JsonlWriter, ".xlsx": XlsxWriter}[report_format(path)]
     return kind(path, extra_fields, other_cols)
-
-
-def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except ValueError:
-                    raise ValueError(f"line {number} is not JSON") from None

@@ -36,7 +36,6 @@ class RunSettings:
     timeout: float = 30.0
     backoff: float = 0.5  # first retry delay in seconds; doubles each time, with jitter
     backoff_cap: float = 30.0
-    adaptive: bool = True
 
     def delay(self, attempt: int) -> float:
         """Full-jitter exponential backoff: spreads retries so they don't arrive together."""
@@ -57,7 +56,7 @@ class Runner:
         self.settings = settings
         self.on_result = on_result
         self.clock = clock
-        self.pacer = Pacer(settings.rate, adaptive=settings.adaptive, clock=clock)
+        self.pacer = Pacer(settings.rate, clock=clock)
         self.stop_reason = ""
         self.in_flight = 0
         self.latency = 0.0  # moving average of answer times, for the auto pool size
@@ -67,10 +66,6 @@ class Runner:
         self._refill = asyncio.Lock()
         self._workers: set[asyncio.Task[None]] = set()
         self._waiting: set[asyncio.Task[None]] = set()
-
-    @property
-    def workers(self) -> int:
-        return len(self._workers)
 
     def stop(self, reason: str) -> None:
         """Dispatch nothing new; requests in flight finish, waiting ones give up."""
@@ -114,9 +109,14 @@ class Runner:
         while True:
             await asyncio.sleep(0.1)
             rate = self.pacer.current
-            if rate <= 0 or self._feed_done or self.stop_reason:
+            if self._feed_done or self.stop_reason:
                 continue
-            want = min(AUTO_CAP, math.ceil(rate * self.latency * 1.5) + 2)
+            if rate > 0:  # Little's law: in flight = rate x latency, with some headroom
+                want = min(AUTO_CAP, math.ceil(rate * self.latency * 1.5) + 2)
+            elif self.in_flight >= 0.9 * len(self._workers):  # no limit: grow while saturated
+                want = min(AUTO_CAP, len(self._workers) + AUTO_START)
+            else:
+                continue
             for _ in range(want - len(self._workers)):
                 self._spawn()
 
@@ -188,7 +188,11 @@ class Runner:
                     answer.body,
                 )
             if verdict is Verdict.ABORT:
+                # Not this row's fault, and not final: ``skipped`` stays out of the journal,
+                # so the rerun with good credentials (or ``retry``) sends it again.
                 self.stop(CREDENTIALS_REJECTED)
+                error = f"{CREDENTIALS_REJECTED}: {answer.error}"
+                return Result(pair.row, Outcome.SKIPPED, answer.http_status, error, attempts)
             if verdict is not Verdict.RETRY:
                 return Result(pair.row, Outcome.FAILED, answer.http_status, answer.error, attempts)
             if answer.throttled:

@@ -9,6 +9,7 @@ from pathlib import Path
 from bulklink.client import DEFAULT_BASE_URL, Client
 from bulklink.credentials import resolve_auth
 from bulklink.errors import CredentialsRejected
+from bulklink.inputs import clean_id, invalid_reason
 from bulklink.models import LinkResult, Outcome, Pair, Result
 from bulklink.runner import AUTO_CAP, CREDENTIALS_REJECTED, Runner, settings_from
 
@@ -64,14 +65,10 @@ async def link_pairs(
         nonlocal counter
         async for raw_source, raw_linked in source:
             counter += 1
-            pair = Pair(counter, str(raw_source).strip(), str(raw_linked).strip())
+            pair = Pair(counter, clean_id(raw_source), clean_id(raw_linked))
             ids[counter] = (pair.source, pair.linked)
-            if not pair.source or not pair.linked or pair.source == pair.linked:
-                reason = (
-                    "blank ticket ID"
-                    if pair.source == "" or pair.linked == ""
-                    else ("source and linked ticket are the same")
-                )
+            reason = invalid_reason(pair.source, pair.linked)
+            if reason is not None:
                 done.put_nowait(Result(counter, Outcome.INVALID, None, reason, 0))
                 continue
             yield [pair]
@@ -106,8 +103,8 @@ async def link_pairs(
     if runner.stop_reason == CREDENTIALS_REJECTED:
         async for raw_source, raw_linked in source:
             yield LinkResult(
-                str(raw_source).strip(),
-                str(raw_linked).strip(),
+                clean_id(raw_source),
+                clean_id(raw_linked),
                 Outcome.SKIPPED,
                 None,
                 f"not attempted: {CREDENTIALS_REJECTED}",
