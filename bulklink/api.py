@@ -9,6 +9,7 @@ are exceptions from :mod:`bulklink.errors`.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -173,7 +174,12 @@ def retry_job(
         handle_signals,
         f"bulklink retry {report}",
     )
-    with hold(target, common.command):
+    with contextlib.ExitStack() as locks:
+        # The report read is locked too: another run writing it, or another retry of it
+        # (even to a different -o), would send the same rows twice.
+        if source.resolve() != target.resolve():
+            locks.enter_context(hold(source, common.command))
+        locks.enter_context(hold(target, common.command))
         table, layout = open_report(source)
         return _execute(scan(table, keep=kept_rows), layout, common)
 

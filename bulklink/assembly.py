@@ -29,6 +29,7 @@ class Layout:
     passthrough: list[str]
     extra_fields: list[str] = field(default_factory=list)
     retry: bool = False
+    escaped: bool = False  # the old report is a CSV: its API text carries formula escapes
 
 
 @dataclass(slots=True)
@@ -232,9 +233,10 @@ class Assembler:
         cols = chunk.columns
         outcome = Outcome(str(cols["outcome"][at]).strip())
         success = str(cols["success"][at]).strip().lower() == "true"
-        ticket = [_restore(cols[name][at]) for name in TICKET_COLUMNS]
+        escaped = self.layout.escaped
+        ticket = [_restore(cols[name][at], escaped) for name in TICKET_COLUMNS]
         extras = {
-            name: _restore(cols[f"ticket.{name}"][at]) for name in self.layout.extra_fields
+            name: _restore(cols[f"ticket.{name}"][at], escaped) for name in self.layout.extra_fields
         } or None
         status = cols["http_status"][at]
         head = [
@@ -244,7 +246,7 @@ class Assembler:
             "true" if success else "false",
             outcome.value,
             _number(status),
-            _text(cols["error"][at]),
+            _text(cols["error"][at], escaped),
             _number(cols["attempts"][at]),
         ]
         self.writer.write(head, ticket, extras, self._others(chunk, at))
@@ -282,16 +284,21 @@ class ErrorTally:
         ]
 
 
-def _restore(value: Any) -> Any:
-    """A cell read back from a report: empty is nothing, CSV formula escapes undone."""
+def _restore(value: Any, escaped: bool) -> Any:
+    """A cell read back from a report: empty is nothing; a CSV's formula escapes undone
+    (xlsx and jsonl reports hold text as it came, so a leading quote there is data)."""
     if isinstance(value, str):
-        return unneutralize(value) if value else None
+        if not value:
+            return None
+        return unneutralize(value) if escaped else value
     return value
 
 
-def _text(value: Any) -> str:
-    """The error cell read back: text as written (``""`` stays ``""``), escapes undone."""
-    return "" if value is None else unneutralize(str(value))
+def _text(value: Any, escaped: bool) -> str:
+    """The error cell read back: text as written (``""`` stays ``""``)."""
+    if value is None:
+        return ""
+    return unneutralize(str(value)) if escaped else str(value)
 
 
 def _number(value: Any) -> Any:

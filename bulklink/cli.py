@@ -202,9 +202,9 @@ def _run_and_report(console: Console, call: Callable[[], Summary]) -> None:
         try:
             summary = call()
         except (CredentialsRejected, Interrupted) as exc:
-            if exc.summary is not None:
-                _print_summary(console, exc.summary)
             console.error(f"bulklink: {exc}")
+            if exc.summary is not None:
+                _print_summary(console, exc.summary)  # the summary line stays the last
             sys.exit(exc.exit_code)
         except BulklinkError as exc:
             console.error(f"bulklink: error: {console.redact(str(exc))}")

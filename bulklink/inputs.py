@@ -217,8 +217,12 @@ class Table:
                 except ValueError:
                     raise InputError(f"{self.path}: line {number} is not JSON") from None
         columns = list(dict.fromkeys(k for record in records for k in record))
-        frame = pd.DataFrame.from_records(records, columns=columns).astype(object)
-        frame = frame.where(frame.notna(), None)
+        # Built column by column as objects: from_records would turn an int column with a
+        # null in it into floats (42 -> 42.0, and 20-digit IDs lose digits).
+        frame = pd.DataFrame(
+            {c: pd.Series([r.get(c) for r in records], dtype=object) for c in columns},
+            columns=columns,
+        )
         for name in (self.options.source_col, self.options.linked_col):
             if name in frame.columns:
                 frame[name] = frame[name].map(lambda v: "" if v is None else str(v))

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from aiolimiter import AsyncLimiter
 
-MIN_RATE = 0.2  # requests/s the adaptive rate never goes below
+MIN_RATE = 0.5  # requests/s the adaptive rate never goes below
 DECREASE = 0.9  # multiplicative decrease on a 429, applied to what the server accepted
 INCREASE_EVERY = 1.0  # seconds between additive increases while no 429 arrives
 SLOTS_PER_SECOND = 4
@@ -55,6 +55,7 @@ class Pacer:
         self._last_increase = 0.0
         # Answers per quarter second over the last second, newest first: what the server
         # accepted (not 429) and everything it answered.
+        self._capacity = rate if rate > 0 else math.inf
         self._slot = 0
         self._accepted = [0] * SLOTS_PER_SECOND
         self._answered = [0] * SLOTS_PER_SECOND
@@ -117,8 +118,13 @@ class Pacer:
             and now - self._last_decrease >= INCREASE_EVERY
         ):
             self._last_increase = now
-            step = max(0.5, 0.02 * self.current)
-            target = self.current + step
+            if self.current < 0.5 * self._capacity:
+                # Far below what the server has been seen to accept (say, after a burst of
+                # 429s with no accepted answers to learn from): double, like TCP's slow start.
+                target = self.current * 2
+            else:  # near it: creep, by a step in proportion to what the server takes
+                known = self._capacity if math.isfinite(self._capacity) else self.current
+                target = self.current + max(0.5, 0.02 * self.current, 0.05 * known)
             if self.ceiling > 0:
                 target = min(target, self.ceiling)
             self._set_rate(target if self.ceiling > 0 or target < 10_000 else 0.0)
@@ -134,16 +140,23 @@ class Pacer:
     def _decrease(self, now: float) -> None:
         """To a little under what the server accepted in the last second.
 
-        Half of what we sent is the floor, so a 429 on the very first requests (nothing
-        accepted yet) does not drop the run to a crawl; only one decrease per round
-        trip, since the 429s of requests sent before it say nothing new.
+        With too little accepted to go by, the rate is halved (or, with no limit yet, set
+        to half of what was sent). Only one decrease per round trip: the 429s of requests
+        sent before it say nothing new.
         """
-        estimate = max(float(sum(self._accepted)), 0.5 * sum(self._answered))
-        if self.current > 0:
-            estimate = min(estimate, self.current)
+        accepted = float(sum(self._accepted))
+        if accepted >= 2:  # the server's own answer to "how many per second?"
+            self._capacity = accepted
+            target = accepted * DECREASE
+            if self.current > 0:
+                target = min(target, self.current * DECREASE)
+        elif self.current > 0:  # nothing to learn from: halve, as AIMD does
+            target = self.current / 2
+        else:  # no limit yet and nothing accepted: half of what was sent
+            target = sum(self._answered) / 2
         self._last_decrease = now
         self._last_increase = now
-        self._set_rate(max(MIN_RATE, estimate * DECREASE))
+        self._set_rate(max(MIN_RATE, target))
 
     def _set_rate(self, rate: float) -> None:
         if rate == self.current:

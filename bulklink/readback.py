@@ -26,7 +26,8 @@ def open_report(path: Path) -> tuple[Table, Layout]:
         if c.startswith("ticket.") and c not in ours
     ]
     passthrough = [c for c in table.other_cols if c not in ours and not c.startswith("ticket.")]
-    return table, Layout(passthrough=passthrough, extra_fields=extra, retry=True)
+    layout = Layout(passthrough, extra, retry=True, escaped=table.kind == "csv")
+    return table, layout
 
 
 def kept_rows(chunk: Chunk) -> list[bool]:
@@ -48,7 +49,7 @@ def kept_rows(chunk: Chunk) -> list[bool]:
 def read_report(report: str | Path) -> Summary:
     """Counts, failures by error and rows to retry, from a report in any format; no network."""
     path = Path(report)
-    table, _ = open_report(path)
+    table, layout = open_report(path)
     summary = Summary(report=str(path))
     tally = ErrorTally()
     unsuccessful = 0
@@ -68,7 +69,7 @@ def read_report(report: str | Path) -> Summary:
                     row = cols["row"][at]
                     tally.add(
                         int(row) if str(row).isdigit() else row,
-                        unneutralize(str(error or "")),
+                        unneutralize(str(error or "")) if layout.escaped else str(error or ""),
                         chunk.source[at],
                         chunk.linked[at],
                     )

@@ -11,12 +11,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from bulklink import link_pairs
 from bulklink.inputs import ReadOptions, Table, scan
 from bulklink.models import Outcome
-from bulklink.sandbox import Sandbox
+from bulklink.sandbox import Reply, Sandbox
 from tests.conftest import ORG, TOKEN, invoke, pairs_csv, read_report, run_against, write_csv
 from tests.test_cron import spawn, wait_until
+from tests.test_report import custom_ticket, read_any, success_body
 
 FAST = ("--backoff", "0.01", "--no-progress")
 
@@ -164,3 +167,59 @@ def test_report_on_a_file_that_is_not_a_report_says_so(tmp_path: Path) -> None:
         result = invoke("report", path)
         assert result.exit_code == 2
         assert "not a bulklink report" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("fmt", [".csv", ".xlsx", ".jsonl"])
+def test_retry_keeps_the_kept_rows_exactly_in_every_format(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox], fmt: str
+) -> None:
+    """Leading quotes are data outside CSV; ints with nulls beside them stay ints."""
+    quoted = custom_ticket("S1", priority="'=already", type="''+two", ticketId=12345678901234567891)
+    server = start_sandbox(
+        script={"S1": [Reply(200, body=success_body(quoted))], "S2": [Reply(404)]}
+    )
+    data = write_csv(tmp_path / "in.csv", [["source", "linked"], ["S1", "L1"], ["S2", "L2"]])
+    report = tmp_path / f"out{fmt}"
+    assert run_against(server, "run", data, "-o", report, "--rate", "0", *FAST).exit_code == 1
+    _, before = read_any(report)
+    result = run_against(server, "retry", report, "--rate", "0", *FAST)
+    assert result.exit_code == 0, result.stderr
+    _, after = read_any(report)
+    assert after[0] == before[0]  # the linked row, cell for cell
+    assert after[1]["outcome"] == "linked"
+    if fmt != ".csv":
+        assert after[0]["ticket.priority"] == "'=already"
+        assert after[0]["ticket.type"] == "''+two"
+    if fmt == ".jsonl":
+        assert after[0]["ticket.ticketId"] == 12345678901234567891
+
+
+def test_a_second_retry_of_the_same_report_refuses_even_to_another_output(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox]
+) -> None:
+    server = start_sandbox(latency=0.1)
+    data = pairs_csv(tmp_path / "in.csv", 60)
+    report = tmp_path / "out.csv"
+    wrong = {"THENA_TOKEN": "a-wrong-token-123"}
+    assert run_against(server, "run", data, "-o", report, *FAST, env=wrong).exit_code == 3
+    proc = spawn(server, "retry", report, "--rate", "10", *FAST)
+    wait_until(lambda: len(server.requests) >= 3, "the first retry to start")
+    started = time.monotonic()
+    second = run_against(server, "retry", report, "-o", tmp_path / "other.csv", *FAST)
+    assert second.exit_code == 75, second.stderr
+    assert time.monotonic() - started < 1.0
+    assert not (tmp_path / "other.csv").exists()
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=20)
+    assert max(server.link_counts.values()) == 1
+
+
+def test_the_summary_line_is_the_last_line_after_a_credentials_stop(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    data = pairs_csv(tmp_path / "in.csv", 5)
+    result = run_against(sandbox, "run", data, *FAST, env={"THENA_TOKEN": "wrong-token-123"})
+    assert result.exit_code == 3
+    lines = result.stderr.strip().splitlines()
+    assert "rejected the credentials" in result.stderr
+    assert lines[-1].startswith("linked 0,") and "report: " in lines[-1]
