@@ -78,7 +78,8 @@ def _connection_options(func: F) -> F:
             show_default=True,
             metavar="N|auto",
             help="Requests in flight at most. 'auto' starts at 16 and grows (up to "
-            "256) to rate x latency, so a slow API still gets the full rate.",
+            "256) to rate x latency, so a slow API still gets the full rate (with "
+            "--rate 0: while every request slot is busy).",
         ),
         click.option(
             "--max-retries",
