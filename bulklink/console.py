@@ -8,6 +8,7 @@ with a timestamp whatever ``quiet`` says. The library default prints nothing at 
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -99,11 +100,15 @@ class Console:
         if self.bar_wanted and total:
             from tqdm import tqdm
 
+            # shutil falls back to $COLUMNS/$LINES or 80x24 where a pty reports a size of
+            # 0x0; tqdm's own probe would then hide the bar (no rows to draw it on).
+            size = shutil.get_terminal_size()
             self._bar = tqdm(
                 total=total,
                 file=self.stream,
                 unit="row",
-                dynamic_ncols=True,
+                ncols=size.columns,
+                nrows=size.lines,
                 smoothing=0.1,
                 leave=False,
             )

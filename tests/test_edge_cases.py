@@ -223,3 +223,38 @@ def test_the_summary_line_is_the_last_line_after_a_credentials_stop(
     lines = result.stderr.strip().splitlines()
     assert "rejected the credentials" in result.stderr
     assert lines[-1].startswith("linked 0,") and "report: " in lines[-1]
+
+
+def test_a_terminal_gets_a_progress_bar_even_when_it_reports_no_size(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox]
+) -> None:
+    """stderr on a pty (size 0x0, as under `script` or some CI runners): the bar shows."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    server = start_sandbox(latency=0.02)
+    data = pairs_csv(tmp_path / "in.csv", 60)
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THENA_")}
+    env.update(THENA_TOKEN=TOKEN, THENA_ORG_ID=ORG, THENA_BASE_URL=server.url)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bulklink", "run", str(data), "--rate", "40"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
+    )  # fmt: skip
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            block = os.read(master, 4096)
+        except OSError:  # the child closed the pty
+            break
+        if not block:
+            break
+        seen += block
+    os.close(master)
+    assert proc.wait(timeout=30) == 0
+    text = seen.decode("utf-8", "replace")
+    assert "row/s" in text and "/60" in text
+    assert text.rstrip().splitlines()[-1].startswith("linked 60,")
