@@ -86,35 +86,16 @@ def run_job(
     the report's lock, and raises :class:`~bulklink.errors.BulklinkError` subclasses
     (after writing the report when the run had started).
     """
-    console = console or Console.silent()
-    settings = settings_from(rate, concurrency, max_retries, timeout, backoff)
-    auth = resolve_auth(
-        token=token,
-        token_file=token_file,
-        api_key=api_key,
-        api_key_file=api_key_file,
-        org_id=org_id,
-        sandbox=sandbox,
-    )
-    console.redact = auth.redact
     read = ReadOptions(source_col, linked_col, sheet, encoding, _delimiter(delimiter))
     stdin = str(input) == "-"
     if stdin and output is None:
         raise UsageError("reading from standard input ('-') needs -o/--output")
     report = resolve_report(None if stdin else Path(input), Path(output) if output else None)
-    common = _Common(
-        report,
-        auth,
-        base_url,
-        settings,
-        console,
-        limit,
-        fresh,
-        sandbox,
-        summary_json,
-        handle_signals,
-        f"bulklink run {input}",
-    )
+    common = _Common.build(
+        report, f"bulklink run {input}", console, base_url, token, token_file, api_key,
+        api_key_file, org_id, rate, concurrency, max_retries, timeout, backoff, limit, fresh,
+        sandbox, summary_json, handle_signals,
+    )  # fmt: skip
     with hold(report, common.command):
         spool = _spool_stdin(report.with_name(f".{report.name}.stdin.csv")) if stdin else None
         try:
@@ -148,32 +129,13 @@ def retry_job(
     handle_signals: bool = False,
 ) -> Summary:
     """Resend a report's ``failed`` and ``skipped`` rows; rewrite it (or ``output``) in place."""
-    console = console or Console.silent()
-    settings = settings_from(rate, concurrency, max_retries, timeout, backoff)
-    auth = resolve_auth(
-        token=token,
-        token_file=token_file,
-        api_key=api_key,
-        api_key_file=api_key_file,
-        org_id=org_id,
-        sandbox=sandbox,
-    )
-    console.redact = auth.redact
     source = Path(report)
     target = resolve_report(None, Path(output) if output is not None else source)
-    common = _Common(
-        target,
-        auth,
-        base_url,
-        settings,
-        console,
-        limit,
-        fresh,
-        sandbox,
-        summary_json,
-        handle_signals,
-        f"bulklink retry {report}",
-    )
+    common = _Common.build(
+        target, f"bulklink retry {report}", console, base_url, token, token_file, api_key,
+        api_key_file, org_id, rate, concurrency, max_retries, timeout, backoff, limit, fresh,
+        sandbox, summary_json, handle_signals,
+    )  # fmt: skip
     with contextlib.ExitStack() as locks:
         # The report read is locked too: another run writing it, or another retry of it
         # (even to a different -o), would send the same rows twice.
@@ -208,6 +170,44 @@ class _Common:
     summary_json: str | Path | None
     handle_signals: bool
     command: str
+
+    @classmethod
+    def build(
+        cls,
+        report: Path,
+        command: str,
+        console: Console | None,
+        base_url: str | None,
+        token: str | None,
+        token_file: str | Path | None,
+        api_key: str | None,
+        api_key_file: str | Path | None,
+        org_id: str | None,
+        rate: float,
+        concurrency: int | str | None,
+        max_retries: int,
+        timeout: float,
+        backoff: float,
+        limit: int | None,
+        fresh: bool,
+        sandbox: bool,
+        summary_json: str | Path | None,
+        handle_signals: bool,
+    ) -> _Common:
+        """The one place ``run`` and ``retry`` turn their options into checked objects."""
+        console = console or Console.silent()
+        settings = settings_from(rate, concurrency, max_retries, timeout, backoff)
+        auth = resolve_auth(
+            token=token,
+            token_file=token_file,
+            api_key=api_key,
+            api_key_file=api_key_file,
+            org_id=org_id,
+            sandbox=sandbox,
+        )
+        console.redact = auth.redact
+        return cls(report, auth, base_url, settings, console, limit, fresh, sandbox,
+                   summary_json, handle_signals, command)  # fmt: skip
 
     def __post_init__(self) -> None:
         report_format(self.report)
