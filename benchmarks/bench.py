@@ -179,50 +179,10 @@ def make_input(path: Path, rows: int, seed: int = 4) -> Path:
 
 
 def ticket_body() -> bytes:
-    """The fixed 200 answer of the fast server: a full documented ticket, as Thena sends."""
-    ticket_id = "CT356A192B7913B04C54574D18C28"
-    data: dict[str, Any] = {
-        "id": ticket_id,
-        "title": f"Ticket {ticket_id}",
-        "ticketId": 4242,
-        "description": f"Simulated ticket {ticket_id}",
-        "accountId": "ACC1A2B3C4D",
-        "status": "Open",
-        "statusId": "STATUS_OPEN",
-        "priority": "Medium",
-        "priorityId": "PRIORITY_MEDIUM",
-        "storyPoints": 3,
-        "account": "Acme",
-        "teamId": "TEAM_SUPPORT",
-        "teamName": "Support",
-        "isPrivate": False,
-        "typeId": "TYPE_QUESTION",
-        "type": "Question",
-        "assignedAgent": "Sam Agent",
-        "assignedAgentId": "USER_SAM",
-        "assignedAgentEmail": "sam.agent@example.com",
-        "requestorEmail": "casey@example.com",
-        "customerContactId": "CC1A2B3C4D",
-        "customerContactFirstName": "Casey",
-        "customerContactLastName": "Customer",
-        "customerContactEmail": "casey@example.com",
-        "submitterEmail": "casey@example.com",
-        "customFieldValues": [],
-        "deletedAt": None,
-        "archivedAt": None,
-        "createdAt": "2024-01-01T00:00:00.000Z",
-        "updatedAt": "2024-01-01T00:00:00.000Z",
-        "formId": "FORM_DEFAULT",
-        "aiGeneratedTitle": f"Ticket {ticket_id}",
-        "aiGeneratedSummary": f"Simulated summary of ticket {ticket_id}.",
-    }
-    body = {
-        "status": True,
-        "message": "Success",
-        "timestamp": "2024-01-01T00:00:00.000Z",
-        "data": data,
-    }
-    return json.dumps(body).encode()
+    """The fixed 200 answer of the fast server: the sandbox's own full documented ticket."""
+    from bulklink.sandbox import success_body
+
+    return success_body("CT356A192B7913B04C54574D18C28", 0.0)
 
 
 # -- servers -----------------------------------------------------------------------------------

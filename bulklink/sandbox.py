@@ -196,7 +196,7 @@ _E_TIME, _E_SRC, _E_TAG, _E_TITLE = map(_esc, (_M_TIME, _M_SRC, _M_TAG, _M_TITLE
 _PLAIN_TITLE, _FORMULA_TITLE = "Ticket " + _E_SRC, _esc(FORMULA_TITLE)
 
 
-def _success_body(source: str, wall: float) -> bytes:
+def success_body(source: str, wall: float) -> bytes:
     """The 200 body, deterministic from the source id apart from the timestamp."""
     h = zlib.crc32(source.encode())
     title = _FORMULA_TITLE if source[:7].upper() == "FORMULA" else _PLAIN_TITLE
@@ -342,7 +342,7 @@ class Sandbox:
         headers = {"Content-Type": _JSON_CT, **rate_headers}
         if body is None:
             if status == 200:
-                payload = _success_body(str(data.get("sourceTicketId")), wall)
+                payload = success_body(str(data.get("sourceTicketId")), wall)
             elif status == 204:
                 payload = b""
             else:
@@ -438,7 +438,7 @@ class Sandbox:
                     return 404, _error_body(404, f"Ticket not found: {ticket}"), None
         if src == dst:
             return 400, _SELF_LINK, None
-        return 200, _success_body(src, wall), (src, dst)
+        return 200, success_body(src, wall), (src, dst)
 
 
 def _arrival(record: RequestRecord) -> float:
