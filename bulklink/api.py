@@ -10,6 +10,7 @@ are exceptions from :mod:`bulklink.errors`.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sys
 import tempfile
@@ -17,17 +18,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bulklink.assembly import Layout
-from bulklink.client import DEFAULT_BASE_URL, Client
 from bulklink.console import Console
-from bulklink.credentials import Auth, preflight, resolve_auth
+from bulklink.credentials import preflight
 from bulklink.errors import InputError, UsageError
 from bulklink.inputs import DUPLICATE, INVALID_REASONS, SEND, Plan, ReadOptions, Table, scan
 from bulklink.job import Job, execute, resolve_report
 from bulklink.lock import hold
 from bulklink.models import Pair, Summary
+from bulklink.options import (
+    DEFAULT_BASE_URL,
+    Connection,
+    Control,
+    JobArgs,
+    Output,
+    RunSettings,
+    job_args,
+)
 from bulklink.readback import kept_rows, open_report
-from bulklink.report import report_format
-from bulklink.runner import RunSettings, settings_from
 
 
 @dataclass(slots=True)
@@ -57,31 +64,34 @@ def run_job(
     input: str | Path,
     output: str | Path | None = None,
     *,
+    source_col: str | None = None,
+    linked_col: str | None = None,
+    sheet: str | None = None,
+    encoding: str | None = None,
+    delimiter: str | None = None,
     base_url: str | None = None,
     token: str | None = None,
     token_file: str | Path | None = None,
     api_key: str | None = None,
     api_key_file: str | Path | None = None,
     org_id: str | None = None,
+    sandbox: bool = False,
     rate: float = 10.0,
     concurrency: int | str | None = "auto",
     max_retries: int = 5,
     timeout: float = 30.0,
     backoff: float = 0.5,
-    source_col: str | None = None,
-    linked_col: str | None = None,
-    sheet: str | None = None,
-    encoding: str | None = None,
-    delimiter: str | None = None,
     limit: int | None = None,
     fresh: bool = False,
-    sandbox: bool = False,
+    handle_signals: bool = False,
     summary_json: str | Path | None = None,
     console: Console | None = None,
-    handle_signals: bool = False,
 ) -> Summary:
     """Link every pair in ``input`` and write the report; what ``bulklink run`` does.
 
+    The keyword arguments are the CLI's options in snake_case (see
+    :class:`~bulklink.options.JobArgs`); unset credentials and base URL come from the
+    same ``THENA_*`` variables as in the CLI.
     Resumes from the journal of an interrupted run on the same input and report, holds
     the report's lock, and raises :class:`~bulklink.errors.BulklinkError` subclasses
     (after writing the report when the run had started).
@@ -91,16 +101,12 @@ def run_job(
     if stdin and output is None:
         raise UsageError("reading from standard input ('-') needs -o/--output")
     report = resolve_report(None if stdin else Path(input), Path(output) if output else None)
-    common = _Common.build(
-        report, f"bulklink run {input}", console, base_url, token, token_file, api_key,
-        api_key_file, org_id, rate, concurrency, max_retries, timeout, backoff, limit, fresh,
-        sandbox, summary_json, handle_signals,
-    )  # fmt: skip
-    with hold(report, common.command):
+    job = _Prepared.build(report, f"bulklink run {input}", console, job_args(locals()))
+    with hold(report, job.command):
         spool = _spool_stdin(report.with_name(f".{report.name}.stdin.csv")) if stdin else None
         try:
             table = Table(spool or Path(input), read)
-            return _execute(scan(table), Layout(passthrough=list(table.other_cols)), common)
+            return _execute(scan(table), Layout(passthrough=list(table.other_cols)), job)
         finally:
             if spool is not None:
                 spool.unlink(missing_ok=True)
@@ -116,6 +122,7 @@ def retry_job(
     api_key: str | None = None,
     api_key_file: str | Path | None = None,
     org_id: str | None = None,
+    sandbox: bool = False,
     rate: float = 10.0,
     concurrency: int | str | None = "auto",
     max_retries: int = 5,
@@ -123,27 +130,22 @@ def retry_job(
     backoff: float = 0.5,
     limit: int | None = None,
     fresh: bool = False,
-    sandbox: bool = False,
+    handle_signals: bool = False,
     summary_json: str | Path | None = None,
     console: Console | None = None,
-    handle_signals: bool = False,
 ) -> Summary:
     """Resend a report's ``failed`` and ``skipped`` rows; rewrite it (or ``output``) in place."""
     source = Path(report)
     target = resolve_report(None, Path(output) if output is not None else source)
-    common = _Common.build(
-        target, f"bulklink retry {report}", console, base_url, token, token_file, api_key,
-        api_key_file, org_id, rate, concurrency, max_retries, timeout, backoff, limit, fresh,
-        sandbox, summary_json, handle_signals,
-    )  # fmt: skip
+    job = _Prepared.build(target, f"bulklink retry {report}", console, job_args(locals()))
     with contextlib.ExitStack() as locks:
         # The report read is locked too: another run writing it, or another retry of it
         # (even to a different -o), would send the same rows twice.
         if source.resolve() != target.resolve():
-            locks.enter_context(hold(source, common.command))
-        locks.enter_context(hold(target, common.command))
+            locks.enter_context(hold(source, job.command))
+        locks.enter_context(hold(target, job.command))
         table, layout = open_report(source)
-        return _execute(scan(table, keep=kept_rows), layout, common)
+        return _execute(scan(table, keep=kept_rows), layout, job)
 
 
 def _delimiter(value: str | None) -> str | None:
@@ -155,91 +157,52 @@ def _delimiter(value: str | None) -> str | None:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class _Common:
-    """The options ``run`` and ``retry`` share, checked, before the input is read."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Prepared:
+    """A run's options turned into checked value objects, before the input is read."""
 
-    report: Path
-    auth: Auth
-    base_url: str | None
+    connection: Connection
     settings: RunSettings
+    control: Control
+    output: Output
     console: Console
-    limit: int | None
-    fresh: bool
-    sandbox: bool
-    summary_json: str | Path | None
-    handle_signals: bool
     command: str
 
     @classmethod
     def build(
-        cls,
-        report: Path,
-        command: str,
-        console: Console | None,
-        base_url: str | None,
-        token: str | None,
-        token_file: str | Path | None,
-        api_key: str | None,
-        api_key_file: str | Path | None,
-        org_id: str | None,
-        rate: float,
-        concurrency: int | str | None,
-        max_retries: int,
-        timeout: float,
-        backoff: float,
-        limit: int | None,
-        fresh: bool,
-        sandbox: bool,
-        summary_json: str | Path | None,
-        handle_signals: bool,
-    ) -> _Common:
-        """The one place ``run`` and ``retry`` turn their options into checked objects."""
+        cls, report: Path, command: str, console: Console | None, options: JobArgs
+    ) -> _Prepared:
+        """The one place ``run`` and ``retry`` check their options."""
         console = console or Console.silent()
-        settings = settings_from(rate, concurrency, max_retries, timeout, backoff)
-        auth = resolve_auth(
-            token=token,
-            token_file=token_file,
-            api_key=api_key,
-            api_key_file=api_key_file,
-            org_id=org_id,
-            sandbox=sandbox,
+        connection = Connection.build(options)
+        console.redact = connection.auth.redact
+        return cls(
+            connection=connection,
+            settings=RunSettings.build(options),
+            control=Control.build(options),
+            output=Output.build(report, options),
+            console=console,
+            command=command,
         )
-        console.redact = auth.redact
-        return cls(report, auth, base_url, settings, console, limit, fresh, sandbox,
-                   summary_json, handle_signals, command)  # fmt: skip
-
-    def __post_init__(self) -> None:
-        report_format(self.report)
-        if self.summary_json is not None and not Path(self.summary_json).parent.is_dir():
-            raise UsageError(f"--summary-json: no such folder {Path(self.summary_json).parent}")
-        if self.limit is not None and self.limit < 0:
-            raise UsageError("--limit must be 0 or more")
-        if not self.sandbox:
-            Client(self.base_url or DEFAULT_BASE_URL, self.auth)  # checks the URL's shape
 
 
-def _execute(plan: Plan, layout: Layout, common: _Common) -> Summary:
-    settings, limit = common.settings, common.limit
+def _execute(plan: Plan, layout: Layout, prepared: _Prepared) -> Summary:
+    settings, limit = prepared.settings, prepared.control.limit
     to_send = plan.to_send if limit is None else min(plan.to_send, limit)
     seconds = to_send / settings.rate if settings.rate > 0 else 0.0
-    warning = preflight(common.auth, seconds) if not common.sandbox else ""
+    connection = prepared.connection
+    warning = preflight(connection.auth, seconds) if not connection.sandbox else ""
     if warning:
-        common.console.info(warning)
+        prepared.console.info(warning)
     job = Job(
         plan=plan,
         layout=layout,
-        report=common.report,
-        auth=common.auth,
-        base_url=common.base_url or DEFAULT_BASE_URL,
+        connection=connection,
         settings=settings,
-        console=common.console,
-        command=common.command,
-        fresh=common.fresh,
-        limit=limit,
-        sandbox=common.sandbox,
-        handle_signals=common.handle_signals,
-        summary_json=Path(common.summary_json) if common.summary_json else None,
+        control=prepared.control,
+        output=prepared.output,
+        console=prepared.console,
+        command=prepared.command,
     )
     return execute(job)
 
@@ -279,5 +242,5 @@ def _describe(plan: Plan, name: str, base_url: str | None, limit: int | None) ->
         counts,
         plan.invalid_examples[:20],
         plan.send_examples,
-        (base_url or DEFAULT_BASE_URL).rstrip("/"),
+        (base_url or os.environ.get("THENA_BASE_URL", "").strip() or DEFAULT_BASE_URL).rstrip("/"),
     )

@@ -26,13 +26,21 @@ linked; 2 usage or input error, nothing sent; 3 credentials rejected (run stoppe
 75 another run holds the report; 130/143 interrupted by SIGINT/SIGTERM."""
 
 
-def _connection_options(func: F) -> F:
-    options = [
+def _apply(options: list[Callable[[F], F]]) -> Callable[[F], F]:
+    def decorate(func: F) -> F:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+#: Where to send and as whom; the THENA_* variables are read by the library itself.
+connection_options = _apply(
+    [
         click.option(
             "--base-url",
-            envvar="THENA_BASE_URL",
-            show_envvar=True,
-            help="API base URL.  [default: https://platform.thena.ai]",
+            help="API base URL.  [env var: THENA_BASE_URL; default: https://platform.thena.ai]",
         ),
         click.option(
             "--token",
@@ -60,10 +68,21 @@ def _connection_options(func: F) -> F:
         ),
         click.option(
             "--org-id",
-            envvar="THENA_ORG_ID",
-            show_envvar=True,
-            help="Organization ID sent as x-org-id (required with a Bearer token).",
+            help="Organization ID sent as x-org-id (required with a Bearer token).  "
+            "[env var: THENA_ORG_ID]",
         ),
+        click.option(
+            "--sandbox",
+            is_flag=True,
+            help="Run against the embedded API simulator on 127.0.0.1 (no token "
+            "needed): try the tool safely.",
+        ),
+    ]
+)
+
+#: How hard to push.
+traffic_options = _apply(
+    [
         click.option(
             "--rate",
             type=click.FloatRange(min=0),
@@ -78,7 +97,7 @@ def _connection_options(func: F) -> F:
             show_default=True,
             metavar="N|auto",
             help="Requests in flight at most. 'auto' starts at 16 and grows (up to "
-            "256) to rate x latency, so a slow API still gets the full rate (with "
+            "256) to 1.5 x rate x latency, so a slow API still gets the full rate (with "
             "--rate 0: while every request slot is busy).",
         ),
         click.option(
@@ -104,6 +123,12 @@ def _connection_options(func: F) -> F:
             help="First retry delay in seconds; doubles per retry (capped at 30 s), "
             "with random jitter.",
         ),
+    ]
+)
+
+#: What drives and bounds a run over a file.
+control_options = _apply(
+    [
         click.option(
             "--limit",
             type=click.IntRange(min=0),
@@ -116,12 +141,12 @@ def _connection_options(func: F) -> F:
             is_flag=True,
             help="Ignore the journal of an interrupted earlier run and start over.",
         ),
-        click.option(
-            "--sandbox",
-            is_flag=True,
-            help="Run against the embedded API simulator on 127.0.0.1 (no token "
-            "needed): try the tool safely.",
-        ),
+    ]
+)
+
+#: What the run says and writes besides the report.
+output_options = _apply(
+    [
         click.option(
             "--progress/--no-progress",
             default=None,
@@ -146,9 +171,12 @@ def _connection_options(func: F) -> F:
             "timestamps, elapsed seconds, report path, exit code).",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+)
+
+
+def job_options(func: F) -> F:
+    """Every option ``run`` and ``retry`` share, in help order."""
+    return connection_options(traffic_options(control_options(output_options(func))))
 
 
 @click.group(
@@ -254,7 +282,7 @@ Examples:
     is_flag=True,
     help="Read and validate only: print what would be sent; send nothing and write nothing.",
 )
-@_connection_options
+@job_options
 def run(
     input: str,
     output: Path | None,
@@ -338,7 +366,7 @@ Examples:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the updated report here.  [default: rewrite REPORT in place]",
 )
-@_connection_options
+@job_options
 def retry(
     report: Path,
     output: Path | None,

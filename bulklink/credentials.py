@@ -13,6 +13,7 @@ import binascii
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,8 +81,8 @@ def _pick(value: str | None, file: str | Path | None, flag: str) -> Secret | Non
     return None
 
 
-def _from_env(name: str) -> Secret | None:
-    value = os.environ.get(name, "").strip()
+def _from_env(env: Mapping[str, str], name: str) -> Secret | None:
+    value = env.get(name, "").strip()
     return Secret(value, name) if value else None
 
 
@@ -99,6 +100,7 @@ def resolve_auth(
     api_key_file: str | Path | None = None,
     org_id: str | None = None,
     sandbox: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> Auth:
     """Pick the auth mode; each credential from its option, else its THENA_* variable.
 
@@ -106,11 +108,12 @@ def resolve_auth(
     THENA_API_KEY). A token and an API key together, from wherever, are a usage error:
     which one was meant cannot be guessed.
     """
-    bearer = _pick(token, token_file, "--token") or _from_env("THENA_TOKEN")
-    key = _pick(api_key, api_key_file, "--api-key") or _from_env("THENA_API_KEY")
+    env = os.environ if env is None else env
+    bearer = _pick(token, token_file, "--token") or _from_env(env, "THENA_TOKEN")
+    key = _pick(api_key, api_key_file, "--api-key") or _from_env(env, "THENA_API_KEY")
     _check(bearer)
     _check(key)
-    org = (org_id or os.environ.get("THENA_ORG_ID", "")).strip() or None
+    org = (org_id or env.get("THENA_ORG_ID", "")).strip() or None
     if bearer and key:
         raise UsageError(
             f"both a Bearer token ({bearer.origin}) and an API key ({key.origin}) are set; "

@@ -24,36 +24,39 @@ from typing import Any, TypeVar
 from bulklink.assembly import Assembler, Layout
 from bulklink.client import Client
 from bulklink.console import Console
-from bulklink.credentials import Auth
 from bulklink.errors import BulklinkError, CredentialsRejected, Interrupted, UsageError
 from bulklink.inputs import SEND, Chunk, Plan
 from bulklink.journal import Journal, journal_path
 from bulklink.models import Outcome, Pair, Summary
+from bulklink.options import Connection, Control, Output, RunSettings
 from bulklink.report import open_writer
-from bulklink.runner import CREDENTIALS_REJECTED, Runner, RunSettings
+from bulklink.runner import CREDENTIALS_REJECTED, Runner
 
 _T = TypeVar("_T")
 MAX_LEAD_ROWS = 200_000  # input rows read ahead of the report cursor before the feed waits
 BATCH = 1024
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Job:
     """Everything a run needs, resolved and checked; built by :mod:`bulklink.api`."""
 
     plan: Plan
     layout: Layout
-    report: Path
-    auth: Auth
-    base_url: str
+    connection: Connection
     settings: RunSettings
+    control: Control
+    output: Output
     console: Console
     command: str
-    fresh: bool = False
-    limit: int | None = None
-    sandbox: bool = False
-    handle_signals: bool = True
-    summary_json: Path | None = None
+
+    @property
+    def report(self) -> Path:
+        return self.output.report
+
+    @property
+    def limit(self) -> int | None:
+        return self.control.limit
 
 
 def execute(job: Job) -> Summary:
@@ -61,7 +64,7 @@ def execute(job: Job) -> Summary:
     started = datetime.now(UTC)
     t0 = time.monotonic()
     journal, note = Journal.open(
-        journal_path(job.report), job.plan.key, job.plan.rows, fresh=job.fresh
+        journal_path(job.report), job.plan.key, job.plan.rows, fresh=job.control.fresh
     )
     if note:
         job.console.info(note)
@@ -102,8 +105,8 @@ def execute(job: Job) -> Summary:
         error = Interrupted(f"interrupted by {signal.Signals(signum).name}", signum, summary)
     if error is not None:
         summary.exit_code = error.exit_code
-    if job.summary_json is not None:
-        write_summary_json(job.summary_json, summary)
+    if job.output.summary_json is not None:
+        write_summary_json(job.output.summary_json, summary)
     if error is not None:
         raise error
     return summary
@@ -133,10 +136,10 @@ async def _run(job: Job, journal: Journal, assembler: Assembler) -> tuple[str, i
     if job.limit is not None:
         to_send = min(to_send, max(0, job.limit - journal.resumed))
     async with (
-        _endpoint(job) as base_url,
+        job.connection.endpoint() as base_url,
         Client(
             base_url,
-            job.auth,
+            job.connection.auth,
             timeout=job.settings.timeout,
             max_connections=job.settings.concurrency or 256,
         ) as client,
@@ -160,7 +163,7 @@ async def _run(job: Job, journal: Journal, assembler: Assembler) -> tuple[str, i
                 )
                 runner.stop(f"interrupted by {name}")
 
-        handled = _install_signals(loop, on_signal) if job.handle_signals else []
+        handled = _install_signals(loop, on_signal) if job.control.handle_signals else []
         ticker = asyncio.create_task(_tick(job, journal, assembler, runner, to_send))
         stream = _ChunkStream(job.plan.table.chunks())
         try:
@@ -180,18 +183,6 @@ async def _run(job: Job, journal: Journal, assembler: Assembler) -> tuple[str, i
         journal.sync()
         console.finish_progress(assembler.done_this_run)
         return runner.stop_reason, signum
-
-
-@contextlib.asynccontextmanager
-async def _endpoint(job: Job) -> AsyncIterator[str]:
-    """The base URL to call: the embedded sandbox's when asked for, else the configured one."""
-    if not job.sandbox:
-        yield job.base_url
-        return
-    from bulklink.sandbox import Sandbox, SandboxConfig
-
-    async with Sandbox(SandboxConfig(record=False)) as sandbox:
-        yield sandbox.url
 
 
 def _install_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[int], None]) -> list[int]:

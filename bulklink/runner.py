@@ -10,36 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 from bulklink.client import Answer, Client, Verdict
-from bulklink.errors import UsageError
 from bulklink.models import Outcome, Pair, Result
+from bulklink.options import RunSettings
 from bulklink.pacing import Pacer
 
 CREDENTIALS_REJECTED = "credentials rejected"
 AUTO_START = 16
 AUTO_CAP = 256
-
-
-@dataclass(frozen=True, slots=True)
-class RunSettings:
-    """How hard to push: the knobs of ``bulklink run`` that shape traffic."""
-
-    rate: float = 10.0
-    concurrency: int | None = None  # None: auto
-    max_retries: int = 5
-    timeout: float = 30.0
-    backoff: float = 0.5  # first retry delay in seconds; doubles each time, with jitter
-    backoff_cap: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        """Full-jitter exponential backoff: spreads retries so they don't arrive together."""
-        return random.uniform(0, min(self.backoff_cap, self.backoff * 2 ** (attempt - 1)))
 
 
 class Runner:
@@ -218,29 +200,3 @@ def wait_before_retry(answer: Answer | None, attempts: int, settings: RunSetting
     if answer is not None and answer.wait is not None:
         return answer.wait
     return settings.delay(attempts)
-
-
-def settings_from(
-    rate: float, concurrency: int | str | None, max_retries: int, timeout: float, backoff: float
-) -> RunSettings:
-    """RunSettings from the CLI's option values, each checked with a message naming it."""
-    if rate < 0:
-        raise UsageError("--rate must be 0 (no limit) or more")
-    if concurrency in (None, "auto"):
-        workers = None
-    else:
-        try:
-            workers = int(concurrency)
-        except ValueError:
-            raise UsageError("--concurrency must be a number or 'auto'") from None
-        if not 1 <= workers <= 10_000:
-            raise UsageError("--concurrency must be between 1 and 10000")
-    if max_retries < 0:
-        raise UsageError("--max-retries must be 0 or more")
-    if timeout <= 0:
-        raise UsageError("--timeout must be more than 0 seconds")
-    if backoff < 0:
-        raise UsageError("--backoff must be 0 or more seconds")
-    return RunSettings(
-        rate=rate, concurrency=workers, max_retries=max_retries, timeout=timeout, backoff=backoff
-    )

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable
 from pathlib import Path
 
-from bulklink.client import DEFAULT_BASE_URL, Client
-from bulklink.credentials import resolve_auth
+from bulklink.client import Client
 from bulklink.errors import CredentialsRejected
 from bulklink.inputs import clean_id, invalid_reason
 from bulklink.models import LinkResult, Outcome, Pair, Result
-from bulklink.runner import AUTO_CAP, CREDENTIALS_REJECTED, Runner, settings_from
+from bulklink.options import Connection, RunSettings, job_args
+from bulklink.runner import AUTO_CAP, CREDENTIALS_REJECTED, Runner
+
+#: What a caller may hand in for an ID: text, a number, or a blank (None, or NaN from pandas).
+IdLike = str | int | float | None
+PairLike = tuple[IdLike, IdLike]
 
 
 async def _each(
-    pairs: Iterable[tuple[str, str]] | AsyncIterable[tuple[str, str]],
-) -> AsyncIterator[tuple[str, str]]:
+    pairs: Iterable[PairLike] | AsyncIterable[PairLike],
+) -> AsyncGenerator[PairLike]:
     if isinstance(pairs, AsyncIterable):
         async for pair in pairs:
             yield pair
@@ -26,7 +30,7 @@ async def _each(
 
 
 async def link_pairs(
-    pairs: Iterable[tuple[str, str]] | AsyncIterable[tuple[str, str]],
+    pairs: Iterable[PairLike] | AsyncIterable[PairLike],
     *,
     base_url: str | None = None,
     token: str | None = None,
@@ -34,34 +38,32 @@ async def link_pairs(
     api_key: str | None = None,
     api_key_file: str | Path | None = None,
     org_id: str | None = None,
+    sandbox: bool = False,
     rate: float = 10.0,
     concurrency: int | str | None = "auto",
     max_retries: int = 5,
     timeout: float = 30.0,
     backoff: float = 0.5,
-) -> AsyncIterator[LinkResult]:
+) -> AsyncGenerator[LinkResult]:
     """Link ``(source, linked)`` pairs in the caller's event loop, yielding each result.
 
-    Results come in completion order, one per pair. A blank ID or a self-link is
-    ``invalid`` and not sent. Rate limit, retries and the stop on 401/403 work as in
-    ``run``: after a rejection the remaining pairs come out ``skipped`` and then
-    :class:`~bulklink.errors.CredentialsRejected` is raised. No journal, report or lock:
-    the caller owns the results.
+    The keyword arguments are the connection and traffic options of ``run``. Results
+    come in completion order, one per pair. IDs are trimmed text (numbers are turned
+    into text; ``None`` and NaN are blank); a blank ID or a self-link is ``invalid``
+    and not sent. Rate limit, retries and the stop on 401/403 work as in ``run``: after
+    a rejection the remaining pairs come out ``skipped`` and then
+    :class:`~bulklink.errors.CredentialsRejected` is raised. No journal, report or
+    lock: the caller owns the results.
     """
-    settings = settings_from(rate, concurrency, max_retries, timeout, backoff)
-    auth = resolve_auth(
-        token=token,
-        token_file=token_file,
-        api_key=api_key,
-        api_key_file=api_key_file,
-        org_id=org_id,
-    )
+    options = job_args(locals())
+    settings = RunSettings.build(options)
+    connection = Connection.build(options)
     source = _each(pairs)
     ids: dict[int, tuple[str, str]] = {}
     done: asyncio.Queue[Result | None] = asyncio.Queue()
     counter = 0
 
-    async def feed() -> AsyncIterator[list[Pair]]:
+    async def feed() -> AsyncGenerator[list[Pair]]:
         nonlocal counter
         async for raw_source, raw_linked in source:
             counter += 1
@@ -79,12 +81,15 @@ async def link_pairs(
             s, d, result.outcome, result.http_status, result.error, result.attempts, result.ticket
         )
 
-    async with Client(
-        base_url or DEFAULT_BASE_URL,
-        auth,
-        timeout=settings.timeout,
-        max_connections=settings.concurrency or AUTO_CAP,
-    ) as client:
+    async with (
+        connection.endpoint() as base_url,
+        Client(
+            base_url,
+            connection.auth,
+            timeout=settings.timeout,
+            max_connections=settings.concurrency or AUTO_CAP,
+        ) as client,
+    ):
         runner = Runner(client, settings, done.put_nowait)
         task = asyncio.create_task(runner.run(feed()))
         task.add_done_callback(lambda _: done.put_nowait(None))

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import typing
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -562,7 +562,7 @@ def test_public_api_exports_and_hints() -> None:
     assert (LockedError.exit_code, CredentialsRejected.exit_code) == (75, 3)
     assert typing.get_type_hints(run_job)["return"] is Summary
     assert inspect.isasyncgenfunction(link_pairs)
-    assert typing.get_type_hints(link_pairs)["return"] == AsyncIterator[LinkResult]
+    assert typing.get_type_hints(link_pairs)["return"] == AsyncGenerator[LinkResult]
 
 
 def test_run_job_takes_the_cli_options_in_snake_case() -> None:

@@ -1,0 +1,225 @@
+"""Options as small typed value objects, each built and checked once, with library names.
+
+A run is described by four of them: where and as whom to call (:class:`Connection`), how
+hard to push (:class:`RunSettings`), what drives and ends the run (:class:`Control`) and
+where its results go besides the report (:class:`Output`). The public functions take
+keyword arguments typed by the ``TypedDict``\\ s below, so a new option is one field
+here, one line in its ``build`` and one click option, not four signatures.
+
+Every ``THENA_*`` and ``BULKLINK_*`` variable is read here, so the CLI and the Python
+API give them the same meaning (the CLI adds no ``envvar=`` of its own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypedDict, cast
+
+from bulklink.credentials import Auth, resolve_auth
+from bulklink.errors import UsageError
+
+DEFAULT_BASE_URL = "https://platform.thena.ai"
+
+#: The environment variables bulklink reads, and what each means (the README's table).
+ENVIRONMENT = {
+    "THENA_BASE_URL": "API base URL (--base-url)",
+    "THENA_TOKEN": "Bearer token (--token / --token-file)",
+    "THENA_API_KEY": "API key sent as x-api-key (--api-key / --api-key-file)",
+    "THENA_ORG_ID": "organization ID sent as x-org-id (--org-id)",
+}
+
+
+class ConnectionArgs(TypedDict, total=False):
+    """Where to send and with which credentials (see :meth:`Connection.build`)."""
+
+    base_url: str | None
+    token: str | None
+    token_file: str | Path | None
+    api_key: str | None
+    api_key_file: str | Path | None
+    org_id: str | None
+    sandbox: bool
+
+
+class TrafficArgs(TypedDict, total=False):
+    """How hard to push (see :meth:`RunSettings.build`)."""
+
+    rate: float
+    concurrency: int | str | None
+    max_retries: int
+    timeout: float
+    backoff: float
+
+
+class ControlArgs(TypedDict, total=False):
+    """What drives and bounds a run over a file (see :meth:`Control.build`)."""
+
+    limit: int | None
+    fresh: bool
+    handle_signals: bool
+
+
+class OutputArgs(TypedDict, total=False):
+    """Where a run's results go besides the report (see :meth:`Output.build`)."""
+
+    summary_json: str | Path | None
+
+
+class StreamArgs(ConnectionArgs, TrafficArgs, total=False):
+    """Everything :func:`bulklink.link_pairs` takes."""
+
+
+class JobArgs(StreamArgs, ControlArgs, OutputArgs, total=False):
+    """Everything :func:`bulklink.run_job` and :func:`bulklink.retry_job` take."""
+
+
+_JOB_KEYS = frozenset(JobArgs.__annotations__)
+
+
+def job_args(values: Mapping[str, Any]) -> JobArgs:
+    """The options among a public function's arguments (its ``locals()``), as one typed dict.
+
+    The public functions keep explicit keyword arguments (for ``help()`` and IDEs); this
+    keeps them from re-listing each one to pass it on.
+    """
+    return cast(JobArgs, {k: v for k, v in values.items() if k in _JOB_KEYS})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Connection:
+    """The API to call and the credentials to call it with."""
+
+    base_url: str
+    auth: Auth
+    sandbox: bool = False
+
+    @classmethod
+    def build(cls, args: ConnectionArgs, env: Mapping[str, str] | None = None) -> Connection:
+        """Options first, then their ``THENA_*`` variables; checked before anything is sent."""
+        env = os.environ if env is None else env
+        sandbox = bool(args.get("sandbox", False))
+        base_url = args.get("base_url") or env.get("THENA_BASE_URL", "").strip() or DEFAULT_BASE_URL
+        auth = resolve_auth(
+            token=args.get("token"),
+            token_file=args.get("token_file"),
+            api_key=args.get("api_key"),
+            api_key_file=args.get("api_key_file"),
+            org_id=args.get("org_id"),
+            sandbox=sandbox,
+            env=env,
+        )
+        if not sandbox:
+            check_base_url(base_url)
+        return cls(base_url=base_url.rstrip("/"), auth=auth, sandbox=sandbox)
+
+    @contextlib.asynccontextmanager
+    async def endpoint(self) -> AsyncGenerator[str]:
+        """The base URL to call: the embedded sandbox's when asked for, else the configured one."""
+        if not self.sandbox:
+            yield self.base_url
+            return
+        from bulklink.sandbox import Sandbox, SandboxConfig
+
+        async with Sandbox(SandboxConfig(record=False)) as sandbox:
+            yield sandbox.url
+
+
+def check_base_url(url: str) -> None:
+    """The URL's shape, checked before a run starts (aiohttp would fail on each row)."""
+    import re
+
+    if not re.match(r"^https?://[^/\s]+", url.strip()):
+        raise UsageError(f"--base-url must start with http:// or https://, got {url!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSettings:
+    """How hard to push: the knobs that shape traffic."""
+
+    rate: float = 10.0
+    concurrency: int | None = None  # None: auto
+    max_retries: int = 5
+    timeout: float = 30.0
+    backoff: float = 0.5  # first retry delay in seconds; doubles each time, with jitter
+    backoff_cap: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        """Full-jitter exponential backoff: spreads retries so they don't arrive together."""
+        return random.uniform(0, min(self.backoff_cap, self.backoff * 2 ** (attempt - 1)))
+
+    @classmethod
+    def build(cls, args: TrafficArgs) -> RunSettings:
+        """Each value checked with a message naming its option."""
+        rate = float(args.get("rate", 10.0))
+        if rate < 0:
+            raise UsageError("--rate must be 0 (no limit) or more")
+        concurrency = args.get("concurrency", "auto")
+        if concurrency is None or concurrency == "auto":
+            workers = None
+        else:
+            try:
+                workers = int(concurrency)
+            except ValueError:
+                raise UsageError("--concurrency must be a number or 'auto'") from None
+            if not 1 <= workers <= 10_000:
+                raise UsageError("--concurrency must be between 1 and 10000")
+        max_retries = int(args.get("max_retries", 5))
+        if max_retries < 0:
+            raise UsageError("--max-retries must be 0 or more")
+        timeout = float(args.get("timeout", 30.0))
+        if timeout <= 0:
+            raise UsageError("--timeout must be more than 0 seconds")
+        backoff = float(args.get("backoff", 0.5))
+        if backoff < 0:
+            raise UsageError("--backoff must be 0 or more seconds")
+        return cls(
+            rate=rate,
+            concurrency=workers,
+            max_retries=max_retries,
+            timeout=timeout,
+            backoff=backoff,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Control:
+    """What drives a run over a file: canary size, resume, signals."""
+
+    limit: int | None = None
+    fresh: bool = False
+    handle_signals: bool = False
+
+    @classmethod
+    def build(cls, args: ControlArgs) -> Control:
+        limit = args.get("limit")
+        if limit is not None and limit < 0:
+            raise UsageError("--limit must be 0 or more")
+        return cls(
+            limit=limit,
+            fresh=bool(args.get("fresh", False)),
+            handle_signals=bool(args.get("handle_signals", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Output:
+    """The report and the files written beside it for people and monitoring."""
+
+    report: Path
+    summary_json: Path | None = None
+
+    @classmethod
+    def build(cls, report: Path, args: OutputArgs) -> Output:
+        from bulklink.report import report_format
+
+        report_format(report)
+        summary_json = args.get("summary_json")
+        path = Path(summary_json) if summary_json is not None else None
+        if path is not None and not path.parent.is_dir():
+            raise UsageError(f"--summary-json: no such folder {path.parent}")
+        return cls(report=report, summary_json=path)
