@@ -16,8 +16,8 @@ from typing import Any
 
 from bulklink.inputs import DUPLICATE, INVALID_REASONS, KEEP, SEND, Chunk, Plan
 from bulklink.journal import Journal
-from bulklink.models import TICKET_COLUMNS, ErrorGroup, Outcome, Result
-from bulklink.report import ReportWriter, split_ticket, unneutralize
+from bulklink.models import TICKET_COLUMNS, ErrorTally, Outcome, ReportRow, Result
+from bulklink.report import ReportWriter, RowReader, split_ticket
 
 PENDING_IN_MEMORY = 4096  # out-of-order results kept whole; beyond it, re-read from journal
 
@@ -143,10 +143,9 @@ class Assembler:
         cols = chunk.columns
         return [cols[name][at] for name in self.layout.passthrough]
 
-    def _row_number(self, chunk: Chunk, at: int) -> Any:
+    def _row_number(self, chunk: Chunk, at: int) -> int | str:
         if self.layout.retry:
-            value = chunk.columns["row"][at]
-            return int(value) if str(value).isdigit() else value
+            return RowReader(chunk.columns, self.layout.escaped).row_number(at)
         return chunk.start + at + 1
 
     def _prior_attempts(self, chunk: Chunk, at: int) -> int:
@@ -168,22 +167,15 @@ class Assembler:
         extras: dict[str, Any] | None,
     ) -> None:
         source, linked = chunk.source[at], chunk.linked[at]
-        head = [
-            self._row_number(chunk, at),
-            source,
-            linked,
-            "true" if success else "false",
-            outcome.value,
-            status,
-            error,
-            attempts,
-        ]
+        head = ReportRow(
+            self._row_number(chunk, at), source, linked, success, outcome, status, error, attempts
+        )
         self.writer.write(head, ticket, extras, self._others(chunk, at))
         self.counts[outcome.value] += 1
         if not success:
             self.unsuccessful += 1
             if outcome is not Outcome.DUPLICATE:
-                self.errors.add(head[0], error, source, linked)
+                self.errors.add(head.row, error, source, linked)
 
     def _write_result(self, chunk: Chunk, at: int, result: Result) -> None:
         ticket, extras = split_ticket(result.ticket)
@@ -230,79 +222,18 @@ class Assembler:
 
     def _write_kept(self, chunk: Chunk, at: int) -> None:
         """A row ``retry`` leaves alone: its old cells, exactly as read."""
-        cols = chunk.columns
-        outcome = Outcome(str(cols["outcome"][at]).strip())
-        success = str(cols["success"][at]).strip().lower() == "true"
-        escaped = self.layout.escaped
-        ticket = [_restore(cols[name][at], escaped) for name in TICKET_COLUMNS]
+        reader = RowReader(chunk.columns, self.layout.escaped)
+        ticket = [reader.cell(name, at) for name in TICKET_COLUMNS]
         extras = {
-            name: _restore(cols[f"ticket.{name}"][at], escaped) for name in self.layout.extra_fields
+            name: reader.cell(f"ticket.{name}", at) for name in self.layout.extra_fields
         } or None
-        status = cols["http_status"][at]
-        head = [
-            self._row_number(chunk, at),
-            chunk.source[at],
-            chunk.linked[at],
-            "true" if success else "false",
-            outcome.value,
-            _number(status),
-            _text(cols["error"][at], escaped),
-            _number(cols["attempts"][at]),
-        ]
+        head = reader.head(at, chunk.source[at], chunk.linked[at])
         self.writer.write(head, ticket, extras, self._others(chunk, at))
-        self.counts[outcome.value] += 1
-        if not success:
+        self.counts[head.outcome.value] += 1
+        if not head.success:
             self.unsuccessful += 1
-            if outcome is not Outcome.DUPLICATE:
-                self.errors.add(head[0], str(head[6]), chunk.source[at], chunk.linked[at])
+            if head.outcome is not Outcome.DUPLICATE:
+                self.errors.add(head.row, head.error, head.source, head.linked)
         index = chunk.start + at
         if index in self._targets:
-            self._firsts[index] = _First(success, head[5], str(head[6]), ticket, extras)
-
-
-class ErrorTally:
-    """Failures grouped by error text, each row's own IDs folded out so groups form."""
-
-    def __init__(self) -> None:
-        self._counts: Counter[str] = Counter()
-        self._examples: dict[str, list[Any]] = {}
-
-    def add(self, row: Any, error: str, source: str, linked: str) -> None:
-        key = error or "(no error text)"
-        for value, name in ((source, "<source>"), (linked, "<linked>")):
-            if len(value) >= 3:
-                key = key.replace(value, name)
-        self._counts[key] += 1
-        examples = self._examples.setdefault(key, [])
-        if len(examples) < 5:
-            examples.append(row)
-
-    def groups(self, top: int = 10) -> list[ErrorGroup]:
-        return [
-            ErrorGroup(error, count, tuple(self._examples[error]))
-            for error, count in self._counts.most_common(top)
-        ]
-
-
-def _restore(value: Any, escaped: bool) -> Any:
-    """A cell read back from a report: empty is nothing; a CSV's formula escapes undone
-    (xlsx and jsonl reports hold text as it came, so a leading quote there is data)."""
-    if isinstance(value, str):
-        if not value:
-            return None
-        return unneutralize(value) if escaped else value
-    return value
-
-
-def _text(value: Any, escaped: bool) -> str:
-    """The error cell read back: text as written (``""`` stays ``""``)."""
-    if value is None:
-        return ""
-    return unneutralize(str(value)) if escaped else str(value)
-
-
-def _number(value: Any) -> Any:
-    text = str(value).strip() if value is not None else ""
-    if text.endswith(".0"):
-        text = text[:-2]
-    return int(text) if text.isdigit() else (None if text in ("", "None", "nan") else value)
+            self._firsts[index] = _First(head.success, head.http_status, head.error, ticket, extras)

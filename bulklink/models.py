@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -45,17 +46,6 @@ TICKET_FIELDS: tuple[str, ...] = (
     "aiGeneratedSummary",
 )
 
-#: The report's leading columns, before the ``ticket.*`` ones.
-RESULT_COLUMNS: tuple[str, ...] = (
-    "row",
-    "sourceTicketId",
-    "linkedTicketId",
-    "success",
-    "outcome",
-    "http_status",
-    "error",
-    "attempts",
-)
 TICKET_COLUMNS: tuple[str, ...] = tuple(f"ticket.{name}" for name in TICKET_FIELDS)
 
 
@@ -67,6 +57,30 @@ class Outcome(enum.StrEnum):
     INVALID = "invalid"
     DUPLICATE = "duplicate"
     SKIPPED = "skipped"
+
+
+class ReportRow(NamedTuple):
+    """A report row's own cells, typed, in column order: the one definition of them.
+
+    :data:`RESULT_COLUMNS` names them; every writer and reader goes by these names, so
+    a new column is one field here (and its value where rows are built). A named tuple:
+    one is built per row.
+    """
+
+    row: int | str  # an int, except a kept row whose cell was not a number
+    source: str
+    linked: str
+    success: bool
+    outcome: Outcome
+    http_status: int | None
+    error: str
+    attempts: int
+
+
+#: Report column names of :class:`ReportRow`'s fields, where they differ.
+_COLUMN_NAMES = {"source": "sourceTicketId", "linked": "linkedTicketId"}
+#: The report's leading columns, before the ``ticket.*`` ones.
+RESULT_COLUMNS: tuple[str, ...] = tuple(_COLUMN_NAMES.get(f, f) for f in ReportRow._fields)
 
 
 class Pair(NamedTuple):
@@ -88,10 +102,6 @@ class Result:
     attempts: int
     ticket: dict[str, Any] | None = None
     body: bytes | None = None
-
-    @property
-    def success(self) -> bool:
-        return self.outcome is Outcome.LINKED
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,3 +167,27 @@ class Summary:
             "exit_code": self.exit_code,
             "stopped": self.stopped,
         }
+
+
+class ErrorTally:
+    """Failures grouped by error text, each row's own IDs folded out so groups form."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._examples: dict[str, list[Any]] = {}
+
+    def add(self, row: Any, error: str, source: str, linked: str) -> None:
+        key = error or "(no error text)"
+        for value, name in ((source, "<source>"), (linked, "<linked>")):
+            if len(value) >= 3:
+                key = key.replace(value, name)
+        self._counts[key] += 1
+        examples = self._examples.setdefault(key, [])
+        if len(examples) < 5:
+            examples.append(row)
+
+    def groups(self, top: int = 10) -> list[ErrorGroup]:
+        return [
+            ErrorGroup(error, count, tuple(self._examples[error]))
+            for error, count in self._counts.most_common(top)
+        ]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bulklink.assembly import ErrorTally, Layout
+from bulklink.assembly import Layout
 from bulklink.errors import InputError
 from bulklink.inputs import Chunk, ReadOptions, Table
-from bulklink.models import RESULT_COLUMNS, TICKET_COLUMNS, Outcome, Summary
-from bulklink.report import unneutralize
+from bulklink.models import RESULT_COLUMNS, TICKET_COLUMNS, ErrorTally, Outcome, Summary
+from bulklink.report import RowReader
 
+_OUTCOMES = frozenset(o.value for o in Outcome)
 REQUIRED = ("row", "sourceTicketId", "linkedTicketId", "success", "outcome", "attempts")
 
 
@@ -32,16 +33,14 @@ def open_report(path: Path) -> tuple[Table, Layout]:
 
 def kept_rows(chunk: Chunk) -> list[bool]:
     """Rows ``retry`` leaves alone: linked, invalid, and duplicates of a linked row."""
-    outcomes = chunk.columns["outcome"]
-    success = chunk.columns["success"]
+    reader = RowReader(chunk.columns, escaped=False)
     keep = []
-    for outcome, ok in zip(outcomes, success, strict=True):
-        outcome = str(outcome).strip()
-        if outcome not in {o.value for o in Outcome}:
+    for at in range(len(chunk)):
+        outcome = reader.outcome(at)
+        if outcome not in _OUTCOMES:
             raise InputError(f"unknown outcome {outcome!r} in the report")
         keep.append(
-            outcome in ("linked", "invalid")
-            or (outcome == "duplicate" and str(ok).strip().lower() == "true")
+            outcome in ("linked", "invalid") or (outcome == "duplicate" and reader.success(at))
         )
     return keep
 
@@ -54,24 +53,19 @@ def read_report(report: str | Path) -> Summary:
     tally = ErrorTally()
     unsuccessful = 0
     for chunk in table.chunks():
-        cols = chunk.columns
-        for at, outcome in enumerate(cols["outcome"]):
-            outcome = str(outcome).strip()
+        reader = RowReader(chunk.columns, layout.escaped)
+        for at in range(len(chunk)):
+            outcome = reader.outcome(at)
             if outcome not in summary.counts:
                 raise InputError(
                     f"{path}: unknown outcome {outcome!r} in row {at + chunk.start + 1}"
                 )
             summary.counts[outcome] += 1
-            if str(cols["success"][at]).strip().lower() != "true":
+            if not reader.success(at):
                 unsuccessful += 1
                 if outcome != "duplicate":
-                    error = cols["error"][at] if "error" in cols else ""
-                    row = cols["row"][at]
                     tally.add(
-                        int(row) if str(row).isdigit() else row,
-                        unneutralize(str(error or "")) if layout.escaped else str(error or ""),
-                        chunk.source[at],
-                        chunk.linked[at],
+                        reader.row_number(at), reader.error(at), chunk.source[at], chunk.linked[at]
                     )
         summary.rows += len(chunk)
     summary.errors = tally.groups()

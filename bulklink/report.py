@@ -24,15 +24,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from bulklink.errors import UsageError
-from bulklink.models import RESULT_COLUMNS, TICKET_COLUMNS, TICKET_FIELDS
+from bulklink.models import RESULT_COLUMNS, TICKET_COLUMNS, TICKET_FIELDS, Outcome, ReportRow
 
 FORMATS = (".csv", ".xlsx", ".jsonl")
 _RISKY = re.compile(r"'*[=+\-@\t\r]")
 _KNOWN = frozenset(TICKET_FIELDS)
-#: Columns whose text comes from the API: neutralised in CSV, restored when read back.
-API_TEXT_COLUMNS = frozenset({"error", *TICKET_COLUMNS})
-
-
 _RISKY_FIRST = frozenset("=+-@\t\r'")
 
 
@@ -120,7 +116,7 @@ class ReportWriter:
 
     def write(
         self,
-        head: Sequence[Any],
+        head: ReportRow,
         ticket: Sequence[Any],
         extras: dict[str, Any] | None,
         others: Sequence[Any],
@@ -154,7 +150,7 @@ class CsvWriter(ReportWriter):
 
     def write(
         self,
-        head: Sequence[Any],
+        head: ReportRow,
         ticket: Sequence[Any],
         extras: dict[str, Any] | None,
         others: Sequence[Any],
@@ -162,10 +158,15 @@ class CsvWriter(ReportWriter):
         # The hot path of a fast run: plain text, ints and None go to the csv module as
         # they are (it writes None as empty); only the rest takes the slow road.
         cells: list[Any] = [
-            v if v.__class__ is str or v.__class__ is int or v is None else text_cell(v)
-            for v in head
+            head.row,
+            head.source,
+            head.linked,
+            "true" if head.success else "false",
+            head.outcome.value,
+            head.http_status,
+            neutralize(head.error),
+            head.attempts,
         ]
-        cells[6] = neutralize(cells[6] or "")
         cells += [
             v
             if (v.__class__ is str and (not v or v[0] not in _RISKY_FIRST))
@@ -231,18 +232,15 @@ class JsonlWriter(ReportWriter):
     def __init__(self, path: Path, extra_fields: Sequence[str], other_cols: Sequence[str]) -> None:
         super().__init__(path, extra_fields, other_cols)
         self._fh = self.tmp.open("w", encoding="utf-8")
-        self._keys = self.columns()
-        self._head_n = len(RESULT_COLUMNS)
 
     def write(
         self,
-        head: Sequence[Any],
+        head: ReportRow,
         ticket: Sequence[Any],
         extras: dict[str, Any] | None,
         others: Sequence[Any],
     ) -> None:
-        obj = dict(zip(RESULT_COLUMNS, head, strict=True))
-        obj["success"] = head[3] == "true" if isinstance(head[3], str) else bool(head[3])
+        obj: dict[str, Any] = dict(zip(RESULT_COLUMNS, head, strict=True))
         obj.update(zip(TICKET_COLUMNS, ticket, strict=True))
         known = extras or {}
         for name in self.extra_fields:
@@ -271,7 +269,7 @@ class XlsxWriter(ReportWriter):
 
     def write(
         self,
-        head: Sequence[Any],
+        head: ReportRow,
         ticket: Sequence[Any],
         extras: dict[str, Any] | None,
         others: Sequence[Any],
@@ -308,6 +306,65 @@ class XlsxWriter(ReportWriter):
         workbook.save(self.tmp)
         self.close()
         self._install(self.tmp)
+
+
+class RowReader:
+    """The reading side of the formats: a report's cells back as the typed row written.
+
+    A CSV holds everything as text, with formula escapes on the API's text; xlsx and
+    jsonl hold numbers, booleans and text as they came, so a leading quote there is data.
+    ``retry`` writes kept rows from this, and ``report`` counts with it.
+    """
+
+    def __init__(self, columns: dict[str, list[Any]], escaped: bool) -> None:
+        self.cols = columns
+        self.escaped = escaped
+
+    def outcome(self, at: int) -> str:
+        return str(self.cols["outcome"][at]).strip()
+
+    def success(self, at: int) -> bool:
+        return str(self.cols["success"][at]).strip().lower() == "true"
+
+    def error(self, at: int) -> str:
+        """The error cell as written (``""`` stays ``""``)."""
+        value = self.cols["error"][at] if "error" in self.cols else None
+        if value is None:
+            return ""
+        return unneutralize(str(value)) if self.escaped else str(value)
+
+    def row_number(self, at: int) -> int | str:
+        value = self.cols["row"][at]
+        return int(value) if str(value).isdigit() else value
+
+    def head(self, at: int, source: str, linked: str) -> ReportRow:
+        return ReportRow(
+            self.row_number(at),
+            source,
+            linked,
+            self.success(at),
+            Outcome(self.outcome(at)),
+            _number(self.cols["http_status"][at]),
+            self.error(at),
+            _number(self.cols["attempts"][at]),
+        )
+
+    def cell(self, name: str, at: int) -> Any:
+        """An API cell: empty is nothing; a CSV's formula escape undone."""
+        value = self.cols[name][at]
+        if isinstance(value, str):
+            if not value:
+                return None
+            return unneutralize(value) if self.escaped else value
+        return value
+
+
+def _number(value: Any) -> Any:
+    """A number cell read back (``3``, ``"3"``, ``3.0``); empty is None; else as it was."""
+    text = str(value).strip() if value is not None else ""
+    if text.endswith(".0"):
+        text = text[:-2]
+    return int(text) if text.isdigit() else (None if text in ("", "None", "nan") else value)
 
 
 def open_writer(path: Path, extra_fields: Sequence[str], other_cols: Sequence[str]) -> ReportWriter:

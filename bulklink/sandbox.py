@@ -2,7 +2,7 @@
 
 It exists so the client can be exercised (tests, demos, benchmarks) without touching a real
 Thena org. It deliberately imports nothing from the rest of ``bulklink``: it must not share
-the client's bugs. Behaviour follows the public docs (see ``/work/shared/api``); where the docs
+the client's bugs. Behaviour follows the public docs (the link endpoint page and the API notes); where the docs
 are silent it mimics NestJS defaults, which is what Thena appears to run.
 """
 
