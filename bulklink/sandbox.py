@@ -2,8 +2,9 @@
 
 It exists so the client can be exercised (tests, demos, benchmarks) without touching a real
 Thena org. It deliberately imports nothing from the rest of ``bulklink``: it must not share
-the client's bugs. Behaviour follows the public docs (the link endpoint page and the API notes); where the docs
-are silent it mimics NestJS defaults, which is what Thena appears to run.
+the client's bugs. Behaviour follows Thena's public docs (the link endpoint's page and
+the API introduction); where they are silent it mimics NestJS defaults, which is what
+Thena appears to run.
 """
 
 from __future__ import annotations
