@@ -165,10 +165,19 @@ class Assembler:
         attempts: int,
         ticket: Sequence[Any],
         extras: dict[str, Any] | None,
+        linked_at: str = "",
     ) -> None:
         source, linked = chunk.source[at], chunk.linked[at]
         head = ReportRow(
-            self._row_number(chunk, at), source, linked, success, outcome, status, error, attempts
+            self._row_number(chunk, at),
+            source,
+            linked,
+            success,
+            outcome,
+            status,
+            error,
+            attempts,
+            linked_at,
         )
         self.writer.write(head, ticket, extras, self._others(chunk, at))
         self.counts[outcome.value] += 1
@@ -192,6 +201,7 @@ class Assembler:
             attempts,
             ticket,
             extras,
+            result.linked_at,
         )
         if index in self._targets:
             self._firsts[index] = _First(success, result.http_status, result.error, ticket, extras)

@@ -20,7 +20,7 @@ from typing import Any
 
 from bulklink.models import Outcome, Result
 
-FORMAT = 1
+FORMAT = 2  # 2: lines carry the time of the link ("t")
 
 
 def journal_path(report: Path) -> Path:
@@ -70,11 +70,12 @@ class Journal:
         """Append one finished row; only ``linked`` and ``failed`` rows belong here."""
         body = result.body.replace(b"\n", b" ") if result.body is not None else b"null"
         status = b"null" if result.http_status is None else str(result.http_status).encode()
-        line = b'{"r":%d,"o":"%s","h":%s,"a":%d,"e":%s,"b":%s}\n' % (
+        line = b'{"r":%d,"o":"%s","h":%s,"a":%d,"t":"%s","e":%s,"b":%s}\n' % (
             result.row,
             result.outcome.value.encode(),
             status,
             result.attempts,
+            result.linked_at.encode(),
             json.dumps(result.error).encode() if result.error else b'""',
             body,
         )
@@ -130,6 +131,7 @@ class Journal:
             obj["e"],
             obj["a"],
             ticket if isinstance(ticket, dict) else None,
+            linked_at=str(obj.get("t") or ""),
         )
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -57,6 +58,7 @@ class Outcome(enum.StrEnum):
     INVALID = "invalid"
     DUPLICATE = "duplicate"
     SKIPPED = "skipped"
+    ALREADY_LINKED = "already-linked"  # linked by an earlier run (the state store): not sent
 
 
 class ReportRow(NamedTuple):
@@ -75,6 +77,7 @@ class ReportRow(NamedTuple):
     http_status: int | None
     error: str
     attempts: int
+    linked_at: str  # UTC, ISO 8601: when this run or an earlier one linked the pair
 
 
 #: Report column names of :class:`ReportRow`'s fields, where they differ.
@@ -102,6 +105,19 @@ class Result:
     attempts: int
     ticket: dict[str, Any] | None = None
     body: bytes | None = None
+    linked_at: str = ""
+
+
+_stamp: list[Any] = [0, ""]
+
+
+def utc_stamp() -> str:
+    """Now in UTC as ``2026-12-01T02:30:00Z``; computed once a second (it is per row)."""
+    now = int(time.time())
+    if now != _stamp[0]:
+        _stamp[0] = now
+        _stamp[1] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    return str(_stamp[1])
 
 
 @dataclass(frozen=True, slots=True)

@@ -166,6 +166,7 @@ class CsvWriter(ReportWriter):
             head.http_status,
             neutralize(head.error),
             head.attempts,
+            head.linked_at,
         ]
         cells += [
             v
@@ -241,6 +242,7 @@ class JsonlWriter(ReportWriter):
         others: Sequence[Any],
     ) -> None:
         obj: dict[str, Any] = dict(zip(RESULT_COLUMNS, head, strict=True))
+        obj["linked_at"] = head.linked_at or None
         obj.update(zip(TICKET_COLUMNS, ticket, strict=True))
         known = extras or {}
         for name in self.extra_fields:
@@ -347,7 +349,14 @@ class RowReader:
             _number(self.cols["http_status"][at]),
             self.error(at),
             _number(self.cols["attempts"][at]),
+            self.text("linked_at", at),
         )
+
+    def text(self, name: str, at: int) -> str:
+        """A text cell of ours, or "" when the report predates its column."""
+        column = self.cols.get(name)
+        value = column[at] if column is not None else None
+        return "" if value is None else str(value)
 
     def cell(self, name: str, at: int) -> Any:
         """An API cell: empty is nothing; a CSV's formula escape undone."""

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from bulklink.client import Answer, Client, Verdict
-from bulklink.models import Outcome, Pair, Result
+from bulklink.models import Outcome, Pair, Result, utc_stamp
 from bulklink.options import RunSettings
 from bulklink.pacing import Pacer
 
@@ -168,6 +168,7 @@ class Runner:
                     attempts,
                     answer.ticket,
                     answer.body,
+                    utc_stamp(),
                 )
             if verdict is Verdict.ABORT:
                 # Not this row's fault, and not final: ``skipped`` stays out of the journal,

@@ -657,7 +657,14 @@ def test_summary_json_and_stderr_group_errors_most_common_first(
     assert result.exit_code == 1, result.stderr
 
     data = json.loads(summary.read_text(encoding="utf-8"))
-    assert data["counts"] == {"linked": 4, "failed": 4, "invalid": 0, "duplicate": 0, "skipped": 0}
+    assert data["counts"] == {
+        "linked": 4,
+        "failed": 4,
+        "invalid": 0,
+        "duplicate": 0,
+        "skipped": 0,
+        "already-linked": 0,
+    }
     errors = data["errors"]
     assert [e["count"] for e in errors] == [3, 1]
     assert "404" in errors[0]["error"] and "503" in errors[1]["error"]

@@ -31,6 +31,7 @@ RESULT_COLUMNS = [
     "http_status",
     "error",
     "attempts",
+    "linked_at",
 ]
 TICKET_COLUMNS = [f"ticket.{name}" for name in TICKET_FIELDS]
 

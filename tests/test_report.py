@@ -32,6 +32,7 @@ HEAD = [
     "http_status",
     "error",
     "attempts",
+    "linked_at",
 ]
 TICKET_COLS = [f"ticket.{name}" for name in TICKET_FIELDS]
 CUSTOM_FIELDS = [{"id": "CF1", "name": "Region", "value": 'EMEA, "north"'}, {"id": "CF2"}]
@@ -184,6 +185,9 @@ def test_csv_xlsx_jsonl_hold_the_same_rows(
                 text = want[column]
                 if column == "ticket.title" and text.startswith("'="):
                     text = text[1:]  # the CSV's OWASP escape, checked on its own below
+                if column == "linked_at":  # each format's run links at its own time
+                    assert bool(got[column]) == bool(text), (fmt, want["row"])
+                    continue
                 assert canonical(column, got[column]) == canonical(column, text), (
                     fmt,
                     want["row"],
