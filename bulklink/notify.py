@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import ipaddress
+import os
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -235,7 +236,7 @@ def _describe_exception(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, aiohttp.ClientSSLError):
         return "TLS handshake or certificate failed"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect ({exc.os_error.strerror or type(exc.os_error).__name__})"
+        return f"cannot connect ({_os_reason(exc.os_error)})"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the server closed the connection"
     if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
@@ -243,6 +244,13 @@ def _describe_exception(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return type(exc).__name__
+
+
+def _os_reason(error: OSError) -> str:
+    # asyncio's strerror ("Connect call failed ('1.2.3.4', 443)") hides the errno's words
+    if error.errno and error.errno > 0:
+        return os.strerror(error.errno)
+    return error.strerror or type(error).__name__
 
 
 def _describe_answer(status: int, reason: str | None, body: bytes, url: str) -> str:
