@@ -254,13 +254,12 @@ def _os_reason(error: OSError) -> str:
 
 
 def _describe_answer(status: int, reason: str | None, body: bytes, url: str) -> str:
-    text = body[:1024].decode("utf-8", "replace").strip()
-    text = _one_line(_scrub(text, url))
+    text = _scrub(body.decode("utf-8", "replace").strip(), url)
     if len(text) > _EXCERPT:
         text = text[:_EXCERPT] + "..."
     said = f": {text}" if text else ""
     redirect = " (redirects are not followed)" if 300 <= status < 400 else ""
-    return f"HTTP {status} {reason or ''}".rstrip() + redirect + said
+    return _one_line(f"HTTP {status} {reason or ''}".rstrip() + redirect + said)
 
 
 async def send_notice(
@@ -297,9 +296,9 @@ async def send_notice(
                     await asyncio.sleep(backoff * 2 ** (attempt - 2))
                 try:
                     async with session.post(url, json=body, allow_redirects=False) as answer:
-                        content = await answer.read()
                         if 200 <= answer.status < 300:
                             return None
+                        content = await answer.content.read(1024)  # a quote, never a flood
                         why = _describe_answer(answer.status, answer.reason, content, url)
                         if answer.status not in _RETRIABLE and answer.status < 500:
                             return _warning(url, why, attempt)

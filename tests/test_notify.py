@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -50,6 +52,7 @@ class Receiver:
     bodies: list[Any] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     release: asyncio.Event | None = None
+    answer: str = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         self.paths.append(request.path_qs)
@@ -59,7 +62,7 @@ class Receiver:
                 await asyncio.wait_for(self.release.wait(), self.delay)
         status = self.statuses.pop(0) if self.statuses else 200
         # a receiver that echoes the URL it was called on must not leak it into the warning
-        return web.Response(status=status, text=f"oops at {request.path_qs}")
+        return web.Response(status=status, text=self.answer or f"oops at {request.path_qs}")
 
 
 @pytest.fixture
@@ -287,7 +290,26 @@ def test_slow_webhook_gives_one_warning_in_bounded_time(receiver: Receiver) -> N
         "warning: the notice to 127.0.0.1 was not delivered: no answer within 0.2s (3 tries)"
     )
     assert len(receiver.bodies) == 3
-    assert took < 3 * 0.2 + 0.03 + 1.5
+    assert took < 3 * 0.2 + 0.03 + 2.0
+
+
+def test_sync_sending_works_inside_a_running_loop(receiver: Receiver) -> None:
+    async def from_async_code() -> str | None:
+        return send_notice_sync(receiver.url, {"text": "t"})
+
+    assert asyncio.run(from_async_code()) is None
+    assert receiver.bodies == [{"text": "t"}]
+
+
+def test_a_flood_of_an_answer_is_quoted_not_read(receiver: Receiver) -> None:
+    receiver.statuses = [400]
+    receiver.answer = "x" * 5_000_000 + "\n\x1b[2J"
+    outcome, _ = send(receiver.url, {"text": "t"})
+    assert outcome is not None
+    assert outcome.startswith(
+        "warning: the notice to 127.0.0.1 was not delivered: HTTP 400 Bad Request: xxx"
+    )
+    assert len(outcome) < 300
 
 
 # --- the URL ------------------------------------------------------------------------------
@@ -433,3 +455,16 @@ def test_metrics_failure_is_a_warning_not_a_crash(tmp_path: Path) -> None:
         folder.mkdir(mode=0o500)
         assert metrics(folder / "m.prom") is not None
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "ro") == []
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_metrics_file_passes_promtool(tmp_path: Path) -> None:
+    target = tmp_path / "m.prom"
+    assert metrics(target, job='odd "job" \\ name\n') is None
+    checked = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=target.read_bytes(),
+        capture_output=True,
+        check=False,
+    )
+    assert (checked.returncode, checked.stdout, checked.stderr) == (0, b"", b"")
