@@ -722,13 +722,15 @@ def test_help_prefers_environment_token_and_offers_token_file() -> None:
     assert "process list" in text
 
 
-def test_sample_crontab_runs_then_retries_with_token_file() -> None:
+def test_sample_crontab_runs_with_token_file_metrics_and_notice_url_from_a_file() -> None:
     crontab = (ROOT / "samples" / "crontab").read_text(encoding="utf-8")
     entries = [line for line in crontab.splitlines() if line.strip() and not line.startswith("#")]
     jobs = [line for line in entries if re.match(r"^(\S+\s+){5}", line) and "=" not in line[:20]]
     assert jobs, "no cron entry"
     job = " ".join(jobs)
-    assert "bulklink run" in job and "bulklink retry" in job
+    assert "bulklink run" in job and "--metrics-file" in job
+    assert "--notify " not in job  # the URL is a secret: from a root-only env file
+    assert not any("BULKLINK_NOTIFY_URL" in line for line in entries)
     assert "--token-file" in job
     assert "--token " not in job
     readme = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -1,0 +1,126 @@
+"""The run's numbers as a Prometheus text file, for node_exporter's textfile collector.
+
+prometheus_client formats the file (its own registry, never the global one); the write is
+atomic (an unpredictably named temporary file in the same folder, then a rename) so the
+collector never reads half a file and a link planted in the folder is never written
+through. prometheus_client's ``write_to_textfile`` is not used: its temporary name is
+predictable. A failure to write is a warning for the caller, never a crash of the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+#: The label every series carries. Prometheus renames it to ``exported_job`` on scrape
+#: unless the scrape config says ``honor_labels: true`` (node_exporter's own ``job`` wins).
+JOB_LABEL = "job"
+
+
+def render_metrics(
+    *,
+    job: str,
+    counts: Mapping[str, int],
+    exit_code: int,
+    duration_seconds: float,
+    finished_timestamp: float,
+    last_success_timestamp: float | None,
+    requests: int,
+    throttled: int,
+) -> bytes:
+    """The file's content. ``last_success_timestamp`` None (never succeeded) is written as 0,
+    so an alert on its age fires for a job that has never once linked everything."""
+    registry = CollectorRegistry(auto_describe=True)
+
+    def gauge(name: str, doc: str, value: float) -> None:
+        Gauge(name, doc, [JOB_LABEL], registry=registry).labels(job).set(value)
+
+    rows = Gauge(
+        "bulklink_last_run_rows",
+        "Input rows of the last run, by outcome.",
+        [JOB_LABEL, "outcome"],
+        registry=registry,
+    )
+    for outcome, n in counts.items():
+        rows.labels(job, outcome).set(n)
+    gauge("bulklink_last_run_exit_code", "Exit code of the last run (0: all linked).", exit_code)
+    gauge(
+        "bulklink_last_run_duration_seconds",
+        "Wall time of the last run.",
+        duration_seconds,
+    )
+    gauge(
+        "bulklink_last_run_finished_timestamp_seconds",
+        "When the last run finished, in UNIX seconds.",
+        finished_timestamp,
+    )
+    gauge(
+        "bulklink_last_success_timestamp_seconds",
+        "When a run of this job last exited 0, in UNIX seconds (0: never).",
+        last_success_timestamp or 0.0,
+    )
+    gauge(
+        "bulklink_last_run_requests",
+        "HTTP requests the last run sent, retries included.",
+        requests,
+    )
+    gauge(
+        "bulklink_last_run_throttled_requests",
+        "Requests of the last run that the API answered 429 (rate limited).",
+        throttled,
+    )
+    return generate_latest(registry)
+
+
+def write_metrics(
+    path: str | os.PathLike[str],
+    *,
+    job: str,
+    counts: Mapping[str, int],
+    exit_code: int,
+    duration_seconds: float,
+    finished_timestamp: float,
+    last_success_timestamp: float | None,
+    requests: int,
+    throttled: int,
+) -> str | None:
+    """Write the metrics file; ``None`` when written, else one warning line saying why not."""
+    target = Path(path)
+    try:
+        content = render_metrics(
+            job=job,
+            counts=counts,
+            exit_code=exit_code,
+            duration_seconds=duration_seconds,
+            finished_timestamp=finished_timestamp,
+            last_success_timestamp=last_success_timestamp,
+            requests=requests,
+            throttled=throttled,
+        )
+        _write_atomically(target, content)
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return f"warning: the metrics file {target} was not written: {why}"
+    return None
+
+
+def _write_atomically(target: Path, content: bytes) -> None:
+    # mkstemp creates with O_EXCL under a random name: never an existing file or a link.
+    # The leading dot and the suffix keep the collector (which reads *.prom) off it.
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o644)  # the collector often runs as another user
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        Path(tmp).replace(target)  # replaces a link at the target; never follows it
+    except BaseException:
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink()
+        raise

@@ -1,0 +1,330 @@
+"""Webhook notices after a run: when to send one, what it says, and delivering it.
+
+A notice is a JSON POST ``{"text": ..., "summary": ...}``: ``text`` is a few human lines
+that Slack and Microsoft Teams incoming webhooks show as they are, ``summary`` is the
+object ``--summary-json`` writes. Delivery never raises for anything the network or the
+receiver does and never changes the run's exit code: a failure comes back as one warning
+line. A webhook URL is a secret (Slack's carry their credential in the path), so every
+message names only its host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ipaddress
+import os
+import re
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from bulklink.errors import UsageError
+
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_TRIES = 3
+DEFAULT_BACKOFF = 1.0  # first retry delay; doubles per retry
+TOP_ERRORS = 5
+_EXCERPT = 120  # characters of a receiver's error answer worth quoting
+_RETRIABLE = frozenset({408, 429})  # and every 5xx
+
+
+class NoticeKind(enum.StrEnum):
+    """Why a notice goes out (or not). ``ROUTINE`` is a good run reported by ``always``."""
+
+    NONE = "none"
+    PROBLEM = "problem"
+    RECOVERY = "recovery"
+    ROUTINE = "routine"
+
+
+class NotifyOn(enum.StrEnum):
+    """``--notify-on``: only when a human is needed, or after every run."""
+
+    PROBLEMS = "problems"
+    ALWAYS = "always"
+
+
+def should_notify(
+    mode: NotifyOn | str, exit_code: int, previous_exit_code: int | None
+) -> NoticeKind:
+    """One notice per change of state: problems, then the first good run after them.
+
+    ``previous_exit_code`` is the last run's for the same report (``None``: no earlier run
+    known), so an ordinary good night stays silent in ``problems`` mode.
+    """
+    mode = NotifyOn(mode)
+    if exit_code != 0:
+        return NoticeKind.PROBLEM
+    if previous_exit_code is not None and previous_exit_code != 0:
+        return NoticeKind.RECOVERY
+    return NoticeKind.ROUTINE if mode is NotifyOn.ALWAYS else NoticeKind.NONE
+
+
+# --- the body ---------------------------------------------------------------------------
+
+_HEADLINES = {
+    0: "every row linked",
+    2: "usage or input error; nothing was sent",
+    3: "the API rejected the credentials; sending stopped",
+    75: "another run still holds the report; nothing was changed",
+    130: "stopped by SIGINT; the report was written",
+    143: "stopped by SIGTERM; the report was written",
+}
+
+
+def _headline(summary: Mapping[str, Any], exit_code: int) -> str:
+    if exit_code == 1:
+        counts = summary.get("counts") or {}
+        rows = summary.get("rows")
+        linked = counts.get("linked")
+        if isinstance(rows, int) and isinstance(linked, int):
+            return f"{rows - linked} of {rows} rows not linked"
+        return "some rows not linked"
+    return _HEADLINES.get(exit_code, "the run failed")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _one_line(text: str) -> str:
+    """Server text may hold newlines or escape sequences; a notice line must stay one line."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _slack_escape(text: str) -> str:
+    """Slack reads ``<...>`` as links and mentions (``<!channel>``): server text must not."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _redacted(value: Any, redact: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {_redacted(k, redact): _redacted(v, redact) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v, redact) for v in value]
+    return value
+
+
+def _text(
+    summary: Mapping[str, Any], job: str, kind: NoticeKind, previous_exit_code: int | None
+) -> str:
+    exit_code = summary.get("exit_code")
+    code = exit_code if isinstance(exit_code, int) else 1
+    head = f"{_headline(summary, code)} (exit {code})"
+    if kind is NoticeKind.RECOVERY:
+        before = f" (exit {previous_exit_code})" if previous_exit_code is not None else ""
+        head = f"recovered: {head}, after a failed run{before}"
+    lines = [f"bulklink {job}: {head}"]
+    counts = summary.get("counts") or {}
+    if counts:
+        tally = ", ".join(f"{name} {n}" for name, n in counts.items())
+        rows = summary.get("rows")
+        resumed = summary.get("resumed_rows") or 0
+        done_earlier = f" ({resumed} done earlier)" if resumed else ""
+        lines.append(f"{tally} | {rows} rows{done_earlier}")
+    errors = [e for e in summary.get("errors") or [] if isinstance(e, Mapping)]
+    if errors:
+        lines.append("top errors:")
+        lines.extend(f"  {e.get('count')} x {e.get('error')}" for e in errors[:TOP_ERRORS])
+        if len(errors) > TOP_ERRORS:
+            rest = sum(e.get("count") or 0 for e in errors[TOP_ERRORS:])
+            lines.append(f"  ... and {len(errors) - TOP_ERRORS} more errors ({rest} rows)")
+    stopped = summary.get("stopped")
+    if stopped:
+        lines.append(f"stopped: {stopped}")
+    elapsed = summary.get("elapsed_seconds")
+    if isinstance(elapsed, int | float):
+        lines.append(f"duration: {_duration(float(elapsed))}")
+    if summary.get("report"):
+        lines.append(f"report: {summary['report']}")
+    return "\n".join(_slack_escape(_one_line(line)) for line in lines)
+
+
+def notice_body(
+    summary: Mapping[str, Any],
+    job: str,
+    kind: NoticeKind,
+    *,
+    previous_exit_code: int | None = None,
+    redact: Callable[[str], str] = lambda text: text,
+) -> dict[str, Any]:
+    """The JSON to POST: ``text`` for people, ``summary`` (as ``--summary-json``) for tools.
+
+    ``redact`` scrubs the token and API key; it runs over every string before the text is
+    built from them (and over the text again), so no secret reaches the receiver in any form
+    the redactor knows.
+    """
+    clean: dict[str, Any] = _redacted(dict(summary), redact)
+    text = redact(_text(clean, redact(job), kind, previous_exit_code))
+    return {"text": text, "summary": clean}
+
+
+# --- the URL ----------------------------------------------------------------------------
+
+
+def host_of(url: str) -> str:
+    """The part of a URL that may be shown: the host, never the path or query (the secret)."""
+    try:
+        host = urlsplit(url.strip()).hostname
+    except ValueError:
+        host = None
+    return host or "an unparsable URL"
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str, *, what: str, allow_http: bool) -> None:
+    """Refuse, before anything is sent, a URL that would carry a secret in clear.
+
+    HTTPS is required except to loopback (127.0.0.0/8, ::1, localhost), as for
+    ``--base-url``. The message names only the host: the path may be the secret.
+    """
+    if _CONTROL.search(url) or " " in url:
+        raise UsageError(f"{what}: the URL holds a space or control character")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # raises ValueError on a port out of range
+    except ValueError:
+        raise UsageError(f"{what}: not a valid URL (host {host_of(url)})") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise UsageError(f"{what} must be an https:// URL")
+    if parts.scheme == "http" and not allow_http and not is_loopback(host):
+        raise UsageError(
+            f"{what} must use https:// ({host} is not loopback, and http:// sends it in"
+            " clear); --allow-http overrides"
+        )
+
+
+# --- delivery ---------------------------------------------------------------------------
+
+
+def _scrub(text: str, url: str) -> str:
+    """Remove the URL's secret parts from text a receiver or library hands back."""
+    parts = urlsplit(url)
+    for secret in (url, parts.path + ("?" + parts.query if parts.query else ""), parts.query):
+        if len(secret) > 1:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _describe_exception(exc: BaseException, timeout: float) -> str:
+    """aiohttp's messages may quote the whole URL; say what happened in our own words."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "TLS handshake or certificate failed"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect ({_os_reason(exc.os_error)})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+        return f"bad answer ({type(exc).__name__})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__
+
+
+def _os_reason(error: OSError) -> str:
+    # asyncio's strerror ("Connect call failed ('1.2.3.4', 443)") hides the errno's words
+    if error.errno and error.errno > 0:
+        return os.strerror(error.errno)
+    return error.strerror or type(error).__name__
+
+
+def _describe_answer(status: int, reason: str | None, body: bytes, url: str) -> str:
+    text = _scrub(body.decode("utf-8", "replace").strip(), url)
+    if len(text) > _EXCERPT:
+        text = text[:_EXCERPT] + "..."
+    said = f": {text}" if text else ""
+    redirect = " (redirects are not followed)" if 300 <= status < 400 else ""
+    return _one_line(f"HTTP {status} {reason or ''}".rstrip() + redirect + said)
+
+
+async def send_notice(
+    url: str,
+    body: Mapping[str, Any],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    tries: int = DEFAULT_TRIES,
+    backoff: float = DEFAULT_BACKOFF,
+    allow_http: bool = False,
+) -> str | None:
+    """POST the notice; ``None`` when delivered, else one warning line naming only the host.
+
+    Each try has ``timeout`` seconds; connection failures, timeouts, 408, 429 and 5xx are
+    tried again after ``backoff`` (doubling), up to ``tries`` in all, so the whole takes at
+    most about ``tries * timeout + backoff * (2 ** (tries - 1) - 1)`` seconds. Redirects are
+    not followed: the body would go to a host nobody named.
+    """
+    from bulklink import __version__
+
+    try:
+        check_url(url, what="the notice URL", allow_http=allow_http)
+    except UsageError as exc:
+        return _warning(url, str(exc))
+    headers = {"User-Agent": f"bulklink/{__version__} (aiohttp/{aiohttp.__version__})"}
+    why = "not tried"
+    attempt = 0
+    try:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout), headers=headers
+        ) as session:
+            for attempt in range(1, max(tries, 1) + 1):
+                if attempt > 1:
+                    await asyncio.sleep(backoff * 2 ** (attempt - 2))
+                try:
+                    async with session.post(url, json=body, allow_redirects=False) as answer:
+                        if 200 <= answer.status < 300:
+                            return None
+                        content = await answer.content.read(1024)  # a quote, never a flood
+                        why = _describe_answer(answer.status, answer.reason, content, url)
+                        if answer.status not in _RETRIABLE and answer.status < 500:
+                            return _warning(url, why, attempt)
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    why = _describe_exception(exc, timeout)
+    except Exception as exc:  # a notice must never break the run it reports
+        why = _describe_exception(exc, timeout)
+    return _warning(url, _scrub(why, url), attempt)
+
+
+def send_notice_sync(url: str, body: Mapping[str, Any], **options: Any) -> str | None:
+    """:func:`send_notice` from synchronous code, even when the caller's thread runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(send_notice(url, body, **options))
+    outcome: list[str | None] = []
+    thread = threading.Thread(
+        target=lambda: outcome.append(asyncio.run(send_notice(url, body, **options))),
+        name="bulklink-notice",
+    )
+    thread.start()
+    thread.join()
+    return outcome[0] if outcome else _warning(url, "the sending thread died")
+
+
+def _warning(url: str, why: str, attempts: int = 1) -> str:
+    tried = f" ({attempts} tries)" if attempts > 1 else ""
+    return f"warning: the notice to {host_of(url)} was not delivered: {why}{tried}"
