@@ -363,46 +363,52 @@ class Sandbox:
         """The endpoint: decide synchronously, record, then delay and answer."""
         t, wall = time.monotonic(), time.time()
         self.total += 1
-        cfg = self.config
         raw = await request.read()
-        delay, drop, link = cfg.latency, False, None
-        headers: dict[str, str] = {"Content-Type": _JSON_CT}
-        status, body = self._decide_auth_and_rate(request, wall, headers)
-        if status == 0:
-            try:
-                data: Any = json.loads(raw) if raw else None
-            except (ValueError, RecursionError):
-                data = _NOT_JSON
-            reply = self._next_reply(data) if cfg.script else None
-            if reply is not None:
-                status, body, headers = self._scripted(reply, data, wall, headers)
-                delay += reply.delay
-                drop = reply.drop
-                src, dst = data.get("sourceTicketId"), data.get("linkedTicketId")
-                if status == 200 and not drop and isinstance(dst, str):
-                    link = (str(src), dst)
-            elif cfg.error_rate > 0 and self._rng.random() < cfg.error_rate:
-                status, body = 503, _UNAVAILABLE
-            else:
-                status, body, link = self._link(request, data, wall)
-        if drop:
-            status = 0
-        if cfg.record:
+        decision = self._decide(request, raw, wall)
+        if self.config.record:
             rec = RequestRecord(
                 t, wall, request.method, request.path,
-                {k.lower(): v for k, v in request.headers.items()}, raw, status,
+                {k.lower(): v for k, v in request.headers.items()}, raw, decision.status,
             )  # fmt: skip
             bisect.insort(self.requests, rec, key=_arrival)
-            if link is not None:
-                self.link_counts[link] += 1
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if drop:
+            if decision.link is not None:
+                self.link_counts[decision.link] += 1
+        if decision.delay > 0:
+            await asyncio.sleep(decision.delay)
+        if decision.status == 0:  # drop the connection without an answer
             if request.transport is not None:
                 request.transport.close()
             # Writing to the closed transport makes aiohttp drop this quietly.
             return web.Response()
-        return web.Response(status=status, body=body, headers=headers)
+        return web.Response(status=decision.status, body=decision.body, headers=decision.headers)
+
+    def _decide(self, request: web.Request, raw: bytes, wall: float) -> _Decision:
+        """Auth, rate limit, then a scripted reply, an injected fault or the real link."""
+        cfg = self.config
+        decision = _Decision(delay=cfg.latency)
+        decision.status, decision.body = self._decide_auth_and_rate(request, wall, decision.headers)
+        if decision.status != 0:
+            return decision
+        try:
+            data: Any = json.loads(raw) if raw else None
+        except (ValueError, RecursionError):
+            data = _NOT_JSON
+        reply = self._next_reply(data) if cfg.script else None
+        if reply is not None:
+            decision.status, decision.body, decision.headers = self._scripted(
+                reply, data, wall, decision.headers
+            )
+            decision.delay += reply.delay
+            src, dst = data.get("sourceTicketId"), data.get("linkedTicketId")
+            if reply.drop:
+                decision.status = 0
+            elif decision.status == 200 and isinstance(dst, str):
+                decision.link = (str(src), dst)
+        elif cfg.error_rate > 0 and self._rng.random() < cfg.error_rate:
+            decision.status, decision.body = 503, _UNAVAILABLE
+        else:
+            decision.status, decision.body, decision.link = self._link(request, data, wall)
+        return decision
 
     def _decide_auth_and_rate(
         self, request: web.Request, wall: float, headers: dict[str, str]
@@ -440,6 +446,17 @@ class Sandbox:
         if src == dst:
             return 400, _SELF_LINK, None
         return 200, success_body(src, wall), (src, dst)
+
+
+@dataclass
+class _Decision:
+    """What to answer one request with; status 0 drops the connection instead."""
+
+    status: int = 0
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": _JSON_CT})
+    delay: float = 0.0
+    link: tuple[str, str] | None = None
 
 
 def _arrival(record: RequestRecord) -> float:

@@ -58,29 +58,7 @@ async def link_pairs(
     options = job_args(locals())
     settings = RunSettings.build(options)
     connection = Connection.build(options)
-    source = _each(pairs)
-    ids: dict[int, tuple[str, str]] = {}
-    done: asyncio.Queue[Result | None] = asyncio.Queue()
-    counter = 0
-
-    async def feed() -> AsyncGenerator[list[Pair]]:
-        nonlocal counter
-        async for raw_source, raw_linked in source:
-            counter += 1
-            pair = Pair(counter, clean_id(raw_source), clean_id(raw_linked))
-            ids[counter] = (pair.source, pair.linked)
-            reason = invalid_reason(pair.source, pair.linked)
-            if reason is not None:
-                done.put_nowait(Result(counter, Outcome.INVALID, None, reason, 0))
-                continue
-            yield [pair]
-
-    def as_link(result: Result) -> LinkResult:
-        s, d = ids.pop(result.row)
-        return LinkResult(
-            s, d, result.outcome, result.http_status, result.error, result.attempts, result.ticket
-        )
-
+    stream = _Stream(_each(pairs))
     async with (
         connection.endpoint() as base_url,
         Client(
@@ -90,30 +68,61 @@ async def link_pairs(
             max_connections=settings.concurrency or AUTO_CAP,
         ) as client,
     ):
-        runner = Runner(client, settings, done.put_nowait)
-        task = asyncio.create_task(runner.run(feed()))
-        task.add_done_callback(lambda _: done.put_nowait(None))
+        runner = Runner(client, settings, stream.done.put_nowait)
+        task = asyncio.create_task(runner.run(stream.feed()))
+        task.add_done_callback(lambda _: stream.done.put_nowait(None))
         try:
-            while (result := await done.get()) is not None:
-                yield as_link(result)
-            await task
-            while not done.empty():  # invalid pairs queued after the runner finished
-                item = done.get_nowait()
-                if item is not None:
-                    yield as_link(item)
+            async for result in stream.results(task):
+                yield result
         finally:
             if not task.done():
                 runner.stop("the caller stopped reading results")
                 await task
     if runner.stop_reason == CREDENTIALS_REJECTED:
-        async for raw_source, raw_linked in source:
-            yield LinkResult(
-                clean_id(raw_source),
-                clean_id(raw_linked),
-                Outcome.SKIPPED,
-                None,
-                f"not attempted: {CREDENTIALS_REJECTED}",
-                0,
-                None,
-            )
+        async for result in stream.rest_skipped(f"not attempted: {CREDENTIALS_REJECTED}"):
+            yield result
         raise CredentialsRejected("the API rejected the credentials (HTTP 401/403)")
+
+
+class _Stream:
+    """The caller's pairs numbered on the way in, and results matched back on the way out."""
+
+    def __init__(self, source: AsyncGenerator[PairLike]) -> None:
+        self.source = source
+        self.ids: dict[int, tuple[str, str]] = {}
+        self.done: asyncio.Queue[Result | None] = asyncio.Queue()
+        self.counter = 0
+
+    async def feed(self) -> AsyncGenerator[list[Pair]]:
+        """What the runner sends; invalid pairs go straight to the results."""
+        async for raw_source, raw_linked in self.source:
+            self.counter += 1
+            pair = Pair(self.counter, clean_id(raw_source), clean_id(raw_linked))
+            self.ids[self.counter] = (pair.source, pair.linked)
+            reason = invalid_reason(pair.source, pair.linked)
+            if reason is not None:
+                self.done.put_nowait(Result(self.counter, Outcome.INVALID, None, reason, 0))
+                continue
+            yield [pair]
+
+    async def results(self, task: asyncio.Task[None]) -> AsyncGenerator[LinkResult]:
+        """Results until the runner ends (``None`` marks it), then the invalid ones queued late."""
+        while (result := await self.done.get()) is not None:
+            yield self._as_link(result)
+        await task
+        while not self.done.empty():
+            item = self.done.get_nowait()
+            if item is not None:
+                yield self._as_link(item)
+
+    async def rest_skipped(self, why: str) -> AsyncGenerator[LinkResult]:
+        """The pairs never read from the caller, each ``skipped``: one result per pair."""
+        async for raw_source, raw_linked in self.source:
+            source, linked = clean_id(raw_source), clean_id(raw_linked)
+            yield LinkResult(source, linked, Outcome.SKIPPED, None, why, 0, None)
+
+    def _as_link(self, result: Result) -> LinkResult:
+        s, d = self.ids.pop(result.row)
+        return LinkResult(
+            s, d, result.outcome, result.http_status, result.error, result.attempts, result.ticket
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ def run_against(server: Sandbox, *args: str | Path, **kwargs: Any) -> Result:
 
 
 def write_csv(
-    path: Path, rows: list[list[str]], delimiter: str = ",", encoding: str = "utf-8"
+    path: Path, rows: Sequence[Sequence[str]], delimiter: str = ",", encoding: str = "utf-8"
 ) -> Path:
     with path.open("w", newline="", encoding=encoding) as fh:
         csv.writer(fh, delimiter=delimiter).writerows(rows)

@@ -119,7 +119,11 @@ def test_unwritable_log_and_summary_paths_are_usage_errors(
 
 def test_link_pairs_treats_none_and_nan_as_blank(sandbox: Sandbox) -> None:
     async def collect() -> list[tuple[str, str, Outcome]]:
-        pairs = [(None, "B1"), ("A2", float("nan")), ("A3", "B3")]
+        pairs: list[tuple[str | None, str | float]] = [
+            (None, "B1"),
+            ("A2", float("nan")),
+            ("A3", "B3"),
+        ]
         return [
             (r.source, r.linked, r.outcome)
             async for r in link_pairs(pairs, base_url=sandbox.url, token=TOKEN, org_id=ORG, rate=0)

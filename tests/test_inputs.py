@@ -11,7 +11,7 @@ import json
 import re
 import zipfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import openpyxl
@@ -77,9 +77,12 @@ def one_line_error(result: Result) -> str:
     return lines[0]
 
 
-def make_xlsx(path: Path, sheets: dict[str, list[list[object]]], active: int = 0) -> Path:
+def make_xlsx(
+    path: Path, sheets: Mapping[str, Sequence[Sequence[object]]], active: int = 0
+) -> Path:
     wb = openpyxl.Workbook()
-    wb.remove(wb.active)
+    for sheet in list(wb.worksheets):
+        wb.remove(sheet)
     for name, rows in sheets.items():
         ws = wb.create_sheet(name)
         for row in rows:

@@ -246,8 +246,8 @@ def test_formula_title_is_text_in_xlsx_and_neutralised_in_csv(
         for cell in row:
             assert cell.data_type != "f", cell.coordinate
 
-    (row,) = read_report(csv_out)
-    assert row["ticket.title"] == "'" + FORMULA_TITLE
+    (csv_row,) = read_report(csv_out)
+    assert csv_row["ticket.title"] == "'" + FORMULA_TITLE
 
 
 # -- per-row values -------------------------------------------------------------------------
