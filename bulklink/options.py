@@ -16,7 +16,7 @@ import contextlib
 import os
 import random
 from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
@@ -31,6 +31,9 @@ ENVIRONMENT = {
     "THENA_TOKEN": "Bearer token (--token / --token-file)",
     "THENA_API_KEY": "API key sent as x-api-key (--api-key / --api-key-file)",
     "THENA_ORG_ID": "organization ID sent as x-org-id (--org-id)",
+    "BULKLINK_STATE": "the state store's path (--state)",
+    "BULKLINK_NOTIFY_URL": "webhook for notices (--notify); a secret: only its host is shown",
+    "XDG_STATE_HOME": "where the default state store lives (bulklink/state.sqlite3 in it)",
 }
 
 
@@ -64,17 +67,29 @@ class ControlArgs(TypedDict, total=False):
     handle_signals: bool
 
 
+class StateArgs(TypedDict, total=False):
+    """The cross-run state store (see :meth:`StateOptions.build`)."""
+
+    state: str | Path | None
+    no_state: bool
+    relink: bool
+
+
 class OutputArgs(TypedDict, total=False):
     """Where a run's results go besides the report (see :meth:`Output.build`)."""
 
     summary_json: str | Path | None
+    metrics_file: str | Path | None
+    notify: str | None
+    notify_on: str
+    job: str | None
 
 
 class StreamArgs(ConnectionArgs, TrafficArgs, total=False):
     """Everything :func:`bulklink.link_pairs` takes."""
 
 
-class JobArgs(StreamArgs, ControlArgs, OutputArgs, total=False):
+class JobArgs(StreamArgs, ControlArgs, StateArgs, OutputArgs, total=False):
     """Everything :func:`bulklink.run_job` and :func:`bulklink.retry_job` take."""
 
 
@@ -207,19 +222,84 @@ class Control:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StateOptions:
+    """Which state store a run reads and writes (``path`` None: none at all)."""
+
+    path: Path | None = None
+    relink: bool = False
+
+    @classmethod
+    def build(
+        cls, args: StateArgs, *, sandbox: bool, env: Mapping[str, str] | None = None
+    ) -> StateOptions:
+        """``--state``, else ``BULKLINK_STATE``, else the platform's state folder.
+
+        ``--no-state`` uses none; a ``--sandbox`` run uses none unless ``--state`` names
+        one, so trying the tool never mixes simulated links into the real record.
+        """
+        env = os.environ if env is None else env
+        relink = bool(args.get("relink", False))
+        state = args.get("state")
+        if args.get("no_state", False):
+            if state is not None:
+                raise UsageError("give --state or --no-state, not both")
+            return cls(path=None, relink=relink)
+        if state is not None:
+            return cls(path=Path(state).expanduser(), relink=relink)
+        if sandbox:
+            return cls(path=None, relink=relink)
+        from bulklink.store import resolve_state_path
+
+        return cls(path=resolve_state_path(None, env), relink=relink)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Output:
-    """The report and the files written beside it for people and monitoring."""
+    """The report and what is written or sent beside it for people and monitoring."""
 
     report: Path
     summary_json: Path | None = None
+    metrics_file: Path | None = None
+    notify_url: str | None = field(default=None, repr=False)  # a secret: only its host shows
+    notify_on: str = "problems"
+    job: str = ""
 
     @classmethod
-    def build(cls, report: Path, args: OutputArgs) -> Output:
+    def build(
+        cls,
+        report: Path,
+        args: OutputArgs,
+        *,
+        allow_http: bool = False,
+        env: Mapping[str, str] | None = None,
+    ) -> Output:
         from bulklink.report import report_format
 
+        env = os.environ if env is None else env
         report_format(report)
-        summary_json = args.get("summary_json")
-        path = Path(summary_json) if summary_json is not None else None
-        if path is not None and not path.parent.is_dir():
-            raise UsageError(f"--summary-json: no such folder {path.parent}")
-        return cls(report=report, summary_json=path)
+        summary_json = _in_existing_folder(args.get("summary_json"), "--summary-json")
+        metrics_file = _in_existing_folder(args.get("metrics_file"), "--metrics-file")
+        notify_url = (args.get("notify") or env.get("BULKLINK_NOTIFY_URL", "")).strip() or None
+        notify_on = args.get("notify_on", "problems")
+        if notify_on not in ("problems", "always"):
+            raise UsageError("--notify-on must be 'problems' or 'always'")
+        if notify_url is not None:
+            from bulklink.notify import check_url
+
+            check_url(notify_url, what="--notify", allow_http=allow_http)
+        job = (args.get("job") or "").strip() or report.stem
+        return cls(
+            report=report,
+            summary_json=summary_json,
+            metrics_file=metrics_file,
+            notify_url=notify_url,
+            notify_on=notify_on,
+            job=job,
+        )
+
+
+def _in_existing_folder(value: str | Path | None, flag: str) -> Path | None:
+    path = Path(value) if value is not None else None
+    if path is not None and not path.parent.is_dir():
+        raise UsageError(f"{flag}: no such folder {path.parent}")
+    return path

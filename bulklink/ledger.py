@@ -1,0 +1,115 @@
+"""The job's small interface to the state store: what to skip, what to record, the history.
+
+A run asks the ledger which of its pairs are already linked in its scope (before
+sending anything), tells it each pair the API linked (batched: committed at most twice
+a second from the job's ticker, and at the end), and opens and closes its row in the run
+history. With no store (``--no-state``, a sandbox run) the same calls do nothing, so
+the job has one code path.
+
+What a ``kill -9`` can cost: the pairs of the last uncommitted batch are in the journal
+(every linked row is journaled before it counts), and the same command resumes from it
+and records them then.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from bulklink.options import Connection, StateOptions
+from bulklink.store import RunRecord, Scope, Store
+
+SANDBOX_SCOPE = "sandbox:"
+
+
+def scope_of(connection: Connection) -> Scope:
+    """Links count per (base URL, org); the simulator is a scope of its own."""
+    base = SANDBOX_SCOPE if connection.sandbox else connection.base_url
+    return Scope(base, connection.auth.org_id or "")
+
+
+class Ledger:
+    """One run's use of the store; every method is a no-op without one."""
+
+    def __init__(self, store: Store | None, scope: Scope, *, relink: bool = False) -> None:
+        self._store = store
+        self.scope = scope
+        self.relink = relink
+        self.run_id: int | None = None
+        self._batch: list[tuple[str, str, str]] = []
+        self._lock = threading.Lock()  # the ticker flushes from a worker thread
+
+    @classmethod
+    def open(cls, options: StateOptions, connection: Connection) -> Ledger:
+        """Open the store the options name (raises :class:`~bulklink.store.StoreError`)."""
+        store = Store.open(options.path) if options.path is not None else None
+        return cls(store, scope_of(connection), relink=options.relink)
+
+    @property
+    def active(self) -> bool:
+        return self._store is not None
+
+    @property
+    def path(self) -> Path | None:
+        return self._store.path if self._store is not None else None
+
+    def linked_times(self, source: Sequence[str], linked: Sequence[str]) -> list[str | None]:
+        """When each pair was linked in this scope (None: never, or ``--relink``)."""
+        if self._store is None or self.relink:
+            return [None] * len(source)
+        return self._store.linked_times(self.scope, zip(source, linked, strict=True))
+
+    def previous_run(self, report: Path) -> RunRecord | None:
+        """The last finished run on this report, for recovery notices (before :meth:`begin`)."""
+        return self._store.last_finished_run(report) if self._store is not None else None
+
+    def last_success(self, job: str) -> datetime | None:
+        return self._store.last_success(job) if self._store is not None else None
+
+    def begin(
+        self,
+        command: str,
+        *,
+        report: Path,
+        input: str | None,
+        input_hash: str | None,
+        job: str,
+        command_line: str,
+    ) -> None:
+        if self._store is not None:
+            self.run_id = self._store.start_run(
+                command,
+                scope=self.scope,
+                report=report,
+                command_line=command_line,
+                input=input,
+                input_hash=input_hash,
+                job=job,
+            )
+
+    def add(self, source: str, linked: str, linked_at: str) -> None:
+        """A pair the API linked; committed by the next :meth:`flush`."""
+        if self._store is not None:
+            with self._lock:
+                self._batch.append((source, linked, linked_at))
+
+    def flush(self) -> None:
+        """Commit the pairs added so far: one transaction for the batch."""
+        if self._store is None:
+            return
+        with self._lock:
+            batch, self._batch = self._batch, []
+        if batch:
+            self._store.record_linked(self.scope, batch, self.run_id)
+
+    def finish(self, counts: dict[str, int], exit_code: int) -> None:
+        if self._store is not None and self.run_id is not None:
+            self.flush()
+            self._store.finish_run(self.run_id, counts=counts, exit_code=exit_code)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
