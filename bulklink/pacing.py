@@ -5,7 +5,10 @@ where ``slack < 1`` (see :func:`bucket_capacity`) is chosen so that no window of
 second can hold more than R+1 starts (a bucket of capacity ``b`` allows at most
 ``b + R*T`` starts in any ``T`` seconds) while timer wake-ups that run late are absorbed
 instead of lost. A bucket of capacity R would let 2R through in the first second;
-capacity 1 loses every late wake-up."""
+capacity 1 loses every late wake-up.
+
+Only aiolimiter's public API is used: a rate change replaces the limiter, and the new one
+is filled through ``acquire`` at its first use (see :meth:`Pacer.wait`)."""
 
 from __future__ import annotations
 
@@ -42,14 +45,14 @@ class Pacer:
     comes, never above the ceiling.
     """
 
-    def __init__(
-        self, rate: float, *, adaptive: bool = True, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.ceiling = rate
-        self.adaptive = adaptive
         self.clock = clock
         self.current: float = rate  # 0 = unlimited
         self._limiter: AsyncLimiter | None = None
+        # When the current limiter replaced another (a rate change): the new bucket counts
+        # as full from then on, so the change lets no burst through. None: nothing to fill.
+        self._full_since: float | None = None
         self._paused_until = 0.0
         self._last_decrease = -math.inf
         self._last_increase = 0.0
@@ -59,23 +62,33 @@ class Pacer:
         self._slot = 0
         self._accepted = [0] * SLOTS_PER_SECOND
         self._answered = [0] * SLOTS_PER_SECOND
-        self.throttled = 0
-        self.requests = 0
+        self._requests = 0
+        self._throttled = 0
         if rate > 0:
-            self._limiter = self._make_limiter(rate, primed=False)
+            self._limiter = _limiter(rate)
 
-    @staticmethod
-    def _make_limiter(rate: float, *, primed: bool) -> AsyncLimiter:
-        capacity = bucket_capacity(rate)
-        limiter = AsyncLimiter(capacity, capacity / rate)
-        if primed:
-            # A fresh bucket is empty and would allow a small burst at every rate change.
-            limiter._level = capacity
-        return limiter
+    @property
+    def requests(self) -> int:
+        """Answers fed back so far: the run's requests, retries included (for metrics).
+
+        Every attempt that got an answer counts, whatever it was (a connection error too);
+        one cancelled in flight when the run stops does not.
+        """
+        return self._requests
+
+    @property
+    def throttled(self) -> int:
+        """How many of those answers were 429s (for metrics and the summary)."""
+        return self._throttled
 
     @property
     def idle(self) -> bool:
-        """True when a request may start without awaiting anything (the --rate 0 fast path)."""
+        """True when a request may start without awaiting anything (the --rate 0 fast path).
+
+        Checked before every request so that, with no limit, a row costs two attribute
+        reads and one clock call instead of a coroutine and an ``await``: measured, half
+        the cost of an ``await wait()`` that returns at once (0.8 against 1.5 us a row).
+        """
         return self._limiter is None and self._paused_until <= self.clock()
 
     async def wait(self) -> None:
@@ -88,6 +101,14 @@ class Pacer:
             limiter = self._limiter
             if limiter is None:
                 return
+            if self._full_since is not None:
+                # A replacement bucket starts empty and would let a burst through: fill it
+                # to where a bucket full at the rate change has leaked down to by now. The
+                # bucket is still empty, so this acquire returns without suspending.
+                due = limiter.max_rate - (self.clock() - self._full_since) * self.current
+                self._full_since = None
+                if due > 0:
+                    await limiter.acquire(min(due, limiter.max_rate))
             await limiter.acquire()
             # A token from a limiter replaced meanwhile (the rate changed) does not count.
             if limiter is self._limiter and self._paused_until <= self.clock():
@@ -100,20 +121,19 @@ class Pacer:
     def on_answer(self, sent_at: float, throttled: bool) -> None:
         """Feed every answer back: 429s lower the rate, quiet seconds raise it again."""
         now = self.clock()
-        self.requests += 1
+        self._requests += 1
         slot = int(now * SLOTS_PER_SECOND)
         if slot != self._slot:
             self._roll(slot)
         self._answered[0] += 1
         if throttled:
-            self.throttled += 1
-            if self.adaptive and sent_at >= self._last_decrease:
+            self._throttled += 1
+            if sent_at >= self._last_decrease:
                 self._decrease(now)
             return
         self._accepted[0] += 1
         if (
             self.current != self.ceiling
-            and self.adaptive
             and now - self._last_increase >= INCREASE_EVERY
             and now - self._last_decrease >= INCREASE_EVERY
         ):
@@ -162,4 +182,13 @@ class Pacer:
         if rate == self.current:
             return
         self.current = rate
-        self._limiter = self._make_limiter(rate, primed=True) if rate > 0 else None
+        # A new limiter, not a new rate on the old one: aiolimiter has no public way to
+        # change a limiter's rate or capacity. Tasks waiting on the old one retry on this.
+        self._limiter = _limiter(rate) if rate > 0 else None
+        self._full_since = self.clock() if rate > 0 else None
+
+
+def _limiter(rate: float) -> AsyncLimiter:
+    """An empty bucket of capacity :func:`bucket_capacity` that leaks ``rate`` per second."""
+    capacity = bucket_capacity(rate)
+    return AsyncLimiter(capacity, capacity / rate)
