@@ -313,7 +313,7 @@ def test_429_pauses_all_dispatch_until_x_ratelimit_reset(
     latency = 0.02
     # Thena's headers: UNIX seconds, no Retry-After. Whole seconds, so the pause lasts
     # (reset - arrival) which is computed below from the server's own clock.
-    reset = math.ceil(time.time() + 1.5)
+    reset = math.ceil(time.time() + 4)
     throttled = Reply(
         429,
         headers={
