@@ -301,6 +301,11 @@ class _Inflater:
                 break  # no progress: never spin
         return out
 
+    @property
+    def truncated(self) -> bool:
+        """A compressed stream was begun and not ended: the body is cut short or corrupt."""
+        return self._zlib is not None
+
 
 def _zlib_header(data: bytes) -> bool:
     return len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
@@ -328,6 +333,8 @@ async def read_capped(resp: aiohttp.ClientResponse) -> bytes | str:
             if len(body) > MAX_ANSWER:
                 return TOO_LARGE
     except zlib.error:
+        return f"the answer's {coding} data is corrupt"
+    if inflater is not None and inflater.truncated:
         return f"the answer's {coding} data is corrupt"
     return bytes(body)
 
