@@ -416,12 +416,13 @@ class Client:
         if b"\\" in body:
             try:
                 obj = json.loads(body)
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                pass
-            else:
                 clean = _scrub(obj, self.auth.redact)
                 if clean != obj:
                     body = json.dumps(clean, ensure_ascii=False).encode()
+            except (ValueError, UnicodeDecodeError):
+                pass  # not JSON: its bytes are all there is, scrubbed below
+            except RecursionError:  # nested too deeply to check: not kept at all
+                return b"answer nested too deeply to read"
         for form in self._forms:
             if form in body:
                 body = body.replace(form, b"***")

@@ -32,7 +32,14 @@ import pytest
 from aiohttp import web
 
 import bulklink
-from bulklink.client import MAX_SERVER_WAIT, Verdict, check_url, classify, server_wait
+from bulklink.client import (
+    MAX_SERVER_WAIT,
+    Client,
+    Verdict,
+    check_url,
+    classify,
+    server_wait,
+)
 from bulklink.console import escape_controls
 from bulklink.credentials import resolve_auth, secret_forms
 from bulklink.errors import UsageError
@@ -806,3 +813,14 @@ def test_nothing_any_server_said_crashes_a_json_parse() -> None:
     deep = b"[" * 100_000 + b"]" * 100_000
     assert classify(404, {}, deep).verdict is Verdict.FAIL
     assert classify(200, {}, deep).verdict is Verdict.FAIL
+
+
+@pytest.mark.parametrize("depth", [10, 900, 990, 5000])
+def test_a_deeply_nested_answer_is_scrubbed_or_refused(depth: int) -> None:
+    client = Client("https://api.example", resolve_auth(token=ODD_TOKEN, org_id=ORG))
+    echo = "".join(f"\\u{ord(c):04x}" for c in ODD_TOKEN)
+    body = ("[" * depth + f'"{echo}"' + "]" * depth).encode()
+    scrubbed = client.scrub(body)
+    assert ODD_TOKEN not in scrubbed.decode() and echo not in scrubbed.decode()
+    answer = classify(404, {}, scrubbed)
+    assert answer.verdict is Verdict.FAIL and ODD_TOKEN not in answer.error
