@@ -76,6 +76,7 @@ def run_job(
     api_key_file: str | Path | None = None,
     org_id: str | None = None,
     sandbox: bool = False,
+    allow_http: bool = False,
     rate: float = 10.0,
     concurrency: int | str | None = "auto",
     max_retries: int = 5,
@@ -123,6 +124,7 @@ def retry_job(
     api_key_file: str | Path | None = None,
     org_id: str | None = None,
     sandbox: bool = False,
+    allow_http: bool = False,
     rate: float = 10.0,
     concurrency: int | str | None = "auto",
     max_retries: int = 5,
@@ -176,11 +178,13 @@ class _Prepared:
         console = console or Console.silent()
         connection = Connection.build(options)
         console.redact = connection.auth.redact
+        for warning in connection.auth.warnings:
+            console.info(warning)
         return cls(
             connection=connection,
             settings=RunSettings.build(options),
             control=Control.build(options),
-            output=Output.build(report, options),
+            output=Output.build(report, options, allow_http=connection.allow_http),
             console=console,
             command=command,
         )

@@ -77,6 +77,12 @@ connection_options = _apply(
             help="Run against the embedded API simulator on 127.0.0.1 (no token "
             "needed): try the tool safely.",
         ),
+        click.option(
+            "--allow-http",
+            is_flag=True,
+            help="Allow a plain http:// base URL or webhook on a host other than "
+            "loopback (the token then crosses the network in clear).",
+        ),
     ]
 )
 

@@ -10,30 +10,51 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import enum
+import ipaddress
 import json
+import math
+import platform
 import re
 import time
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, NamedTuple
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
+from bulklink import __version__
 from bulklink.credentials import Auth
 from bulklink.errors import UsageError
 
 LINK_PATH = "/v1/tickets/link"
 DEFAULT_BASE_URL = "https://platform.thena.ai"
 MAX_SERVER_WAIT = 300.0  # seconds; a longer Retry-After is capped so a nightly run still ends
+MAX_ANSWER = 8 * 1024 * 1024  # decompressed bytes; a ticket is about 2 KB
+TOO_LARGE = "answer larger than 8 MB"
+USER_AGENT = (
+    f"bulklink/{__version__} (aiohttp/{aiohttp.__version__}; python/{platform.python_version()})"
+)
+_CHUNK = 64 * 1024
 _TAGS = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
+# Seconds as HTTP and Thena write them: ASCII digits only ('²'.isdigit() is true), no sign,
+# no exponent, no 'nan' or 'inf' (all of which float() accepts).
+_SECONDS = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,9})?", re.ASCII)
 
 
 class Verdict(enum.Enum):
     LINKED = "linked"
     RETRY = "retry"  # transient: 5xx, 408, 429, timeout, connection error
     FAIL = "fail"  # the row cannot succeed as sent: other 4xx, 2xx without status true
-    ABORT = "abort"  # 401/403: no row can succeed with these credentials
+    ABORT = "abort"  # 401: no row can succeed with these credentials
+    # 403: no access to this ticket, or wrong credentials; the runner tells them apart by
+    # whether the same credentials have linked anything yet.
+    FORBIDDEN = "forbidden"
+    # 3xx, never followed (a redirect to another origin would carry the key there): the
+    # row fails, and a run whose first answers are all redirects has the wrong base URL.
+    REDIRECT = "redirect"
 
 
 class Answer(NamedTuple):
@@ -55,11 +76,55 @@ class Answer(NamedTuple):
         return self.http_status == 429
 
 
+def is_loopback(host: str) -> bool:
+    """Only a literal loopback address or ``localhost``: a name could resolve anywhere."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])  # an IPv6 zone id is not the host
+    except ValueError:
+        return False  # a name (or 127.1 shorthand) could resolve anywhere: not proven local
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def check_url(url: str, *, what: str, allow_http: bool = False) -> str:
+    """``url`` without a trailing ``/`` if bulklink may send a secret to it, else UsageError.
+
+    Plain ``http://`` carries the token in clear, so it is refused unless the host is
+    loopback (127.0.0.0/8, ::1, localhost) or ``allow_http`` is set. The one check for
+    every URL a secret or a summary goes to (the base URL, a webhook).
+    """
+    base = url.strip().rstrip("/")
+    try:
+        parts = urlsplit(base)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise UsageError(f"{what} is not a valid URL: {url!r}") from None
+    scheme = parts.scheme.lower()
+    if (
+        scheme not in ("http", "https")
+        or not host
+        or not re.match(r"^https?://[^/\s]+", base, re.I)
+    ):
+        raise UsageError(f"{what} must start with http:// or https://, got {url!r}")
+    if parts.query or parts.fragment:
+        raise UsageError(f"{what} must not have a query or fragment, got {url!r}")
+    if scheme == "http" and not allow_http and not is_loopback(host):
+        raise UsageError(
+            f"{what} {base} is plain http: the credentials would cross the network in "
+            f"clear; use https:// (or --allow-http to send them anyway)"
+        )
+    return base
+
+
 def describe_body(body: bytes) -> str:
     """The server's message from a NestJS error body, or a short excerpt of anything else."""
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         text = _TAGS.sub(" ", body[:2000].decode("utf-8", "replace"))
         text = _SPACE.sub(" ", text).strip()
         return text[:200] + ("..." if len(text) > 200 else "")
@@ -72,44 +137,85 @@ def describe_body(body: bytes) -> str:
     return _SPACE.sub(" ", json.dumps(obj))[:200]
 
 
+def _seconds(value: str | None) -> float | None:
+    """A non-negative decimal in ASCII digits, else None (garbage is ignored, not fatal)."""
+    if value is None or not _SECONDS.fullmatch(value := value.strip()):
+        return None
+    seconds = float(value)
+    return seconds if math.isfinite(seconds) else None
+
+
+def _http_date(value: str) -> float | None:
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip()).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
+        return None
+    return when if math.isfinite(when) else None
+
+
 def server_wait(
     headers: Mapping[str, str], now: float | None = None, *, rate_limited: bool = True
 ) -> float | None:
     """Seconds the server asks us to wait: Retry-After first, then X-RateLimit-Reset.
 
-    The reset time only means something on a 429 (``rate_limited``): on a 503 it is just
-    the end of the current rate window, not advice about the outage.
+    Total: any header value, however odd (``²``, ``-1``, ``nan``, ``1e309``, a date in
+    year 99999), gives a wait in [0, MAX_SERVER_WAIT] or None (ignored). The reset time
+    only means something on a 429 (``rate_limited``): on a 503 it is just the end of the
+    current rate window, not advice about the outage.
     """
     now = time.time() if now is None else now
     retry_after = headers.get("Retry-After")
     if retry_after:
-        value = retry_after.strip()
-        if value.isdigit():
-            return min(float(value), MAX_SERVER_WAIT)
-        try:
-            when = email.utils.parsedate_to_datetime(value).timestamp()
-        except (TypeError, ValueError, IndexError):
-            when = None
+        seconds = _seconds(retry_after)
+        if seconds is not None:
+            return min(seconds, MAX_SERVER_WAIT)
+        when = _http_date(retry_after)
         if when is not None:
             return min(max(when - now, 0.0), MAX_SERVER_WAIT)
-    reset = headers.get("X-RateLimit-Reset") if rate_limited else None
-    if reset:
-        try:
-            stamp = float(reset)
-        except ValueError:
-            return None
-        # Thena documents UNIX seconds; small values are read as seconds from now.
-        delta = stamp - now if stamp > 1e9 else stamp
-        return min(max(delta, 0.0), MAX_SERVER_WAIT)
-    return None
+    stamp = _seconds(headers.get("X-RateLimit-Reset")) if rate_limited else None
+    if stamp is None:
+        return None
+    # Thena documents UNIX seconds; small values are read as seconds from now.
+    delta = stamp - now if stamp > 1e9 else stamp
+    return min(max(delta, 0.0), MAX_SERVER_WAIT)
 
 
-def classify(status: int, headers: Mapping[str, str], body: bytes) -> Answer:
-    """Every HTTP answer goes through here once; the table in the tests pins it down."""
+def _redirect(status: int, headers: Mapping[str, str], url: str) -> Answer:
+    """A 3xx, not followed: say where it points, and what --base-url that would mean."""
+    location = (headers.get("Location") or "").strip()
+    if not location:
+        return Answer(
+            Verdict.REDIRECT,
+            status,
+            f"HTTP {status} redirect without a Location: check --base-url",
+        )
+    try:
+        target = urljoin(url, location) if url else location  # a relative Location
+        parts = urlsplit(target)
+    except ValueError:
+        target, parts = location, None
+    shown = target if len(target) <= 300 else target[:300] + "..."
+    hint = "check --base-url"
+    if (
+        parts is not None
+        and parts.scheme in ("http", "https")
+        and parts.path.rstrip("/").endswith(LINK_PATH)
+        and not parts.query
+    ):
+        hint = f"set --base-url to {target.rstrip('/')[: -len(LINK_PATH)]}"
+        hint = hint if len(hint) <= 330 else "set --base-url to it"
+    return Answer(Verdict.REDIRECT, status, f"HTTP {status}: the API redirected to {shown}: {hint}")
+
+
+def classify(status: int, headers: Mapping[str, str], body: bytes, *, url: str = "") -> Answer:
+    """Every HTTP answer goes through here once; the table in the tests pins it down.
+
+    ``url`` is the request's, to resolve a relative ``Location``.
+    """
     if 200 <= status < 300:
         try:
             obj = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return Answer(
                 Verdict.FAIL, status, f"HTTP {status} but not JSON: {describe_body(body)}"
             )
@@ -120,10 +226,14 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> Answer:
             )
         message = describe_body(body) if isinstance(obj, dict) else "unexpected JSON"
         return Answer(Verdict.FAIL, status, f"HTTP {status} status false: {message}")
+    if 300 <= status < 400:
+        return _redirect(status, headers, url)
     message = describe_body(body)
     error = f"HTTP {status} {message}".rstrip()
-    if status in (401, 403):
+    if status == 401:
         return Answer(Verdict.ABORT, status, error)
+    if status == 403:
+        return Answer(Verdict.FORBIDDEN, status, error)
     if status == 429:
         return Answer(Verdict.RETRY, status, error, wait=server_wait(headers))
     if status == 408 or status >= 500:
@@ -146,31 +256,125 @@ def classify_exception(exc: BaseException, timeout: float) -> Answer:
     raise exc
 
 
+def _scrub(value: Any, redact: Callable[[str], str]) -> Any:
+    """A decoded JSON value with every string, keys included, passed through ``redact``."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_scrub(item, redact) for item in value]
+    if isinstance(value, dict):
+        return {redact(k): _scrub(v, redact) for k, v in value.items()}
+    return value
+
+
+def _clip(text: str, limit: int = 1000) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class _Inflater:
+    """Content-Encoding undone by hand, so that no answer can inflate past MAX_ANSWER.
+
+    aiohttp before 3.12 inflates each chunk off the wire whole: 64 KB of a gzip bomb made
+    64 MB. Here every step asks zlib for at most what is left of the cap.
+    """
+
+    def __init__(self, coding: str) -> None:
+        self.gzip = coding in ("gzip", "x-gzip")
+        self._zlib: Any = None  # decided by the first bytes: zlib-wrapped or raw deflate
+        self._done = False
+
+    def feed(self, data: bytes, room: int) -> bytes:
+        """Up to ``room`` more bytes of plain body; zlib.error when the data is corrupt."""
+        out = b""
+        while data and room > len(out) and not self._done:
+            if self._zlib is None:
+                wbits = 31 if self.gzip else 15 if _zlib_header(data) else -15
+                self._zlib = zlib.decompressobj(wbits)
+            before = len(data)
+            piece = self._zlib.decompress(data, room - len(out))
+            out += piece
+            data = self._zlib.unconsumed_tail
+            if self._zlib.eof:  # a gzip body may hold several members; deflate ends here
+                data = self._zlib.unused_data
+                self._zlib = None
+                self._done = not self.gzip
+            elif not piece and len(data) >= before:
+                break  # no progress: never spin
+        return out
+
+    @property
+    def truncated(self) -> bool:
+        """A compressed stream was begun and not ended: the body is cut short or corrupt."""
+        return self._zlib is not None
+
+
+def _zlib_header(data: bytes) -> bool:
+    return len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+
+
+async def read_capped(resp: aiohttp.ClientResponse) -> bytes | str:
+    """The decoded body, or why not (too large, an encoding not asked for, corrupt)."""
+    coding = resp.headers.get("Content-Encoding", "").strip().lower()
+    if coding in ("", "identity"):
+        length = resp.content_length
+        if length is not None and length <= MAX_ANSWER:
+            return await resp.read()  # the usual case, bounded by Content-Length
+        if length is not None:
+            return TOO_LARGE
+        inflater = None
+    elif coding in ("gzip", "x-gzip", "deflate"):
+        inflater = _Inflater(coding)
+    else:
+        return f"answer encoded as {_clip(coding, 40)!r}, which bulklink did not ask for"
+    body = bytearray()
+    try:
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            room = MAX_ANSWER + 1 - len(body)
+            body += inflater.feed(chunk, room) if inflater is not None else chunk[:room]
+            if len(body) > MAX_ANSWER:
+                return TOO_LARGE
+    except zlib.error:
+        return f"the answer's {coding} data is corrupt"
+    if inflater is not None and inflater.truncated:
+        return f"the answer's {coding} data is corrupt"
+    return bytes(body)
+
+
 class Client:
-    """Owns the run's single ``aiohttp.ClientSession``; use as ``async with``."""
+    """Owns the run's single ``aiohttp.ClientSession``; use as ``async with``.
+
+    Redirects are never followed (aiohttp would carry ``x-api-key`` and ``x-org-id`` to
+    another origin); answers are read up to MAX_ANSWER decoded bytes; the credentials are
+    scrubbed from every answer before it is parsed or stored, in every spelling
+    :meth:`Auth.redact` knows and, for JSON, after decoding.
+    """
 
     def __init__(
-        self, base_url: str, auth: Auth, *, timeout: float = 30.0, max_connections: int = 256
+        self,
+        base_url: str,
+        auth: Auth,
+        *,
+        timeout: float = 30.0,
+        max_connections: int = 256,
+        allow_http: bool = False,
     ) -> None:
-        base = base_url.rstrip("/")
-        if not re.match(r"^https?://[^/\s]+", base):
-            raise UsageError(f"--base-url must start with http:// or https://, got {base_url!r}")
-        self.url = base + LINK_PATH
+        self.url = check_url(base_url, what="--base-url", allow_http=allow_http) + LINK_PATH
         self.auth = auth
         self.timeout = timeout
         self._max_connections = max_connections
-        self._secrets = [
-            secret.encode() for secret in (auth.token, auth.api_key) if secret and len(secret) >= 4
-        ]
+        self._forms = [form.encode() for form in auth.forms]
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
         connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
+        headers = self.auth.headers()
+        headers["User-Agent"] = USER_AGENT
+        headers["Accept-Encoding"] = "gzip, deflate"  # what _Inflater undoes
         self._session = aiohttp.ClientSession(
             connector=connector,
-            headers=self.auth.headers(),
+            headers=headers,
             timeout=aiohttp.ClientTimeout(total=self.timeout),
-            skip_auto_headers=("User-Agent",),
+            auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),  # the API authenticates by header
         )
         return self
@@ -187,11 +391,40 @@ class Client:
         assert self._session is not None, "use Client as 'async with'"
         payload = json.dumps({"sourceTicketId": source, "linkedTicketId": linked}).encode()
         try:
-            async with self._session.patch(self.url, data=payload) as resp:
-                body = await resp.read()
-                for secret in self._secrets:  # a server that echoes the credential back
-                    if secret in body:
-                        body = body.replace(secret, b"***")
-                return classify(resp.status, resp.headers, body)
+            async with self._session.patch(self.url, data=payload, allow_redirects=False) as resp:
+                if 300 <= resp.status < 400:  # its body says nothing we need
+                    body: bytes | str = b""
+                else:
+                    body = await read_capped(resp)
+                if isinstance(body, str):  # not retried: the same answer would come back
+                    return Answer(Verdict.FAIL, resp.status, f"HTTP {resp.status} {body}")
+                if self._forms:
+                    body = self.scrub(body)
+                answer = classify(resp.status, resp.headers, body, url=self.url)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return classify_exception(exc, self.timeout)
+        if answer.error:  # decoded text: a secret echoed in any spelling is caught here
+            return answer._replace(error=_clip(self.auth.redact(answer.error)))
+        return answer
+
+    def scrub(self, body: bytes) -> bytes:
+        """``body`` without the credentials, as bytes and, for JSON, once decoded.
+
+        JSON can spell a string many ways (``\\u0074ok``, ``\\/``): a body with any
+        backslash is decoded, scrubbed string by string and encoded again, so that neither
+        the ticket nor the journal can hold the secret.
+        """
+        if b"\\" in body:
+            try:
+                obj = json.loads(body)
+                clean = _scrub(obj, self.auth.redact)
+                if clean != obj:
+                    body = json.dumps(clean, ensure_ascii=False).encode()
+            except (ValueError, UnicodeDecodeError):
+                pass  # not JSON: its bytes are all there is, scrubbed below
+            except RecursionError:  # nested too deeply to check: not kept at all
+                return b"answer nested too deeply to read"
+        for form in self._forms:
+            if form in body:
+                body = body.replace(form, b"***")
+        return body

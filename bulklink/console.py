@@ -8,6 +8,7 @@ with a timestamp whatever ``quiet`` says. The library default prints nothing at 
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -18,6 +19,24 @@ from typing import IO, Any
 from bulklink.errors import UsageError
 
 LOG_EVERY = 10.0
+# What a terminal acts on instead of showing: C0 controls (newline and tab included: a
+# server's message must not start a line of its own), DEL, C1 (0x9b is a CSI on some
+# terminals), and the bidi overrides and isolates that reorder what is shown.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` safe for a terminal or a log: each control character as a visible escape.
+
+    ``\\x1b[2J`` stays text instead of clearing the screen. For everything bulklink
+    prints or logs; the report keeps the data as it came.
+    """
+    return _CONTROLS.sub(_visible, text) if _CONTROLS.search(text) else text
 
 
 def _duration(seconds: float) -> str:
@@ -71,11 +90,12 @@ class Console:
     def _to_log(self, text: str) -> None:
         if self._log is not None:
             stamp = datetime.now(UTC).isoformat(timespec="seconds")
-            self._log.write(f"{stamp} {text}\n")
+            self._log.write(f"{stamp} {escape_controls(text)}\n")
             self._log.flush()
 
     def _say(self, text: str, *, force: bool = False) -> None:
-        text = self.redact(text)
+        """One line out: redacted, then every control character made visible."""
+        text = escape_controls(self.redact(text))
         self._to_log(text)
         if self.stream is not None and (force or not self.quiet):
             if self._bar is not None:

@@ -10,24 +10,72 @@ from __future__ import annotations
 
 import base64
 import binascii
+import html
 import json
 import os
+import re
+import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 from bulklink.errors import TokenExpiredError, UsageError
+
+MIN_SECRET = 4  # a shorter secret would mangle ordinary words when redacted
+_PERCENT = re.compile(r"%[0-9A-F]{2}")
+
+
+def secret_forms(secret: str) -> tuple[str, ...]:
+    """Every spelling of ``secret`` a server is known to echo it back in, longest first.
+
+    Raw, JSON-escaped (minimal and ``ensure_ascii``), URL-encoded (``quote`` and
+    ``quote_plus``, upper- and lower-case hex), HTML-escaped and base64 (standard and
+    URL-safe, with and without padding). JSON with arbitrary ``\\uXXXX`` escapes has
+    infinitely many spellings: the client decodes such bodies first (see ``client.py``).
+    """
+    if len(secret) < MIN_SECRET:
+        return ()
+    raw = secret.encode("utf-8", "surrogatepass")
+    b64 = base64.b64encode(raw).decode()
+    b64url = base64.urlsafe_b64encode(raw).decode()
+    forms = {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        quote(secret, safe=""),
+        quote(secret),
+        quote_plus(secret),
+        html.escape(secret),
+        html.escape(secret, quote=False),
+        b64,
+        b64.rstrip("="),
+        b64url,
+        b64url.rstrip("="),
+    }
+    forms |= {_PERCENT.sub(lambda m: m.group().lower(), form) for form in list(forms)}
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 @dataclass(frozen=True, slots=True)
 class Auth:
-    """Credentials for every request. ``repr`` hides them; :meth:`redact` scrubs text."""
+    """Credentials for every request. ``repr`` hides them; :meth:`redact` scrubs text.
+
+    ``warnings`` are things the caller should print before the run (a token file others
+    can read); they never hold the secret.
+    """
 
     token: str | None = None
     api_key: str | None = None
     org_id: str | None = None
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    forms: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        forms = {f for s in (self.token, self.api_key) if s for f in secret_forms(s)}
+        object.__setattr__(self, "forms", tuple(sorted(forms, key=len, reverse=True)))
 
     def headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -40,9 +88,10 @@ class Auth:
         return headers
 
     def redact(self, text: str) -> str:
-        for secret in (self.token, self.api_key):
-            if secret and len(secret) >= 4:  # shorter would mangle ordinary words
-                text = text.replace(secret, "***")
+        """``text`` with the secret replaced by ``***`` in every spelling of :attr:`forms`."""
+        for form in self.forms:
+            if form in text:
+                text = text.replace(form, "***")
         return text
 
     def __repr__(self) -> str:
@@ -59,23 +108,66 @@ class Secret:
 
     value: str = field(repr=False)
     origin: str
+    warning: str | None = None  # set (maybe to '') only for a value read from a file
 
 
-def _read_file(path: str | Path, flag: str) -> str:
+MAX_FILE = 64 * 1024  # far beyond any token; a bigger file is the wrong file
+_BOMS = (  # UTF-32 first: its little-endian BOM starts with UTF-16's
+    (b"\xff\xfe\x00\x00", "utf-32-le"),
+    (b"\x00\x00\xfe\xff", "utf-32-be"),
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+)
+# What people paste instead of the bare credential: a curl header or the scheme with it.
+_HEADER_LINE = re.compile(r"(?:authorization|x-api-key)\s*:", re.IGNORECASE)
+_BEARER = re.compile(r"(?:authorization\s*:\s*)?bearer(?:\s|$)", re.IGNORECASE)
+
+
+def _decode(data: bytes, name: str) -> str:
+    """Text of a credential file: any BOM (Notepad writes one) decides, else strict UTF-8."""
+    encoding, start = "utf-8", 0
+    for bom, bom_encoding in _BOMS:
+        if data.startswith(bom):
+            encoding, start = bom_encoding, len(bom)
+            break
     try:
-        value = Path(path).read_text(encoding="utf-8").strip()
+        return data[start:].decode(encoding)
+    except UnicodeDecodeError as exc:  # the byte itself is not shown: it is part of a secret
+        raise UsageError(
+            f"{name} is not {encoding.upper()} text (an invalid byte at offset "
+            f"{start + exc.start}); save it as UTF-8"
+        ) from None
+
+
+def _read_file(path: str | Path, flag: str) -> tuple[str, str]:
+    """The file's credential and a warning ('' when none) about who else can read it."""
+    name = f"{flag} {path}"
+    try:
+        with Path(path).open("rb") as fh:
+            info = os.fstat(fh.fileno())
+            data = fh.read(MAX_FILE + 1)
     except OSError as exc:
-        raise UsageError(f"cannot read {flag} {path}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {name}: {exc.strerror}") from None
+    if len(data) > MAX_FILE:
+        raise UsageError(f"{name} is larger than {MAX_FILE // 1024} KB: is it the right file?")
+    value = _decode(data, name).strip()
     if not value:
-        raise UsageError(f"{flag} {path} is empty")
-    return value
+        raise UsageError(f"{name} is empty")
+    warning = ""
+    # Only a regular file has meaningful permissions (not a pipe from `<(pass show ...)`).
+    if os.name == "posix" and stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
+        who = "readable" if info.st_mode & 0o044 else "writable"
+        warning = f"warning: {name} is {who} by others; chmod 600 it"
+    return value, warning
 
 
 def _pick(value: str | None, file: str | Path | None, flag: str) -> Secret | None:
     if value is not None and file is not None:
         raise UsageError(f"give {flag} or {flag}-file, not both")
     if file is not None:
-        return Secret(_read_file(file, f"{flag}-file"), f"{flag}-file")
+        text, warning = _read_file(file, f"{flag}-file")
+        return Secret(text, f"{flag}-file {file}", warning)
     if value is not None and value.strip():
         return Secret(value.strip(), flag)
     return None
@@ -86,10 +178,35 @@ def _from_env(env: Mapping[str, str], name: str) -> Secret | None:
     return Secret(value, name) if value else None
 
 
-def _check(secret: Secret | None) -> None:
-    if secret is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in secret.value):
-        # aiohttp would refuse the header mid-run; say so before anything is sent.
-        raise UsageError(f"the credential from {secret.origin} contains a control character")
+def _check(secret: Secret | None, what: str) -> None:
+    """Refuse what cannot be the bare credential, before anything is sent."""
+    if secret is None:
+        return
+    value, origin = secret.value, secret.origin
+    only = (
+        f"put only the {what} in the file"
+        if secret.warning is not None
+        else (f"set it to the {what} alone")
+    )
+    if _BEARER.match(value):
+        raise UsageError(f'{origin} holds "Bearer ..."; {only}')
+    if _HEADER_LINE.match(value):
+        raise UsageError(f"{origin} holds a header line ({value.split(':')[0]}: ...); {only}")
+    for index, ch in enumerate(value):
+        code = ord(ch)
+        if code < 32 or code == 127:
+            # aiohttp would refuse the header mid-run; say so before anything is sent.
+            raise UsageError(
+                f"the credential from {origin} contains a control character "
+                f"(U+{code:04X} at position {index + 1})"
+            )
+        if code > 126 or ch == " ":
+            # A pasted typographic character or a zero-width space: never part of a token.
+            raise UsageError(
+                f"the credential from {origin} contains "
+                f"{'a space' if ch == ' ' else f'the character U+{code:04X}'} at position "
+                f"{index + 1}; a {what} is plain ASCII without spaces"
+            )
 
 
 def resolve_auth(
@@ -111,8 +228,8 @@ def resolve_auth(
     env = os.environ if env is None else env
     bearer = _pick(token, token_file, "--token") or _from_env(env, "THENA_TOKEN")
     key = _pick(api_key, api_key_file, "--api-key") or _from_env(env, "THENA_API_KEY")
-    _check(bearer)
-    _check(key)
+    _check(bearer, "token")
+    _check(key, "API key")
     org = (org_id or env.get("THENA_ORG_ID", "")).strip() or None
     if bearer and key:
         raise UsageError(
@@ -122,7 +239,7 @@ def resolve_auth(
     if sandbox and not (bearer or key):
         return Auth(token=SANDBOX_TOKEN, org_id=org or "sandbox-org")
     if key:
-        return Auth(api_key=key.value, org_id=org)
+        return Auth(api_key=key.value, org_id=org, warnings=_warnings(key))
     if not bearer:
         raise UsageError(
             "missing credentials: set THENA_TOKEN (or --token-file PATH) to a Bearer token, "
@@ -132,7 +249,11 @@ def resolve_auth(
         org = "sandbox-org"
     if not org:
         raise UsageError("missing organization ID: set THENA_ORG_ID or pass --org-id")
-    return Auth(token=bearer.value, org_id=org)
+    return Auth(token=bearer.value, org_id=org, warnings=_warnings(bearer))
+
+
+def _warnings(secret: Secret) -> tuple[str, ...]:
+    return (secret.warning,) if secret.warning else ()
 
 
 def jwt_expiry(token: str) -> float | None:

@@ -140,6 +140,7 @@ async def _run(job: Job, journal: Journal, assembler: Assembler) -> tuple[str, i
         Client(
             base_url,
             job.connection.auth,
+            allow_http=job.connection.allow_http or job.connection.sandbox,
             timeout=job.settings.timeout,
             max_connections=job.settings.concurrency or 256,
         ) as client,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import ipaddress
 import os
 import re
 import threading
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from bulklink.client import is_loopback
 from bulklink.errors import UsageError
 
 DEFAULT_TIMEOUT = 10.0
@@ -183,15 +183,6 @@ def host_of(url: str) -> str:
     except ValueError:
         host = None
     return host or "an unparsable URL"
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_url(url: str, *, what: str, allow_http: bool) -> None:

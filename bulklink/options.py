@@ -47,6 +47,7 @@ class ConnectionArgs(TypedDict, total=False):
     api_key_file: str | Path | None
     org_id: str | None
     sandbox: bool
+    allow_http: bool
 
 
 class TrafficArgs(TypedDict, total=False):
@@ -112,6 +113,7 @@ class Connection:
     base_url: str
     auth: Auth
     sandbox: bool = False
+    allow_http: bool = False
 
     @classmethod
     def build(cls, args: ConnectionArgs, env: Mapping[str, str] | None = None) -> Connection:
@@ -128,9 +130,12 @@ class Connection:
             sandbox=sandbox,
             env=env,
         )
+        allow_http = bool(args.get("allow_http", False))
         if not sandbox:
-            check_base_url(base_url)
-        return cls(base_url=base_url.rstrip("/"), auth=auth, sandbox=sandbox)
+            from bulklink.client import check_url
+
+            base_url = check_url(base_url, what="--base-url", allow_http=allow_http)
+        return cls(base_url=base_url.rstrip("/"), auth=auth, sandbox=sandbox, allow_http=allow_http)
 
     @contextlib.asynccontextmanager
     async def endpoint(self) -> AsyncGenerator[str]:
@@ -142,14 +147,6 @@ class Connection:
 
         async with Sandbox(SandboxConfig(record=False)) as sandbox:
             yield sandbox.url
-
-
-def check_base_url(url: str) -> None:
-    """The URL's shape, checked before a run starts (aiohttp would fail on each row)."""
-    import re
-
-    if not re.match(r"^https?://[^/\s]+", url.strip()):
-        raise UsageError(f"--base-url must start with http:// or https://, got {url!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

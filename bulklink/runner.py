@@ -20,6 +20,11 @@ from bulklink.options import RunSettings
 from bulklink.pacing import Pacer
 
 CREDENTIALS_REJECTED = "credentials rejected"
+WRONG_BASE_URL = "the API answers with redirects: check --base-url"
+#: Redirects answered before anything was linked that stop the run (the base URL is wrong).
+REDIRECT_STOP = 3
+#: 403s in a row (no success between) that stop the run even after successes.
+FORBIDDEN_STREAK = 3
 AUTO_START = 16
 AUTO_CAP = 256
 
@@ -42,6 +47,9 @@ class Runner:
         self.stop_reason = ""
         self.in_flight = 0
         self.latency = 0.0  # moving average of answer times, for the auto pool size
+        self.linked = 0  # rows linked this run: proof that the credentials work
+        self._forbidden_streak = 0
+        self._redirects = 0
         self._queue: deque[Pair] = deque()
         self._feed: AsyncIterator[list[Pair]] | None = None
         self._feed_done = False
@@ -147,6 +155,7 @@ class Runner:
             if self.stop_reason:
                 return self._unsent(pair, attempts, last)
             attempts += 1
+            proven = self.linked > 0  # the credentials had linked a row before this was sent
             sent = self.clock()
             self.in_flight += 1
             try:
@@ -160,6 +169,8 @@ class Runner:
             pacer.on_answer(sent, answer.throttled)
             verdict = answer.verdict
             if verdict is Verdict.LINKED:
+                self.linked += 1
+                self._forbidden_streak = 0
                 return Result(
                     pair.row,
                     Outcome.LINKED,
@@ -170,6 +181,17 @@ class Runner:
                     answer.body,
                     utc_stamp(),
                 )
+            if verdict is Verdict.FORBIDDEN:
+                # After the same credentials linked others, a lone 403 is about this ticket.
+                self._forbidden_streak += 1
+                if proven and self._forbidden_streak < FORBIDDEN_STREAK:
+                    error = answer.error
+                    return Result(pair.row, Outcome.FAILED, answer.http_status, error, attempts)
+                verdict = Verdict.ABORT
+            if verdict is Verdict.REDIRECT and not self.linked:
+                self._redirects += 1
+                if self._redirects >= REDIRECT_STOP:
+                    self.stop(WRONG_BASE_URL)
             if verdict is Verdict.ABORT:
                 # Not this row's fault, and not final: ``skipped`` stays out of the journal,
                 # so the rerun with good credentials (or ``retry``) sends it again.

@@ -39,6 +39,7 @@ async def link_pairs(
     api_key_file: str | Path | None = None,
     org_id: str | None = None,
     sandbox: bool = False,
+    allow_http: bool = False,
     rate: float = 10.0,
     concurrency: int | str | None = "auto",
     max_retries: int = 5,
@@ -64,6 +65,7 @@ async def link_pairs(
         Client(
             base_url,
             connection.auth,
+            allow_http=connection.allow_http or connection.sandbox,
             timeout=settings.timeout,
             max_connections=settings.concurrency or AUTO_CAP,
         ) as client,

@@ -83,7 +83,7 @@ def source_of(record: RequestRecord) -> str:
         pytest.param(409, jbytes(NEST_409), Verdict.FAIL, ["already linked"], id="409"),
         pytest.param(422, jbytes(NEST_422), Verdict.FAIL, ["is archived"], id="422"),
         pytest.param(401, nest(401, "Unauthorized"), Verdict.ABORT, [], id="401"),
-        pytest.param(403, nest(403, "Forbidden resource"), Verdict.ABORT, [], id="403"),
+        pytest.param(403, nest(403, "Forbidden resource"), Verdict.FORBIDDEN, [], id="403"),
         pytest.param(408, b"", Verdict.RETRY, [], id="408"),
         pytest.param(429, nest(429, "Too Many Requests"), Verdict.RETRY, [], id="429"),
         pytest.param(500, nest(500, "Internal server error"), Verdict.RETRY, [], id="500"),
