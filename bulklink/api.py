@@ -35,6 +35,7 @@ from bulklink.options import (
     job_args,
 )
 from bulklink.readback import kept_rows, open_report
+from bulklink.safefile import create_temp
 
 
 @dataclass(slots=True)
@@ -49,12 +50,19 @@ class DryRun:
     url: str = ""
 
 
-def _spool_stdin(spool: Path) -> Path:
-    """Standard input saved to a file: read twice (validation, then the run), and a
-    crashed run can be resumed by feeding the same content again (same hash)."""
-    with spool.open("wb") as fh:
-        shutil.copyfileobj(sys.stdin.buffer, fh)
-    if spool.stat().st_size == 0:
+def _spool_stdin(beside: Path) -> Path:
+    """Standard input saved to a new file beside ``beside``: read twice (validation, then
+    the run), and a crashed run can be resumed by feeding the same content again (same
+    hash). The name is unpredictable and created with ``O_EXCL``, so never a planted link."""
+    fd, spool = create_temp(beside, "stdin.csv", 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            shutil.copyfileobj(sys.stdin.buffer, fh)
+            empty = fh.tell() == 0
+    except BaseException:
+        spool.unlink(missing_ok=True)
+        raise
+    if empty:
         spool.unlink()
         raise InputError("standard input is empty")
     return spool
@@ -104,7 +112,7 @@ def run_job(
     report = resolve_report(None if stdin else Path(input), Path(output) if output else None)
     job = _Prepared.build(report, f"bulklink run {input}", console, job_args(locals()))
     with hold(report, job.command):
-        spool = _spool_stdin(report.with_name(f".{report.name}.stdin.csv")) if stdin else None
+        spool = _spool_stdin(report) if stdin else None
         try:
             table = Table(spool or Path(input), read)
             return _execute(scan(table), Layout(passthrough=list(table.other_cols)), job)
@@ -226,7 +234,7 @@ def dry_run(
     read = ReadOptions(source_col, linked_col, sheet, encoding, _delimiter(delimiter))
     if str(input) == "-":
         with tempfile.TemporaryDirectory() as tmp:
-            spool = _spool_stdin(Path(tmp) / "stdin.csv")
+            spool = _spool_stdin(Path(tmp) / "stdin")
             return _describe(scan(Table(spool, read)), "-", base_url, limit)
     return _describe(scan(Table(Path(input), read)), str(input), base_url, limit)
 

@@ -26,11 +26,12 @@ from bulklink.client import Client
 from bulklink.console import Console
 from bulklink.errors import BulklinkError, CredentialsRejected, Interrupted, UsageError
 from bulklink.inputs import SEND, Chunk, Plan
-from bulklink.journal import Journal, journal_path
+from bulklink.journal import Journal, Scope, journal_path
 from bulklink.models import Outcome, Pair, Summary
 from bulklink.options import Connection, Control, Output, RunSettings
 from bulklink.report import open_writer
 from bulklink.runner import CREDENTIALS_REJECTED, Runner
+from bulklink.safefile import create_temp
 
 _T = TypeVar("_T")
 MAX_LEAD_ROWS = 200_000  # input rows read ahead of the report cursor before the feed waits
@@ -63,8 +64,15 @@ def execute(job: Job) -> Summary:
     """Run the job (its lock held by the caller); raise for aborts after writing the report."""
     started = datetime.now(UTC)
     t0 = time.monotonic()
+    connection = job.connection
+    scope = Scope.build(
+        connection.base_url,
+        connection.auth.org_id,
+        sandbox=connection.sandbox,
+        api_key=connection.auth.api_key,
+    )
     journal, note = Journal.open(
-        journal_path(job.report), job.plan.key, job.plan.rows, fresh=job.control.fresh
+        journal_path(job.report), job.plan.key, job.plan.rows, scope=scope, fresh=job.control.fresh
     )
     if note:
         job.console.info(note)
@@ -113,10 +121,16 @@ def execute(job: Job) -> Summary:
 
 
 def write_summary_json(path: Path, summary: Summary) -> None:
-    """Atomically, so a monitor polling the file never reads half of it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """Atomically, so a monitor polling the file never reads half of it; the temporary name
+    is unpredictable and the rename replaces a link at ``path`` rather than write through it."""
+    fd, tmp = create_temp(path, "tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(summary.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _run_to_completion(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:

@@ -3,28 +3,139 @@
 One line per finished row (``linked`` or ``failed``), appended and handed to the OS
 before the row counts as done, so a ``kill -9`` loses at most the requests in flight.
 The file is ``fsync``'d in batches (at least once a second and at the end) because an
-fsync per row would cost more than the request. The first line ties the journal to the
-input's content and the report path; anything else starts fresh. Lines hold what the
-report needs: no headers, so never a token.
+fsync per row would cost more than the request. The first line (JSON) ties the journal to
+the input's content and how it was read (its name ties it to the report) and to the
+:class:`Scope`, where the rows were linked: base URL, org ID, sandbox. A journal that does
+not match starts fresh, and the note says what differs. Lines hold what the report
+needs: no headers, so never a token. The file is opened without following a link: a
+symlink (or anything but a regular file) at its name is refused (exit 2); a fresh one is
+written under a temporary name and renamed into place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import secrets
 from array import array
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
 
+from bulklink.errors import UsageError
 from bulklink.models import Outcome, Result
+from bulklink.safefile import create_temp, open_fixed
 
-FORMAT = 2  # 2: lines carry the time of the link ("t")
+FORMAT = 3  # 2: the header holds the scope; 3: lines carry the time of the link ("t")
 
 
 def journal_path(report: Path) -> Path:
     return report.with_name(report.name + ".journal")
+
+
+_BESIDE = "the journal beside the report"
+_HEADER_MAX = 1 << 16
+_KDF_ROUNDS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Where a run links: a journal resumes only against the same server and organization.
+
+    Not keyed on the token or key themselves, so a rotated credential still resumes, nor
+    on the auth mode: a Bearer token and an API key for the same org link the same tickets.
+    Only an API key without ``--org-id`` decides the org by itself; the journal then
+    holds a salted, slow hash of it (never the key), and another key starts fresh.
+    """
+
+    base_url: str | None  # normalised; None for the sandbox
+    org_id: str | None
+    sandbox: bool = False
+    api_key: str | None = field(default=None, repr=False)  # only without an org ID
+
+    @classmethod
+    def build(
+        cls, base_url: str, org_id: str | None, *, sandbox: bool, api_key: str | None = None
+    ) -> Scope:
+        if sandbox:  # the embedded simulator, whatever --base-url and org say
+            return cls(None, None, sandbox=True)
+        return cls(normalise_url(base_url), org_id, api_key=None if org_id else api_key)
+
+    def header(self) -> dict[str, Any]:
+        """The scope as the journal's header records it: never a secret."""
+        key_hash = _key_hash(self.api_key, secrets.token_bytes(16)) if self.api_key else None
+        return {**self._place(), "key_hash": key_hash}
+
+    def _place(self) -> dict[str, Any]:
+        return {"base_url": self.base_url, "org_id": self.org_id, "sandbox": self.sandbox}
+
+    def mismatch(self, found: Any) -> str:
+        """What differs between the journal's recorded scope and this one ('' if nothing)."""
+        if not isinstance(found, dict):
+            return f"{_BESIDE} does not say where it was written"
+        mine = self._place()
+        if any(found.get(k) != v for k, v in mine.items()):
+            mine["key_hash"] = self.api_key is not None
+            return (
+                f"{_BESIDE} was written against {_describe(found)}; "
+                f"this run targets {_describe(mine)}"
+            )
+        recorded = found.get("key_hash")
+        if recorded is None and self.api_key is None:
+            return ""
+        if isinstance(recorded, str) and self.api_key and recorded.count("$") == 3:
+            with contextlib.suppress(ValueError):
+                salt = bytes.fromhex(recorded.split("$")[2])
+                if secrets.compare_digest(_key_hash(self.api_key, salt), recorded):
+                    return ""
+        return (
+            f"{_BESIDE} was written against {_describe(found)} with another API key and no "
+            "org ID, so maybe for another org (give --org-id to resume across a key change)"
+        )
+
+
+def normalise_url(url: str) -> str:
+    """One spelling per server: scheme and host lower-cased, default port and trailing ``/``
+    dropped; credentials, query and fragment left out (they never belong in a journal)."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is not None and port != {"https": 443, "http": 80}.get(scheme):
+        host = f"{host}:{port}"
+    return urlunsplit((scheme, host, parts.path.rstrip("/"), "", ""))
+
+
+def _key_hash(api_key: str, salt: bytes) -> str:
+    digest = hashlib.pbkdf2_hmac("sha256", api_key.encode(), salt, _KDF_ROUNDS, dklen=16)
+    return f"pbkdf2-sha256${_KDF_ROUNDS}${salt.hex()}${digest.hex()}"
+
+
+def _describe(scope: dict[str, Any]) -> str:
+    """A recorded scope for a message (values from a file: printable characters only)."""
+    if scope.get("sandbox") is True:
+        return "the sandbox"
+    url = _printable(scope.get("base_url"))
+    org = scope.get("org_id")
+    if org:
+        return f"{url} (org {_printable(org)})"
+    if scope.get("key_hash"):
+        return f"{url} (no org ID: the API key's own org)"
+    return f"{url} (no org ID)"
+
+
+def _printable(value: Any) -> str:
+    text = str(value)[:200]
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 class Journal:
@@ -44,26 +155,31 @@ class Journal:
         self.defer: Callable[[Callable[[], None]], object] = lambda flush: flush()
 
     @classmethod
-    def open(cls, path: Path, key: str, rows: int, *, fresh: bool = False) -> tuple[Journal, str]:
+    def open(
+        cls, path: Path, key: str, rows: int, *, scope: Scope, fresh: bool = False
+    ) -> tuple[Journal, str]:
         """Open or create the journal; the message says what was found (for stderr)."""
         offsets = array("q", [-1]) * rows
-        header = json.dumps({"bulklink_journal": FORMAT, "key": key, "rows": rows}).encode()
+        expected: dict[str, Any] = {"bulklink_journal": FORMAT, "key": key, "rows": rows}
         note = ""
         resumed = 0
         end = 0
-        if path.exists() and not fresh:
-            resumed, end, note = _load(path, header, offsets)
-        elif path.exists():
+        earlier = open_fixed(path, os.O_RDWR | os.O_APPEND, "the journal")
+        if earlier is not None and not fresh:
+            with os.fdopen(os.dup(earlier), "rb") as fh:
+                resumed, end, note = _load(fh, expected, scope, offsets)
+        elif earlier is not None:
             note = "--fresh: ignoring the journal of an earlier run"
-        if end == 0:
-            with path.open("wb") as fh:
-                fh.write(header + b"\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            end = len(header) + 1
+        if end and earlier is not None:
+            fd = earlier
+            os.ftruncate(fd, end)  # drop a line cut short by a crash
+        else:
+            if earlier is not None:
+                os.close(earlier)
+            header = json.dumps({**expected, "scope": scope.header()}).encode() + b"\n"
+            fd = _create(path, header)
+            end = len(header)
             resumed = 0
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        os.truncate(fd, end)  # drop a line cut short by a crash
         return cls(path, fd, offsets, resumed, end), note
 
     def record(self, result: Result) -> None:
@@ -148,27 +264,60 @@ class Journal:
         self.path.unlink(missing_ok=True)
 
 
-def _load(path: Path, header: bytes, offsets: array[int]) -> tuple[int, int, str]:
+def _create(path: Path, header: bytes) -> int:
+    """A new journal holding ``header``, renamed over ``path`` (which replaces a file or a
+    link there, never writes through one); the fd appends to it."""
+    fd, tmp = create_temp(path, "tmp", 0o600, os.O_APPEND)
+    try:
+        os.write(fd, header)
+        os.fsync(fd)
+        tmp.replace(path)
+    except OSError as exc:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write the journal {path}: {exc.strerror}") from None
+    return fd
+
+
+def _load(
+    fh: IO[bytes], expected: dict[str, Any], scope: Scope, offsets: array[int]
+) -> tuple[int, int, str]:
     """Index an earlier journal; returns (rows done, end of the last whole line, note)."""
-    with path.open("rb") as fh:
-        first = fh.readline()
-        if first.rstrip(b"\n") != header:
-            return (
-                0,
-                0,
-                "the journal beside the report belongs to another input or command: starting fresh",
-            )
-        end = len(first)
-        for line in fh:
-            if not line.endswith(b"}\n") or not line.startswith(b'{"r":'):
-                break  # a torn last line: everything before it is good
-            comma = line.find(b",", 5)
-            try:
-                row = int(line[5:comma])
-            except ValueError:
-                break
-            if 1 <= row <= len(offsets):
-                offsets[row - 1] = end
-            end += len(line)
+    first = fh.readline(_HEADER_MAX)
+    mismatch = _mismatch(first, expected, scope)
+    if mismatch:
+        return 0, 0, f"{mismatch}: starting fresh"
+    end = len(first)
+    for line in fh:
+        if not line.endswith(b"}\n") or not line.startswith(b'{"r":'):
+            break  # a torn last line: everything before it is good
+        comma = line.find(b",", 5)
+        try:
+            row = int(line[5:comma])
+        except ValueError:
+            break
+        if 1 <= row <= len(offsets):
+            offsets[row - 1] = end
+        end += len(line)
     done = sum(1 for off in offsets if off >= 0)
     return done, end, f"resuming: {done} rows were already done by an earlier run"
+
+
+def _mismatch(first: bytes, expected: dict[str, Any], scope: Scope) -> str:
+    """Why an earlier journal's first line does not fit this run ('' when it does)."""
+    try:
+        found = json.loads(first) if first.endswith(b"\n") else None
+    except ValueError:
+        found = None
+    if not isinstance(found, dict) or "bulklink_journal" not in found:
+        return f"{_BESIDE} is not a bulklink journal"
+    if found["bulklink_journal"] == 1:
+        return (
+            f"{_BESIDE} was written by an older bulklink, which did not record the server "
+            "and org it linked on"
+        )
+    if found["bulklink_journal"] != FORMAT:
+        return f"{_BESIDE} was written by another version of bulklink"
+    if any(found.get(name) != value for name, value in expected.items()):
+        return f"{_BESIDE} belongs to another input or command"
+    return scope.mismatch(found.get("scope"))

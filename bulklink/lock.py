@@ -2,7 +2,9 @@
 
 The kernel drops a ``flock`` when its process dies, however it dies, so a lock left by a
 killed run never blocks the next one. The file names its holder (pid, host, command,
-start time) so the refusal can say who is at work.
+start time) so the refusal can say who is at work. It is opened without following a link
+(a symlink, FIFO or folder planted at its name is refused, exit 2), and once it is held
+the temporary files a killed run left beside the report are swept away.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import fcntl
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bulklink.errors import LockedError, UsageError
+from bulklink.errors import LockedError
+from bulklink.safefile import open_fixed, sweep
 
 
 def lock_path(report: Path) -> Path:
@@ -28,10 +32,8 @@ def hold(report: Path, command: str) -> Iterator[None]:
     """Hold the report's lock for the block, or raise :class:`LockedError` at once."""
     path = lock_path(report)
     while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise UsageError(f"cannot create the lock file {path}: {exc.strerror}") from None
+        fd = open_fixed(path, os.O_RDWR | os.O_CREAT, "the lock file")
+        assert fd is not None  # O_CREAT: created or refused
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -43,12 +45,14 @@ def hold(report: Path, command: str) -> Iterator[None]:
             ) from None
         # The holder before us may have unlinked the file between our open and flock.
         try:
-            same = path.stat().st_ino == os.fstat(fd).st_ino
+            mine, there = os.fstat(fd), os.lstat(path)
+            same = (mine.st_ino, mine.st_dev) == (there.st_ino, there.st_dev)
         except FileNotFoundError:
             same = False
         if same:
             break
         os.close(fd)
+    started = time.time()
     try:
         info = {
             "pid": os.getpid(),
@@ -58,6 +62,7 @@ def hold(report: Path, command: str) -> Iterator[None]:
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
+        sweep(report, before=started)
         yield
     finally:
         with contextlib.suppress(OSError):

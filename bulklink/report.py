@@ -1,8 +1,11 @@
 """Writing the report in each format, atomically, with formula text neutralised.
 
-Rows arrive in input order as lists of cells. The file is written to a temporary name
+Rows arrive in input order as lists of cells. The file is written to a temporary file
 beside the destination and renamed into place only when complete, so a reader never
-sees half a report. CSV cells holding text from the API (ticket fields, server errors)
+sees half a report. Its name is unpredictable and created with ``O_EXCL`` (see
+:mod:`bulklink.safefile`), so a link planted in the folder is never written through; the
+rename replaces a link at the report's own path with the report (the target is left
+alone). CSV cells holding text from the API (ticket fields, server errors)
 that start with ``= + - @`` (or a tab or carriage return) get a leading ``'``, as OWASP
 advises against CSV injection; the escape is reversible (:func:`unneutralize`), so
 ``retry`` reads such a report back exactly. The xlsx report stores every string as a
@@ -25,6 +28,7 @@ from typing import IO, Any
 
 from bulklink.errors import UsageError
 from bulklink.models import RESULT_COLUMNS, TICKET_COLUMNS, TICKET_FIELDS, Outcome, ReportRow
+from bulklink.safefile import create_temp, open_fixed
 
 FORMATS = (".csv", ".xlsx", ".jsonl")
 _RISKY = re.compile(r"'*[=+\-@\t\r]")
@@ -98,8 +102,9 @@ class ReportWriter:
         self.rows = 0
         self._new_extras: dict[str, None] = {}
         self._spool: IO[str] | None = None
-        # A fixed name: the report's lock is held, and a crashed run's leftover is reused.
-        self.tmp = path.with_name(f".{path.name}.bulklink-tmp")
+        # Created now, so a full disk or an unwritable folder shows before anything is sent;
+        # a killed run's leftover is swept by the next run to take the report's lock.
+        self._tmp_fd, self.tmp = create_temp(path, "tmp")
 
     def columns(self, extras: Sequence[str] = ()) -> list[str]:
         ticket_extra = [f"ticket.{name}" for name in (*self.extra_fields, *extras)]
@@ -133,17 +138,35 @@ class ReportWriter:
     def close(self) -> None:
         if self._spool is not None:
             self._spool.close()
+        if self._tmp_fd >= 0:
+            os.close(self._take_tmp_fd())
+
+    def _take_tmp_fd(self) -> int:
+        """The temporary file's fd, handed over once to whoever writes it."""
+        fd, self._tmp_fd = self._tmp_fd, -1
+        return fd
 
     def _install(self, tmp: Path) -> None:
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
-        tmp.replace(self.path)
+        fd = _open_tmp(tmp)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(self.path)  # replaces a link at the report's path, never follows it
+
+
+def _open_tmp(tmp: Path) -> int:
+    """Our temporary report, read back by fd, never through a link swapped in for it."""
+    fd = open_fixed(tmp, os.O_RDONLY, "the temporary report")
+    if fd is None:
+        raise UsageError(f"the temporary report {tmp} disappeared before it was complete")
+    return fd
 
 
 class CsvWriter(ReportWriter):
     def __init__(self, path: Path, extra_fields: Sequence[str], other_cols: Sequence[str]) -> None:
         super().__init__(path, extra_fields, other_cols)
-        self._fh = self.tmp.open("w", encoding="utf-8", newline="")
+        self._fh = os.fdopen(self._take_tmp_fd(), "w", encoding="utf-8", newline="")
         self._csv = csv.writer(self._fh)
         self._csv.writerow(self.columns())
         self._n_known = len(self.extra_fields)
@@ -209,22 +232,26 @@ class CsvWriter(ReportWriter):
         self._spool.seek(0)
         spilled = (line.split("\t", 1) for line in self._spool)
         pending = next(spilled, None)
-        merged = self.tmp.with_suffix(".merge")
-        with (
-            self.tmp.open(encoding="utf-8", newline="") as src,
-            merged.open("w", encoding="utf-8", newline="") as dst,
-        ):
-            reader, writer = csv.reader(src), csv.writer(dst)
-            next(reader)
-            writer.writerow(self.columns(names))
-            for index, row in enumerate(reader):
-                values: dict[str, Any] = {}
-                if pending is not None and int(pending[0]) == index:
-                    values = json.loads(pending[1])
-                    pending = next(spilled, None)
-                add = [neutralize(text_cell(values.get(k))) for k in names]
-                writer.writerow(row[:cut] + add + row[cut:])
-        merged.replace(self.tmp)
+        dst_fd, merged = create_temp(self.path, "merge")
+        try:
+            with (
+                os.fdopen(_open_tmp(self.tmp), encoding="utf-8", newline="") as src,
+                os.fdopen(dst_fd, "w", encoding="utf-8", newline="") as dst,
+            ):
+                reader, writer = csv.reader(src), csv.writer(dst)
+                next(reader)
+                writer.writerow(self.columns(names))
+                for index, row in enumerate(reader):
+                    values: dict[str, Any] = {}
+                    if pending is not None and int(pending[0]) == index:
+                        values = json.loads(pending[1])
+                        pending = next(spilled, None)
+                    add = [neutralize(text_cell(values.get(k))) for k in names]
+                    writer.writerow(row[:cut] + add + row[cut:])
+            merged.replace(self.tmp)
+        except BaseException:
+            merged.unlink(missing_ok=True)
+            raise
 
 
 class JsonlWriter(ReportWriter):
@@ -232,7 +259,7 @@ class JsonlWriter(ReportWriter):
 
     def __init__(self, path: Path, extra_fields: Sequence[str], other_cols: Sequence[str]) -> None:
         super().__init__(path, extra_fields, other_cols)
-        self._fh = self.tmp.open("w", encoding="utf-8")
+        self._fh = os.fdopen(self._take_tmp_fd(), "w", encoding="utf-8")
 
     def write(
         self,
@@ -305,7 +332,8 @@ class XlsxWriter(ReportWriter):
             known = extras or {}
             row = [*head, *ticket, *(known.get(k) for k in names), *others]
             sheet.append([cell(v) for v in row])
-        workbook.save(self.tmp)
+        with os.fdopen(self._take_tmp_fd(), "wb") as fh:
+            workbook.save(fh)
         self.close()
         self._install(self.tmp)
 
