@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bulklink.api import dry_run as dry_run
+    from bulklink.api import list_runs as list_runs
     from bulklink.api import retry_job as retry_job
     from bulklink.api import run_job as run_job
     from bulklink.console import Console as Console
@@ -40,6 +41,7 @@ _EXPORTS = {
     "link_pairs": "bulklink.stream",
     "read_report": "bulklink.readback",
     "dry_run": "bulklink.api",
+    "list_runs": "bulklink.api",
     "Console": "bulklink.console",
     "BulklinkError": "bulklink.errors",
     "UsageError": "bulklink.errors",

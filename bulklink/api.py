@@ -32,10 +32,12 @@ from bulklink.options import (
     JobArgs,
     Output,
     RunSettings,
+    StateOptions,
     job_args,
 )
 from bulklink.readback import kept_rows, open_report
 from bulklink.safefile import create_temp
+from bulklink.store import RunRecord, Store
 
 
 @dataclass(slots=True)
@@ -93,7 +95,14 @@ def run_job(
     limit: int | None = None,
     fresh: bool = False,
     handle_signals: bool = False,
+    state: str | Path | None = None,
+    no_state: bool = False,
+    relink: bool = False,
     summary_json: str | Path | None = None,
+    metrics_file: str | Path | None = None,
+    notify: str | None = None,
+    notify_on: str = "problems",
+    job: str | None = None,
     console: Console | None = None,
 ) -> Summary:
     """Link every pair in ``input`` and write the report; what ``bulklink run`` does.
@@ -141,7 +150,14 @@ def retry_job(
     limit: int | None = None,
     fresh: bool = False,
     handle_signals: bool = False,
+    state: str | Path | None = None,
+    no_state: bool = False,
+    relink: bool = False,
     summary_json: str | Path | None = None,
+    metrics_file: str | Path | None = None,
+    notify: str | None = None,
+    notify_on: str = "problems",
+    job: str | None = None,
     console: Console | None = None,
 ) -> Summary:
     """Resend a report's ``failed`` and ``skipped`` rows; rewrite it (or ``output``) in place."""
@@ -217,6 +233,17 @@ def _execute(plan: Plan, layout: Layout, prepared: _Prepared) -> Summary:
         command=prepared.command,
     )
     return execute(job)
+
+
+def list_runs(state: str | Path | None = None, limit: int | None = 20) -> list[RunRecord]:
+    """Recent runs from the state store, newest first; an empty list when there is none."""
+    path = StateOptions.build({"state": state}, sandbox=False).path
+    assert path is not None  # no --no-state here
+    store = Store.open_existing(path)
+    if store is None:
+        return []
+    with store:
+        return store.runs(limit)
 
 
 def dry_run(

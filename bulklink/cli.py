@@ -150,6 +150,31 @@ control_options = _apply(
     ]
 )
 
+#: The cross-run record of linked pairs and runs.
+state_options = _apply(
+    [
+        click.option(
+            "--state",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="The state store (SQLite) that remembers linked pairs and runs across "
+            "nights; pairs already linked there are not sent again.  [env var: "
+            "BULKLINK_STATE; default: $XDG_STATE_HOME/bulklink/state.sqlite3; a --sandbox "
+            "run uses none unless given]",
+        ),
+        click.option(
+            "--no-state",
+            is_flag=True,
+            help="Neither read nor write a state store: send every pair.",
+        ),
+        click.option(
+            "--relink",
+            is_flag=True,
+            help="Send every pair even if the store says it is linked (after links were "
+            "removed in Thena), and update its record.",
+        ),
+    ]
+)
+
 #: What the run says and writes besides the report.
 output_options = _apply(
     [
@@ -176,13 +201,39 @@ output_options = _apply(
             help="Write a machine-readable summary here (counts, top errors, "
             "timestamps, elapsed seconds, report path, exit code).",
         ),
+        click.option(
+            "--metrics-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Write the run's metrics here in the Prometheus text format, for "
+            "node_exporter's textfile collector (atomically).",
+        ),
+        click.option(
+            "--notify",
+            metavar="URL",
+            help="POST a JSON notice (Slack/Teams webhook) when a run needs attention. "
+            "The URL is a secret: only its host is ever shown.  [env var: "
+            "BULKLINK_NOTIFY_URL]",
+        ),
+        click.option(
+            "--notify-on",
+            type=click.Choice(["problems", "always"]),
+            default="problems",
+            show_default=True,
+            help="'problems': after a non-zero exit and at the first good run after one "
+            "(a recovery); 'always': after every run.",
+        ),
+        click.option(
+            "--job",
+            metavar="NAME",
+            help="The job's name in notices and metrics.  [default: the report's stem]",
+        ),
     ]
 )
 
 
 def job_options(func: F) -> F:
     """Every option ``run`` and ``retry`` share, in help order."""
-    return connection_options(traffic_options(control_options(output_options(func))))
+    return connection_options(traffic_options(control_options(state_options(output_options(func)))))
 
 
 @click.group(
@@ -438,6 +489,55 @@ def report(report: Path, as_json: bool) -> None:
         else:
             click.echo("nothing to retry")
     sys.exit(0 if info.all_linked else 1)
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  bulklink runs
+  bulklink runs --limit 5 --json | jq '.[0].counts'
+  bulklink runs --state /srv/bulklink/state.sqlite3"""
+)
+@click.option(
+    "--state",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The state store.  [env var: BULKLINK_STATE; default: "
+    "$XDG_STATE_HOME/bulklink/state.sqlite3]",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Show at most this many runs.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of runs.")
+def runs(state: Path | None, limit: int, as_json: bool) -> None:
+    """List recent runs from the state store, newest first (no network)."""
+    from bulklink.api import list_runs
+    from bulklink.console import escape_controls
+    from bulklink.errors import BulklinkError
+
+    try:
+        records = list_runs(state=state, limit=limit)
+    except BulklinkError as exc:
+        _fail(str(exc), exc.exit_code)
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in records], indent=2))
+        return
+    if not records:
+        click.echo("no runs recorded")
+        return
+    for r in records:
+        counts = ", ".join(f"{k} {v}" for k, v in r.counts.items() if v)
+        finished = r.finished.strftime("%H:%M:%SZ") if r.finished else "(did not finish)"
+        code = "" if r.exit_code is None else f" exit {r.exit_code}"
+        click.echo(
+            escape_controls(
+                f"#{r.id} {r.started:%Y-%m-%d %H:%M:%SZ} - {finished}{code} {r.command} "
+                f"{r.report}: {counts or 'no rows'}"
+            )
+        )
 
 
 @cli.command(

@@ -1,0 +1,103 @@
+"""After a run, whatever its end: the summary JSON, the metrics file and the webhook notice.
+
+Each is best effort and independent: a failure is one warning (on the console and in the
+log) and never changes the run's exit code, so the report and the exit code stay what
+monitoring and cron act on. Runs that never started (bad input, another run holding the
+report) are published too: a nightly export that fails to read needs a human as much as
+one that fails to link.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from bulklink.console import Console
+from bulklink.models import Summary
+from bulklink.options import Output
+from bulklink.safefile import create_temp
+
+
+def write_summary_json(path: os.PathLike[str] | str, summary: Summary) -> None:
+    """Atomically, so a monitor polling the file never reads half of it."""
+    from pathlib import Path
+
+    target = Path(path)
+    fd, tmp = create_temp(target, "tmp", mode=0o644)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(summary.to_dict(), indent=2) + "\n")
+        tmp.replace(target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def publish(
+    output: Output,
+    summary: Summary,
+    console: Console,
+    *,
+    previous_exit_code: int | None,
+    last_success: datetime | None,
+    redact: Callable[[str], str],
+    allow_http: bool,
+) -> None:
+    """Write ``--summary-json`` and ``--metrics-file``; send the notice when one is due."""
+    if output.summary_json is not None:
+        try:
+            write_summary_json(output.summary_json, summary)
+        except OSError as exc:
+            console.error(f"warning: cannot write --summary-json {output.summary_json}: {exc}")
+    if output.metrics_file is not None:
+        from bulklink.metrics import write_metrics
+
+        finished = time.time()
+        warning = write_metrics(
+            output.metrics_file,
+            job=output.job,
+            counts=summary.counts,
+            exit_code=summary.exit_code,
+            duration_seconds=summary.elapsed,
+            finished_timestamp=finished,
+            last_success_timestamp=(finished if summary.exit_code == 0 else _stamp(last_success)),
+            requests=summary.requests,
+            throttled=summary.throttled,
+        )
+        if warning:
+            console.error(warning)
+    if output.notify_url is not None:
+        _notify(output, summary, console, previous_exit_code, redact, allow_http)
+
+
+def _notify(
+    output: Output,
+    summary: Summary,
+    console: Console,
+    previous_exit_code: int | None,
+    redact: Callable[[str], str],
+    allow_http: bool,
+) -> None:
+    from bulklink.notify import NoticeKind, notice_body, send_notice_sync, should_notify
+
+    assert output.notify_url is not None
+    kind = should_notify(output.notify_on, summary.exit_code, previous_exit_code)
+    if kind is NoticeKind.NONE:
+        return
+    body = notice_body(
+        summary.to_dict(),
+        output.job,
+        kind,
+        previous_exit_code=previous_exit_code,
+        redact=redact,
+    )
+    warning = send_notice_sync(output.notify_url, body, allow_http=allow_http)
+    if warning:
+        console.error(warning)
+
+
+def _stamp(when: datetime | None) -> float | None:
+    return when.timestamp() if when is not None else None
