@@ -117,6 +117,13 @@ _C1_NAMES = (
 # fmt: on
 
 
+# What trimming an ID removes from its ends: spaces (any Unicode space separator, such as
+# the no-break space) and the whitespace controls tab, line feed, vertical tab, form feed
+# and carriage return. Other characters Python counts as whitespace (the information
+# separators U+001C-U+001F, NEL U+0085, U+2028, U+2029) are not trimmed but refused.
+TRIM = " \t\n\x0b\x0c\r\u00a0\u1680\u202f\u205f\u3000" + "".join(map(chr, range(0x2000, 0x200B)))
+
+
 def char_name(char: str) -> str:
     """``U+0009 TAB``, ``U+200B ZERO WIDTH SPACE``: what an error calls a character."""
     code = ord(char)

@@ -30,6 +30,7 @@ from bulklink.ids import (
     EXCEL_ERROR_SOURCE,
     LOST_DIGITS_LINKED,
     LOST_DIGITS_SOURCE,
+    TRIM,
     excel_error_rows,
     invalid_text,
     row_code,
@@ -86,7 +87,7 @@ def clean_id(value: object) -> str:
     """An ID from a Python caller as text: None and NaN (a pandas blank) are blank."""
     if value is None or (isinstance(value, float) and value != value):
         return ""
-    return str(value).strip()
+    return str(value).strip(TRIM)
 
 
 def invalid_reason(source: str, linked: str) -> str | None:
@@ -245,8 +246,8 @@ class Table:
             raise InputError(f"cannot read {self.path}: {exc.strerror}") from None
         self.digest = hashlib.sha256(data + b"\0" + (self.options.sheet or "").encode()).hexdigest()
 
-        def pick(header: list[str], where: str) -> list[int]:
-            columns = self._resolve(header, where)
+        def pick(header: list[str], where: str, hint: str) -> list[int]:
+            columns = self._resolve(header, where, hint)
             return [columns.index(self.source_col), columns.index(self.linked_col)]
 
         sheet = read_sheet(data, self.path, self.options.sheet, pick, report=self.report)
@@ -284,13 +285,13 @@ class Table:
                 raise InputError(f"{self.path}: line {number} is not JSON") from None
             if not isinstance(record, dict):
                 raise InputError(
-                    f"{self.path}: line {number} is JSON {_json_kind(record)}, not an object "
+                    f"{self.path}: line {number} is {_json_kind(record)}, not an object "
                     "(each line of a report is one row as an object)"
                 )
             for name in scalar_fields:
                 if isinstance(record.get(name), dict | list):
                     raise InputError(
-                        f"{self.path}: line {number}: {name} is JSON "
+                        f"{self.path}: line {number}: {name} is "
                         f"{_json_kind(record[name])}, not a single value"
                     )
             records.append(record)
@@ -352,8 +353,8 @@ class Table:
         """Yield the table in order, IDs trimmed; other columns exactly as read."""
         start = 0
         for frame in self._read_frames(chunk_rows):
-            source = frame[self.source_col].str.strip().tolist()
-            linked = frame[self.linked_col].str.strip().tolist()
+            source = frame[self.source_col].str.strip(TRIM).tolist()
+            linked = frame[self.linked_col].str.strip(TRIM).tolist()
             columns = {c: frame[c].tolist() for c in self.other_cols}
             yield Chunk(start, source, linked, columns)
             start += len(source)
@@ -361,9 +362,9 @@ class Table:
 
 def _json_kind(value: object) -> str:
     if value is None:
-        return "null"
-    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
-    return kinds.get(type(value), "a number")
+        return "JSON null"
+    kinds = {dict: "a JSON object", list: "a JSON array", str: "a JSON string", bool: "JSON bool"}
+    return kinds.get(type(value), "a JSON number")
 
 
 def _bom_encoding(head: bytes) -> str | None:

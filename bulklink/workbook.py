@@ -71,14 +71,14 @@ def read_sheet(
     data: bytes,
     path: Path,
     wanted: str | None,
-    pick: Callable[[list[str], str], Sequence[int]],
+    pick: Callable[[list[str], str, str], Sequence[int]],
     *,
     report: bool = False,
 ) -> Sheet:
     """Read the sheet ``wanted`` (default: the first visible one) of an .xlsx file.
 
-    ``pick`` gets the header and a phrase naming the sheet and the other sheets, for its
-    error messages, and returns the positions of the ID columns.
+    ``pick`` gets the header and, for its error messages, a phrase naming the sheet and
+    one listing the other sheets; it returns the positions of the ID columns.
     """
     import openpyxl
 
@@ -108,17 +108,21 @@ def _read(
     book: Any,
     path: Path,
     wanted: str | None,
-    pick: Callable[[list[str], str], Sequence[int]],
+    pick: Callable[[list[str], str, str], Sequence[int]],
     report: bool,
 ) -> Sheet:
     states = {name: book[name].sheet_state for name in book.sheetnames}
+
+    def listed(names: Iterable[str]) -> str:
+        return ", ".join(f"{n!r}" + ("" if states[n] == "visible" else " (hidden)") for n in names)
+
     if wanted is not None and wanted not in states:
-        raise InputError(f"{path} has no sheet {wanted!r}; its sheets: {_quoted(states)}")
+        raise InputError(f"{path} has no sheet {wanted!r}; its sheets: {listed(states)}")
+    # Excel never shows a hidden sheet, so the first sheet a user sees is the first visible.
     visible = [n for n, s in states.items() if s == "visible"]
     name = wanted if wanted is not None else (visible or list(states))[0]
-    others = [f"{n!r}" + ("" if s == "visible" else " (hidden)") for n, s in states.items()]
-    others = [o for n, o in zip(states, others, strict=True) if n != name]
-    hint = f"; other sheets: {', '.join(others)} (pick one with --sheet)" if others else ""
+    others = [n for n in states if n != name]
+    hint = f"; other sheets: {listed(others)} (pick one with --sheet)" if others else ""
     sheet = book[name]
     sheet.reset_dimensions()  # a wrong <dimension> in the file must not cut rows off
     rows = sheet.iter_rows(values_only=True)
@@ -129,7 +133,7 @@ def _read(
             break
     if header is None:
         raise InputError(f"sheet {name!r} of {path} is empty (no header row){hint}")
-    ids = set(pick(header, f" in sheet {name!r}" + hint))
+    ids = set(pick(header, f" in sheet {name!r}", hint))
     columns: list[list[Any]] = [[] for _ in header]
     lost: dict[int, list[bool]] = {i: [] for i in ids}
     count = 0
