@@ -16,7 +16,7 @@ import io
 import json
 import random
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import openpyxl
@@ -51,7 +51,7 @@ def sent(server: Sandbox) -> list[tuple[str, str]]:
     return sorted(pairs)
 
 
-def run(server: Sandbox, path: Path, *extra: str) -> Result:
+def run(server: Sandbox, path: Path, *extra: str | Path) -> Result:
     return run_against(
         server, "run", path, "--rate", "0", "--backoff", "0.01", "--no-progress", *extra
     )
@@ -70,9 +70,10 @@ def one_line_error(result: Result) -> str:
     return lines[0]
 
 
-def make_xlsx(path: Path, sheets: dict[str, list[list[object]]]) -> Path:
+def make_xlsx(path: Path, sheets: dict[str, Sequence[Sequence[object]]]) -> Path:
     wb = openpyxl.Workbook()
-    wb.remove(wb.active)
+    for sheet in list(wb.worksheets):
+        wb.remove(sheet)
     for name, rows in sheets.items():
         ws = wb.create_sheet(name)
         for row in rows:
@@ -274,7 +275,7 @@ def test_excel_numbers_beyond_15_digits_are_invalid_others_sent_as_written(
         (123456789012345, "123456789012345"),
         (12.5, "12.5"),
     ]
-    rows: list[list[object]] = [[*HEAD, "note"]]
+    rows: list[Sequence[object]] = [[*HEAD, "note"]]
     rows += [[value, f"L{i}", "cut"] for i, value in enumerate(cut)]
     rows += [[value, f"G{i}", "good"] for i, (value, _) in enumerate(good)]
     rows += [["T-1", 1.2345678901234567e20, "cut linked"]]
