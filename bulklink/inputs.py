@@ -173,33 +173,47 @@ class Table:
         return self._open_text()
 
     def _open_text(self) -> list[str]:
+        head, utf8 = self._hash_and_check()
+        if self.options.encoding is None:
+            self.encoding = _bom_encoding(head) or ("utf-8-sig" if utf8 else "cp1252")
+        text = self._head_text(head)
+        if self.options.delimiter is None and self.kind == "csv":
+            self.delimiter = _sniff_delimiter(text)
+        try:
+            rows = csv.reader(io.StringIO(text, newline=None), delimiter=self.delimiter)
+            header = [h.strip() for h in next((row for row in rows if row), [])]
+        except csv.Error as exc:
+            raise InputError(f"{self.path} is not valid CSV: {exc}") from None
+        hint = ""
+        if _misdecoded(header):
+            hint = (
+                f"; the header looks mis-decoded (read as {self.encoding}): "
+                "give the file's encoding with --encoding (utf-8, cp1252, utf-16...)"
+            )
+        return self._resolve(header, hint=hint)
+
+    def _hash_and_check(self) -> tuple[bytes, bool]:
+        """Hash the whole file, keep its first 64 KiB, and tell whether it is all UTF-8."""
         digest = hashlib.sha256()
         decoder = codecs.getincrementaldecoder("utf-8")()
-        utf8 = True
+        utf8 = self.options.encoding is None
         head = b""
         try:
             with self.path.open("rb") as fh:
                 while block := fh.read(1 << 20):
                     digest.update(block)
-                    if not head:
-                        utf8 = _bom_encoding(block) in (None, "utf-8-sig")
-                    if len(head) < 65536:
-                        head += block[: 65536 - len(head)]
-                    if utf8 and self.options.encoding is None:
-                        try:
-                            decoder.decode(block)
-                        except UnicodeDecodeError:
-                            utf8 = False
-            if utf8:
-                try:
-                    decoder.decode(b"", final=True)  # a sequence cut off at the very end
-                except UnicodeDecodeError:
-                    utf8 = False
+                    if not head:  # a UTF-16/32 mark decides; a UTF-8 one is checked on
+                        utf8 = utf8 and _bom_encoding(block) in (None, "utf-8-sig")
+                    head += block[: 65536 - len(head)]
+                    utf8 = utf8 and _decodes(decoder, block)
         except OSError as exc:
             raise InputError(f"cannot read {self.path}: {exc.strerror}") from None
         self.digest = digest.hexdigest()
-        if self.options.encoding is None:
-            self.encoding = _bom_encoding(head) or ("utf-8-sig" if utf8 else "cp1252")
+        # ... and a sequence cut off at the very end is no UTF-8 either.
+        return head, utf8 and _decodes(decoder, b"", final=True)
+
+    def _head_text(self, head: bytes) -> str:
+        """The start of the file as text, refusing what is no text at all."""
         not_text = _not_text(head)
         if not_text:
             raise InputError(f"{self.path} is not a CSV text file: it looks like {not_text}")
@@ -216,23 +230,9 @@ class Table:
                 f"{self.path} is not a CSV text file: it holds binary data "
                 f"(read as {self.encoding}; give --encoding if it is text)"
             )
-        if self.options.delimiter is None and self.kind == "csv":
-            self.delimiter = _sniff_delimiter(text)
         if not text.strip():
             raise InputError(f"input file has no header row: {self.path}")
-        try:
-            rows = csv.reader(io.StringIO(text, newline=None), delimiter=self.delimiter)
-            header = next((row for row in rows if row), [])
-        except csv.Error as exc:
-            raise InputError(f"{self.path} is not valid CSV: {exc}") from None
-        header = [h.strip() for h in header]
-        hint = ""
-        if _misdecoded(header):
-            hint = (
-                f"; the header looks mis-decoded (read as {self.encoding}): "
-                "give the file's encoding with --encoding (utf-8, cp1252, utf-16...)"
-            )
-        return self._resolve(header, hint=hint)
+        return text
 
     def _open_excel(self) -> list[str]:
         import numpy as np
@@ -365,6 +365,14 @@ def _json_kind(value: object) -> str:
         return "JSON null"
     kinds = {dict: "a JSON object", list: "a JSON array", str: "a JSON string", bool: "JSON bool"}
     return kinds.get(type(value), "a JSON number")
+
+
+def _decodes(decoder: codecs.IncrementalDecoder, data: bytes, final: bool = False) -> bool:
+    try:
+        decoder.decode(data, final)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _bom_encoding(head: bytes) -> str | None:

@@ -111,6 +111,21 @@ def _read(
     pick: Callable[[list[str], str, str], Sequence[int]],
     report: bool,
 ) -> Sheet:
+    name, hint = _choose(book, path, wanted)
+    sheet = book[name]
+    sheet.reset_dimensions()  # a wrong <dimension> in the file must not cut rows off
+    rows = (row for row in sheet.iter_rows(values_only=True) if not _blank(row))
+    first = next(rows, None)
+    if first is None:
+        raise InputError(f"sheet {name!r} of {path} is empty (no header row){hint}")
+    header = [_text(v).strip() for v in first]
+    ids = set(pick(header, f" in sheet {name!r}", hint))
+    columns, lost = _collect(rows, header, ids, report)
+    return Sheet(name, header, columns, {i: flags for i, flags in lost.items() if any(flags)})
+
+
+def _choose(book: Any, path: Path, wanted: str | None) -> tuple[str, str]:
+    """The sheet to read, and a phrase listing the others (hidden ones said so)."""
     states = {name: book[name].sheet_state for name in book.sheetnames}
 
     def listed(names: Iterable[str]) -> str:
@@ -122,39 +137,32 @@ def _read(
     visible = [n for n, s in states.items() if s == "visible"]
     name = wanted if wanted is not None else (visible or list(states))[0]
     others = [n for n in states if n != name]
-    hint = f"; other sheets: {listed(others)} (pick one with --sheet)" if others else ""
-    sheet = book[name]
-    sheet.reset_dimensions()  # a wrong <dimension> in the file must not cut rows off
-    rows = sheet.iter_rows(values_only=True)
-    header: list[str] | None = None
-    for row in rows:
-        if any(v is not None and v != "" for v in row):
-            header = [_text(v).strip() for v in row]
-            break
-    if header is None:
-        raise InputError(f"sheet {name!r} of {path} is empty (no header row){hint}")
-    ids = set(pick(header, f" in sheet {name!r}", hint))
+    return name, f"; other sheets: {listed(others)} (pick one with --sheet)" if others else ""
+
+
+def _blank(row: Sequence[Any]) -> bool:
+    """A row with no value at all; skipped, as blank lines are in a CSV."""
+    return all(v is None or v == "" for v in row)
+
+
+def _collect(
+    rows: Iterable[Sequence[Any]], header: list[str], ids: set[int], report: bool
+) -> tuple[list[list[Any]], dict[int, list[bool]]]:
+    """The values by column, and per ID column which cells are numbers Excel cut short."""
     columns: list[list[Any]] = [[] for _ in header]
     lost: dict[int, list[bool]] = {i: [] for i in ids}
-    count = 0
-    for row in rows:
-        if not any(v is not None and v != "" for v in row):
-            continue  # a fully blank row is skipped, as blank lines are in a CSV
-        if len(row) > len(columns):  # cells beyond the header become columns of their own
-            for _ in range(len(row) - len(columns)):
-                columns.append([""] * count)
-                header.append("")
+    for count, row in enumerate(rows):
+        for _ in range(len(row) - len(columns)):  # cells beyond the header: more columns
+            columns.append([""] * count)
+            header.append("")
         for index, column in enumerate(columns):
             value = row[index] if index < len(row) else None
-            if index in ids:
-                if report:
-                    column.append(str(_plain(value)))
-                else:
-                    text, cut = id_text(value)
-                    column.append(text)
-                    lost[index].append(cut)
-            else:
+            if index not in ids:
                 column.append(_plain(value) if report else _text(value))
-        count += 1
-    flagged = {i: flags for i, flags in lost.items() if any(flags)}
-    return Sheet(name, header, columns, flagged)
+            elif report:
+                column.append(str(_plain(value)))
+            else:
+                text, cut = id_text(value)
+                column.append(text)
+                lost[index].append(cut)
+    return columns, lost
