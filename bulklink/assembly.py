@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bulklink.inputs import DUPLICATE, INVALID_REASONS, KEEP, SEND, Chunk, Plan
+from bulklink.ids import invalid_text
+from bulklink.inputs import DUPLICATE, KEEP, SEND, Chunk, Plan
 from bulklink.journal import Journal
 from bulklink.models import TICKET_COLUMNS, ErrorTally, Outcome, ReportRow, Result
 from bulklink.report import ReportWriter, RowReader, split_ticket
@@ -129,7 +130,8 @@ class Assembler:
             elif code == KEEP:
                 self._write_kept(chunk, at)
             else:
-                self._write_invalid(chunk, at, INVALID_REASONS[int(code)])
+                reason = invalid_text(code, chunk.source[at], chunk.linked[at])
+                self._write_invalid(chunk, at, reason)
             self._step(chunk)
 
     def _step(self, chunk: Chunk) -> None:

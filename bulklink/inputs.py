@@ -14,14 +14,35 @@ import hashlib
 import io
 import json
 import re
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bulklink.errors import InputError
-from bulklink.models import Pair
+from bulklink.ids import BLANK_BOTH as BLANK_BOTH
+from bulklink.ids import BLANK_LINKED as BLANK_LINKED
+from bulklink.ids import BLANK_SOURCE as BLANK_SOURCE
+from bulklink.ids import (
+    CONTROL_LINKED,
+    CONTROL_SOURCE,
+    EXCEL_ERROR_LINKED,
+    EXCEL_ERROR_SOURCE,
+    LOST_DIGITS_LINKED,
+    LOST_DIGITS_SOURCE,
+    TRIM,
+    excel_error_rows,
+    invalid_text,
+    row_code,
+    unsafe_char,
+    unsafe_rows,
+)
+from bulklink.ids import DUPLICATE as DUPLICATE
+from bulklink.ids import INVALID_REASONS as INVALID_REASONS
+from bulklink.ids import KEEP as KEEP
+from bulklink.ids import SELF_LINK as SELF_LINK
+from bulklink.ids import SEND as SEND
+from bulklink.models import RESULT_COLUMNS, Pair
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,42 +50,55 @@ if TYPE_CHECKING:
 
 CHUNK_ROWS = 50_000
 DELIMITERS = (",", ";", "\t", "|")
-SEND, BLANK_SOURCE, BLANK_LINKED, BLANK_BOTH, SELF_LINK, DUPLICATE, KEEP = range(7)
-INVALID_REASONS = {
-    BLANK_SOURCE: "blank source ticket ID",
-    BLANK_LINKED: "blank linked ticket ID",
-    BLANK_BOTH: "blank source and linked ticket IDs",
-    SELF_LINK: "source and linked ticket are the same",
-}
 _HASH_KEYS = ("bulklink-pair-k1", "bulklink-pair-k2")  # pandas wants 16-char keys
 _ALIASES = {"source": "sourceticketid", "linked": "linkedticketid"}
+_CANONICAL = {"sourceticketid": "sourceTicketId", "linkedticketid": "linkedTicketId"}
+# Byte-order marks, longest first: UTF-32 LE starts with the UTF-16 LE mark.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+# What a file that is not text at all starts with, as the error names it.
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"%PDF-", "a PDF document"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"PK\x05\x06", "a zip archive"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"BZh", "a bzip2 archive"),
+    (b"\xfd7zXZ\x00", "an xz archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!\x1a\x07", "a RAR archive"),
+    (b"\x28\xb5\x2f\xfd", "a zstd archive"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old Office file (.xls?); save it as .xlsx or CSV"),
+    (b"\x7fELF", "a program"),
+    (b"SQLite format 3\x00", "an SQLite database"),
+)
+_BINARY_SHARE = 0.05  # control characters in text this share of the start: not text
 
 
 def clean_id(value: object) -> str:
     """An ID from a Python caller as text: None and NaN (a pandas blank) are blank."""
     if value is None or (isinstance(value, float) and value != value):
         return ""
-    return str(value).strip()
+    return str(value).strip(TRIM)
 
 
 def invalid_reason(source: str, linked: str) -> str | None:
     """Why a pair cannot be sent, or None: the rule :func:`scan` applies to whole files."""
-    if not source or not linked:
-        code = (
-            BLANK_BOTH
-            if not source and not linked
-            else BLANK_SOURCE
-            if not source
-            else (BLANK_LINKED)
-        )
-        return INVALID_REASONS[code]
-    return INVALID_REASONS[SELF_LINK] if source == linked else None
+    code = row_code(source, linked)
+    return None if code == SEND else invalid_text(code, source, linked)
 
 
 def _norm(name: str) -> str:
     """Fold case, spaces, underscores and dashes: ``Source Ticket ID`` == ``source_ticket_id``."""
-    key = re.sub(r"[\s_\-]+", "", name.strip().lower())
-    return _ALIASES.get(key, key)
+    return re.sub(r"[\s_\-]+", "", name.strip().lower())
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,15 +137,23 @@ class Table:
         self.report = report
         self.digest = ""
         self._frame: pd.DataFrame | None = None
+        self._lost: dict[str, np.ndarray[Any, Any]] = {}  # ID cells Excel stored as cut numbers
         self.encoding = options.encoding or "utf-8"
         self.delimiter = options.delimiter or ("\t" if self.kind == "tsv" else ",")
+        self.source_col = self.linked_col = ""
         self.columns = self._open()
-        if report:
-            missing = [c for c in (options.source_col, options.linked_col) if c not in self.columns]
-            if missing:
-                raise InputError(f"{path} is not a bulklink report: no column {missing[0]}")
-        self.source_col, self.linked_col = _pick_columns(self.columns, options)
         self.other_cols = [c for c in self.columns if c not in (self.source_col, self.linked_col)]
+
+    def _resolve(self, header: list[str], where: str = "", hint: str = "") -> list[str]:
+        """Make the header unique and find the ID columns in it (errors say ``where``)."""
+        columns = _unique(header)
+        if self.report:
+            wanted = (self.options.source_col, self.options.linked_col)
+            missing = [c for c in wanted if c not in columns]
+            if missing:
+                raise InputError(f"{self.path} is not a bulklink report: no column {missing[0]}")
+        self.source_col, self.linked_col = _pick_columns(columns, header, self.options, where, hint)
+        return columns
 
     def _open(self) -> list[str]:
         try:
@@ -131,91 +173,128 @@ class Table:
         return self._open_text()
 
     def _open_text(self) -> list[str]:
+        head, utf8 = self._hash_and_check()
+        if self.options.encoding is None:
+            self.encoding = _bom_encoding(head) or ("utf-8-sig" if utf8 else "cp1252")
+        text = self._head_text(head)
+        if self.options.delimiter is None and self.kind == "csv":
+            self.delimiter = _sniff_delimiter(text)
+        try:
+            rows = csv.reader(io.StringIO(text, newline=None), delimiter=self.delimiter)
+            header = [h.strip() for h in next((row for row in rows if row), [])]
+        except csv.Error as exc:
+            raise InputError(f"{self.path} is not valid CSV: {exc}") from None
+        hint = ""
+        if _misdecoded(header):
+            hint = (
+                f"; the header looks mis-decoded (read as {self.encoding}): "
+                "give the file's encoding with --encoding (utf-8, cp1252, utf-16...)"
+            )
+        return self._resolve(header, hint=hint)
+
+    def _hash_and_check(self) -> tuple[bytes, bool]:
+        """Hash the whole file, keep its first 64 KiB, and tell whether it is all UTF-8."""
         digest = hashlib.sha256()
         decoder = codecs.getincrementaldecoder("utf-8")()
-        utf8 = True
+        utf8 = self.options.encoding is None
         head = b""
         try:
             with self.path.open("rb") as fh:
                 while block := fh.read(1 << 20):
                     digest.update(block)
-                    if len(head) < 65536:
-                        head += block[: 65536 - len(head)]
-                    if utf8 and self.options.encoding is None:
-                        try:
-                            decoder.decode(block)
-                        except UnicodeDecodeError:
-                            utf8 = False
-            if utf8:
-                try:
-                    decoder.decode(b"", final=True)  # a sequence cut off at the very end
-                except UnicodeDecodeError:
-                    utf8 = False
+                    if not head:  # a UTF-16/32 mark decides; a UTF-8 one is checked on
+                        utf8 = utf8 and _bom_encoding(block) in (None, "utf-8-sig")
+                    head += block[: 65536 - len(head)]
+                    utf8 = utf8 and _decodes(decoder, block)
         except OSError as exc:
             raise InputError(f"cannot read {self.path}: {exc.strerror}") from None
         self.digest = digest.hexdigest()
-        if self.options.encoding is None:
-            self.encoding = "utf-8-sig" if utf8 else "cp1252"
+        # ... and a sequence cut off at the very end is no UTF-8 either.
+        return head, utf8 and _decodes(decoder, b"", final=True)
+
+    def _head_text(self, head: bytes) -> str:
+        """The start of the file as text, refusing what is no text at all."""
+        not_text = _not_text(head)
+        if not_text:
+            raise InputError(f"{self.path} is not a CSV text file: it looks like {not_text}")
         try:
-            text = head.decode(self.encoding, errors="replace")
+            text = codecs.getincrementaldecoder(self.encoding)("replace").decode(head)
         except LookupError:
             raise InputError(f"unknown encoding: {self.options.encoding}") from None
-        if self.options.delimiter is None and self.kind == "csv":
-            self.delimiter = _sniff_delimiter(text)
+        text = text.removeprefix("\ufeff")
+        # Text in UTF-8 may hold any character (a test file of hostile IDs, say); random
+        # bytes never are UTF-8, and read as cp1252 they are full of control characters.
+        guessed = self.options.encoding is None and self.encoding == "cp1252"
+        if guessed and _binary_share(text) > _BINARY_SHARE:
+            raise InputError(
+                f"{self.path} is not a CSV text file: it holds binary data "
+                f"(read as {self.encoding}; give --encoding if it is text)"
+            )
         if not text.strip():
             raise InputError(f"input file has no header row: {self.path}")
-        header = next(csv.reader(io.StringIO(text), delimiter=self.delimiter), [])
-        if self.encoding == "utf-8-sig" and header:
-            header[0] = header[0].removeprefix("\ufeff")
-        return _unique([h.strip() for h in header])
+        return text
 
     def _open_excel(self) -> list[str]:
+        import numpy as np
         import pandas as pd
 
-        data = self.path.read_bytes()
-        self.digest = hashlib.sha256(data + b"\0" + (self.options.sheet or "").encode()).hexdigest()
+        from bulklink.workbook import read_sheet
+
         try:
-            frame = pd.read_excel(
-                io.BytesIO(data),
-                sheet_name=self.options.sheet if self.options.sheet is not None else 0,
-                # An input is all text; a report read back keeps its numbers and booleans
-                # so that ``retry`` writes the rows it keeps exactly as they were.
-                dtype=object if self.report else str,
-                keep_default_na=False,
-                na_filter=False,
-                engine="openpyxl",
-            )
-        except ValueError as exc:
-            if "Worksheet" in str(exc) or "sheet" in str(exc).lower():
-                raise InputError(f"{self.path}: {exc}") from None
-            raise InputError(f"{self.path} is not a readable .xlsx file: {exc}") from None
-        except (zipfile.BadZipFile, KeyError, OSError, TypeError) as exc:
-            reason = str(exc) or type(exc).__name__
-            raise InputError(f"{self.path} is not a readable .xlsx file ({reason})") from None
-        frame.columns = _unique([str(c).strip() for c in frame.columns])
-        if self.report:
-            for name in (self.options.source_col, self.options.linked_col):
-                if name in frame.columns:
-                    frame[name] = frame[name].map(str)
-        if len(frame.columns):
-            # A fully blank row is skipped, as blank lines are in a CSV.
-            frame = frame[(frame != "").any(axis=1)].reset_index(drop=True)
-        self._frame = frame
-        return list(frame.columns)
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read {self.path}: {exc.strerror}") from None
+        self.digest = hashlib.sha256(data + b"\0" + (self.options.sheet or "").encode()).hexdigest()
+
+        def pick(header: list[str], where: str, hint: str) -> list[int]:
+            columns = self._resolve(header, where, hint)
+            return [columns.index(self.source_col), columns.index(self.linked_col)]
+
+        sheet = read_sheet(data, self.path, self.options.sheet, pick, report=self.report)
+        columns = _unique(sheet.header)  # the header may have grown with cells beyond it
+        self._frame = pd.DataFrame(
+            {
+                name: pd.Series(values, dtype=object)
+                for name, values in zip(columns, sheet.columns, strict=True)
+            },
+            columns=columns,
+        )
+        self._lost = {
+            columns[i]: np.asarray(flags, dtype=bool) for i, flags in sheet.lost_digits.items()
+        }
+        return columns
 
     def _open_jsonl(self) -> list[str]:
         """A JSON-lines report: values keep their JSON types; IDs are strings."""
         import pandas as pd
 
-        data = self.path.read_bytes()
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read {self.path}: {exc.strerror}") from None
         self.digest = hashlib.sha256(data).hexdigest()
+        scalar_fields = {*RESULT_COLUMNS, self.options.source_col, self.options.linked_col}
         records = []
-        for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    raise InputError(f"{self.path}: line {number} is not JSON") from None
+        # Split on newlines only: str.splitlines() would also cut at U+2028 inside a string.
+        for number, line in enumerate(data.decode("utf-8-sig", "replace").split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
+                raise InputError(f"{self.path}: line {number} is not JSON") from None
+            if not isinstance(record, dict):
+                raise InputError(
+                    f"{self.path}: line {number} is {_json_kind(record)}, not an object "
+                    "(each line of a report is one row as an object)"
+                )
+            for name in scalar_fields:
+                if isinstance(record.get(name), dict | list):
+                    raise InputError(
+                        f"{self.path}: line {number}: {name} is "
+                        f"{_json_kind(record[name])}, not a single value"
+                    )
+            records.append(record)
         columns = list(dict.fromkeys(k for record in records for k in record))
         # Built column by column as objects: from_records would turn an int column with a
         # null in it into floats (42 -> 42.0, and 20-digit IDs lose digits).
@@ -227,7 +306,14 @@ class Table:
             if name in frame.columns:
                 frame[name] = frame[name].map(lambda v: "" if v is None else str(v))
         self._frame = frame
-        return columns
+        return self._resolve(columns)
+
+    def lost_digits(self, start: int, stop: int) -> tuple[np.ndarray[Any, Any] | None, ...]:
+        """Which source and linked cells of rows ``start:stop`` are numbers Excel cut short."""
+        return tuple(
+            flags[start:stop] if flags is not None else None
+            for flags in (self._lost.get(self.source_col), self._lost.get(self.linked_col))
+        )
 
     def _read_frames(self, chunk_rows: int) -> Iterator[pd.DataFrame]:
         if self._frame is not None:
@@ -256,18 +342,77 @@ class Table:
                 skip_blank_lines=True,
             ) as reader:
                 yield from reader
-        except (pd.errors.ParserError, ValueError) as exc:
-            raise InputError(f"{self.path} is not valid CSV: {str(exc).strip()}") from None
+        except (ValueError, csv.Error, UnicodeError, OverflowError, MemoryError) as exc:
+            # ParserError, EmptyDataError and UnicodeDecodeError are ValueErrors.
+            reason = str(exc).strip() or type(exc).__name__
+            raise InputError(f"{self.path} is not valid CSV: {reason}") from None
+        except OSError as exc:
+            raise InputError(f"cannot read {self.path}: {exc.strerror or exc}") from None
 
     def chunks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
         """Yield the table in order, IDs trimmed; other columns exactly as read."""
         start = 0
         for frame in self._read_frames(chunk_rows):
-            source = frame[self.source_col].str.strip().tolist()
-            linked = frame[self.linked_col].str.strip().tolist()
+            source = frame[self.source_col].str.strip(TRIM).tolist()
+            linked = frame[self.linked_col].str.strip(TRIM).tolist()
             columns = {c: frame[c].tolist() for c in self.other_cols}
             yield Chunk(start, source, linked, columns)
             start += len(source)
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "JSON null"
+    kinds = {dict: "a JSON object", list: "a JSON array", str: "a JSON string", bool: "JSON bool"}
+    return kinds.get(type(value), "a JSON number")
+
+
+def _decodes(decoder: codecs.IncrementalDecoder, data: bytes, final: bool = False) -> bool:
+    try:
+        decoder.decode(data, final)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _bom_encoding(head: bytes) -> str | None:
+    """The encoding a byte-order mark at the start of the file names, if any."""
+    return next((name for bom, name in _BOMS if head.startswith(bom)), None)
+
+
+def _not_text(head: bytes) -> str | None:
+    """What the file is when its first bytes say it is no text (an image, an archive...)."""
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            if what == "a zip archive" and (b"[Content_Types].xml" in head or b"xl/" in head):
+                return "an Excel workbook (.xlsx): give it the .xlsx extension"
+            return what
+    return None
+
+
+def _binary_share(text: str) -> float:
+    """The share of a text's characters that no text file holds (controls, U+FFFD)."""
+    if not text:
+        return 0.0
+    bad = sum(text.count(c) for c in _BINARY_CHARS)
+    return bad / len(text)
+
+
+_BINARY_CHARS = [chr(c) for c in range(32) if chr(c) not in "\t\n\r\f"] + ["\x7f", "\ufffd"]
+
+
+def _misdecoded(names: list[str]) -> bool:
+    """Whether header names look like text read in the wrong encoding."""
+    for name in names:
+        if unsafe_char(name):  # NULs of UTF-16 read as bytes, U+FFFD, a stray BOM...
+            return True
+        for wrong in ("cp1252", "latin-1"):  # UTF-8 read as cp1252: "Ã©", "ï»¿"
+            try:
+                if name.encode(wrong).decode("utf-8") != name:
+                    return True
+            except UnicodeError:
+                pass
+    return False
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -313,26 +458,59 @@ def _sniff_delimiter(text: str) -> str:
     return best
 
 
-def _pick_columns(columns: list[str], options: ReadOptions) -> tuple[str, str]:
-    def find(wanted: str | None, canonical: str, flag: str) -> str:
+def _pick_columns(
+    columns: list[str], header: list[str], options: ReadOptions, where: str = "", hint: str = ""
+) -> tuple[str, str]:
+    """Find the source and linked columns, most exact match first; refuse a tie.
+
+    ``columns`` are the unique names (``note``, ``note.1``), ``header`` the names as
+    written (a column written twice is two candidates). Detection levels, best first:
+
+    1. the exact name ``sourceTicketId`` / ``linkedTicketId``;
+    2. the same name with case, spaces, ``_`` and ``-`` folded (``Source Ticket ID``,
+       ``source_ticket_id``, ``SOURCETICKETID``);
+    3. the alias ``source`` / ``linked``, folded the same way (``Source``, ``LINKED``).
+
+    The best level with a match decides; two matches at that level are refused, listing
+    them, so that the user picks one with ``--source-col`` / ``--linked-col``. A name
+    given with those options is matched exactly first, then folded (level 2).
+    """
+    shown = ", ".join(repr(c) for c in columns) or "(none)"
+    written = [h or c for h, c in zip(header, columns, strict=True)]
+
+    def refuse_tie(matches: list[int], what: str, flag: str) -> None:
+        if len(matches) > 1:
+            names = " and ".join(f"{columns[i]!r} (column {i + 1})" for i in matches)
+            raise InputError(f"more than one {what} column{where}: {names}; choose one with {flag}")
+
+    def find(wanted: str | None, canonical: str, alias: str, flag: str) -> str:
+        what = f"{alias} ticket ID"
         if wanted is not None:
             if wanted in columns:
                 return wanted
-            matches = [c for c in columns if _norm(c) == _norm(wanted)]
+            matches = [i for i, name in enumerate(written) if _norm(name) == _norm(wanted)]
+            if not matches:
+                raise InputError(
+                    f"column {wanted!r} given by {flag} not found{where}; columns: {shown}{hint}"
+                )
+            refuse_tie(matches, f"{wanted!r}", flag)
+            return columns[matches[0]]
+        levels = (
+            [i for i, name in enumerate(written) if name == _CANONICAL[canonical]],
+            [i for i, name in enumerate(written) if _norm(name) == canonical],
+            [i for i, name in enumerate(written) if _norm(name) == alias],
+        )
+        for matches in levels:
             if matches:
-                return matches[0]
-            raise InputError(f"column {wanted!r} given by {flag} not found; columns: {shown}")
-        matches = [c for c in columns if _norm(c) == canonical]
-        if not matches:
-            raise InputError(
-                f"no {canonical.replace('ticketid', '')} ticket ID column found (looked for "
-                f"sourceTicketId/linkedTicketId or source/linked; use {flag}); columns: {shown}"
-            )
-        return matches[0]
+                refuse_tie(matches, what, flag)
+                return columns[matches[0]]
+        raise InputError(
+            f"no {what} column found{where} (looked for sourceTicketId/linkedTicketId or "
+            f"source/linked; use {flag}); columns: {shown}{hint}"
+        )
 
-    shown = ", ".join(repr(c) for c in columns) or "(none)"
-    source = find(options.source_col, "sourceticketid", "--source-col")
-    linked = find(options.linked_col, "linkedticketid", "--linked-col")
+    source = find(options.source_col, "sourceticketid", "source", "--source-col")
+    linked = find(options.linked_col, "linkedticketid", "linked", "--linked-col")
     if source == linked:
         raise InputError(f"the source and linked columns are the same column {source!r}")
     return source, linked
@@ -392,6 +570,17 @@ def scan(table: Table, keep: Any = None) -> Plan:
         codes[blank_s] = BLANK_SOURCE
         codes[blank_d] = BLANK_LINKED
         codes[blank_s & blank_d] = BLANK_BOTH
+        # Later checks win: an Excel error or a cut number says more than "blank" or a
+        # self-link (two failed VLOOKUPs are both #N/A), and the source speaks first.
+        codes[unsafe_rows(chunk.linked)] = CONTROL_LINKED
+        codes[unsafe_rows(chunk.source)] = CONTROL_SOURCE
+        codes[excel_error_rows(chunk.linked)] = EXCEL_ERROR_LINKED
+        codes[excel_error_rows(chunk.source)] = EXCEL_ERROR_SOURCE
+        lost_s, lost_d = table.lost_digits(chunk.start, chunk.start + len(chunk))
+        if lost_d is not None:
+            codes[lost_d] = LOST_DIGITS_LINKED
+        if lost_s is not None:
+            codes[lost_s] = LOST_DIGITS_SOURCE
         if keep is not None:
             codes[np.asarray(keep(chunk), dtype=bool)] = KEEP
         valid = np.flatnonzero(codes == SEND)
@@ -402,7 +591,8 @@ def scan(table: Table, keep: Any = None) -> Plan:
             hashes.append((h1, h2, valid + chunk.start))
         if len(invalid_examples) < 20:
             for i in np.flatnonzero((codes != SEND) & (codes != KEEP))[:20]:
-                invalid_examples.append((chunk.start + int(i) + 1, INVALID_REASONS[codes[i]]))
+                reason = invalid_text(int(codes[i]), chunk.source[i], chunk.linked[i])
+                invalid_examples.append((chunk.start + int(i) + 1, reason))
             del invalid_examples[20:]
         for i in valid[: max(0, 5 - len(send_examples))]:
             send_examples.append(Pair(chunk.start + int(i) + 1, chunk.source[i], chunk.linked[i]))

@@ -311,6 +311,7 @@ class XlsxWriter(ReportWriter):
     def commit(self) -> None:
         from openpyxl import Workbook
         from openpyxl.cell import WriteOnlyCell
+        from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
         assert self._spool is not None
         names = [*self.extra_fields, *self._new_extras]
@@ -322,6 +323,9 @@ class XlsxWriter(ReportWriter):
             if value is None or isinstance(value, bool | int | float):
                 return value
             text = value if isinstance(value, str) else text_cell(value)
+            # XML cannot hold C0 controls (an ID refused for one is still reported): each
+            # is shown as its Unicode control picture, NUL as U+2400, ESC as U+241B.
+            text = ILLEGAL_CHARACTERS_RE.sub(lambda m: chr(0x2400 + ord(m.group())), text)
             c = WriteOnlyCell(sheet, value=text)
             c.data_type = "s"  # text, never a formula
             return c

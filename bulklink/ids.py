@@ -1,0 +1,236 @@
+"""What makes a pair of ticket IDs unsendable, as one-byte codes per row and words per code.
+
+A row's verdict is a ``uint8`` code (``Plan.codes``), so a million-row plan stays small.
+The words for a code are derived from the code and the row's own IDs when the row is
+written (:func:`invalid_text`): the character or Excel error named in the report is read
+back from the ID itself, and nothing per row is kept in memory. Whole chunks are checked
+with numpy over the joined IDs; Python only looks at the rare rows that are flagged.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+SEND, BLANK_SOURCE, BLANK_LINKED, BLANK_BOTH, SELF_LINK, DUPLICATE, KEEP = range(7)
+CONTROL_SOURCE, CONTROL_LINKED = 7, 8
+EXCEL_ERROR_SOURCE, EXCEL_ERROR_LINKED = 9, 10
+LOST_DIGITS_SOURCE, LOST_DIGITS_LINKED = 11, 12
+# Generic words per code; :func:`invalid_text` names the character or error of the row.
+INVALID_REASONS = {
+    BLANK_SOURCE: "blank source ticket ID",
+    BLANK_LINKED: "blank linked ticket ID",
+    BLANK_BOTH: "blank source and linked ticket IDs",
+    SELF_LINK: "source and linked ticket are the same",
+    CONTROL_SOURCE: "source ticket ID contains a control character",
+    CONTROL_LINKED: "linked ticket ID contains a control character",
+    EXCEL_ERROR_SOURCE: "Excel error in sourceTicketId",
+    EXCEL_ERROR_LINKED: "Excel error in linkedTicketId",
+    LOST_DIGITS_SOURCE: "Excel stored the source ID as a number and lost digits",
+    LOST_DIGITS_LINKED: "Excel stored the linked ID as a number and lost digits",
+}
+_SIDES = {
+    CONTROL_SOURCE: 0,
+    CONTROL_LINKED: 1,
+    EXCEL_ERROR_SOURCE: 0,
+    EXCEL_ERROR_LINKED: 1,
+    LOST_DIGITS_SOURCE: 0,
+    LOST_DIGITS_LINKED: 1,
+}
+_COLUMN = ("sourceTicketId", "linkedTicketId")
+
+# Error values of Excel (and Google Sheets' #ERROR!), as a cell shows them and as a CSV
+# exported from the sheet holds them: a failed VLOOKUP is ``#N/A``, never a ticket.
+EXCEL_ERRORS = frozenset(
+    {
+        "#NULL!",
+        "#DIV/0!",
+        "#VALUE!",
+        "#REF!",
+        "#NAME?",
+        "#NUM!",
+        "#N/A",
+        "#GETTING_DATA",
+        "#SPILL!",
+        "#CALC!",
+        "#FIELD!",
+        "#BLOCKED!",
+        "#CONNECT!",
+        "#BUSY!",
+        "#UNKNOWN!",
+        "#EXTERNAL!",
+        "#PYTHON!",
+        "#ERROR!",
+    }
+)
+
+# Characters no ticket ID holds: Unicode's controls (Cc: C0, DEL, C1), format characters
+# (Cf: zero-width space and joiners, bidi overrides, soft hyphen, BOM U+FEFF, tags), line
+# and paragraph separators (Zl, Zp), surrogates (Cs), the replacement character U+FFFD (the
+# file was read in the wrong encoding) and the noncharacters U+FFFE/U+FFFF. Spaces are
+# not in it. Listed as code point ranges, so that no table is built at start-up.
+_UNSAFE_RANGES = (
+    (0x0000, 0x001F),
+    (0x007F, 0x009F),
+    (0x00AD, 0x00AD),
+    (0x0600, 0x0605),
+    (0x061C, 0x061C),
+    (0x06DD, 0x06DD),
+    (0x070F, 0x070F),
+    (0x0890, 0x0891),
+    (0x08E2, 0x08E2),
+    (0x180E, 0x180E),
+    (0x200B, 0x200F),
+    (0x2028, 0x202E),
+    (0x2060, 0x2064),
+    (0x2066, 0x206F),
+    (0xD800, 0xDFFF),
+    (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB),
+    (0xFFFD, 0xFFFF),
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x13438),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0001, 0xE0001),
+    (0xE0020, 0xE007F),
+)
+_UNSAFE = re.compile(
+    "[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in _UNSAFE_RANGES) + "]"
+)
+# fmt: off
+_ASCII_NAMES = (
+    "NUL", "SOH", "STX", "ETX", "EOT", "ENQ", "ACK", "BEL", "BS", "TAB", "LF", "VT", "FF",
+    "CR", "SO", "SI", "DLE", "DC1", "DC2", "DC3", "DC4", "NAK", "SYN", "ETB", "CAN", "EM",
+    "SUB", "ESC", "FS", "GS", "RS", "US",
+)
+_C1_NAMES = (
+    "PAD", "HOP", "BPH", "NBH", "IND", "NEL", "SSA", "ESA", "HTS", "HTJ", "VTS", "PLD", "PLU",
+    "RI", "SS2", "SS3", "DCS", "PU1", "PU2", "STS", "CCH", "MW", "SPA", "EPA", "SOS", "SGC",
+    "SCI", "CSI", "ST", "OSC", "PM", "APC",
+)
+# fmt: on
+
+
+# What trimming an ID removes from its ends: spaces (any Unicode space separator, such as
+# the no-break space) and the whitespace controls tab, line feed, vertical tab, form feed
+# and carriage return. Other characters Python counts as whitespace (the information
+# separators U+001C-U+001F, NEL U+0085, U+2028, U+2029) are not trimmed but refused.
+TRIM = " \t\n\x0b\x0c\r\u00a0\u1680\u202f\u205f\u3000" + "".join(map(chr, range(0x2000, 0x200B)))
+
+
+def char_name(char: str) -> str:
+    """``U+0009 TAB``, ``U+200B ZERO WIDTH SPACE``: what an error calls a character."""
+    code = ord(char)
+    if code < 0x20:
+        name = _ASCII_NAMES[code]
+    elif code == 0x7F:
+        name = "DEL"
+    elif 0x80 <= code <= 0x9F:
+        name = _C1_NAMES[code - 0x80]
+    elif 0xD800 <= code <= 0xDFFF:
+        name = "SURROGATE"
+    else:
+        name = unicodedata.name(char, "NONCHARACTER")
+    return f"U+{code:04X} {name}"
+
+
+def _what(char: str) -> str:
+    category = unicodedata.category(char)
+    if char == "\ufffd":
+        return (
+            "a replacement character, left where the file's bytes did not decode (try --encoding)"
+        )
+    if category == "Cc":
+        return "a control character"
+    if category in ("Zl", "Zp"):
+        return "a line break character"
+    if category == "Cf":
+        return "an invisible formatting character"
+    return "a character that is not text"
+
+
+def unsafe_char(value: str) -> str | None:
+    """The first character of ``value`` that no ticket ID holds, or None."""
+    match = _UNSAFE.search(value)
+    return match.group() if match else None
+
+
+def unsafe_rows(values: list[str]) -> np.ndarray[Any, Any]:
+    """Indices of the values holding a character no ticket ID holds, checked with numpy."""
+    import numpy as np
+
+    joined = " ".join(values)  # a space is safe, so a match always lies inside one value
+    if joined.isascii():
+        points = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+        hits = np.flatnonzero((points < 0x20) | (points == 0x7F))
+    else:
+        wide = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        hits = np.flatnonzero((wide < 0x20) | ((wide >= 0x7F) & (wide <= 0x9F)))
+        high = np.flatnonzero(wide >= 0xAD)  # usually few: accented letters and the like
+        if len(high):
+            points32 = wide[high]
+            mask = np.zeros(len(high), dtype=bool)
+            for low, top in _UNSAFE_RANGES[2:]:
+                mask |= (points32 >= low) & (points32 <= top)
+            hits = np.concatenate((hits, high[mask]))
+    if not len(hits):
+        return hits
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    starts = np.cumsum(lengths + 1) - (lengths + 1)
+    return np.unique(np.searchsorted(starts, hits, side="right") - 1)
+
+
+def excel_error_rows(values: list[str]) -> np.ndarray[Any, Any]:
+    """Indices of the values that are an Excel error such as ``#N/A``."""
+    import numpy as np
+    import pandas as pd
+
+    if "#" not in "".join(values):
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(pd.Series(values, dtype=object).isin(EXCEL_ERRORS).to_numpy())
+
+
+def row_code(source: str, linked: str) -> int:
+    """The code :func:`bulklink.inputs.scan` gives a row of two trimmed text IDs."""
+    if source in EXCEL_ERRORS:
+        return EXCEL_ERROR_SOURCE
+    if linked in EXCEL_ERRORS:
+        return EXCEL_ERROR_LINKED
+    if unsafe_char(source):
+        return CONTROL_SOURCE
+    if unsafe_char(linked):
+        return CONTROL_LINKED
+    if not source or not linked:
+        return (
+            BLANK_BOTH
+            if not source and not linked
+            else BLANK_SOURCE
+            if not source
+            else BLANK_LINKED
+        )
+    return SELF_LINK if source == linked else SEND
+
+
+def invalid_text(code: int, source: str, linked: str) -> str:
+    """Why a row with this code is not sent, naming the character or error it holds."""
+    side = _SIDES.get(code)
+    if side is None:
+        return INVALID_REASONS[code]
+    value = (source, linked)[side]
+    if code in (EXCEL_ERROR_SOURCE, EXCEL_ERROR_LINKED):
+        return f"Excel error {value} in {_COLUMN[side]}"
+    if code in (LOST_DIGITS_SOURCE, LOST_DIGITS_LINKED):
+        return (
+            f"Excel stored this ID as a number and lost digits ({_COLUMN[side]} {value}); "
+            "format the column as text"
+        )
+    char = unsafe_char(value)
+    if char is None:  # not reachable from scan; kept total for callers
+        return INVALID_REASONS[code]
+    return f"{('source', 'linked')[side]} ticket ID contains {_what(char)} ({char_name(char)})"
