@@ -9,13 +9,14 @@ memory, so memory stays flat. Only the input chunks the cursor has not passed ar
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bulklink.ids import invalid_text
-from bulklink.inputs import DUPLICATE, KEEP, SEND, Chunk, Plan
+from bulklink.inputs import ALREADY, DUPLICATE, KEEP, SEND, Chunk, Plan
 from bulklink.journal import Journal
 from bulklink.models import TICKET_COLUMNS, ErrorTally, Outcome, ReportRow, Result
 from bulklink.report import ReportWriter, RowReader, split_ticket
@@ -47,8 +48,16 @@ class _First:
 class Assembler:
     """Consumes results, writes the report in order, and counts what it wrote."""
 
-    def __init__(self, plan: Plan, layout: Layout, journal: Journal, writer: ReportWriter) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        layout: Layout,
+        journal: Journal,
+        writer: ReportWriter,
+        on_linked: Callable[[str, str, str], None] | None = None,
+    ) -> None:
         self.plan = plan
+        self.on_linked = on_linked  # each pair the API linked, as it is written (the store)
         self.layout = layout
         self.journal = journal
         self.writer = writer
@@ -127,6 +136,11 @@ class Assembler:
                 self._write_result(chunk, at, result)
             elif code == DUPLICATE:
                 self._write_duplicate(chunk, at, int(self.first_of[index]))
+            elif code == ALREADY:
+                if self.journal.done(index + 1):  # linked by the run this one resumes
+                    self._write_result(chunk, at, self.journal.read(index + 1))
+                else:
+                    self._write_already(chunk, at)
             elif code == KEEP:
                 self._write_kept(chunk, at)
             else:
@@ -192,6 +206,8 @@ class Assembler:
         ticket, extras = split_ticket(result.ticket)
         attempts = result.attempts + self._prior_attempts(chunk, at)
         success = result.outcome is Outcome.LINKED
+        if success and self.on_linked is not None:
+            self.on_linked(chunk.source[at], chunk.linked[at], result.linked_at)
         index = chunk.start + at
         self._emit(
             chunk,
@@ -226,6 +242,16 @@ class Assembler:
             base.ticket,
             base.extras,
         )
+
+    def _write_already(self, chunk: Chunk, at: int) -> None:
+        """A pair the store says an earlier run linked: not sent, and a success."""
+        index = chunk.start + at
+        assert self.plan.linked_at is not None  # ALREADY rows come with their times
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(self.plan.linked_at[index])))
+        empty = [None] * len(TICKET_COLUMNS)
+        self._emit(chunk, at, True, Outcome.ALREADY_LINKED, None, "", 0, empty, None, when)
+        if index in self._targets:
+            self._firsts[index] = _First(True, None, "", empty, None)
 
     def _write_invalid(self, chunk: Chunk, at: int, reason: str) -> None:
         self._emit(

@@ -20,6 +20,7 @@ SEND, BLANK_SOURCE, BLANK_LINKED, BLANK_BOTH, SELF_LINK, DUPLICATE, KEEP = range
 CONTROL_SOURCE, CONTROL_LINKED = 7, 8
 EXCEL_ERROR_SOURCE, EXCEL_ERROR_LINKED = 9, 10
 LOST_DIGITS_SOURCE, LOST_DIGITS_LINKED = 11, 12
+ALREADY = 13  # linked in this scope by an earlier run (the state store): not sent
 # Generic words per code; :func:`invalid_text` names the character or error of the row.
 INVALID_REASONS = {
     BLANK_SOURCE: "blank source ticket ID",

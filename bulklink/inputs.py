@@ -14,12 +14,13 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bulklink.errors import InputError
+from bulklink.ids import ALREADY as ALREADY
 from bulklink.ids import BLANK_BOTH as BLANK_BOTH
 from bulklink.ids import BLANK_LINKED as BLANK_LINKED
 from bulklink.ids import BLANK_SOURCE as BLANK_SOURCE
@@ -527,6 +528,8 @@ class Plan:
     counts: dict[int, int]
     invalid_examples: list[tuple[int, str]] = field(default_factory=list)
     send_examples: list[Pair] = field(default_factory=list)
+    #: UNIX seconds each ``ALREADY`` row was linked (None when no row is): 8 bytes a row.
+    linked_at: np.ndarray[Any, Any] | None = None
 
     @property
     def key(self) -> str:
@@ -547,11 +550,17 @@ class Plan:
         return self.counts.get(SEND, 0)
 
 
-def scan(table: Table, keep: Any = None) -> Plan:
+#: Looks up when pairs were linked (the state store): ``(sources, linkeds) -> [time|None]``.
+LinkedTimes = Callable[[list[str], list[str]], list[str | None]]
+
+
+def scan(table: Table, keep: Any = None, linked_times: LinkedTimes | None = None) -> Plan:
     """Validate every row and find exact repeats, holding ~20 bytes per row.
 
     ``keep``, when given, maps a chunk to a boolean mask of rows whose earlier result is
-    kept as is (``retry``); those are neither sent nor checked.
+    kept as is (``retry``); those are neither sent nor checked. ``linked_times``, when
+    given, says which valid pairs are linked already: the first row of such a pair is
+    ``ALREADY`` (not sent) and its repeats are its duplicates.
     """
     import numpy as np
     import pandas as pd
@@ -560,6 +569,7 @@ def scan(table: Table, keep: Any = None) -> Plan:
     hashes: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
     invalid_examples: list[tuple[int, str]] = []
     send_examples: list[Pair] = []
+    linked_parts: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
     for chunk in table.chunks():
         src = np.asarray(chunk.source, dtype=object)
         dst = np.asarray(chunk.linked, dtype=object)
@@ -589,6 +599,10 @@ def scan(table: Table, keep: Any = None) -> Plan:
             h1 = pd.util.hash_array(joined, hash_key=_HASH_KEYS[0], categorize=False)
             h2 = pd.util.hash_array(joined, hash_key=_HASH_KEYS[1], categorize=False)
             hashes.append((h1, h2, valid + chunk.start))
+            if linked_times is not None:
+                known = _known_links(linked_times, chunk, valid)
+                if known is not None:
+                    linked_parts.append(known)
         if len(invalid_examples) < 20:
             for i in np.flatnonzero((codes != SEND) & (codes != KEEP))[:20]:
                 reason = invalid_text(int(codes[i]), chunk.source[i], chunk.linked[i])
@@ -612,10 +626,45 @@ def scan(table: Table, keep: Any = None) -> Plan:
         dups = idx[same]
         first_of[dups] = idx[group_start[same]]
         all_codes[dups] = DUPLICATE
+    linked_at = None
+    if linked_parts:
+        linked_at = np.zeros(len(all_codes), dtype=np.int64)
+        for rows, stamps in linked_parts:
+            linked_at[rows] = stamps
+        all_codes[(all_codes == SEND) & (linked_at > 0)] = ALREADY
     counts = {
         int(c): int(n) for c, n in zip(*np.unique(all_codes, return_counts=True), strict=True)
     }
     # Duplicates of an invalid example are impossible (only SEND rows are hashed), but an
     # example row may have turned out to be a duplicate: keep only real first sends.
     send_examples = [p for p in send_examples if all_codes[p.row - 1] == SEND]
-    return Plan(table, len(all_codes), all_codes, first_of, counts, invalid_examples, send_examples)
+    return Plan(
+        table,
+        len(all_codes),
+        all_codes,
+        first_of,
+        counts,
+        invalid_examples,
+        send_examples,
+        linked_at,
+    )
+
+
+def _known_links(
+    linked_times: LinkedTimes, chunk: Chunk, valid: np.ndarray[Any, Any]
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
+    """Rows of ``chunk`` (absolute indexes) already linked, and when (UNIX seconds)."""
+    import numpy as np
+    import pandas as pd
+
+    positions = valid.tolist()
+    times = linked_times(
+        [chunk.source[i] for i in positions], [chunk.linked[i] for i in positions]
+    )
+    hits = [n for n, t in enumerate(times) if t is not None]
+    if not hits:
+        return None
+    stamps = pd.to_datetime([times[n] for n in hits], utc=True, format="ISO8601")
+    seconds = np.asarray(stamps.asi8 // 1_000_000_000, dtype=np.int64)
+    return valid[hits] + chunk.start, np.maximum(seconds, 1)
+
