@@ -175,16 +175,19 @@ class Table:
         data = self.path.read_bytes()
         self.digest = hashlib.sha256(data + b"\0" + (self.options.sheet or "").encode()).hexdigest()
         try:
-            frame = pd.read_excel(
-                io.BytesIO(data),
-                sheet_name=self.options.sheet if self.options.sheet is not None else 0,
-                # An input is all text; a report read back keeps its numbers and booleans
-                # so that ``retry`` writes the rows it keeps exactly as they were.
-                dtype=object if self.report else str,
-                keep_default_na=False,
-                na_filter=False,
-                engine="openpyxl",
-            )
+            with pd.ExcelFile(io.BytesIO(data), engine="openpyxl") as book:
+                sheet: str | int = 0 if self.options.sheet is None else self.options.sheet
+                if self.report and self.options.sheet is None and "report" in book.sheet_names:
+                    sheet = "report"  # the rows sheet, even if someone moved Summary first
+                frame = pd.read_excel(
+                    book,
+                    sheet_name=sheet,
+                    # An input is all text; a report read back keeps its numbers and
+                    # booleans so that ``retry`` writes the rows it keeps exactly as they were.
+                    dtype=object if self.report else str,
+                    keep_default_na=False,
+                    na_filter=False,
+                )
         except ValueError as exc:
             if "Worksheet" in str(exc) or "sheet" in str(exc).lower():
                 raise InputError(f"{self.path}: {exc}") from None
