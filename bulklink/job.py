@@ -31,6 +31,7 @@ from bulklink.journal import Journal, journal_path
 from bulklink.models import Outcome, Pair, Summary
 from bulklink.report import open_writer
 from bulklink.runner import CREDENTIALS_REJECTED, Runner, RunSettings
+from bulklink.xlsx import RunInfo
 
 _T = TypeVar("_T")
 MAX_LEAD_ROWS = 200_000  # input rows read ahead of the report cursor before the feed waits
@@ -69,15 +70,10 @@ def execute(job: Job) -> Summary:
     assembler = Assembler(job.plan, job.layout, journal, writer)
     try:
         stop_reason, signum = _run_to_completion(lambda: _run(job, journal, assembler))
-        writer.commit()
     except BaseException:
         writer.discard()
         journal.close()
         raise
-    if stop_reason:
-        journal.close()  # kept: a rerun resumes from it
-    else:
-        journal.remove()
     summary = Summary(
         report=str(job.report),
         rows=job.plan.rows,
@@ -102,6 +98,16 @@ def execute(job: Job) -> Summary:
         error = Interrupted(f"interrupted by {signal.Signals(signum).name}", signum, summary)
     if error is not None:
         summary.exit_code = error.exit_code
+    try:  # the summary first: the xlsx report has a sheet for it
+        writer.commit(RunInfo.from_summary(summary, job.plan.table.path))
+    except BaseException:
+        writer.discard()
+        journal.close()
+        raise
+    if stop_reason:
+        journal.close()  # kept: a rerun resumes from it
+    else:
+        journal.remove()
     if job.summary_json is not None:
         write_summary_json(job.summary_json, summary)
     if error is not None:
