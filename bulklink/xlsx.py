@@ -199,7 +199,7 @@ def _write_rows_sheet(sheet: _Sheet, columns: Sequence[str], rows: Rows, tally: 
     sheet.auto_filter.ref = f"A1:{get_column_letter(len(columns))}{tally.rows + 1}"
     sheet.append([_text_cell(sheet, name, bold=True) for name in columns])
     kinds = _kinds(columns)
-    plain = ILLEGAL_CHARACTERS_RE.search
+    illegal = ILLEGAL_CHARACTERS_RE.search
     for row in rows():
         cells = []
         for value, kind in zip(row, kinds, strict=True):
@@ -210,7 +210,7 @@ def _write_rows_sheet(sheet: _Sheet, columns: Sequence[str], rows: Rows, tally: 
             # Plain text goes as it is (openpyxl makes it a text cell); only text that
             # openpyxl would turn into a formula or an error, or cannot store, is wrapped.
             if value.__class__ is str and (
-                value[:1] == "=" or value in ERROR_CODES or plain(value) is not None
+                value[:1] == "=" or value in ERROR_CODES or illegal(value) is not None
             ):
                 value = _text_cell(sheet, value)
             cells.append(value)
@@ -250,7 +250,7 @@ def _write_summary_sheet(sheet: _Sheet, tally: _Tally, run: RunInfo) -> None:
         ("Exit code", run.exit_code),
     ]
     if run.stopped:
-        facts.append(("Stopped by", run.stopped))
+        facts.append(("Stopped", run.stopped))
     for label, value in facts:
         sheet.append([label, _text_cell(sheet, value) if isinstance(value, str) else value])
     sheet.append([])
