@@ -10,18 +10,32 @@ are exceptions from :mod:`bulklink.errors`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import shlex
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bulklink.assembly import Layout
 from bulklink.console import Console
 from bulklink.credentials import preflight
-from bulklink.errors import InputError, UsageError
-from bulklink.inputs import DUPLICATE, INVALID_REASONS, SEND, Plan, ReadOptions, Table, scan
+from bulklink.errors import BulklinkError, InputError, LockedError, UsageError
+from bulklink.inputs import (
+    ALREADY,
+    DUPLICATE,
+    INVALID_REASONS,
+    SEND,
+    Plan,
+    ReadOptions,
+    Table,
+    scan,
+)
+from bulklink.ledger import Ledger
 from bulklink.job import Job, execute, resolve_report
 from bulklink.lock import hold
 from bulklink.models import Pair, Summary
@@ -35,6 +49,7 @@ from bulklink.options import (
     StateOptions,
     job_args,
 )
+from bulklink.publish import publish
 from bulklink.readback import kept_rows, open_report
 from bulklink.safefile import create_temp
 from bulklink.store import RunRecord, Store
@@ -119,15 +134,20 @@ def run_job(
     if stdin and output is None:
         raise UsageError("reading from standard input ('-') needs -o/--output")
     report = resolve_report(None if stdin else Path(input), Path(output) if output else None)
-    job = _Prepared.build(report, f"bulklink run {input}", console, job_args(locals()))
-    with hold(report, job.command):
+    prepared = _Prepared.build(report, f"bulklink run {input}", console, job_args(locals()))
+
+    def work(ledger: Ledger) -> Summary:
         spool = _spool_stdin(report) if stdin else None
         try:
             table = Table(spool or Path(input), read)
-            return _execute(scan(table), Layout(passthrough=list(table.other_cols)), job)
+            plan = scan(table, linked_times=ledger.lookup)
+            layout = Layout(passthrough=list(table.other_cols))
+            return _execute(plan, layout, prepared, ledger, "run", str(input))
         finally:
             if spool is not None:
                 spool.unlink(missing_ok=True)
+
+    return _published(prepared, [report], work)
 
 
 def retry_job(
@@ -163,15 +183,109 @@ def retry_job(
     """Resend a report's ``failed`` and ``skipped`` rows; rewrite it (or ``output``) in place."""
     source = Path(report)
     target = resolve_report(None, Path(output) if output is not None else source)
-    job = _Prepared.build(target, f"bulklink retry {report}", console, job_args(locals()))
-    with contextlib.ExitStack() as locks:
-        # The report read is locked too: another run writing it, or another retry of it
-        # (even to a different -o), would send the same rows twice.
-        if source.resolve() != target.resolve():
-            locks.enter_context(hold(source, job.command))
-        locks.enter_context(hold(target, job.command))
+    prepared = _Prepared.build(target, f"bulklink retry {report}", console, job_args(locals()))
+
+    def work(ledger: Ledger) -> Summary:
         table, layout = open_report(source)
-        return _execute(scan(table, keep=kept_rows), layout, job)
+        plan = scan(table, keep=kept_rows, linked_times=ledger.lookup)
+        return _execute(plan, layout, prepared, ledger, "retry", str(report))
+
+    # The report read is locked too: another run writing it, or another retry of it
+    # (even to a different -o), would send the same rows twice.
+    same = source.resolve() == target.resolve()
+    return _published(prepared, [target] if same else [source, target], work)
+
+
+def _published(
+    prepared: _Prepared, locks: list[Path], work: Callable[[Ledger], Summary]
+) -> Summary:
+    """Run ``work`` holding the report locks and the state store, then publish its end.
+
+    The summary JSON, metrics and notice go out however the run ended, including input
+    errors (a bad nightly export needs a human). A run refused because another holds the
+    report publishes only a notice: the run at work owns the files and the history.
+    """
+    output, console = prepared.output, prepared.console
+    summary: Summary | None = None
+    with contextlib.ExitStack() as stack:
+        try:
+            for path in locks:
+                stack.enter_context(hold(path, prepared.command))
+        except LockedError as exc:
+            _publish_refusal(prepared, exc)
+            raise
+        ledger = Ledger.open(prepared.state, prepared.connection)
+        stack.callback(ledger.close)
+        previous = ledger.previous_run(output.report)
+        try:
+            summary = work(ledger)
+            return summary
+        except BulklinkError as exc:
+            summary = getattr(exc, "summary", None)
+            if summary is None:  # it never started: record and publish the refusal
+                summary = _refused(output.report, exc)
+                ledger.record_refusal(
+                    prepared.command.split()[1], report=output.report, job=output.job, summary=summary
+                )
+            raise
+        finally:
+            if summary is not None:
+                publish(
+                    output,
+                    summary,
+                    console,
+                    previous_exit_code=previous.exit_code if previous else None,
+                    last_success=ledger.last_success(output.job),
+                    redact=prepared.connection.auth.redact,
+                    allow_http=prepared.connection.allow_http,
+                )
+
+
+def _refused(report: Path, exc: BulklinkError) -> Summary:
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    return Summary(
+        report=str(report), started=now, finished=now, exit_code=exc.exit_code, stopped=str(exc)
+    )
+
+
+def _publish_refusal(prepared: _Prepared, exc: LockedError) -> None:
+    """Another run holds the report: a notice (a night overran), nothing else."""
+    if prepared.output.notify_url is None:
+        return
+    output = dataclasses.replace(prepared.output, summary_json=None, metrics_file=None)
+    publish(
+        output,
+        _refused(prepared.output.report, exc),
+        prepared.console,
+        previous_exit_code=None,
+        last_success=None,
+        redact=prepared.connection.auth.redact,
+        allow_http=prepared.connection.allow_http,
+    )
+
+
+#: Options whose value is a secret: the run history keeps the option, not the value.
+_SECRET_OPTIONS = ("--token", "--api-key", "--notify")
+
+
+def command_line(default: str) -> str:
+    """The command as typed when bulklink is the program (else ``default``), secrets out."""
+    argv = sys.argv
+    program = Path(argv[0]).name if argv else ""
+    if program not in ("bulklink", "__main__.py", "-m"):
+        return default
+    words: list[str] = ["bulklink"]
+    hide = False
+    for word in argv[1:]:
+        name = word.split("=", 1)[0]
+        if hide:
+            words.append("***")
+        elif name in _SECRET_OPTIONS and "=" in word:
+            words.append(f"{name}=***")
+        else:
+            words.append(word)
+        hide = not hide and word in _SECRET_OPTIONS
+    return shlex.join(words)
 
 
 def _delimiter(value: str | None) -> str | None:
@@ -190,9 +304,11 @@ class _Prepared:
     connection: Connection
     settings: RunSettings
     control: Control
+    state: StateOptions
     output: Output
     console: Console
     command: str
+    command_line: str  # for the run history: credentials and the webhook removed
 
     @classmethod
     def build(
@@ -208,13 +324,17 @@ class _Prepared:
             connection=connection,
             settings=RunSettings.build(options),
             control=Control.build(options),
+            state=StateOptions.build(options, sandbox=connection.sandbox),
             output=Output.build(report, options, allow_http=connection.allow_http),
             console=console,
             command=command,
+            command_line=connection.auth.redact(command_line(command)),
         )
 
 
-def _execute(plan: Plan, layout: Layout, prepared: _Prepared) -> Summary:
+def _execute(
+    plan: Plan, layout: Layout, prepared: _Prepared, ledger: Ledger, kind: str, input_name: str
+) -> Summary:
     settings, limit = prepared.settings, prepared.control.limit
     to_send = plan.to_send if limit is None else min(plan.to_send, limit)
     seconds = to_send / settings.rate if settings.rate > 0 else 0.0
@@ -222,6 +342,19 @@ def _execute(plan: Plan, layout: Layout, prepared: _Prepared) -> Summary:
     warning = preflight(connection.auth, seconds) if not connection.sandbox else ""
     if warning:
         prepared.console.info(warning)
+    already = plan.counts.get(ALREADY, 0)
+    if already:
+        prepared.console.info(
+            f"{already} pairs are already linked (state store {ledger.path}): not sending them"
+        )
+    ledger.begin(
+        kind,
+        report=prepared.output.report,
+        input=None if input_name == "-" else input_name,
+        input_hash=plan.table.digest or None,
+        job=prepared.output.job,
+        command_line=prepared.command_line,
+    )
     job = Job(
         plan=plan,
         layout=layout,
@@ -231,6 +364,8 @@ def _execute(plan: Plan, layout: Layout, prepared: _Prepared) -> Summary:
         output=prepared.output,
         console=prepared.console,
         command=prepared.command,
+        ledger=ledger,
+        input_name=input_name,
     )
     return execute(job)
 

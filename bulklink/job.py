@@ -30,8 +30,14 @@ from bulklink.journal import Journal, Scope, journal_path
 from bulklink.models import Outcome, Pair, Summary
 from bulklink.options import Connection, Control, Output, RunSettings
 from bulklink.report import open_writer
+<<<<<<< HEAD
+from bulklink.ledger import Ledger
 from bulklink.runner import CREDENTIALS_REJECTED, Runner
-from bulklink.safefile import create_temp
+from bulklink.xlsx import RunInfo
+=======
+from bulklink.runner import CREDENTIALS_REJECTED, Runner, RunSettings
+from bulklink.xlsx import RunInfo
+>>>>>>> wt-xlsx
 
 _T = TypeVar("_T")
 MAX_LEAD_ROWS = 200_000  # input rows read ahead of the report cursor before the feed waits
@@ -50,6 +56,8 @@ class Job:
     output: Output
     console: Console
     command: str
+    ledger: Ledger
+    input_name: str  # as the user named it ("-" for standard input)
 
     @property
     def report(self) -> Path:
@@ -77,18 +85,13 @@ def execute(job: Job) -> Summary:
     if note:
         job.console.info(note)
     writer = open_writer(job.report, job.layout.extra_fields, job.layout.passthrough)
-    assembler = Assembler(job.plan, job.layout, journal, writer)
+    assembler = Assembler(job.plan, job.layout, journal, writer, on_linked=job.ledger.add)
     try:
-        stop_reason, signum = _run_to_completion(lambda: _run(job, journal, assembler))
-        writer.commit()
+        stop_reason, signum, traffic = _run_to_completion(lambda: _run(job, journal, assembler))
     except BaseException:
         writer.discard()
         journal.close()
         raise
-    if stop_reason:
-        journal.close()  # kept: a rerun resumes from it
-    else:
-        journal.remove()
     summary = Summary(
         report=str(job.report),
         rows=job.plan.rows,
@@ -101,6 +104,8 @@ def execute(job: Job) -> Summary:
         elapsed=time.monotonic() - t0,
         exit_code=1 if assembler.unsuccessful else 0,
         stopped=stop_reason,
+        requests=traffic[0],
+        throttled=traffic[1],
     )
     error: BulklinkError | None = None
     if stop_reason == CREDENTIALS_REJECTED:
@@ -113,24 +118,21 @@ def execute(job: Job) -> Summary:
         error = Interrupted(f"interrupted by {signal.Signals(signum).name}", signum, summary)
     if error is not None:
         summary.exit_code = error.exit_code
-    if job.output.summary_json is not None:
-        write_summary_json(job.output.summary_json, summary)
+    try:  # the summary first: the xlsx report has a sheet for it
+        writer.commit(RunInfo.from_summary(summary, job.input_name))
+    except BaseException:
+        writer.discard()
+        journal.close()
+        raise
+    # Every linked pair is in the store before the journal that also holds it goes.
+    job.ledger.finish(summary.counts, summary.exit_code)
+    if stop_reason:
+        journal.close()  # kept: a rerun resumes from it
+    else:
+        journal.remove()
     if error is not None:
         raise error
     return summary
-
-
-def write_summary_json(path: Path, summary: Summary) -> None:
-    """Atomically, so a monitor polling the file never reads half of it; the temporary name
-    is unpredictable and the rename replaces a link at ``path`` rather than write through it."""
-    fd, tmp = create_temp(path, "tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(summary.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _run_to_completion(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
@@ -144,7 +146,9 @@ def _run_to_completion(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
         return pool.submit(lambda: asyncio.run(make())).result()
 
 
-async def _run(job: Job, journal: Journal, assembler: Assembler) -> tuple[str, int]:
+async def _run(
+    job: Job, journal: Journal, assembler: Assembler
+) -> tuple[str, int, tuple[int, int]]:
     console = job.console
     to_send = journal.pending(job.plan.codes == SEND)
     if job.limit is not None:
@@ -197,7 +201,8 @@ async def _run(job: Job, journal: Journal, assembler: Assembler) -> tuple[str, i
         assembler.finish()
         journal.sync()
         console.finish_progress(assembler.done_this_run)
-        return runner.stop_reason, signum
+        traffic = (runner.pacer.requests, runner.pacer.throttled)
+        return runner.stop_reason, signum, traffic
 
 
 def _install_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[int], None]) -> list[int]:
@@ -213,12 +218,15 @@ def _install_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[int], N
 async def _tick(
     job: Job, journal: Journal, assembler: Assembler, runner: Runner, total: int
 ) -> None:
-    """Twice a second: progress; once a second: fsync the journal (off the event loop)."""
+    """Twice a second: progress and the store's batch; once a second: fsync the journal
+    (both off the event loop)."""
     job.console.start_progress(total)
     last_sync = time.monotonic()
     while True:
         await asyncio.sleep(0.5)
         job.console.progress(assembler.done_this_run, runner.in_flight)
+        if job.ledger.active:
+            await asyncio.to_thread(job.ledger.flush)
         if time.monotonic() - last_sync >= 1.0 and journal.dirty:
             journal.dirty = False
             last_sync = time.monotonic()

@@ -14,10 +14,11 @@ and records them then.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from bulklink.models import Summary
 from bulklink.options import Connection, StateOptions
 from bulklink.store import RunRecord, Scope, Store
 
@@ -55,11 +56,23 @@ class Ledger:
     def path(self) -> Path | None:
         return self._store.path if self._store is not None else None
 
-    def linked_times(self, source: Sequence[str], linked: Sequence[str]) -> list[str | None]:
-        """When each pair was linked in this scope (None: never, or ``--relink``)."""
-        if self._store is None or self.relink:
-            return [None] * len(source)
+    @property
+    def lookup(self) -> Callable[[list[str], list[str]], list[str | None]] | None:
+        """What the input scan asks about each valid pair; None: send them all."""
+        return None if self._store is None or self.relink else self._linked_times
+
+    def _linked_times(self, source: list[str], linked: list[str]) -> list[str | None]:
+        assert self._store is not None
         return self._store.linked_times(self.scope, zip(source, linked, strict=True))
+
+    def record_refusal(self, command: str, *, report: Path, job: str, summary: Summary) -> None:
+        """A run that never started (bad input, bad options): in the history all the same,
+        so the next good night is a recovery."""
+        if self._store is not None:
+            self.begin(
+                command, report=report, input=None, input_hash=None, job=job, command_line=""
+            )
+            self.finish(summary.counts, summary.exit_code)
 
     def previous_run(self, report: Path) -> RunRecord | None:
         """The last finished run on this report, for recovery notices (before :meth:`begin`)."""

@@ -161,6 +161,8 @@ class Summary:
     elapsed: float = 0.0
     exit_code: int = 0
     stopped: str = ""
+    requests: int = 0  # answers the API gave this run, retries included
+    throttled: int = 0  # of which 429
 
     @property
     def all_linked(self) -> bool:
@@ -182,6 +184,8 @@ class Summary:
             "elapsed_seconds": round(self.elapsed, 3),
             "exit_code": self.exit_code,
             "stopped": self.stopped,
+            "requests": self.requests,
+            "throttled": self.throttled,
         }
 
 

@@ -22,13 +22,16 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from bulklink.errors import UsageError
 from bulklink.models import RESULT_COLUMNS, TICKET_COLUMNS, TICKET_FIELDS, Outcome, ReportRow
 from bulklink.safefile import create_temp, open_fixed
+
+if TYPE_CHECKING:
+    from bulklink.xlsx import RunInfo
 
 FORMATS = (".csv", ".xlsx", ".jsonl")
 _RISKY = re.compile(r"'*[=+\-@\t\r]")
@@ -128,7 +131,8 @@ class ReportWriter:
     ) -> None:
         raise NotImplementedError
 
-    def commit(self) -> None:
+    def commit(self, run: RunInfo | None = None) -> None:
+        """Install the finished report; ``run`` is what the xlsx Summary sheet tells of the run."""
         raise NotImplementedError
 
     def discard(self) -> None:
@@ -213,7 +217,7 @@ class CsvWriter(ReportWriter):
             self._spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 - closed by commit/discard
         self._spool.write(f"{self.rows}\t{json.dumps(extras)}\n")
 
-    def commit(self) -> None:
+    def commit(self, run: RunInfo | None = None) -> None:
         self._fh.close()
         if self._spool is not None:
             self._merge_extras()
@@ -281,7 +285,7 @@ class JsonlWriter(ReportWriter):
         self._fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
         self.rows += 1
 
-    def commit(self) -> None:
+    def commit(self, run: RunInfo | None = None) -> None:
         self._fh.close()
         self._install(self.tmp)
 
@@ -308,36 +312,22 @@ class XlsxWriter(ReportWriter):
         self._spool.write(json.dumps([list(head), list(ticket), extras, list(others)]) + "\n")
         self.rows += 1
 
-    def commit(self) -> None:
-        from openpyxl import Workbook
-        from openpyxl.cell import WriteOnlyCell
-        from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+    def commit(self, run: RunInfo | None = None) -> None:
+        from bulklink.xlsx import write_workbook
 
-        assert self._spool is not None
+        spool = self._spool
+        assert spool is not None
         names = [*self.extra_fields, *self._new_extras]
-        workbook = Workbook(write_only=True)
-        sheet = workbook.create_sheet("report")
-        sheet.append(self.columns(list(self._new_extras)))
 
-        def cell(value: Any) -> Any:
-            if value is None or isinstance(value, bool | int | float):
-                return value
-            text = value if isinstance(value, str) else text_cell(value)
-            # XML cannot hold C0 controls (an ID refused for one is still reported): each
-            # is shown as its Unicode control picture, NUL as U+2400, ESC as U+241B.
-            text = ILLEGAL_CHARACTERS_RE.sub(lambda m: chr(0x2400 + ord(m.group())), text)
-            c = WriteOnlyCell(sheet, value=text)
-            c.data_type = "s"  # text, never a formula
-            return c
+        def rows() -> Iterator[list[Any]]:
+            spool.seek(0)
+            for line in spool:
+                head, ticket, extras, others = json.loads(line)
+                known = extras or {}
+                yield [*head, *ticket, *(known.get(k) for k in names), *others]
 
-        self._spool.seek(0)
-        for line in self._spool:
-            head, ticket, extras, others = json.loads(line)
-            known = extras or {}
-            row = [*head, *ticket, *(known.get(k) for k in names), *others]
-            sheet.append([cell(v) for v in row])
         with os.fdopen(self._take_tmp_fd(), "wb") as fh:
-            workbook.save(fh)
+            write_workbook(fh, self.columns(list(self._new_extras)), rows, run)
         self.close()
         self._install(self.tmp)
 

@@ -111,6 +111,8 @@ def _read(
     pick: Callable[[list[str], str, str], Sequence[int]],
     report: bool,
 ) -> Sheet:
+    if wanted is None and report and "report" in book.sheetnames:
+        wanted = "report"  # the rows sheet, even if someone moved Summary first
     name, hint = _choose(book, path, wanted)
     sheet = book[name]
     sheet.reset_dimensions()  # a wrong <dimension> in the file must not cut rows off
