@@ -18,6 +18,7 @@ Interface (all times are UTC text made by :func:`utc_stamp`, ``2026-11-26T03:00:
         store.finish_run(run, counts={"linked": 3}, exit_code=0)
         store.runs(limit=20); store.last_run(report); store.last_finished_run(report)
         store.last_success(job)                       # datetime of the last exit-0 run
+        store.count_linked(scope)
     Store.open_existing(path)                         # None when there is no store yet
 
 Every failure (a symlink at the path or at a ``-wal``/``-shm``/``-journal`` side file, a
@@ -28,37 +29,49 @@ The path is checked with ``O_NOFOLLOW`` before SQLite opens it; SQLite itself op
 by name, so keep the store's folder writable only by its owner (the default folder is
 created 0700).
 
-README section (the lead copies it)
------------------------------------
+README section (Markdown, to copy as it is)
+------------------------------------------
 
-The state store is one SQLite file, by default ``$XDG_STATE_HOME/bulklink/state.sqlite3``
-(``~/.local/state/bulklink/state.sqlite3`` when ``XDG_STATE_HOME`` is unset; the platform's
-state folder on macOS and Windows). It is created mode 0600 in a folder created 0700. The
-``sqlite3`` shell can read it while runs are going on. Its tables:
+### The state store
 
-``scopes``: where a link was made. A pair linked in one scope never counts for another.
-    ``id``; ``base_url`` (lower-case scheme and host, no trailing ``/``; ``sandbox:`` for
-    the simulator); ``org_id`` (empty when none was given).
-``linked_pairs``: one row per pair the API linked (2xx with ``"status": true``).
-    ``scope_id``; ``source``, ``linked`` (the IDs as sent); ``linked_at`` (UTC,
-    ``YYYY-MM-DDTHH:MM:SSZ``, the latest time the API linked it: ``--relink`` updates it);
-    ``run_id`` (the run that linked it, a ``runs.id``).
-``runs``: one row per ``run`` and ``retry``.
-    ``id``; ``command`` (``run`` or ``retry``); ``started``, ``finished`` (UTC as above;
-    ``finished`` is empty for a run that was killed); ``input`` and ``input_hash`` (the
-    input file and a SHA-256 of its content); ``report``; ``job`` (the job name);
-    ``scope_id``; ``counts`` (JSON: outcome -> rows); ``exit_code``; ``command_line``
-    (with credentials removed).
+The state store is one SQLite file, by default `$XDG_STATE_HOME/bulklink/state.sqlite3`
+(`~/.local/state/bulklink/state.sqlite3` when `XDG_STATE_HOME` is unset; the platform's
+state folder on macOS and Windows). It is created mode 0600, in a folder created 0700 when
+missing. The `sqlite3` shell can read it while runs are going on. All times are UTC,
+`YYYY-MM-DDTHH:MM:SSZ`.
 
-When was this pair linked, and by which run::
+| column | meaning |
+|---|---|
+| **`scopes`** | one row per server and organisation |
+| `id` | the scope |
+| `base_url` | lower-case scheme and host, no trailing `/`; `sandbox:` for the simulator |
+| `org_id` | the organisation ID (empty when none was given) |
+| **`linked_pairs`** | one row per pair the API linked (2xx, `"status": true`), per scope |
+| `scope_id` | a `scopes.id` |
+| `source`, `linked` | the ticket IDs as sent |
+| `linked_at` | the latest time the API linked the pair (`--relink` updates it) |
+| `run_id` | the `runs.id` of the run that linked it |
+| **`runs`** | one row per `run` or `retry` |
+| `id`, `command` | the run, and `run` or `retry` |
+| `started`, `finished` | `finished` is empty for a run that was killed |
+| `input`, `input_hash` | the input file and the SHA-256 of its content |
+| `report`, `job` | the report path and the job name |
+| `scope_id` | a `scopes.id` |
+| `counts`, `exit_code` | JSON (outcome to rows) and the exit code |
+| `command_line` | the command, credentials removed |
 
-    sqlite3 ~/.local/state/bulklink/state.sqlite3 "
-      SELECT p.linked_at, p.run_id, r.started, r.report, r.command_line, s.base_url, s.org_id
-      FROM linked_pairs p
-      JOIN scopes s ON s.id = p.scope_id
-      LEFT JOIN runs r ON r.id = p.run_id
-      WHERE p.source = 'CT4NVX0K10YJQ3X0185THN9R6H9M3'
-        AND p.linked = 'CT4NVX0K10YJQ3X0185THN9R6H9M4'"
+A pair linked in one scope never counts for another. When was this pair linked, and by
+which run:
+
+```sh
+sqlite3 ~/.local/state/bulklink/state.sqlite3 "
+  SELECT p.linked_at, p.run_id, r.started, r.report, r.command_line, s.base_url, s.org_id
+  FROM linked_pairs p
+  JOIN scopes s ON s.id = p.scope_id
+  LEFT JOIN runs r ON r.id = p.run_id
+  WHERE p.source = 'CT4NVX0K10YJQ3X0185THN9R6H9M3'
+    AND p.linked = 'CT4NVX0K10YJQ3X0185THN9R6H9M4'"
+```
 
 The file identifies itself with ``PRAGMA application_id`` (0x626C6E6B, "blnk") and
 versions its schema with ``PRAGMA user_version`` (1). It takes about 100 bytes a pair.
@@ -557,7 +570,7 @@ class Store:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise StoreError(
                     f"the state store {self.path} stayed locked by another process "
-                    f"past the busy timeout"
+                    "past the busy timeout"
                 ) from None
             raise StoreError(f"the state store {self.path} cannot be used: {exc}") from None
         except sqlite3.DatabaseError as exc:
