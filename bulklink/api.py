@@ -35,8 +35,8 @@ from bulklink.inputs import (
     Table,
     scan,
 )
-from bulklink.ledger import Ledger
 from bulklink.job import Job, execute, resolve_report
+from bulklink.ledger import Ledger
 from bulklink.lock import hold
 from bulklink.models import Pair, Summary
 from bulklink.options import (
@@ -225,7 +225,10 @@ def _published(
             if summary is None:  # it never started: record and publish the refusal
                 summary = _refused(output.report, exc)
                 ledger.record_refusal(
-                    prepared.command.split()[1], report=output.report, job=output.job, summary=summary
+                    prepared.command.split()[1],
+                    report=output.report,
+                    job=output.job,
+                    summary=summary,
                 )
             raise
         finally:

@@ -658,13 +658,11 @@ def _known_links(
     import pandas as pd
 
     positions = valid.tolist()
-    times = linked_times(
-        [chunk.source[i] for i in positions], [chunk.linked[i] for i in positions]
-    )
+    times = linked_times([chunk.source[i] for i in positions], [chunk.linked[i] for i in positions])
     hits = [n for n, t in enumerate(times) if t is not None]
     if not hits:
         return None
-    stamps = pd.to_datetime([times[n] for n in hits], utc=True, format="ISO8601")
+    found = [t for t in times if t is not None]
+    stamps = pd.to_datetime(found, utc=True, format="ISO8601")
     seconds = np.asarray(stamps.asi8 // 1_000_000_000, dtype=np.int64)
     return valid[hits] + chunk.start, np.maximum(seconds, 1)
-

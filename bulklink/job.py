@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import os
 import signal
 import threading
@@ -27,17 +26,12 @@ from bulklink.console import Console
 from bulklink.errors import BulklinkError, CredentialsRejected, Interrupted, UsageError
 from bulklink.inputs import SEND, Chunk, Plan
 from bulklink.journal import Journal, Scope, journal_path
+from bulklink.ledger import Ledger
 from bulklink.models import Outcome, Pair, Summary
 from bulklink.options import Connection, Control, Output, RunSettings
 from bulklink.report import open_writer
-<<<<<<< HEAD
-from bulklink.ledger import Ledger
 from bulklink.runner import CREDENTIALS_REJECTED, Runner
 from bulklink.xlsx import RunInfo
-=======
-from bulklink.runner import CREDENTIALS_REJECTED, Runner, RunSettings
-from bulklink.xlsx import RunInfo
->>>>>>> wt-xlsx
 
 _T = TypeVar("_T")
 MAX_LEAD_ROWS = 200_000  # input rows read ahead of the report cursor before the feed waits
