@@ -36,7 +36,7 @@ from bulklink.inputs import (
     scan,
 )
 from bulklink.job import Job, execute, resolve_report
-from bulklink.ledger import Ledger
+from bulklink.ledger import Ledger, scope_for
 from bulklink.lock import hold
 from bulklink.models import Pair, Summary
 from bulklink.options import (
@@ -388,6 +388,11 @@ def dry_run(
     input: str | Path,
     *,
     base_url: str | None = None,
+    org_id: str | None = None,
+    sandbox: bool = False,
+    state: str | Path | None = None,
+    no_state: bool = False,
+    relink: bool = False,
     source_col: str | None = None,
     linked_col: str | None = None,
     sheet: str | None = None,
@@ -395,20 +400,37 @@ def dry_run(
     delimiter: str | None = None,
     limit: int | None = None,
 ) -> DryRun:
-    """Read and validate ``input`` and say what a run would send; touches nothing."""
+    """Read and validate ``input`` and say what a run would send; sends and writes nothing.
+
+    With a state store (as a run would use it), pairs it holds as linked in the run's
+    scope are counted as ``already linked``; the store is only read, never created.
+    """
     read = ReadOptions(source_col, linked_col, sheet, encoding, _delimiter(delimiter))
-    if str(input) == "-":
-        with tempfile.TemporaryDirectory() as tmp:
-            spool = _spool_stdin(Path(tmp) / "stdin")
-            return _describe(scan(Table(spool, read)), "-", base_url, limit)
-    return _describe(scan(Table(Path(input), read)), str(input), base_url, limit)
+    options = StateOptions.build(
+        {"state": state, "no_state": no_state, "relink": relink}, sandbox=sandbox
+    )
+    url = base_url or os.environ.get("THENA_BASE_URL", "").strip() or DEFAULT_BASE_URL
+    org = org_id or os.environ.get("THENA_ORG_ID", "").strip()
+    with contextlib.ExitStack() as stack:
+        store = Store.open_existing(options.path) if options.path is not None else None
+        if store is not None:
+            stack.enter_context(store)
+        ledger = Ledger(store, scope_for(url, org, sandbox=sandbox), relink=options.relink)
+        if str(input) == "-":
+            tmp = stack.enter_context(tempfile.TemporaryDirectory())
+            path, name = _spool_stdin(Path(tmp) / "stdin"), "-"
+        else:
+            path, name = Path(input), str(input)
+        plan = scan(Table(path, read), linked_times=ledger.lookup)
+        return _describe(plan, name, "<sandbox>" if sandbox else url, limit)
 
 
-def _describe(plan: Plan, name: str, base_url: str | None, limit: int | None) -> DryRun:
+def _describe(plan: Plan, name: str, url: str, limit: int | None) -> DryRun:
     counts = {
         "send": plan.counts.get(SEND, 0),
         "invalid": sum(plan.counts.get(code, 0) for code in INVALID_REASONS),
         "duplicate": plan.counts.get(DUPLICATE, 0),
+        "already linked": plan.counts.get(ALREADY, 0),
     }
     if limit is not None and counts["send"] > limit:
         counts["send"] = limit
@@ -419,5 +441,5 @@ def _describe(plan: Plan, name: str, base_url: str | None, limit: int | None) ->
         counts,
         plan.invalid_examples[:20],
         plan.send_examples,
-        (base_url or os.environ.get("THENA_BASE_URL", "").strip() or DEFAULT_BASE_URL).rstrip("/"),
+        url.rstrip("/"),
     )

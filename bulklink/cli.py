@@ -365,7 +365,9 @@ def run(
             for k in ("source_col", "linked_col", "sheet", "encoding", "delimiter", "limit")
         }
         try:
-            info = plan(input, base_url=options["base_url"], **read)
+            scope = {k: options[k] for k in ("base_url", "org_id", "sandbox")}
+            state = {k: options[k] for k in ("state", "no_state", "relink")}
+            info = plan(input, **scope, **state, **read)
         except BulklinkError as exc:
             _fail(str(exc), exc.exit_code)
         _print_dry_run(info)
@@ -391,6 +393,11 @@ def _print_dry_run(info: Any) -> None:
     click.echo(
         f"{info.input}: {info.rows} rows: would send {info.counts['send']}, "
         f"invalid {info.counts['invalid']}, duplicate {info.counts['duplicate']}"
+        + (
+            f", skipped as already linked {info.counts['already linked']}"
+            if info.counts["already linked"]
+            else ""
+        )
         + (f", skipped by --limit {held}" if held else "")
         + " (nothing sent)"
     )

@@ -664,5 +664,5 @@ def _known_links(
         return None
     found = [t for t in times if t is not None]
     stamps = pd.to_datetime(found, utc=True, format="ISO8601")
-    seconds = np.asarray(stamps.asi8 // 1_000_000_000, dtype=np.int64)
+    seconds = np.asarray(stamps.as_unit("s").asi8, dtype=np.int64)
     return valid[hits] + chunk.start, np.maximum(seconds, 1)

@@ -27,8 +27,14 @@ SANDBOX_SCOPE = "sandbox:"
 
 def scope_of(connection: Connection) -> Scope:
     """Links count per (base URL, org); the simulator is a scope of its own."""
-    base = SANDBOX_SCOPE if connection.sandbox else connection.base_url
-    return Scope(base, connection.auth.org_id or "")
+    return scope_for(connection.base_url, connection.auth.org_id, sandbox=connection.sandbox)
+
+
+def scope_for(base_url: str, org_id: str | None, *, sandbox: bool) -> Scope:
+    """The simulator is one scope whatever org it is told: it checks none."""
+    if sandbox:
+        return Scope(SANDBOX_SCOPE, "")
+    return Scope(base_url, org_id or "")
 
 
 class Ledger:

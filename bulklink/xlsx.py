@@ -81,7 +81,9 @@ class _Tally:
 def write_workbook(
     target: Path | BinaryIO, columns: Sequence[str], rows: Rows, run: RunInfo | None
 ) -> None:
-    """Write the report workbook to ``target`` (a path or an open binary file); ``rows()`` is called twice (widths, then cells).
+    """Write the report workbook to ``target`` (a path or an open binary file).
+
+    ``rows()`` is called twice (widths, then cells).
 
     Cells are ``None``, ``bool``, ``int``, ``float``, ``str`` or JSON lists and objects
     (written as JSON text); ``success`` may be the text ``true``/``false``.
