@@ -563,73 +563,17 @@ def scan(table: Table, keep: Any = None, linked_times: LinkedTimes | None = None
     ``ALREADY`` (not sent) and its repeats are its duplicates.
     """
     import numpy as np
-    import pandas as pd
 
-    code_parts: list[np.ndarray[Any, Any]] = []
-    hashes: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
-    invalid_examples: list[tuple[int, str]] = []
-    send_examples: list[Pair] = []
-    linked_parts: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
+    found = _Scan()
     for chunk in table.chunks():
-        src = np.asarray(chunk.source, dtype=object)
-        dst = np.asarray(chunk.linked, dtype=object)
-        blank_s = src == ""
-        blank_d = dst == ""
-        codes = np.full(len(src), SEND, dtype=np.uint8)
-        codes[src == dst] = SELF_LINK
-        codes[blank_s] = BLANK_SOURCE
-        codes[blank_d] = BLANK_LINKED
-        codes[blank_s & blank_d] = BLANK_BOTH
-        # Later checks win: an Excel error or a cut number says more than "blank" or a
-        # self-link (two failed VLOOKUPs are both #N/A), and the source speaks first.
-        codes[unsafe_rows(chunk.linked)] = CONTROL_LINKED
-        codes[unsafe_rows(chunk.source)] = CONTROL_SOURCE
-        codes[excel_error_rows(chunk.linked)] = EXCEL_ERROR_LINKED
-        codes[excel_error_rows(chunk.source)] = EXCEL_ERROR_SOURCE
-        lost_s, lost_d = table.lost_digits(chunk.start, chunk.start + len(chunk))
-        if lost_d is not None:
-            codes[lost_d] = LOST_DIGITS_LINKED
-        if lost_s is not None:
-            codes[lost_s] = LOST_DIGITS_SOURCE
-        if keep is not None:
-            codes[np.asarray(keep(chunk), dtype=bool)] = KEEP
-        valid = np.flatnonzero(codes == SEND)
-        if len(valid):
-            joined = src[valid] + "\0" + dst[valid]
-            h1 = pd.util.hash_array(joined, hash_key=_HASH_KEYS[0], categorize=False)
-            h2 = pd.util.hash_array(joined, hash_key=_HASH_KEYS[1], categorize=False)
-            hashes.append((h1, h2, valid + chunk.start))
-            if linked_times is not None:
-                known = _known_links(linked_times, chunk, valid)
-                if known is not None:
-                    linked_parts.append(known)
-        if len(invalid_examples) < 20:
-            for i in np.flatnonzero((codes != SEND) & (codes != KEEP))[:20]:
-                reason = invalid_text(int(codes[i]), chunk.source[i], chunk.linked[i])
-                invalid_examples.append((chunk.start + int(i) + 1, reason))
-            del invalid_examples[20:]
-        for i in valid[: max(0, 5 - len(send_examples))]:
-            send_examples.append(Pair(chunk.start + int(i) + 1, chunk.source[i], chunk.linked[i]))
-        code_parts.append(codes)
-    all_codes = np.concatenate(code_parts) if code_parts else np.zeros(0, dtype=np.uint8)
-    first_of = np.full(len(all_codes), -1, dtype=np.int64)
-    if hashes:
-        h1 = np.concatenate([h[0] for h in hashes])
-        h2 = np.concatenate([h[1] for h in hashes])
-        idx = np.concatenate([h[2] for h in hashes])
-        order = np.lexsort((idx, h2, h1))
-        h1, h2, idx = h1[order], h2[order], idx[order]
-        same = np.empty(len(idx), dtype=bool)
-        same[0] = False
-        same[1:] = (h1[1:] == h1[:-1]) & (h2[1:] == h2[:-1])
-        group_start = np.maximum.accumulate(np.where(same, 0, np.arange(len(idx))))
-        dups = idx[same]
-        first_of[dups] = idx[group_start[same]]
-        all_codes[dups] = DUPLICATE
+        codes = _row_codes(table, chunk, keep)
+        found.add(chunk, codes, linked_times)
+    all_codes = np.concatenate(found.codes) if found.codes else np.zeros(0, dtype=np.uint8)
+    first_of = _mark_duplicates(all_codes, found.hashes)
     linked_at = None
-    if linked_parts:
+    if found.linked:
         linked_at = np.zeros(len(all_codes), dtype=np.int64)
-        for rows, stamps in linked_parts:
+        for rows, stamps in found.linked:
             linked_at[rows] = stamps
         all_codes[(all_codes == SEND) & (linked_at > 0)] = ALREADY
     counts = {
@@ -637,17 +581,109 @@ def scan(table: Table, keep: Any = None, linked_times: LinkedTimes | None = None
     }
     # Duplicates of an invalid example are impossible (only SEND rows are hashed), but an
     # example row may have turned out to be a duplicate: keep only real first sends.
-    send_examples = [p for p in send_examples if all_codes[p.row - 1] == SEND]
+    send_examples = [p for p in found.send_examples if all_codes[p.row - 1] == SEND]
     return Plan(
         table,
         len(all_codes),
         all_codes,
         first_of,
         counts,
-        invalid_examples,
+        found.invalid_examples,
         send_examples,
         linked_at,
     )
+
+
+def _row_codes(table: Table, chunk: Chunk, keep: Any) -> np.ndarray[Any, Any]:
+    """Each row's code: sendable, or why not (later checks win)."""
+    import numpy as np
+
+    src = np.asarray(chunk.source, dtype=object)
+    dst = np.asarray(chunk.linked, dtype=object)
+    blank_s = src == ""
+    blank_d = dst == ""
+    codes = np.full(len(src), SEND, dtype=np.uint8)
+    codes[src == dst] = SELF_LINK
+    codes[blank_s] = BLANK_SOURCE
+    codes[blank_d] = BLANK_LINKED
+    codes[blank_s & blank_d] = BLANK_BOTH
+    # Later checks win: an Excel error or a cut number says more than "blank" or a
+    # self-link (two failed VLOOKUPs are both #N/A), and the source speaks first.
+    codes[unsafe_rows(chunk.linked)] = CONTROL_LINKED
+    codes[unsafe_rows(chunk.source)] = CONTROL_SOURCE
+    codes[excel_error_rows(chunk.linked)] = EXCEL_ERROR_LINKED
+    codes[excel_error_rows(chunk.source)] = EXCEL_ERROR_SOURCE
+    lost_s, lost_d = table.lost_digits(chunk.start, chunk.start + len(chunk))
+    if lost_d is not None:
+        codes[lost_d] = LOST_DIGITS_LINKED
+    if lost_s is not None:
+        codes[lost_s] = LOST_DIGITS_SOURCE
+    if keep is not None:
+        codes[np.asarray(keep(chunk), dtype=bool)] = KEEP
+    return codes
+
+
+_Hashes = tuple["np.ndarray[Any, Any]", "np.ndarray[Any, Any]", "np.ndarray[Any, Any]"]
+
+
+@dataclass(slots=True)
+class _Scan:
+    """What the pass over the chunks gathers: codes, pair hashes, examples, known links."""
+
+    codes: list[np.ndarray[Any, Any]] = field(default_factory=list)
+    hashes: list[_Hashes] = field(default_factory=list)
+    linked: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = field(default_factory=list)
+    invalid_examples: list[tuple[int, str]] = field(default_factory=list)
+    send_examples: list[Pair] = field(default_factory=list)
+
+    def add(
+        self, chunk: Chunk, codes: np.ndarray[Any, Any], linked_times: LinkedTimes | None
+    ) -> None:
+        import numpy as np
+        import pandas as pd
+
+        valid = np.flatnonzero(codes == SEND)
+        if len(valid):
+            src = np.asarray(chunk.source, dtype=object)[valid]
+            joined = src + "\0" + np.asarray(chunk.linked, dtype=object)[valid]
+            h1 = pd.util.hash_array(joined, hash_key=_HASH_KEYS[0], categorize=False)
+            h2 = pd.util.hash_array(joined, hash_key=_HASH_KEYS[1], categorize=False)
+            self.hashes.append((h1, h2, valid + chunk.start))
+            if linked_times is not None:
+                known = _known_links(linked_times, chunk, valid)
+                if known is not None:
+                    self.linked.append(known)
+        if len(self.invalid_examples) < 20:
+            for i in np.flatnonzero((codes != SEND) & (codes != KEEP))[:20]:
+                reason = invalid_text(int(codes[i]), chunk.source[i], chunk.linked[i])
+                self.invalid_examples.append((chunk.start + int(i) + 1, reason))
+            del self.invalid_examples[20:]
+        for i in valid[: max(0, 5 - len(self.send_examples))]:
+            pair = Pair(chunk.start + int(i) + 1, chunk.source[i], chunk.linked[i])
+            self.send_examples.append(pair)
+        self.codes.append(codes)
+
+
+def _mark_duplicates(codes: np.ndarray[Any, Any], hashes: list[_Hashes]) -> np.ndarray[Any, Any]:
+    """Later repeats of a pair become ``DUPLICATE``; returns each row's first (or -1)."""
+    import numpy as np
+
+    first_of = np.full(len(codes), -1, dtype=np.int64)
+    if not hashes:
+        return first_of
+    h1 = np.concatenate([h[0] for h in hashes])
+    h2 = np.concatenate([h[1] for h in hashes])
+    idx = np.concatenate([h[2] for h in hashes])
+    order = np.lexsort((idx, h2, h1))
+    h1, h2, idx = h1[order], h2[order], idx[order]
+    same = np.empty(len(idx), dtype=bool)
+    same[0] = False
+    same[1:] = (h1[1:] == h1[:-1]) & (h2[1:] == h2[:-1])
+    group_start = np.maximum.accumulate(np.where(same, 0, np.arange(len(idx))))
+    dups = idx[same]
+    first_of[dups] = idx[group_start[same]]
+    codes[dups] = DUPLICATE
+    return first_of
 
 
 def _known_links(

@@ -30,11 +30,12 @@ MIN_WIDTH, MAX_WIDTH = 8, 60
 _FILTER_BUTTON = 2  # the header's dropdown arrow covers about two characters
 #: Bar colours per outcome, so the night's state shows before a number is read.
 _COLOURS = {
-    "linked": "4CAF50",
-    "failed": "E53935",
-    "invalid": "FB8C00",
-    "duplicate": "9E9E9E",
-    "skipped": "1E88E5",
+    Outcome.LINKED: "4CAF50",
+    Outcome.FAILED: "E53935",
+    Outcome.INVALID: "FB8C00",
+    Outcome.DUPLICATE: "9E9E9E",
+    Outcome.SKIPPED: "1E88E5",
+    Outcome.ALREADY_LINKED: "81C784",
 }
 
 Rows = Callable[[], Iterable[Sequence[Any]]]
