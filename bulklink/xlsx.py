@@ -279,6 +279,6 @@ def _write_summary_sheet(sheet: _Sheet, tally: _Tally, run: RunInfo) -> None:
     series = chart.series[0]
     for index, outcome in enumerate(outcomes):
         point = DataPoint(idx=index)
-        point.graphicalProperties.solidFill = _COLOURS[outcome]
+        point.graphicalProperties.solidFill = _COLOURS[Outcome(outcome)]
         series.dPt.append(point)
     sheet.add_chart(chart, "E2")
