@@ -415,7 +415,9 @@ def dry_run(
         store = Store.open_existing(options.path) if options.path is not None else None
         if store is not None:
             stack.enter_context(store)
-        ledger = Ledger(store, scope_for(url, org, sandbox=sandbox), relink=options.relink)
+        key = os.environ.get("THENA_API_KEY", "").strip() or None
+        scope = scope_for(url, org, sandbox=sandbox, api_key=key)
+        ledger = Ledger(store, scope, relink=options.relink)
         if str(input) == "-":
             tmp = stack.enter_context(tempfile.TemporaryDirectory())
             path, name = _spool_stdin(Path(tmp) / "stdin"), "-"

@@ -18,9 +18,19 @@ ORG = "org_test"
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("THENA_TOKEN", "THENA_API_KEY", "THENA_ORG_ID", "THENA_BASE_URL"):
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No credentials from the developer's shell, and a state store of the test's own:
+    never the user's (subprocesses inherit this environment too)."""
+    for name in (
+        "THENA_TOKEN",
+        "THENA_API_KEY",
+        "THENA_ORG_ID",
+        "THENA_BASE_URL",
+        "BULKLINK_STATE",
+        "BULKLINK_NOTIFY_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state")))
 
 
 @pytest.fixture

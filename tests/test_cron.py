@@ -433,11 +433,12 @@ def test_second_run_refuses_fast_names_the_holder_and_changes_nothing(
     report = tmp_path / "in.results.csv"
     assert run_against(server, "run", src, "--rate", "0", *FAST).exit_code == 0
 
-    # The holder: every request hangs 5 s; its token is given on the command line.
+    # The holder: every request hangs 5 s; its token is given on the command line. It
+    # relinks: the store knows every pair from the run above.
     for source, _ in input_pairs(n):
         server.config.script[source] = [Reply(delay=5)]
     first = spawn(server, "run", src, "--rate", "0", "--concurrency", "4", "--token", TOKEN,
-                  token=False)  # fmt: skip
+                  "--relink", token=False)  # fmt: skip
     with first:
         lock = lock_of(report)
         wait_until(lambda: len(server.requests) >= n + 4, "the holder's requests")
@@ -472,7 +473,8 @@ def test_second_run_refuses_fast_names_the_holder_and_changes_nothing(
     assert result.exit_code == 0, result.stderr
     rows = read_report(report)
     assert_rows_once(rows, input_pairs(n))
-    assert {r["outcome"] for r in rows} == {"linked"}
+    # Linked by the first run and known to the store: not sent again.
+    assert {r["outcome"] for r in rows} == {"already-linked"}
 
 
 def test_junk_lock_file_held_by_nobody_does_not_block(tmp_path: Path, sandbox: Sandbox) -> None:
@@ -539,6 +541,7 @@ def test_token_absent_from_everything_in_failing_runs(
     log, summary = tmp_path / "run.log", tmp_path / "summary.json"
     report = tmp_path / f"a{fmt}"
     common = ("--log-file", log, "--summary-json", summary, "--max-retries", "1", *FAST)
+    common += ("--no-state",)  # each run below sends the same pairs again
 
     failing = run_against(server, "run", src, "-o", report, *common)
     assert failing.exit_code == 1, failing.stderr
@@ -625,8 +628,8 @@ def test_formula_text_neutralised_and_retry_round_trips_ids(
     ids = [r["ticket.id"] for r in rows]
     assert ids == ["FORMULA1", "FORMULA2", "'-00123", "'@abc", "'=1+2", "'+44", "''@q"]
 
-    xlsx = tmp_path / "report.xlsx"
-    assert run_against(server, "run", src, "-o", xlsx, *FAST).exit_code == 0
+    xlsx = tmp_path / "report.xlsx"  # the same pairs again: not skipped as linked
+    assert run_against(server, "run", src, "-o", xlsx, "--no-state", *FAST).exit_code == 0
     wb = load_workbook(xlsx)
     try:
         sheet = wb.worksheets[0]

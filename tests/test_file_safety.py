@@ -227,7 +227,8 @@ def test_journal_of_the_previous_format_starts_fresh_with_a_note(
     journal.write_bytes(json.dumps(old).encode() + b"\n" + b"".join(lines))
     since = len(sandbox.requests)
 
-    result = run_against(sandbox, "run", src, *FAST)
+    # The journal alone decides here: the state store would skip the 10 rows linked.
+    result = run_against(sandbox, "run", src, "--no-state", *FAST)
     assert result.exit_code == 0, result.stderr
     assert sorted(received(sandbox, since)) == pairs()
     assert_fresh_start(result.stderr, "older bulklink")
