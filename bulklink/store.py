@@ -582,39 +582,49 @@ class Store:
 
 def _open_file(path: Path, create: bool) -> int | None:
     """An ``O_NOFOLLOW`` descriptor of the store file, created 0600 (folder 0700) if missing."""
-    nofollow = getattr(os, "O_NOFOLLOW", 0)
     try:
         if create and not path.parent.exists():
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         while True:
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                if not create:
-                    return None
-                try:
-                    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | nofollow, 0o600)
-                except FileExistsError:
-                    continue  # another process created it first: check what it is
-            if stat.S_ISLNK(st.st_mode):
-                raise StoreError(
-                    f"refusing to use the state store {path}: it is a symbolic link "
-                    "(bulklink never writes through one)"
-                )
-            if not stat.S_ISREG(st.st_mode):
-                raise StoreError(f"the state store {path} is not a regular file")
-            return os.open(path, os.O_RDONLY | nofollow)
+            fd = _open_once(path, create)
+            if fd != _RACED:
+                return fd
     except FileNotFoundError:
         if not create:
             return None
         raise StoreError(f"cannot create the state store {path}: its folder is missing") from None
     except OSError as exc:
         if stat.S_ISLNK(_lmode(path)):
-            raise StoreError(
-                f"refusing to use the state store {path}: it is a symbolic link "
-                "(bulklink never writes through one)"
-            ) from None
+            raise _symlink_refused(path) from None
         raise StoreError(f"cannot open the state store {path}: {exc.strerror}") from None
+
+
+_RACED = -2  # another process created the file between our look and our create
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_once(path: Path, create: bool) -> int | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if not create:
+            return None
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+        except FileExistsError:
+            return _RACED  # check what it is
+    if stat.S_ISLNK(st.st_mode):
+        raise _symlink_refused(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"the state store {path} is not a regular file")
+    return os.open(path, os.O_RDONLY | _NOFOLLOW)
+
+
+def _symlink_refused(path: Path) -> StoreError:
+    return StoreError(
+        f"refusing to use the state store {path}: it is a symbolic link "
+        "(bulklink never writes through one)"
+    )
 
 
 def _lmode(path: Path) -> int:
