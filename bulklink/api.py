@@ -22,7 +22,7 @@ from bulklink.console import Console
 from bulklink.credentials import preflight
 from bulklink.errors import InputError, UsageError
 from bulklink.inputs import DUPLICATE, INVALID_REASONS, SEND, Plan, ReadOptions, Table, scan
-from bulklink.job import Job, execute, resolve_report
+from bulklink.job import Job, execute, resolve_report, signals_raise
 from bulklink.lock import hold
 from bulklink.models import Pair, Summary
 from bulklink.options import (
@@ -52,11 +52,14 @@ class DryRun:
 def _spool_stdin(spool: Path) -> Path:
     """Standard input saved to a file: read twice (validation, then the run), and a
     crashed run can be resumed by feeding the same content again (same hash)."""
-    with spool.open("wb") as fh:
-        shutil.copyfileobj(sys.stdin.buffer, fh)
-    if spool.stat().st_size == 0:
-        spool.unlink()
-        raise InputError("standard input is empty")
+    try:
+        with spool.open("wb") as fh:
+            shutil.copyfileobj(sys.stdin.buffer, fh)
+        if spool.stat().st_size == 0:
+            raise InputError("standard input is empty")
+    except BaseException:  # a signal, Ctrl-C, a full disk: no copy of the input left behind
+        spool.unlink(missing_ok=True)
+        raise
     return spool
 
 
@@ -84,6 +87,8 @@ def run_job(
     limit: int | None = None,
     fresh: bool = False,
     handle_signals: bool = False,
+    give_up_after: float | str | None = "10m",
+    deadline: float | str | None = None,
     summary_json: str | Path | None = None,
     console: Console | None = None,
 ) -> Summary:
@@ -91,7 +96,9 @@ def run_job(
 
     The keyword arguments are the CLI's options in snake_case (see
     :class:`~bulklink.options.JobArgs`); unset credentials and base URL come from the
-    same ``THENA_*`` variables as in the CLI.
+    same ``THENA_*`` variables as in the CLI. ``give_up_after`` (default ``"10m"``) and
+    ``deadline`` (default off) take seconds or ``"90s"``, ``"10m"``, ``"2h"``; ``0``,
+    ``"off"`` or None turn them off.
     Resumes from the journal of an interrupted run on the same input and report, holds
     the report's lock, and raises :class:`~bulklink.errors.BulklinkError` subclasses
     (after writing the report when the run had started).
@@ -102,7 +109,7 @@ def run_job(
         raise UsageError("reading from standard input ('-') needs -o/--output")
     report = resolve_report(None if stdin else Path(input), Path(output) if output else None)
     job = _Prepared.build(report, f"bulklink run {input}", console, job_args(locals()))
-    with hold(report, job.command):
+    with hold(report, job.command), signals_raise(handle_signals):
         spool = _spool_stdin(report.with_name(f".{report.name}.stdin.csv")) if stdin else None
         try:
             table = Table(spool or Path(input), read)
@@ -131,6 +138,8 @@ def retry_job(
     limit: int | None = None,
     fresh: bool = False,
     handle_signals: bool = False,
+    give_up_after: float | str | None = "10m",
+    deadline: float | str | None = None,
     summary_json: str | Path | None = None,
     console: Console | None = None,
 ) -> Summary:
@@ -144,6 +153,7 @@ def retry_job(
         if source.resolve() != target.resolve():
             locks.enter_context(hold(source, job.command))
         locks.enter_context(hold(target, job.command))
+        locks.enter_context(signals_raise(handle_signals))
         table, layout = open_report(source)
         return _execute(scan(table, keep=kept_rows), layout, job)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from bulklink.models import TICKET_COLUMNS, ErrorGroup, Outcome, Result
 from bulklink.report import ReportWriter, split_ticket, unneutralize
 
 PENDING_IN_MEMORY = 4096  # out-of-order results kept whole; beyond it, re-read from journal
+SLICE = 1024  # rows written per event-loop turn at most, so a resume never stalls dispatch
 
 
 @dataclass(slots=True)
@@ -65,6 +66,10 @@ class Assembler:
         self.unsuccessful = 0  # rows whose success is false, whatever the outcome
         self.skip_reason = "not attempted"
         self.moved = asyncio.Event()  # set whenever the cursor passes a chunk
+        #: ``loop.call_soon`` inside a run: rows ready to write (read back from the journal
+        #: on a resume, kept from an old report by ``retry``) are written SLICE per turn.
+        self.defer: Callable[[Callable[[], None]], object] | None = None
+        self._deferred = False
 
     # -- input side -------------------------------------------------------------------
     def add_chunk(self, chunk: Chunk) -> None:
@@ -106,13 +111,24 @@ class Assembler:
                 and not self.journal.done(index + 1)
             ):
                 self._pending[index] = Result(index + 1, Outcome.SKIPPED, None, self.skip_reason, 0)
-        self._advance()
+        self._advance(whole=True)
         assert self._cursor == self._loaded, "rows left unwritten"
 
     # -- writing ----------------------------------------------------------------------
-    def _advance(self) -> None:
+    def _resume(self) -> None:
+        self._deferred = False
+        self._advance()
+
+    def _advance(self, whole: bool = False) -> None:
         codes, pending = self.codes, self._pending
+        budget = SLICE
         while self._cursor < self._loaded:
+            if not budget and not whole and self.defer is not None:
+                if not self._deferred:  # the rest next turn: let requests and timers run
+                    self._deferred = True
+                    self.defer(self._resume)
+                return
+            budget -= 1
             index = self._cursor
             chunk = self._chunks[0]
             at = index - chunk.start

@@ -1,7 +1,8 @@
 """A whole job, from a file to a report: what ``bulklink run`` and ``retry`` do, as a library.
 
-This is the layer that owns the run's lifetime: the lock, the journal, the input
-passes, the event loop's signal handlers, the report commit and the summary. It prints
+This is the layer that owns the run's lifetime: the journal, the input passes, the
+event loop's signal handlers, the bounds on time (``--give-up-after``, ``--deadline``),
+what a failed write or a bug does to a run, the report commit and the summary. It prints
 nothing itself; everything it has to say goes through a :class:`~bulklink.console.Console`.
 """
 
@@ -21,20 +22,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bulklink.assembly import Assembler, Layout
+from bulklink.assembly import SLICE, Assembler, Layout
 from bulklink.client import Client
 from bulklink.console import Console
-from bulklink.errors import BulklinkError, CredentialsRejected, Interrupted, UsageError
+from bulklink.errors import (
+    BulklinkError,
+    CredentialsRejected,
+    DiskError,
+    InternalError,
+    Interrupted,
+    UsageError,
+)
 from bulklink.inputs import SEND, Chunk, Plan
 from bulklink.journal import Journal, journal_path
 from bulklink.models import Outcome, Pair, Summary
-from bulklink.options import Connection, Control, Output, RunSettings
-from bulklink.report import open_writer
-from bulklink.runner import CREDENTIALS_REJECTED, Runner
+from bulklink.options import Connection, Control, Output, RunSettings, format_duration
+from bulklink.report import ReportWriter, open_writer
+from bulklink.runner import CREDENTIALS_REJECTED, INTERNAL_ERROR, Runner, describe_refusals
 
 _T = TypeVar("_T")
 MAX_LEAD_ROWS = 200_000  # input rows read ahead of the report cursor before the feed waits
 BATCH = 1024
+#: What stops a run cleanly: Ctrl-C, cron's and systemd's timeout, a dropped ssh session.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,25 +69,49 @@ class Job:
         return self.control.limit
 
 
+@dataclass(slots=True)
+class _Ending:
+    """How a run ended beyond its counts: what stopped it, and what went wrong."""
+
+    stop_reason: str = ""
+    signum: int = 0
+    disk: tuple[OSError, Path] | None = None  # the first write that failed, and where
+    bug: BaseException | None = None  # the first unexpected exception
+
+
 def execute(job: Job) -> Summary:
-    """Run the job (its lock held by the caller); raise for aborts after writing the report."""
+    """Run the job (its lock held by the caller); raise for aborts after writing the report.
+
+    However it ends, every finished row is in the journal first. A failed write or a bug
+    stops dispatch as a signal does; the report is still written when it can be (else
+    discarded, never half-written), and the journal is kept, so the same command resumes.
+    """
     started = datetime.now(UTC)
     t0 = time.monotonic()
     journal, note = Journal.open(
         journal_path(job.report), job.plan.key, job.plan.rows, fresh=job.control.fresh
     )
-    if note:
-        job.console.info(note)
-    writer = open_writer(job.report, job.layout.extra_fields, job.layout.passthrough)
+    ending = _Ending()
+    try:
+        if note:
+            job.console.info(note)
+        writer = open_writer(job.report, job.layout.extra_fields, job.layout.passthrough)
+    except BaseException as exc:
+        journal.close()
+        if isinstance(exc, OSError):
+            raise DiskError(exc, exc.filename or job.report) from exc
+        raise
     assembler = Assembler(job.plan, job.layout, journal, writer)
     try:
-        stop_reason, signum = _run_to_completion(lambda: _run(job, journal, assembler))
+        _run_to_completion(lambda: _run(job, journal, assembler, ending, t0))
         writer.commit()
-    except BaseException:
-        writer.discard()
+    except BaseException as exc:
+        _discard(writer)
         journal.close()
+        if isinstance(exc, Exception) and not isinstance(exc, BulklinkError):
+            raise _failure(job, ending, exc, None) from (ending.bug or exc)
         raise
-    if stop_reason:
+    if ending.stop_reason:
         journal.close()  # kept: a rerun resumes from it
     else:
         journal.remove()
@@ -92,24 +126,60 @@ def execute(job: Job) -> Summary:
         finished=datetime.now(UTC).isoformat(timespec="seconds"),
         elapsed=time.monotonic() - t0,
         exit_code=1 if assembler.unsuccessful else 0,
-        stopped=stop_reason,
+        stopped=ending.stop_reason,
     )
     error: BulklinkError | None = None
-    if stop_reason == CREDENTIALS_REJECTED:
+    if ending.bug is not None or ending.disk is not None:
+        error = _failure(job, ending, ending.bug, summary)
+    elif ending.stop_reason == CREDENTIALS_REJECTED:
         error = CredentialsRejected(
             "the API rejected the credentials (HTTP 401/403): check the token or API key "
             "and the org ID; nothing more was sent",
             summary,
         )
-    elif signum:
-        error = Interrupted(f"interrupted by {signal.Signals(signum).name}", signum, summary)
+    elif ending.signum:
+        error = Interrupted(
+            f"interrupted by {signal.Signals(ending.signum).name}", ending.signum, summary
+        )
     if error is not None:
         summary.exit_code = error.exit_code
     if job.output.summary_json is not None:
-        write_summary_json(job.output.summary_json, summary)
+        try:
+            write_summary_json(job.output.summary_json, summary)
+        except OSError as exc:
+            if error is None:
+                summary.exit_code = DiskError.exit_code
+                error = DiskError(exc, job.output.summary_json, summary)
+    log_failure = job.console.log_failure
+    if error is None and log_failure is not None:
+        summary.exit_code = DiskError.exit_code
+        error = DiskError(log_failure, job.console.log_path or "--log-file", summary)
     if error is not None:
-        raise error
+        raise error from ending.bug
     return summary
+
+
+def _failure(
+    job: Job, ending: _Ending, exc: BaseException | None, summary: Summary | None
+) -> BulklinkError:
+    """The error a run that went wrong ends with: a failed write first, then a bug."""
+    if ending.disk is not None:
+        return DiskError(*ending.disk, summary)
+    if isinstance(exc, OSError):
+        return DiskError(exc, exc.filename or job.report, summary)
+    bug = ending.bug or exc
+    what = f"{type(bug).__name__}: {bug}" if bug is not None else "unknown"
+    return InternalError(
+        f"internal error (a bug in bulklink, not in your data or the API): {what}", summary
+    )
+
+
+def _discard(writer: ReportWriter) -> None:
+    """Drop the half-written report; on a full disk closing it fails too, so try each step."""
+    with contextlib.suppress(OSError):
+        writer.discard()
+    with contextlib.suppress(OSError):
+        writer.tmp.unlink(missing_ok=True)
 
 
 def write_summary_json(path: Path, summary: Summary) -> None:
@@ -130,8 +200,10 @@ def _run_to_completion(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
         return pool.submit(lambda: asyncio.run(make())).result()
 
 
-async def _run(job: Job, journal: Journal, assembler: Assembler) -> tuple[str, int]:
-    console = job.console
+async def _run(
+    job: Job, journal: Journal, assembler: Assembler, ending: _Ending, t0: float
+) -> None:
+    console, control = job.console, job.control
     to_send = journal.pending(job.plan.codes == SEND)
     if job.limit is not None:
         to_send = min(to_send, max(0, job.limit - journal.resumed))
@@ -144,18 +216,25 @@ async def _run(job: Job, journal: Journal, assembler: Assembler) -> tuple[str, i
             max_connections=job.settings.concurrency or 256,
         ) as client,
     ):
-        journal.defer = asyncio.get_running_loop().call_soon
-        runner = Runner(client, job.settings, assembler.accept)
-        signum = 0
         loop = asyncio.get_running_loop()
+        runner = Runner(client, job.settings, assembler.accept)
+
+        def disk_failed(error: OSError, path: Path) -> None:
+            """The first failed write stops dispatch at once; in-flight requests finish."""
+            if ending.disk is None:
+                ending.disk = (error, path)
+                runner.stop(f"cannot write {path}: {error.strerror or error}")
+
+        journal.defer = loop.call_soon
+        journal.on_failure = lambda error: disk_failed(error, journal.path)
+        assembler.defer = loop.call_soon
 
         def on_signal(sig: int) -> None:
-            nonlocal signum
-            if signum and sig == signal.SIGINT:
+            if ending.signum and sig == signal.SIGINT:
                 journal.flush()  # second Ctrl-C: quit now, every finished row journaled
                 os._exit(130)
-            if not signum:
-                signum = sig
+            if not ending.signum:
+                ending.signum = sig
                 name = signal.Signals(sig).name
                 console.info(
                     f"{name}: finishing requests in flight, then writing the report "
@@ -163,51 +242,117 @@ async def _run(job: Job, journal: Journal, assembler: Assembler) -> tuple[str, i
                 )
                 runner.stop(f"interrupted by {name}")
 
-        handled = _install_signals(loop, on_signal) if job.control.handle_signals else []
-        ticker = asyncio.create_task(_tick(job, journal, assembler, runner, to_send))
+        handled = _install_signals(loop, on_signal) if control.handle_signals else []
+        deadline = None
+        if control.deadline is not None:
+            left = max(0.0, control.deadline - (time.monotonic() - t0))
+            reason = f"--deadline {format_duration(control.deadline)} reached"
+            deadline = loop.call_later(left, runner.stop, reason)
+        ticker = asyncio.create_task(
+            _tick(job, journal, assembler, runner, to_send, ending, disk_failed)
+        )
         stream = _ChunkStream(job.plan.table.chunks())
         try:
-            await runner.run(_feed(job, journal, assembler, stream, runner))
+            try:
+                await runner.run(_feed(job, journal, assembler, stream, runner))
+            except BulklinkError:
+                raise
+            except OSError as exc:  # the report's file, or the input read again
+                disk_failed(exc, Path(os.fsdecode(exc.filename)) if exc.filename else job.report)
+            except Exception as exc:  # a bug: the runner stopped everyone; report what is done
+                ending.bug = exc
+                runner.stop(INTERNAL_ERROR)
+            if runner.stop_reason:
+                assembler.skip_reason = f"not attempted: {runner.stop_reason}"
+            elif job.limit is not None:
+                assembler.skip_reason = f"not attempted (--limit {job.limit})"
             while (chunk := await stream.get()) is not None:
                 assembler.add_chunk(chunk)
+            assembler.finish()
         finally:
             ticker.cancel()
+            if deadline is not None:
+                deadline.cancel()
             for sig in handled:
                 loop.remove_signal_handler(sig)
             stream.close()
-        if runner.stop_reason:
-            assembler.skip_reason = f"not attempted: {runner.stop_reason}"
-        elif job.limit is not None:
-            assembler.skip_reason = f"not attempted (--limit {job.limit})"
-        assembler.finish()
         journal.sync()
         console.finish_progress(assembler.done_this_run)
-        return runner.stop_reason, signum
+        ending.stop_reason = runner.stop_reason
 
 
 def _install_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[int], None]) -> list[int]:
     if threading.current_thread() is not threading.main_thread():
         return []
     handled: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, handler, sig)
         handled.append(sig)
     return handled
 
 
+@contextlib.contextmanager
+def signals_raise(enabled: bool) -> Iterator[None]:
+    """Until a run's own handlers take over: SIGTERM and SIGHUP raise :class:`Interrupted`.
+
+    Their default action ends the process on the spot, before any ``finally`` (a spooled
+    copy of standard input would stay beside the report); SIGINT raises already.
+    """
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        raise Interrupted(f"interrupted by {name} before anything was sent", signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 async def _tick(
-    job: Job, journal: Journal, assembler: Assembler, runner: Runner, total: int
+    job: Job,
+    journal: Journal,
+    assembler: Assembler,
+    runner: Runner,
+    total: int,
+    ending: _Ending,
+    disk_failed: Callable[[OSError, Path], None],
 ) -> None:
-    """Twice a second: progress; once a second: fsync the journal (off the event loop)."""
-    job.console.start_progress(total)
-    last_sync = time.monotonic()
-    while True:
-        await asyncio.sleep(0.5)
-        job.console.progress(assembler.done_this_run, runner.in_flight)
-        if time.monotonic() - last_sync >= 1.0 and journal.dirty:
-            journal.dirty = False
-            last_sync = time.monotonic()
-            await asyncio.to_thread(journal.fsync_now)
+    """Twice a second: progress, the give-up rule and the log's health; once a second:
+    fsync the journal (off the event loop). A bug here stops the run as one in a worker."""
+    console, give_up = job.console, job.control.give_up_after
+    try:
+        console.start_progress(total)
+        last_sync = time.monotonic()
+        while True:
+            await asyncio.sleep(0.5)
+            console.progress(assembler.done_this_run, runner.in_flight)
+            if console.log_failure is not None:
+                disk_failed(console.log_failure, console.log_path or Path("--log-file"))
+            quiet = runner.clock() - runner.last_progress
+            if give_up is not None and runner.refusals and quiet >= give_up:
+                runner.stop(
+                    f"gave up: the API refused everything for {format_duration(give_up)} "
+                    f"({describe_refusals(runner.refusals)})"
+                )
+            if time.monotonic() - last_sync >= 1.0 and journal.dirty:
+                journal.dirty = False
+                last_sync = time.monotonic()
+                try:
+                    await asyncio.to_thread(journal.fsync_now)
+                except OSError as exc:
+                    journal.fail(exc)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if ending.bug is None:
+            ending.bug = exc
+        runner.stop(INTERNAL_ERROR)
 
 
 class _ChunkStream:
@@ -247,9 +392,14 @@ async def _feed(
         assembler.add_chunk(chunk)
         batch: list[Pair] = []
         source, linked, start = chunk.source, chunk.linked, chunk.start
+        passed = 0
         for at in range(len(chunk)):
             index = start + at
             if codes[index] != SEND or journal.done(index + 1):
+                passed += 1
+                if passed >= SLICE:  # a long stretch with nothing to send (a resume)
+                    passed = 0
+                    await asyncio.sleep(0)
                 continue
             if budget is not None:
                 if budget <= 0:
