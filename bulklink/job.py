@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bulklink.assembly import SLICE, Assembler, Layout
+from bulklink.assembly import SLICE_ROWS, Assembler, Layout
 from bulklink.client import Client
 from bulklink.console import Console
 from bulklink.errors import (
@@ -268,6 +268,9 @@ async def _run(
                 assembler.skip_reason = f"not attempted (--limit {job.limit})"
             while (chunk := await stream.get()) is not None:
                 assembler.add_chunk(chunk)
+            # The rows read back, a slice per turn: each sleep(0) lets one slice run.
+            while assembler.catching_up:  # noqa: ASYNC110 - polls per turn, not per event
+                await asyncio.sleep(0)
             assembler.finish()
         finally:
             ticker.cancel()
@@ -397,7 +400,7 @@ async def _feed(
             index = start + at
             if codes[index] != SEND or journal.done(index + 1):
                 passed += 1
-                if passed >= SLICE:  # a long stretch with nothing to send (a resume)
+                if passed >= 16 * SLICE_ROWS:  # a long stretch with nothing to send (a resume)
                     passed = 0
                     await asyncio.sleep(0)
                 continue
