@@ -20,7 +20,7 @@ from pathlib import Path
 from bulklink.assembly import Layout
 from bulklink.console import Console
 from bulklink.credentials import preflight
-from bulklink.errors import InputError, UsageError
+from bulklink.errors import DiskError, InputError, UsageError
 from bulklink.inputs import DUPLICATE, INVALID_REASONS, SEND, Plan, ReadOptions, Table, scan
 from bulklink.job import Job, execute, resolve_report, signals_raise
 from bulklink.lock import hold
@@ -57,8 +57,10 @@ def _spool_stdin(spool: Path) -> Path:
             shutil.copyfileobj(sys.stdin.buffer, fh)
         if spool.stat().st_size == 0:
             raise InputError("standard input is empty")
-    except BaseException:  # a signal, Ctrl-C, a full disk: no copy of the input left behind
+    except BaseException as exc:  # a signal, Ctrl-C, a full disk: no copy of the input left
         spool.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DiskError(exc, spool) from exc
         raise
     return spool
 

@@ -282,6 +282,10 @@ def _run_and_report(console: Console, call: Callable[[], Summary]) -> None:
         except KeyboardInterrupt:  # Ctrl-C before any request went out (reading the input)
             console.error("bulklink: interrupted before anything was sent")
             sys.exit(130)
+        except OSError as exc:  # a file bulklink could not read or write, outside the run
+            where = f": {exc.filename}" if exc.filename else ""
+            console.error(f"bulklink: error: {exc.strerror or exc}{where}")
+            sys.exit(74)
         except Exception as exc:  # a bug outside the run itself: still no traceback
             wrapped = InternalError(
                 "internal error (a bug in bulklink, not in your data or the API): "

@@ -88,9 +88,11 @@ def execute(job: Job) -> Summary:
     """
     started = datetime.now(UTC)
     t0 = time.monotonic()
-    journal, note = Journal.open(
-        journal_path(job.report), job.plan.key, job.plan.rows, fresh=job.control.fresh
-    )
+    path = journal_path(job.report)
+    try:
+        journal, note = Journal.open(path, job.plan.key, job.plan.rows, fresh=job.control.fresh)
+    except OSError as exc:
+        raise DiskError(exc, path) from exc
     ending = _Ending()
     try:
         if note:
