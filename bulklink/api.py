@@ -24,7 +24,7 @@ from pathlib import Path
 from bulklink.assembly import Layout
 from bulklink.console import Console
 from bulklink.credentials import preflight
-from bulklink.errors import BulklinkError, InputError, LockedError, UsageError
+from bulklink.errors import BulklinkError, DiskError, InputError, LockedError, UsageError
 from bulklink.inputs import (
     ALREADY,
     DUPLICATE,
@@ -35,7 +35,7 @@ from bulklink.inputs import (
     Table,
     scan,
 )
-from bulklink.job import Job, execute, resolve_report
+from bulklink.job import Job, execute, resolve_report, signals_raise
 from bulklink.ledger import Ledger, scope_for
 from bulklink.lock import hold
 from bulklink.models import Pair, Summary
@@ -70,14 +70,17 @@ class DryRun:
 def _spool_stdin(beside: Path) -> Path:
     """Standard input saved to a new file beside ``beside``: read twice (validation, then
     the run), and a crashed run can be resumed by feeding the same content again (same
-    hash). The name is unpredictable and created with ``O_EXCL``, so never a planted link."""
+    hash). The name is unpredictable and created with ``O_EXCL``, so never a planted link.
+    A signal, Ctrl-C or a full disk leaves no copy of the input behind."""
     fd, spool = create_temp(beside, "stdin.csv", 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:
             shutil.copyfileobj(sys.stdin.buffer, fh)
             empty = fh.tell() == 0
-    except BaseException:
+    except BaseException as exc:
         spool.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DiskError(exc, spool) from exc
         raise
     if empty:
         spool.unlink()
@@ -113,6 +116,8 @@ def run_job(
     state: str | Path | None = None,
     no_state: bool = False,
     relink: bool = False,
+    give_up_after: float | str | None = "10m",
+    deadline: float | str | None = None,
     summary_json: str | Path | None = None,
     metrics_file: str | Path | None = None,
     notify: str | None = None,
@@ -124,7 +129,9 @@ def run_job(
 
     The keyword arguments are the CLI's options in snake_case (see
     :class:`~bulklink.options.JobArgs`); unset credentials and base URL come from the
-    same ``THENA_*`` variables as in the CLI.
+    same ``THENA_*`` variables as in the CLI. ``give_up_after`` (default ``"10m"``) and
+    ``deadline`` (default off) take seconds or ``"90s"``, ``"10m"``, ``"2h"``; ``0``,
+    ``"off"`` or None turn them off.
     Resumes from the journal of an interrupted run on the same input and report, holds
     the report's lock, and raises :class:`~bulklink.errors.BulklinkError` subclasses
     (after writing the report when the run had started).
@@ -173,6 +180,8 @@ def retry_job(
     state: str | Path | None = None,
     no_state: bool = False,
     relink: bool = False,
+    give_up_after: float | str | None = "10m",
+    deadline: float | str | None = None,
     summary_json: str | Path | None = None,
     metrics_file: str | Path | None = None,
     notify: str | None = None,
@@ -207,6 +216,7 @@ def _published(
     """
     output, console = prepared.output, prepared.console
     summary: Summary | None = None
+    refused = False  # it never started: the job wrote no summary JSON
     with contextlib.ExitStack() as stack:
         try:
             for path in locks:
@@ -214,6 +224,7 @@ def _published(
         except LockedError as exc:
             _publish_refusal(prepared, exc)
             raise
+        stack.enter_context(signals_raise(prepared.control.handle_signals))
         ledger = Ledger.open(prepared.state, prepared.connection)
         stack.callback(ledger.close)
         previous = ledger.previous_run(output.report)
@@ -223,7 +234,7 @@ def _published(
         except BulklinkError as exc:
             summary = getattr(exc, "summary", None)
             if summary is None:  # it never started: record and publish the refusal
-                summary = _refused(output.report, exc)
+                summary, refused = _refused(output.report, exc), True
                 ledger.record_refusal(
                     prepared.command.split()[1],
                     report=output.report,
@@ -241,6 +252,7 @@ def _published(
                     last_success=ledger.last_success(output.job),
                     redact=prepared.connection.auth.redact,
                     allow_http=prepared.connection.allow_http,
+                    summary_json=refused,
                 )
 
 

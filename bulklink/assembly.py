@@ -22,6 +22,11 @@ from bulklink.models import TICKET_COLUMNS, ErrorTally, Outcome, ReportRow, Resu
 from bulklink.report import ReportWriter, RowReader, split_ticket
 
 PENDING_IN_MEMORY = 4096  # out-of-order results kept whole; beyond it, re-read from journal
+#: Rows ready to write (read back from the journal on a resume, kept by ``retry``) are
+#: written for at most SLICE_SECONDS per event-loop turn, so dispatch never stalls; the
+#: clock is read once per SLICE_ROWS rows, and never on the usual one-row path.
+SLICE_SECONDS = 0.005
+SLICE_ROWS = 16
 
 
 @dataclass(slots=True)
@@ -75,6 +80,10 @@ class Assembler:
         self.unsuccessful = 0  # rows whose success is false, whatever the outcome
         self.skip_reason = "not attempted"
         self.moved = asyncio.Event()  # set whenever the cursor passes a chunk
+        #: ``loop.call_soon`` inside a run: how the rest of a long stretch of rows ready to
+        #: write is left for the next event-loop turn (see SLICE_SECONDS).
+        self.defer: Callable[[Callable[[], None]], object] | None = None
+        self._deferred = False
 
     # -- input side -------------------------------------------------------------------
     def add_chunk(self, chunk: Chunk) -> None:
@@ -116,13 +125,35 @@ class Assembler:
                 and not self.journal.done(index + 1)
             ):
                 self._pending[index] = Result(index + 1, Outcome.SKIPPED, None, self.skip_reason, 0)
-        self._advance()
+        self._advance(whole=True)
         assert self._cursor == self._loaded, "rows left unwritten"
 
     # -- writing ----------------------------------------------------------------------
-    def _advance(self) -> None:
+    @property
+    def catching_up(self) -> bool:
+        """Rows ready to write are left for a later turn (see SLICE_SECONDS)."""
+        return self._deferred
+
+    def _resume(self) -> None:
+        self._deferred = False
+        self._advance()
+
+    def _advance(self, whole: bool = False) -> None:
+        if self._deferred and not whole:
+            return  # one slice per turn, written by the deferred call
         codes, pending = self.codes, self._pending
+        budget, started = SLICE_ROWS, 0.0
         while self._cursor < self._loaded:
+            if not budget and not whole and self.defer is not None:
+                budget = SLICE_ROWS
+                now = time.monotonic()
+                started = started or now
+                if now - started >= SLICE_SECONDS:
+                    if not self._deferred:  # the rest next turn: let requests and timers run
+                        self._deferred = True
+                        self.defer(self._resume)
+                    return
+            budget -= 1
             index = self._cursor
             chunk = self._chunks[0]
             at = index - chunk.start

@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_CODES = """\b
 Exit codes: 0 every row linked (or a duplicate of a linked row); 1 some rows not
-linked; 2 usage or input error, nothing sent; 3 credentials rejected (run stopped);
-75 another run holds the report; 130/143 interrupted by SIGINT/SIGTERM."""
+linked (also after --give-up-after or --deadline stopped the run); 2 usage or input
+error, nothing sent; 3 credentials rejected (run stopped); 70 internal error (a bug;
+rerun to resume); 74 a file could not be written, e.g. a full disk (free space, rerun
+to resume); 75 another run holds the report; 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM."""
 
 
 def _apply(options: list[Callable[[F], F]]) -> Callable[[F], F]:
@@ -147,6 +149,23 @@ control_options = _apply(
             is_flag=True,
             help="Ignore the journal of an interrupted earlier run and start over.",
         ),
+        click.option(
+            "--give-up-after",
+            default="10m",
+            show_default=True,
+            metavar="DURATION",
+            help="Stop as SIGTERM does (the rest 'skipped', exit 1) when no request has "
+            "succeeded for this long because the API answered only 429, 5xx or nothing: "
+            "90s, 10m, 2h or seconds; 0 or 'off' never gives up.",
+        ),
+        click.option(
+            "--deadline",
+            default=None,
+            metavar="DURATION",
+            help="Wall-clock budget for the whole run: past it nothing more is sent, "
+            "requests in flight finish, the rest is 'skipped' (exit 1), so tonight's run "
+            "ends before tomorrow's starts.  [default: none]",
+        ),
     ]
 )
 
@@ -260,8 +279,18 @@ def _console(quiet: bool, progress: bool | None, log_file: Path | None) -> Conso
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"bulklink: error: {message}", err=True)
+    echo(f"bulklink: error: {message}", err=True)
     sys.exit(code)
+
+
+def echo(message: str, *, err: bool = False) -> None:
+    """``click.echo`` for which a reader that went away (``| head``) changes nothing."""
+    try:
+        click.echo(message, err=err)
+    except OSError:
+        from bulklink.console import mute
+
+        mute(sys.stderr if err else sys.stdout)
 
 
 def _print_summary(console: Console, summary: Summary) -> None:
@@ -272,6 +301,8 @@ def _print_summary(console: Console, summary: Summary) -> None:
         console.summary(
             f"  {group.count} x {group.error}  (rows {rows}{more})", important=important
         )
+    if summary.stopped and summary.exit_code <= 1:  # a bounded run's stop (the others said)
+        console.summary(f"bulklink: stopped: {summary.stopped}", important=True)
     counts = ", ".join(f"{name} {n}" for name, n in summary.counts.items())
     resumed = f" ({summary.resumed_rows} done earlier)" if summary.resumed_rows else ""
     console.summary(
@@ -282,13 +313,23 @@ def _print_summary(console: Console, summary: Summary) -> None:
 
 
 def _run_and_report(console: Console, call: Callable[[], Summary]) -> None:
-    from bulklink.errors import BulklinkError, CredentialsRejected, Interrupted
+    from bulklink.errors import (
+        BulklinkError,
+        CredentialsRejected,
+        DiskError,
+        InternalError,
+        Interrupted,
+    )
 
     try:
         try:
             summary = call()
-        except (CredentialsRejected, Interrupted) as exc:
-            console.error(f"bulklink: {exc}")
+        except (CredentialsRejected, Interrupted, DiskError, InternalError) as exc:
+            if isinstance(exc, InternalError):
+                _internal_error(console, exc)
+            else:
+                label = "error: " if isinstance(exc, DiskError) else ""
+                console.error(f"bulklink: {label}{console.redact(str(exc))}")
             if exc.summary is not None:
                 _print_summary(console, exc.summary)  # the summary line stays the last
             sys.exit(exc.exit_code)
@@ -298,10 +339,44 @@ def _run_and_report(console: Console, call: Callable[[], Summary]) -> None:
         except KeyboardInterrupt:  # Ctrl-C before any request went out (reading the input)
             console.error("bulklink: interrupted before anything was sent")
             sys.exit(130)
+        except OSError as exc:  # a file bulklink could not read or write, outside the run
+            where = f": {exc.filename}" if exc.filename else ""
+            console.error(f"bulklink: error: {exc.strerror or exc}{where}")
+            sys.exit(74)
+        except Exception as exc:  # a bug outside the run itself: still no traceback
+            wrapped = InternalError(
+                "internal error (a bug in bulklink, not in your data or the API): "
+                f"{type(exc).__name__}: {exc}"
+            )
+            wrapped.__cause__ = exc
+            _internal_error(console, wrapped)
+            sys.exit(wrapped.exit_code)
         _print_summary(console, summary)
+        if console.log_failure is not None:  # the log failed while saying the summary
+            console.error(f"bulklink: error: {console.log_failure.strerror}: {console.log_path}")
+            sys.exit(74)
         sys.exit(summary.exit_code)
     finally:
         console.close()
+
+
+def _internal_error(console: Console, exc: BaseException) -> None:
+    """One line on stderr; the traceback goes to the log file only."""
+    import traceback
+
+    from bulklink.errors import REPORT_BUGS_TO
+
+    cause = exc.__cause__ or exc
+    console.trace("".join(traceback.format_exception(cause)).rstrip())
+    where = (
+        f"the traceback is in {console.log_path}"
+        if console.log_path is not None and console.log_failure is None
+        else "run with --log-file to keep the traceback"
+    )
+    console.error(
+        f"bulklink: {console.redact(str(exc))}; the journal is kept, so the same command "
+        f"resumes. Please report it to {REPORT_BUGS_TO} ({where})."
+    )
 
 
 @cli.command(
@@ -390,7 +465,7 @@ def run(
 
 def _print_dry_run(info: Any) -> None:
     held = info.counts.get("not sent (--limit)", 0)
-    click.echo(
+    echo(
         f"{info.input}: {info.rows} rows: would send {info.counts['send']}, "
         f"invalid {info.counts['invalid']}, duplicate {info.counts['duplicate']}"
         + (
@@ -402,16 +477,16 @@ def _print_dry_run(info: Any) -> None:
         + " (nothing sent)"
     )
     if info.invalid_rows:
-        click.echo("invalid rows:")
+        echo("invalid rows:")
         for row, reason in info.invalid_rows:
-            click.echo(f"  row {row}: {reason}")
+            echo(f"  row {row}: {reason}")
         if info.counts["invalid"] > len(info.invalid_rows):
-            click.echo(f"  ... and {info.counts['invalid'] - len(info.invalid_rows)} more")
+            echo(f"  ... and {info.counts['invalid'] - len(info.invalid_rows)} more")
     if info.sample_requests:
-        click.echo("first requests:")
+        echo("first requests:")
         for pair in info.sample_requests:
             body = json.dumps({"sourceTicketId": pair.source, "linkedTicketId": pair.linked})
-            click.echo(f"  row {pair.row}: PATCH {info.url}/v1/tickets/link {body}")
+            echo(f"  row {pair.row}: PATCH {info.url}/v1/tickets/link {body}")
 
 
 @cli.command(
@@ -481,20 +556,20 @@ def report(report: Path, as_json: bool) -> None:
     except BulklinkError as exc:
         _fail(str(exc), exc.exit_code)
     if as_json:
-        click.echo(json.dumps(info.to_dict(), indent=2))
+        echo(json.dumps(info.to_dict(), indent=2))
     else:
-        click.echo(
+        echo(
             f"{report}: {info.rows} rows: " + ", ".join(f"{k} {v}" for k, v in info.counts.items())
         )
         if info.errors:
-            click.echo("failures by error (most common first):")
+            echo("failures by error (most common first):")
             for group in info.errors:
                 rows = ", ".join(str(r) for r in group.example_rows)
-                click.echo(f"  {group.count} x {group.error}  (e.g. rows {rows})")
+                echo(f"  {group.count} x {group.error}  (e.g. rows {rows})")
         if info.retryable_rows:
-            click.echo(f"{info.retryable_rows} rows to retry: bulklink retry {report}")
+            echo(f"{info.retryable_rows} rows to retry: bulklink retry {report}")
         else:
-            click.echo("nothing to retry")
+            echo("nothing to retry")
     sys.exit(0 if info.all_linked else 1)
 
 
@@ -627,7 +702,7 @@ def sandbox(
         config,
         host,
         port,
-        lambda url: click.echo(f"sandbox listening on {url} (Ctrl-C to stop)", err=True),
+        lambda url: echo(f"sandbox listening on {url} (Ctrl-C to stop)", err=True),
     )
 
 

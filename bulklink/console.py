@@ -4,14 +4,20 @@ At a terminal the progress is a bar on stderr; without one (cron, CI, a pipe) it
 plain log line at most every ``LOG_EVERY`` seconds, never a carriage return. ``quiet``
 silences everything but errors on stderr; the log file, when given, gets every line
 with a timestamp whatever ``quiet`` says. The library default prints nothing at all.
+
+Saying things never changes a run's result: a closed pipe on stderr (``| head -1``) is
+ignored from then on, and a log file that cannot be written any more is noted in
+:attr:`Console.log_failure` (for the run to stop on) instead of raising.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -72,6 +78,9 @@ class Console:
         )
         self.redact = redact
         self._log: IO[str] | None = None
+        self.log_path = log_file
+        #: The first failed write to the log file; nothing more is written to it.
+        self.log_failure: OSError | None = None
         if log_file is not None:
             try:
                 self._log = log_file.open("a", encoding="utf-8")
@@ -90,18 +99,45 @@ class Console:
     def _to_log(self, text: str) -> None:
         if self._log is not None:
             stamp = datetime.now(UTC).isoformat(timespec="seconds")
-            self._log.write(f"{stamp} {escape_controls(text)}\n")
-            self._log.flush()
+            try:
+                self._log.write(f"{stamp} {escape_controls(text)}\n")
+                self._log.flush()
+            except OSError as exc:
+                self.log_failure = exc
+                log, self._log = self._log, None
+                with contextlib.suppress(OSError):
+                    log.close()
+
+    def _print(self, text: str) -> None:
+        with self._gone_quietly():
+            if self._bar is not None:
+                self._bar.write(text, file=self.stream)
+            else:
+                print(text, file=self.stream, flush=True)
+
+    @contextlib.contextmanager
+    def _gone_quietly(self) -> Iterator[None]:
+        """A reader that went away (EPIPE: ``| head``; EIO: the ssh session dropped) only
+        silences the stream from then on: saying things never changes a run's result."""
+        try:
+            yield
+        except OSError:
+            if self.stream is not None:
+                mute(self.stream)
+            self.stream = None
+            self.log_lines = False
+            self._bar = None
 
     def _say(self, text: str, *, force: bool = False) -> None:
         """One line out: redacted, then every control character made visible."""
         text = escape_controls(self.redact(text))
         self._to_log(text)
         if self.stream is not None and (force or not self.quiet):
-            if self._bar is not None:
-                self._bar.write(text, file=self.stream)
-            else:
-                print(text, file=self.stream, flush=True)
+            self._print(text)
+
+    def trace(self, text: str) -> None:
+        """To the log file only: what an operator needs later (a traceback), not now."""
+        self._to_log(self.redact(text))
 
     def info(self, text: str) -> None:
         self._say(text)
@@ -123,20 +159,22 @@ class Console:
             # shutil falls back to $COLUMNS/$LINES or 80x24 where a pty reports a size of
             # 0x0; tqdm's own probe would then hide the bar (no rows to draw it on).
             size = shutil.get_terminal_size()
-            self._bar = tqdm(
-                total=total,
-                file=self.stream,
-                unit="row",
-                ncols=size.columns,
-                nrows=size.lines,
-                smoothing=0.1,
-                leave=False,
-            )
+            with self._gone_quietly():
+                self._bar = tqdm(
+                    total=total,
+                    file=self.stream,
+                    unit="row",
+                    ncols=size.columns,
+                    nrows=size.lines,
+                    smoothing=0.1,
+                    leave=False,
+                )
 
     def progress(self, done: int, in_flight: int) -> None:
         if self._bar is not None:
-            self._bar.update(done - self._done)
-            self._bar.set_postfix_str(f"in flight {in_flight}", refresh=False)
+            with self._gone_quietly():
+                self._bar.update(done - self._done)
+                self._bar.set_postfix_str(f"in flight {in_flight}", refresh=False)
         self._done = done
         now = time.monotonic()
         if self._bar is None and now - self._last_line >= LOG_EVERY and self._total:
@@ -144,7 +182,7 @@ class Console:
             line = self._line(done, now)
             self._to_log(line)
             if self.log_lines:
-                print(line, file=self.stream, flush=True)
+                self._print(line)
 
     def _line(self, done: int, now: float) -> str:
         elapsed = now - self._t0
@@ -158,8 +196,9 @@ class Console:
 
     def finish_progress(self, done: int) -> None:
         if self._bar is not None:
-            self._bar.update(done - self._done)
-            self._bar.close()
+            with self._gone_quietly():
+                self._bar.update(done - self._done)
+                self._bar.close()
             self._bar = None
         self._done = done
 
@@ -168,3 +207,16 @@ class Console:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def mute(stream: IO[str]) -> None:
+    """Point a stream whose reader went away at /dev/null, so that later writes, and the
+    interpreter's flush at exit, succeed quietly instead of raising EPIPE again."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):
+        return
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)

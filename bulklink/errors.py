@@ -6,19 +6,26 @@
     ├── InputError                the input file cannot be used; nothing was sent (exit 2)
     ├── LockedError               another run holds the report's lock (exit 75)
     ├── CredentialsRejected       the API answered 401/403; the run stopped (exit 3)
-    └── Interrupted               SIGINT/SIGTERM stopped the run (exit 130/143)
+    ├── Interrupted               SIGINT/SIGTERM/SIGHUP stopped the run (exit 130/143/129)
+    ├── DiskError                 a file could not be written (a full disk); the run
+    │                             stopped, the journal keeps what was written (exit 74)
+    └── InternalError             a bug in bulklink itself stopped the run (exit 70)
 
-``CredentialsRejected`` and ``Interrupted`` carry the :class:`~bulklink.models.Summary` of
-the run so far when they come out of :func:`bulklink.run_job`: the report was still written.
-Messages never contain the token or API key.
+The last four carry the :class:`~bulklink.models.Summary` of the run so far when they
+come out of :func:`bulklink.run_job` and the report was still written (``None`` when it
+could not be). Messages never contain the token or API key.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from bulklink.models import Summary
+
+#: Where an :class:`InternalError` asks to be reported.
+REPORT_BUGS_TO = "the bulklink maintainers"
 
 
 class BulklinkError(Exception):
@@ -64,9 +71,37 @@ class CredentialsRejected(_StoppedWithSummary):
 
 
 class Interrupted(_StoppedWithSummary):
-    """A signal stopped the run; undone rows are ``skipped`` and the journal allows a resume."""
+    """A signal stopped the run; undone rows are ``skipped`` and the journal allows a resume.
+
+    SIGHUP (a dropped ssh session) counts as SIGTERM does; the exit code is 128 + signal.
+    """
 
     def __init__(self, message: str, signum: int, summary: Summary | None = None) -> None:
         super().__init__(message, summary)
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+class DiskError(_StoppedWithSummary):
+    """A write failed (journal, report, summary or log): sending stopped at once.
+
+    Every result written before it is in the journal, so the same command, run again once
+    there is room, resumes; ``path`` is the file that could not be written.
+    """
+
+    exit_code = 74  # EX_IOERR
+
+    def __init__(self, error: OSError, path: Path | str, summary: Summary | None = None) -> None:
+        super().__init__(f"{error.strerror or error}: {path}", summary)
+        self.path = Path(path)
+
+
+class InternalError(_StoppedWithSummary):
+    """Something unexpected was raised inside bulklink: a bug, not the data or the API.
+
+    The run stopped as a signal stops it (requests in flight finished, the report
+    written with the rest ``skipped``, the journal kept); ``__cause__`` holds the original
+    exception and its traceback.
+    """
+
+    exit_code = 70  # EX_SOFTWARE

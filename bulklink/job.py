@@ -1,7 +1,8 @@
 """A whole job, from a file to a report: what ``bulklink run`` and ``retry`` do, as a library.
 
-This is the layer that owns the run's lifetime: the lock, the journal, the input
-passes, the event loop's signal handlers, the report commit and the summary. It prints
+This is the layer that owns the run's lifetime: the journal, the input passes, the
+event loop's signal handlers, the bounds on time (``--give-up-after``, ``--deadline``),
+what a failed write or a bug does to a run, the report commit and the summary. It prints
 nothing itself; everything it has to say goes through a :class:`~bulklink.console.Console`.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import os
 import signal
 import threading
@@ -18,24 +20,34 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
-from bulklink.assembly import Assembler, Layout
+from bulklink.assembly import SLICE_ROWS, Assembler, Layout
 from bulklink.client import Client
 from bulklink.console import Console
-from bulklink.errors import BulklinkError, CredentialsRejected, Interrupted, UsageError
+from bulklink.errors import (
+    BulklinkError,
+    CredentialsRejected,
+    DiskError,
+    InternalError,
+    Interrupted,
+    UsageError,
+)
 from bulklink.inputs import SEND, Chunk, Plan
 from bulklink.journal import Journal, Scope, journal_path
 from bulklink.ledger import Ledger
 from bulklink.models import Outcome, Pair, Summary
-from bulklink.options import Connection, Control, Output, RunSettings
-from bulklink.report import open_writer
-from bulklink.runner import CREDENTIALS_REJECTED, Runner
+from bulklink.options import Connection, Control, Output, RunSettings, format_duration
+from bulklink.publish import write_summary_json
+from bulklink.report import ReportWriter, open_writer
+from bulklink.runner import CREDENTIALS_REJECTED, INTERNAL_ERROR, Runner, describe_refusals
 from bulklink.xlsx import RunInfo
 
 _T = TypeVar("_T")
 MAX_LEAD_ROWS = 200_000  # input rows read ahead of the report cursor before the feed waits
 BATCH = 1024
+#: What stops a run cleanly: Ctrl-C, cron's and systemd's timeout, a dropped ssh session.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,10 +74,28 @@ class Job:
         return self.control.limit
 
 
+@dataclass(slots=True)
+class _Ending:
+    """How a run ended beyond its counts: what stopped it, and what went wrong."""
+
+    stop_reason: str = ""
+    signum: int = 0
+    disk: tuple[OSError, Path] | None = None  # the first write that failed, and where
+    bug: BaseException | None = None  # the first unexpected exception
+    requests: int = 0  # answers the API gave, retries included
+    throttled: int = 0  # of which 429
+
+
 def execute(job: Job) -> Summary:
-    """Run the job (its lock held by the caller); raise for aborts after writing the report."""
+    """Run the job (its lock held by the caller); raise for aborts after writing the report.
+
+    However it ends, every finished row is in the journal first. A failed write or a bug
+    stops dispatch as a signal does; the report is still written when it can be (else
+    discarded, never half-written), and the journal is kept, so the same command resumes.
+    """
     started = datetime.now(UTC)
     t0 = time.monotonic()
+    path = journal_path(job.report)
     connection = job.connection
     scope = Scope.build(
         connection.base_url,
@@ -73,19 +103,27 @@ def execute(job: Job) -> Summary:
         sandbox=connection.sandbox,
         api_key=connection.auth.api_key,
     )
-    journal, note = Journal.open(
-        journal_path(job.report), job.plan.key, job.plan.rows, scope=scope, fresh=job.control.fresh
-    )
-    if note:
-        job.console.info(note)
-    writer = open_writer(job.report, job.layout.extra_fields, job.layout.passthrough)
+    try:
+        journal, note = Journal.open(
+            path, job.plan.key, job.plan.rows, scope=scope, fresh=job.control.fresh
+        )
+    except OSError as exc:
+        raise DiskError(exc, path) from exc
+    ending = _Ending()
+    try:
+        if note:
+            job.console.info(note)
+        writer = open_writer(job.report, job.layout.extra_fields, job.layout.passthrough)
+    except BaseException as exc:
+        journal.close()
+        if isinstance(exc, OSError):
+            raise DiskError(exc, exc.filename or job.report) from exc
+        raise
     assembler = Assembler(job.plan, job.layout, journal, writer, on_linked=job.ledger.add)
     try:
-        stop_reason, signum, traffic = _run_to_completion(lambda: _run(job, journal, assembler))
-    except BaseException:
-        writer.discard()
-        journal.close()
-        raise
+        _run_to_completion(lambda: _run(job, journal, assembler, ending, t0))
+    except BaseException as exc:
+        _give_up_report(job, ending, writer, journal, exc)
     summary = Summary(
         report=str(job.report),
         rows=job.plan.rows,
@@ -97,36 +135,98 @@ def execute(job: Job) -> Summary:
         finished=datetime.now(UTC).isoformat(timespec="seconds"),
         elapsed=time.monotonic() - t0,
         exit_code=1 if assembler.unsuccessful else 0,
-        stopped=stop_reason,
-        requests=traffic[0],
-        throttled=traffic[1],
+        stopped=ending.stop_reason,
+        requests=ending.requests,
+        throttled=ending.throttled,
     )
     error: BulklinkError | None = None
-    if stop_reason == CREDENTIALS_REJECTED:
+    if ending.bug is not None or ending.disk is not None:
+        error = _failure(job, ending, ending.bug, summary)
+    elif ending.stop_reason == CREDENTIALS_REJECTED:
         error = CredentialsRejected(
             "the API rejected the credentials (HTTP 401/403): check the token or API key "
             "and the org ID; nothing more was sent",
             summary,
         )
-    elif signum:
-        error = Interrupted(f"interrupted by {signal.Signals(signum).name}", signum, summary)
+    elif ending.signum:
+        error = Interrupted(
+            f"interrupted by {signal.Signals(ending.signum).name}", ending.signum, summary
+        )
     if error is not None:
         summary.exit_code = error.exit_code
     try:  # the summary first: the xlsx report has a sheet for it
         writer.commit(RunInfo.from_summary(summary, job.input_name))
-    except BaseException:
-        writer.discard()
-        journal.close()
-        raise
-    # Every linked pair is in the store before the journal that also holds it goes.
-    job.ledger.finish(summary.counts, summary.exit_code)
-    if stop_reason:
+    except BaseException as exc:
+        _give_up_report(job, ending, writer, journal, exc)
+    try:  # every linked pair is in the store before the journal that also holds it goes
+        job.ledger.finish(summary.counts, summary.exit_code)
+    except (OSError, BulklinkError) as exc:
+        ending.stop_reason = ending.stop_reason or "the state store could not be written"
+        if error is None:
+            summary.exit_code = DiskError.exit_code
+            error = DiskError(_as_os_error(exc), job.ledger.path or "the state store", summary)
+    if ending.stop_reason or error is not None:
         journal.close()  # kept: a rerun resumes from it
     else:
         journal.remove()
+    if job.output.summary_json is not None:
+        try:
+            write_summary_json(job.output.summary_json, summary)
+        except (OSError, UsageError) as exc:
+            if error is None:
+                summary.exit_code = DiskError.exit_code
+                error = DiskError(_as_os_error(exc), job.output.summary_json, summary)
+    log_failure = job.console.log_failure
+    if error is None and log_failure is not None:
+        summary.exit_code = DiskError.exit_code
+        error = DiskError(log_failure, job.console.log_path or "--log-file", summary)
     if error is not None:
-        raise error
+        raise error from ending.bug
     return summary
+
+
+def _failure(
+    job: Job, ending: _Ending, exc: BaseException | None, summary: Summary | None
+) -> BulklinkError:
+    """The error a run that went wrong ends with: a failed write first, then a bug."""
+    if ending.disk is not None:
+        return DiskError(*ending.disk, summary)
+    if isinstance(exc, OSError):
+        return DiskError(exc, exc.filename or job.report, summary)
+    bug = ending.bug or exc
+    what = f"{type(bug).__name__}: {bug}" if bug is not None else "unknown"
+    return InternalError(
+        f"internal error (a bug in bulklink, not in your data or the API): {what}", summary
+    )
+
+
+def _give_up_report(
+    job: Job, ending: _Ending, writer: ReportWriter, journal: Journal, exc: BaseException
+) -> NoReturn:
+    """No report can be installed: drop the half-written one, keep the journal, say why."""
+    _discard(writer)
+    journal.close()
+    if isinstance(exc, Exception) and not isinstance(exc, BulklinkError):
+        raise _failure(job, ending, exc, None) from (ending.bug or exc)
+    raise exc
+
+
+def _as_os_error(exc: BaseException) -> OSError:
+    """A store failure as the disk error it is (SQLite reports a full disk in words)."""
+    if isinstance(exc, OSError):
+        return exc
+    full = "full" in str(exc)
+    return OSError(
+        errno.ENOSPC if full else errno.EIO, os.strerror(errno.ENOSPC) if full else str(exc)
+    )
+
+
+def _discard(writer: ReportWriter) -> None:
+    """Drop the half-written report; on a full disk closing it fails too, so try each step."""
+    with contextlib.suppress(OSError):
+        writer.discard()
+    with contextlib.suppress(OSError):
+        writer.tmp.unlink(missing_ok=True)
 
 
 def _run_to_completion(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
@@ -141,9 +241,9 @@ def _run_to_completion(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
 
 
 async def _run(
-    job: Job, journal: Journal, assembler: Assembler
-) -> tuple[str, int, tuple[int, int]]:
-    console = job.console
+    job: Job, journal: Journal, assembler: Assembler, ending: _Ending, t0: float
+) -> None:
+    console, control = job.console, job.control
     to_send = journal.pending(job.plan.codes == SEND)
     if job.limit is not None:
         to_send = min(to_send, max(0, job.limit - journal.resumed))
@@ -157,18 +257,25 @@ async def _run(
             max_connections=job.settings.concurrency or 256,
         ) as client,
     ):
-        journal.defer = asyncio.get_running_loop().call_soon
-        runner = Runner(client, job.settings, assembler.accept)
-        signum = 0
         loop = asyncio.get_running_loop()
+        runner = Runner(client, job.settings, assembler.accept)
+
+        def disk_failed(error: OSError, path: Path) -> None:
+            """The first failed write stops dispatch at once; in-flight requests finish."""
+            if ending.disk is None:
+                ending.disk = (error, path)
+                runner.stop(f"cannot write {path}: {error.strerror or error}")
+
+        journal.defer = loop.call_soon
+        journal.on_failure = lambda error: disk_failed(error, journal.path)
+        assembler.defer = loop.call_soon
 
         def on_signal(sig: int) -> None:
-            nonlocal signum
-            if signum and sig == signal.SIGINT:
+            if ending.signum and sig == signal.SIGINT:
                 journal.flush()  # second Ctrl-C: quit now, every finished row journaled
                 os._exit(130)
-            if not signum:
-                signum = sig
+            if not ending.signum:
+                ending.signum = sig
                 name = signal.Signals(sig).name
                 console.info(
                     f"{name}: finishing requests in flight, then writing the report "
@@ -176,55 +283,126 @@ async def _run(
                 )
                 runner.stop(f"interrupted by {name}")
 
-        handled = _install_signals(loop, on_signal) if job.control.handle_signals else []
-        ticker = asyncio.create_task(_tick(job, journal, assembler, runner, to_send))
+        handled = _install_signals(loop, on_signal) if control.handle_signals else []
+        deadline = None
+        if control.deadline is not None:
+            left = max(0.0, control.deadline - (time.monotonic() - t0))
+            reason = f"--deadline {format_duration(control.deadline)} reached"
+            deadline = loop.call_later(left, runner.stop, reason)
+        ticker = asyncio.create_task(
+            _tick(job, journal, assembler, runner, to_send, ending, disk_failed)
+        )
         stream = _ChunkStream(job.plan.table.chunks())
         try:
-            await runner.run(_feed(job, journal, assembler, stream, runner))
+            try:
+                await runner.run(_feed(job, journal, assembler, stream, runner))
+            except BulklinkError:
+                raise
+            except OSError as exc:  # the report's file, or the input read again
+                disk_failed(exc, Path(os.fsdecode(exc.filename)) if exc.filename else job.report)
+            except Exception as exc:  # a bug: the runner stopped everyone; report what is done
+                ending.bug = exc
+                runner.stop(INTERNAL_ERROR)
+            if runner.stop_reason:
+                assembler.skip_reason = f"not attempted: {runner.stop_reason}"
+            elif job.limit is not None:
+                assembler.skip_reason = f"not attempted (--limit {job.limit})"
             while (chunk := await stream.get()) is not None:
                 assembler.add_chunk(chunk)
+            # The rows read back, a slice per turn: each sleep(0) lets one slice run.
+            while assembler.catching_up:  # noqa: ASYNC110 - polls per turn, not per event
+                await asyncio.sleep(0)
+            assembler.finish()
         finally:
             ticker.cancel()
+            if deadline is not None:
+                deadline.cancel()
             for sig in handled:
                 loop.remove_signal_handler(sig)
             stream.close()
-        if runner.stop_reason:
-            assembler.skip_reason = f"not attempted: {runner.stop_reason}"
-        elif job.limit is not None:
-            assembler.skip_reason = f"not attempted (--limit {job.limit})"
-        assembler.finish()
         journal.sync()
         console.finish_progress(assembler.done_this_run)
-        traffic = (runner.pacer.requests, runner.pacer.throttled)
-        return runner.stop_reason, signum, traffic
+        ending.stop_reason = runner.stop_reason
+        ending.requests, ending.throttled = runner.pacer.requests, runner.pacer.throttled
 
 
 def _install_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[int], None]) -> list[int]:
     if threading.current_thread() is not threading.main_thread():
         return []
     handled: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, handler, sig)
         handled.append(sig)
     return handled
 
 
+@contextlib.contextmanager
+def signals_raise(enabled: bool) -> Iterator[None]:
+    """Until a run's own handlers take over: SIGTERM and SIGHUP raise :class:`Interrupted`.
+
+    Their default action ends the process on the spot, before any ``finally`` (a spooled
+    copy of standard input would stay beside the report); SIGINT raises already.
+    """
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        raise Interrupted(f"interrupted by {name} before anything was sent", signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 async def _tick(
-    job: Job, journal: Journal, assembler: Assembler, runner: Runner, total: int
+    job: Job,
+    journal: Journal,
+    assembler: Assembler,
+    runner: Runner,
+    total: int,
+    ending: _Ending,
+    disk_failed: Callable[[OSError, Path], None],
 ) -> None:
-    """Twice a second: progress and the store's batch; once a second: fsync the journal
-    (both off the event loop)."""
-    job.console.start_progress(total)
-    last_sync = time.monotonic()
-    while True:
-        await asyncio.sleep(0.5)
-        job.console.progress(assembler.done_this_run, runner.in_flight)
-        if job.ledger.active:
-            await asyncio.to_thread(job.ledger.flush)
-        if time.monotonic() - last_sync >= 1.0 and journal.dirty:
-            journal.dirty = False
-            last_sync = time.monotonic()
-            await asyncio.to_thread(journal.fsync_now)
+    """Twice a second: progress, the give-up rule and the log's health; once a second:
+    fsync the journal (off the event loop). A bug here stops the run as one in a worker."""
+    console, give_up = job.console, job.control.give_up_after
+    try:
+        console.start_progress(total)
+        last_sync = time.monotonic()
+        while True:
+            await asyncio.sleep(0.5)
+            console.progress(assembler.done_this_run, runner.in_flight)
+            if console.log_failure is not None:
+                disk_failed(console.log_failure, console.log_path or Path("--log-file"))
+            quiet = runner.clock() - runner.last_progress
+            if give_up is not None and runner.refusals and quiet >= give_up:
+                runner.stop(
+                    f"gave up: the API refused everything for {format_duration(give_up)} "
+                    f"({describe_refusals(runner.refusals)})"
+                )
+            if job.ledger.active:
+                try:
+                    await asyncio.to_thread(job.ledger.flush)
+                except (OSError, BulklinkError) as exc:
+                    disk_failed(_as_os_error(exc), job.ledger.path or Path("the state store"))
+            if time.monotonic() - last_sync >= 1.0 and journal.dirty:
+                journal.dirty = False
+                last_sync = time.monotonic()
+                try:
+                    await asyncio.to_thread(journal.fsync_now)
+                except OSError as exc:
+                    journal.fail(exc)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if ending.bug is None:
+            ending.bug = exc
+        runner.stop(INTERNAL_ERROR)
 
 
 class _ChunkStream:
@@ -264,9 +442,14 @@ async def _feed(
         assembler.add_chunk(chunk)
         batch: list[Pair] = []
         source, linked, start = chunk.source, chunk.linked, chunk.start
+        passed = 0
         for at in range(len(chunk)):
             index = start + at
             if codes[index] != SEND or journal.done(index + 1):
+                passed += 1
+                if passed >= 16 * SLICE_ROWS:  # a long stretch with nothing to send (a resume)
+                    passed = 0
+                    await asyncio.sleep(0)
                 continue
             if budget is not None:
                 if budget <= 0:

@@ -10,15 +10,26 @@ not match starts fresh, and the note says what differs. Lines hold what the repo
 needs: no headers, so never a token. The file is opened without following a link: a
 symlink (or anything but a regular file) at its name is refused (exit 2); a fresh one is
 written under a temporary name and renamed into place.
+
+Every line reads back, whatever the server sent: the 2xx body is copied as it is only
+when it is the plain UTF-8 JSON object a line can embed (the usual answer, and the
+cheap path), else the ticket is re-serialised. Each line ends with a CRC-32 of the
+rest, checked when an earlier run's journal is loaded (a fraction of the cost of
+parsing it): a line torn by a crash, damaged by hand or by the disk is not trusted, and
+its row counts as not done, so it is sent again. A write that fails (a full disk) is
+reported once through :attr:`Journal.on_failure`; later results stay in memory for the
+rest of the run, and the rerun sends those rows again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import secrets
+import zlib
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,11 +37,11 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from bulklink.errors import UsageError
 from bulklink.models import Outcome, Result
 from bulklink.safefile import create_temp, open_fixed
 
-FORMAT = 3  # 2: the header holds the scope; 3: lines carry the time of the link ("t")
+FORMAT = 3  # 2: the header holds the scope; 3: a CRC-32 ends each line, "t" the link time
+UNREADABLE = "not attempted: its journal line could not be read back"
 
 
 def journal_path(report: Path) -> Path:
@@ -153,6 +164,10 @@ class Journal:
         #: How to run :meth:`flush` soon after a record: ``loop.call_soon`` inside a run,
         #: so all the rows finished in one event-loop turn cost one system call.
         self.defer: Callable[[Callable[[], None]], object] = lambda flush: flush()
+        #: Told once, of the first write that failed; from then on results stay in memory.
+        self.on_failure: Callable[[OSError], None] | None = None
+        self.failure: OSError | None = None
+        self._unwritten: dict[int, Result] = {}
 
     @classmethod
     def open(
@@ -184,18 +199,28 @@ class Journal:
 
     def record(self, result: Result) -> None:
         """Append one finished row; only ``linked`` and ``failed`` rows belong here."""
-        body = result.body.replace(b"\n", b" ") if result.body is not None else b"null"
+        self.offsets[result.row - 1] = self._end
+        if self.failure is not None:
+            self._unwritten[result.row] = result
+            return
+        body = result.body
+        if body is None:
+            body = b"null"
+        elif body[:2] == b'{"':  # decoded as UTF-8 by json (no BOM, not UTF-16): embeddable
+            if b"\n" in body:
+                body = body.replace(b"\n", b" ")  # a newline can only be whitespace here
+        else:
+            body = json.dumps({"data": result.ticket}).encode()
         status = b"null" if result.http_status is None else str(result.http_status).encode()
-        line = b'{"r":%d,"o":"%s","h":%s,"a":%d,"t":"%s","e":%s,"b":%s}\n' % (
+        head = b'{"r":%d,"o":"%s","h":%s,"a":%d,"t":"%s","e":%s,"b":' % (
             result.row,
             result.outcome.value.encode(),
             status,
             result.attempts,
             result.linked_at.encode(),
             json.dumps(result.error).encode() if result.error else b'""',
-            body,
         )
-        self.offsets[result.row - 1] = self._end
+        line = b'%s%s,"k":%d}\n' % (head, body, zlib.crc32(body, zlib.crc32(head)))
         self._end += len(line)
         self._lines.append(line)
         if len(self._lines) == 1:
@@ -205,21 +230,55 @@ class Journal:
         """Hand buffered lines to the OS: one ``write`` per event-loop turn, not per row."""
         if self._lines:
             data = b"".join(self._lines)
+            try:
+                while data:
+                    data = data[os.write(self._fd, data) :]
+            except OSError as exc:
+                self.fail(exc)
+                return
             self._lines.clear()
-            while data:
-                data = data[os.write(self._fd, data) :]
             self.dirty = True
+
+    def fail(self, error: OSError) -> None:
+        """A write or fsync failed: stop writing, keep what is unwritten in memory, tell once.
+
+        What reached the file stays valid (a torn last line is cut off by the next
+        open); the rows held in memory are sent again by the next run.
+        """
+        if self.failure is not None:
+            return
+        self.failure = error
+        for line in self._lines:
+            result = parse_line(line)
+            if result is not None:
+                self._unwritten[result.row] = result
+        self._lines.clear()
+        if self.on_failure is not None:
+            self.on_failure(error)
 
     def sync(self) -> None:
         self.flush()
-        if self.dirty:
+        if self.dirty and self.failure is None:
             self.dirty = False
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                self.fail(exc)
 
     def fsync_now(self) -> None:
-        """For a worker thread: the event loop clears ``dirty`` before handing this off."""
-        with contextlib.suppress(OSError):  # closed meanwhile: close() fsyncs itself
-            os.fsync(self._fd)
+        """For a worker thread: the event loop clears ``dirty`` before handing this off.
+
+        Raises the ``OSError`` of a failed fsync for the caller to pass to :meth:`fail`
+        on the loop; a descriptor closed meanwhile is not a failure (close() fsyncs).
+        """
+        fd = self._fd
+        if fd < 0:
+            return
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno != errno.EBADF and self._fd >= 0:
+                raise
 
     def pending(self, wanted: Any) -> int:
         """How many rows of the boolean mask ``wanted`` have no recorded result yet."""
@@ -232,27 +291,24 @@ class Journal:
         return self.offsets[row - 1] >= 0
 
     def read(self, row: int) -> Result:
-        """The recorded result of ``row`` (which must be :meth:`done`)."""
+        """The recorded result of ``row`` (which must be :meth:`done`); never raises for a
+        line that cannot be read back: the row then comes back ``skipped``."""
+        if self._unwritten:
+            kept = self._unwritten.get(row)
+            if kept is not None:
+                return kept
         self.flush()
         if self._reader is None:
             self._reader = self.path.open("rb")
         self._reader.seek(self.offsets[row - 1])
-        obj = json.loads(self._reader.readline())
-        body = obj["b"]
-        ticket = body.get("data") if isinstance(body, dict) else None
-        return Result(
-            obj["r"],
-            Outcome(obj["o"]),
-            obj["h"],
-            obj["e"],
-            obj["a"],
-            ticket if isinstance(ticket, dict) else None,
-            linked_at=str(obj.get("t") or ""),
-        )
+        result = parse_line(self._reader.readline())
+        if result is None or result.row != row:
+            return Result(row, Outcome.SKIPPED, None, UNREADABLE, 0)
+        return result
 
     def close(self) -> None:
         if self._fd >= 0:
-            self.sync()
+            self.sync()  # reports a failure through fail(), never raises
             os.close(self._fd)
             self._fd = -1
         if self._reader is not None:
@@ -264,6 +320,47 @@ class Journal:
         self.path.unlink(missing_ok=True)
 
 
+def parse_line(line: bytes) -> Result | None:
+    """A journal line as the result it records, or None when it is not one."""
+    try:
+        obj = json.loads(line)
+        body = obj["b"]
+        ticket = body.get("data") if isinstance(body, dict) else None
+        status, error, attempts = obj["h"], obj["e"], obj["a"]
+        if not (
+            (status is None or type(status) is int)
+            and isinstance(error, str)
+            and type(attempts) is int
+        ):
+            return None
+        outcome = Outcome(obj["o"])
+        if outcome is not Outcome.LINKED and outcome is not Outcome.FAILED:
+            return None
+        return Result(
+            int(obj["r"]),
+            outcome,
+            status,
+            error,
+            attempts,
+            ticket if isinstance(ticket, dict) else None,
+            linked_at=str(obj.get("t") or ""),
+        )
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return None
+
+
+def checked_row(line: bytes) -> int:
+    """The row of a whole line whose CRC matches, else 0: cheap enough for a million lines."""
+    crc_at = line.rfind(b',"k":')
+    if crc_at < 0 or not line.startswith(b'{"r":') or not line.endswith(b"}\n"):
+        return 0
+    digits = line[crc_at + 5 : -2]
+    if not digits.isdigit() or int(digits) != zlib.crc32(line[:crc_at]):
+        return 0
+    row = line[5 : line.find(b",", 5)]
+    return int(row) if row.isdigit() else 0
+
+
 def _create(path: Path, header: bytes) -> int:
     """A new journal holding ``header``, renamed over ``path`` (which replaces a file or a
     link there, never writes through one); the fd appends to it."""
@@ -272,10 +369,10 @@ def _create(path: Path, header: bytes) -> int:
         os.write(fd, header)
         os.fsync(fd)
         tmp.replace(path)
-    except OSError as exc:
+    except OSError:
         os.close(fd)
         tmp.unlink(missing_ok=True)
-        raise UsageError(f"cannot write the journal {path}: {exc.strerror}") from None
+        raise  # a full disk: the job reports it as such (exit 74)
     return fd
 
 
@@ -288,19 +385,21 @@ def _load(
     if mismatch:
         return 0, 0, f"{mismatch}: starting fresh"
     end = len(first)
+    unreadable = 0
     for line in fh:
-        if not line.endswith(b"}\n") or not line.startswith(b'{"r":'):
-            break  # a torn last line: everything before it is good
-        comma = line.find(b",", 5)
-        try:
-            row = int(line[5:comma])
-        except ValueError:
-            break
+        if not line.endswith(b"\n"):
+            break  # a torn last line (a crash, a full disk): cut off when reopened
+        row = checked_row(line)
         if 1 <= row <= len(offsets):
             offsets[row - 1] = end
+        else:
+            unreadable += 1
         end += len(line)
     done = sum(1 for off in offsets if off >= 0)
-    return done, end, f"resuming: {done} rows were already done by an earlier run"
+    note = f"resuming: {done} rows were already done by an earlier run"
+    if unreadable:
+        note += f"; {unreadable} unreadable journal lines ignored (their rows are sent again)"
+    return done, end, note
 
 
 def _mismatch(first: bytes, expected: dict[str, Any], scope: Scope) -> str:

@@ -66,6 +66,8 @@ class ControlArgs(TypedDict, total=False):
     limit: int | None
     fresh: bool
     handle_signals: bool
+    give_up_after: float | str | None
+    deadline: float | str | None
 
 
 class StateArgs(TypedDict, total=False):
@@ -198,13 +200,26 @@ class RunSettings:
         )
 
 
+DEFAULT_GIVE_UP_AFTER = 600.0
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Control:
-    """What drives a run over a file: canary size, resume, signals."""
+    """What drives and bounds a run over a file: canary size, resume, signals, time.
+
+    ``give_up_after`` and ``deadline`` live here, not in :class:`RunSettings`: they do
+    not shape traffic, they end a run over a file (as ``--limit`` does), and the job,
+    which owns the run's lifetime, enforces them. ``None`` turns either off.
+    """
 
     limit: int | None = None
     fresh: bool = False
     handle_signals: bool = False
+    #: Seconds without an answer that settles a row (only 429s, 5xx, timeouts...) after
+    #: which the run stops as SIGTERM stops it.
+    give_up_after: float | None = DEFAULT_GIVE_UP_AFTER
+    #: Seconds from the start after which nothing more is sent (a wall-clock budget).
+    deadline: float | None = None
 
     @classmethod
     def build(cls, args: ControlArgs) -> Control:
@@ -215,7 +230,51 @@ class Control:
             limit=limit,
             fresh=bool(args.get("fresh", False)),
             handle_signals=bool(args.get("handle_signals", False)),
+            give_up_after=parse_duration(
+                args.get("give_up_after", DEFAULT_GIVE_UP_AFTER), "--give-up-after"
+            ),
+            deadline=parse_duration(args.get("deadline"), "--deadline"),
         )
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: float | str | None, option: str) -> float | None:
+    """``90s``, ``10m``, ``2h``, ``1h30m`` or plain seconds; ``0``, ``off`` or None: no limit."""
+    import re
+
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip().lower().replace(" ", "")
+        if text in ("off", "none", "never", ""):
+            return None
+        parts = re.fullmatch(r"((?:\d+(?:\.\d+)?[hms])+|\d+(?:\.\d+)?)", text)
+        if parts is None:
+            raise UsageError(
+                f"{option} must be a duration such as 90s, 10m, 2h or 1h30m "
+                f"(plain seconds, or 0/off for none), got {value!r}"
+            )
+        if text[-1] in _UNITS:
+            found = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
+            seconds = sum(float(n) * _UNITS[unit] for n, unit in found)
+        else:
+            seconds = float(text)
+    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+        raise UsageError(f"{option} must be 0 (off) or more")
+    return seconds or None
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest way to write ``seconds`` back as a duration option takes it."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

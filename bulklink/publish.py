@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from bulklink.console import Console
+from bulklink.errors import BulklinkError
 from bulklink.models import Summary
 from bulklink.options import Output
 from bulklink.safefile import create_temp
@@ -45,12 +46,14 @@ def publish(
     last_success: datetime | None,
     redact: Callable[[str], str],
     allow_http: bool,
+    summary_json: bool = False,
 ) -> None:
-    """Write ``--summary-json`` and ``--metrics-file``; send the notice when one is due."""
-    if output.summary_json is not None:
+    """Write ``--metrics-file`` (and ``--summary-json`` when the run did not get to it);
+    send the notice when one is due."""
+    if summary_json and output.summary_json is not None:
         try:
             write_summary_json(output.summary_json, summary)
-        except OSError as exc:
+        except (OSError, BulklinkError) as exc:
             console.error(f"warning: cannot write --summary-json {output.summary_json}: {exc}")
     if output.metrics_file is not None:
         from bulklink.metrics import write_metrics

@@ -4,6 +4,11 @@ Workers pull pairs from a shared feed; each makes its requests one at a time, so
 number of workers is the number of requests in flight. With ``concurrency=None`` (auto)
 the pool starts at 16 and grows, up to 256, to what Little's law asks for: rate x
 latency. Results are handed to ``on_result`` as they finish; the runner keeps none.
+
+The runner needs of the HTTP edge only :class:`Linker` (``link(source, linked) ->
+Answer``), so a test can drive it with any object that answers. It keeps, for whoever
+bounds the run, the time of the last answer that settled a row and what the API
+answered instead since then (:attr:`Runner.refusals`).
 """
 
 from __future__ import annotations
@@ -11,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
-from bulklink.client import Answer, Client, Verdict
+from bulklink.client import Answer, Verdict
 from bulklink.models import Outcome, Pair, Result, utc_stamp
 from bulklink.options import RunSettings
 from bulklink.pacing import Pacer
@@ -27,6 +33,14 @@ REDIRECT_STOP = 3
 FORBIDDEN_STREAK = 3
 AUTO_START = 16
 AUTO_CAP = 256
+INTERNAL_ERROR = "internal error"
+
+
+class Linker(Protocol):
+    """What the runner needs of the HTTP edge: one attempt, classified; never raises for
+    anything the network or the server can do (:class:`~bulklink.client.Client`)."""
+
+    async def link(self, source: str, linked: str) -> Answer: ...
 
 
 class Runner:
@@ -34,7 +48,7 @@ class Runner:
 
     def __init__(
         self,
-        client: Client,
+        client: Linker,
         settings: RunSettings,
         on_result: Callable[[Result], None],
         clock: Callable[[], float] = time.monotonic,
@@ -50,6 +64,11 @@ class Runner:
         self.linked = 0  # rows linked this run: proof that the credentials work
         self._forbidden_streak = 0
         self._redirects = 0
+        #: When an answer last settled a row (linked, or failed for a reason of its own);
+        #: with :attr:`refusals`, what a give-up rule needs.
+        self.last_progress = clock()
+        #: Retryable answers since then, by status (``"429"``) or kind (``"timeout ..."``).
+        self.refusals: Counter[str] = Counter()
         self._queue: deque[Pair] = deque()
         self._feed: AsyncIterator[list[Pair]] | None = None
         self._feed_done = False
@@ -66,7 +85,13 @@ class Runner:
             task.cancel()
 
     async def run(self, feed: AsyncIterator[list[Pair]]) -> None:
+        """Link everything the feed yields, until it ends or :meth:`stop`.
+
+        Anything unexpected raised in a worker (a bug) stops the others as :meth:`stop`
+        does, and is raised here once the requests in flight have finished.
+        """
         self._feed = feed
+        self.last_progress = self.clock()
         size = self.settings.concurrency or AUTO_START
         for _ in range(size):
             self._spawn()
@@ -80,15 +105,17 @@ class Runner:
                 )
                 failed = [t for t in done if not t.cancelled() and t.exception() is not None]
                 if failed:  # a bug, not a network fault: stop everyone and let it surface
-                    self.stop("internal error")
+                    self.stop(INTERNAL_ERROR)
                     await asyncio.gather(*self._workers, return_exceptions=True)
+                    self._queue.clear()  # undone: the caller accounts for them
                     raise failed[0].exception()  # type: ignore[misc]
         finally:
             if sizer is not None:
                 sizer.cancel()
-            for pair in self._queue:
-                self.on_result(self._unsent(pair, 0, None))
+            queued = list(self._queue)
             self._queue.clear()
+            for pair in queued:
+                self.on_result(self._unsent(pair, 0, None))
 
     def _spawn(self) -> None:
         task = asyncio.create_task(self._worker())
@@ -168,6 +195,12 @@ class Runner:
             self.latency += (now - sent - self.latency) * (0.1 if self.latency else 1.0)
             pacer.on_answer(sent, answer.throttled)
             verdict = answer.verdict
+            if verdict is Verdict.RETRY:
+                self.refusals[refusal_kind(answer)] += 1
+            else:
+                self.last_progress = now
+                if self.refusals:
+                    self.refusals.clear()
             if verdict is Verdict.LINKED:
                 self.linked += 1
                 self._forbidden_streak = 0
@@ -212,6 +245,18 @@ class Runner:
         if last is not None:
             why = f"stopped before retrying ({self.stop_reason}); last: {last.error}"
         return Result(pair.row, Outcome.SKIPPED, last.http_status if last else None, why, attempts)
+
+
+def refusal_kind(answer: Answer) -> str:
+    """``"429"``, ``"503"``; for an answer without a status, its error (``"timeout after 30s"``)."""
+    if answer.http_status is not None:
+        return str(answer.http_status)
+    return answer.error or "no answer"
+
+
+def describe_refusals(refusals: Counter[str]) -> str:
+    """``429 x 120, 503 x 4``: the most common first."""
+    return ", ".join(f"{kind} x {count}" for kind, count in refusals.most_common())
 
 
 def last_throttled(answer: Answer | None) -> bool:

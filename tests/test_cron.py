@@ -540,8 +540,9 @@ def test_token_absent_from_everything_in_failing_runs(
     src = write_csv(tmp_path / "in.csv", rows)
     log, summary = tmp_path / "run.log", tmp_path / "summary.json"
     report = tmp_path / f"a{fmt}"
-    common = ("--log-file", log, "--summary-json", summary, "--max-retries", "1", *FAST)
-    common += ("--no-state",)  # each run below sends the same pairs again
+    # Each run below sends the same pairs again: no state store.
+    common: tuple[str | Path, ...] = ("--log-file", log, "--summary-json", summary)
+    common += ("--max-retries", "1", "--no-state", *FAST)
 
     failing = run_against(server, "run", src, "-o", report, *common)
     assert failing.exit_code == 1, failing.stderr
