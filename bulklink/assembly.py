@@ -141,7 +141,6 @@ class Assembler:
     def _advance(self, whole: bool = False) -> None:
         if self._deferred and not whole:
             return  # one slice per turn, written by the deferred call
-        codes, pending = self.codes, self._pending
         budget, started = SLICE_ROWS, 0.0
         while self._cursor < self._loaded:
             if not budget and not whole and self.defer is not None:
@@ -154,30 +153,36 @@ class Assembler:
                         self.defer(self._resume)
                     return
             budget -= 1
-            index = self._cursor
-            chunk = self._chunks[0]
-            at = index - chunk.start
-            code = codes[index]
-            if code == SEND:
-                result = pending.pop(index, None)
-                if result is None:
-                    if not self.journal.done(index + 1):
-                        return
-                    result = self.journal.read(index + 1)
-                self._write_result(chunk, at, result)
-            elif code == DUPLICATE:
-                self._write_duplicate(chunk, at, int(self.first_of[index]))
-            elif code == ALREADY:
-                if self.journal.done(index + 1):  # linked by the run this one resumes
-                    self._write_result(chunk, at, self.journal.read(index + 1))
-                else:
-                    self._write_already(chunk, at)
-            elif code == KEEP:
-                self._write_kept(chunk, at)
+            if not self._write_next():
+                return
+
+    def _write_next(self) -> bool:
+        """Write the row at the cursor; False when its result has not come yet."""
+        index = self._cursor
+        chunk = self._chunks[0]
+        at = index - chunk.start
+        code = self.codes[index]
+        if code == SEND:
+            result = self._pending.pop(index, None)
+            if result is None:
+                if not self.journal.done(index + 1):
+                    return False
+                result = self.journal.read(index + 1)
+            self._write_result(chunk, at, result)
+        elif code == DUPLICATE:
+            self._write_duplicate(chunk, at, int(self.first_of[index]))
+        elif code == ALREADY:
+            if self.journal.done(index + 1):  # linked by the run this one resumes
+                self._write_result(chunk, at, self.journal.read(index + 1))
             else:
-                reason = invalid_text(code, chunk.source[at], chunk.linked[at])
-                self._write_invalid(chunk, at, reason)
-            self._step(chunk)
+                self._write_already(chunk, at)
+        elif code == KEEP:
+            self._write_kept(chunk, at)
+        else:
+            reason = invalid_text(code, chunk.source[at], chunk.linked[at])
+            self._write_invalid(chunk, at, reason)
+        self._step(chunk)
+        return True
 
     def _step(self, chunk: Chunk) -> None:
         """Past one row; past the chunk too when it was its last."""

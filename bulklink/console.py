@@ -136,8 +136,10 @@ class Console:
             self._print(text)
 
     def trace(self, text: str) -> None:
-        """To the log file only: what an operator needs later (a traceback), not now."""
-        self._to_log(self.redact(text))
+        """To the log file only: what an operator needs later (a traceback), not now; one
+        log line per line of it, so it reads as it was printed."""
+        for line in self.redact(text).splitlines():
+            self._to_log(line)
 
     def info(self, text: str) -> None:
         self._say(text)

@@ -95,30 +95,15 @@ def execute(job: Job) -> Summary:
     """
     started = datetime.now(UTC)
     t0 = time.monotonic()
-    path = journal_path(job.report)
-    connection = job.connection
-    scope = Scope.build(
-        connection.base_url,
-        connection.auth.org_id,
-        sandbox=connection.sandbox,
-        api_key=connection.auth.api_key,
-    )
+    journal = _open_journal(job)
     try:
-        journal, note = Journal.open(
-            path, job.plan.key, job.plan.rows, scope=scope, fresh=job.control.fresh
-        )
-    except OSError as exc:
-        raise DiskError(exc, path) from exc
-    ending = _Ending()
-    try:
-        if note:
-            job.console.info(note)
         writer = open_writer(job.report, job.layout.extra_fields, job.layout.passthrough)
     except BaseException as exc:
         journal.close()
         if isinstance(exc, OSError):
             raise DiskError(exc, exc.filename or job.report) from exc
         raise
+    ending = _Ending()
     assembler = Assembler(job.plan, job.layout, journal, writer, on_linked=job.ledger.add)
     try:
         _run_to_completion(lambda: _run(job, journal, assembler, ending, t0))
@@ -139,6 +124,45 @@ def execute(job: Job) -> Summary:
         requests=ending.requests,
         throttled=ending.throttled,
     )
+    error = _stop_error(job, ending, summary)
+    try:  # the summary first: the xlsx report has a sheet for it
+        writer.commit(RunInfo.from_summary(summary, job.input_name))
+    except BaseException as exc:
+        _give_up_report(job, ending, writer, journal, exc)
+    error = _record(job, ending, summary, error)
+    if ending.stop_reason or error is not None:
+        journal.close()  # kept: a rerun resumes from it
+    else:
+        journal.remove()
+    error = _last_writes(job, summary, error)
+    if error is not None:
+        raise error from ending.bug
+    return summary
+
+
+def _open_journal(job: Job) -> Journal:
+    """The report's journal, scoped to where this run links; a mismatch starts fresh."""
+    connection = job.connection
+    scope = Scope.build(
+        connection.base_url,
+        connection.auth.org_id,
+        sandbox=connection.sandbox,
+        api_key=connection.auth.api_key,
+    )
+    path = journal_path(job.report)
+    try:
+        journal, note = Journal.open(
+            path, job.plan.key, job.plan.rows, scope=scope, fresh=job.control.fresh
+        )
+    except OSError as exc:
+        raise DiskError(exc, path) from exc
+    if note:
+        job.console.info(note)
+    return journal
+
+
+def _stop_error(job: Job, ending: _Ending, summary: Summary) -> BulklinkError | None:
+    """What the run ends with beyond its counts (its exit code goes into the summary)."""
     error: BulklinkError | None = None
     if ending.bug is not None or ending.disk is not None:
         error = _failure(job, ending, ending.bug, summary)
@@ -149,26 +173,29 @@ def execute(job: Job) -> Summary:
             summary,
         )
     elif ending.signum:
-        error = Interrupted(
-            f"interrupted by {signal.Signals(ending.signum).name}", ending.signum, summary
-        )
+        name = signal.Signals(ending.signum).name
+        error = Interrupted(f"interrupted by {name}", ending.signum, summary)
     if error is not None:
         summary.exit_code = error.exit_code
-    try:  # the summary first: the xlsx report has a sheet for it
-        writer.commit(RunInfo.from_summary(summary, job.input_name))
-    except BaseException as exc:
-        _give_up_report(job, ending, writer, journal, exc)
-    try:  # every linked pair is in the store before the journal that also holds it goes
+    return error
+
+
+def _record(
+    job: Job, ending: _Ending, summary: Summary, error: BulklinkError | None
+) -> BulklinkError | None:
+    """Every linked pair into the store, before the journal that also holds them goes."""
+    try:
         job.ledger.finish(summary.counts, summary.exit_code)
     except (OSError, BulklinkError) as exc:
         ending.stop_reason = ending.stop_reason or "the state store could not be written"
         if error is None:
             summary.exit_code = DiskError.exit_code
             error = DiskError(_as_os_error(exc), job.ledger.path or "the state store", summary)
-    if ending.stop_reason or error is not None:
-        journal.close()  # kept: a rerun resumes from it
-    else:
-        journal.remove()
+    return error
+
+
+def _last_writes(job: Job, summary: Summary, error: BulklinkError | None) -> BulklinkError | None:
+    """``--summary-json``, and the log's health: a write that failed is a disk error."""
     if job.output.summary_json is not None:
         try:
             write_summary_json(job.output.summary_json, summary)
@@ -180,9 +207,7 @@ def execute(job: Job) -> Summary:
     if error is None and log_failure is not None:
         summary.exit_code = DiskError.exit_code
         error = DiskError(log_failure, job.console.log_path or "--log-file", summary)
-    if error is not None:
-        raise error from ending.bug
-    return summary
+    return error
 
 
 def _failure(
@@ -243,10 +268,6 @@ def _run_to_completion(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
 async def _run(
     job: Job, journal: Journal, assembler: Assembler, ending: _Ending, t0: float
 ) -> None:
-    console, control = job.console, job.control
-    to_send = journal.pending(job.plan.codes == SEND)
-    if job.limit is not None:
-        to_send = min(to_send, max(0, job.limit - journal.resumed))
     async with (
         job.connection.endpoint() as base_url,
         Client(
@@ -257,62 +278,53 @@ async def _run(
             max_connections=job.settings.concurrency or 256,
         ) as client,
     ):
-        loop = asyncio.get_running_loop()
-        runner = Runner(client, job.settings, assembler.accept)
+        await _Run(job, journal, assembler, ending, client).go(t0)
 
-        def disk_failed(error: OSError, path: Path) -> None:
-            """The first failed write stops dispatch at once; in-flight requests finish."""
-            if ending.disk is None:
-                ending.disk = (error, path)
-                runner.stop(f"cannot write {path}: {error.strerror or error}")
 
-        journal.defer = loop.call_soon
-        journal.on_failure = lambda error: disk_failed(error, journal.path)
-        assembler.defer = loop.call_soon
+class _Run:
+    """One run in its event loop: dispatch, the ticker, signals, time bounds, and the end."""
 
-        def on_signal(sig: int) -> None:
-            if ending.signum and sig == signal.SIGINT:
-                journal.flush()  # second Ctrl-C: quit now, every finished row journaled
-                os._exit(130)
-            if not ending.signum:
-                ending.signum = sig
-                name = signal.Signals(sig).name
-                console.info(
-                    f"{name}: finishing requests in flight, then writing the report "
-                    "(Ctrl-C again to quit at once)"
-                )
-                runner.stop(f"interrupted by {name}")
+    def __init__(
+        self, job: Job, journal: Journal, assembler: Assembler, ending: _Ending, client: Client
+    ) -> None:
+        self.job, self.journal, self.assembler, self.ending = job, journal, assembler, ending
+        self.runner = Runner(client, job.settings, assembler.accept)
+        self.loop = asyncio.get_running_loop()
+        journal.attach(self.loop.call_soon, lambda error: self.disk_failed(error, journal.path))
+        assembler.defer = self.loop.call_soon
 
-        handled = _install_signals(loop, on_signal) if control.handle_signals else []
+    def disk_failed(self, error: OSError, path: Path) -> None:
+        """The first failed write stops dispatch at once; in-flight requests finish."""
+        if self.ending.disk is None:
+            self.ending.disk = (error, path)
+            self.runner.stop(f"cannot write {path}: {error.strerror or error}")
+
+    def on_signal(self, sig: int) -> None:
+        if self.ending.signum and sig == signal.SIGINT:
+            self.journal.flush()  # second Ctrl-C: quit now, every finished row journaled
+            os._exit(130)
+        if not self.ending.signum:
+            self.ending.signum = sig
+            name = signal.Signals(sig).name
+            self.job.console.info(
+                f"{name}: finishing requests in flight, then writing the report "
+                "(Ctrl-C again to quit at once)"
+            )
+            self.runner.stop(f"interrupted by {name}")
+
+    async def go(self, t0: float) -> None:
+        job, control, loop, runner = self.job, self.job.control, self.loop, self.runner
+        handled = _install_signals(loop, self.on_signal) if control.handle_signals else []
         deadline = None
         if control.deadline is not None:
             left = max(0.0, control.deadline - (time.monotonic() - t0))
             reason = f"--deadline {format_duration(control.deadline)} reached"
             deadline = loop.call_later(left, runner.stop, reason)
-        ticker = asyncio.create_task(
-            _tick(job, journal, assembler, runner, to_send, ending, disk_failed)
-        )
+        ticker = asyncio.create_task(self.tick())
         stream = _ChunkStream(job.plan.table.chunks())
         try:
-            try:
-                await runner.run(_feed(job, journal, assembler, stream, runner))
-            except BulklinkError:
-                raise
-            except OSError as exc:  # the report's file, or the input read again
-                disk_failed(exc, Path(os.fsdecode(exc.filename)) if exc.filename else job.report)
-            except Exception as exc:  # a bug: the runner stopped everyone; report what is done
-                ending.bug = exc
-                runner.stop(INTERNAL_ERROR)
-            if runner.stop_reason:
-                assembler.skip_reason = f"not attempted: {runner.stop_reason}"
-            elif job.limit is not None:
-                assembler.skip_reason = f"not attempted (--limit {job.limit})"
-            while (chunk := await stream.get()) is not None:
-                assembler.add_chunk(chunk)
-            # The rows read back, a slice per turn: each sleep(0) lets one slice run.
-            while assembler.catching_up:  # noqa: ASYNC110 - polls per turn, not per event
-                await asyncio.sleep(0)
-            assembler.finish()
+            await self.dispatch(stream)
+            await self.drain(stream)
         finally:
             ticker.cancel()
             if deadline is not None:
@@ -320,10 +332,88 @@ async def _run(
             for sig in handled:
                 loop.remove_signal_handler(sig)
             stream.close()
-        journal.sync()
-        console.finish_progress(assembler.done_this_run)
-        ending.stop_reason = runner.stop_reason
-        ending.requests, ending.throttled = runner.pacer.requests, runner.pacer.throttled
+        self.journal.sync()
+        job.console.finish_progress(self.assembler.done_this_run)
+        self.ending.stop_reason = runner.stop_reason
+        self.ending.requests, self.ending.throttled = runner.pacer.requests, runner.pacer.throttled
+
+    async def dispatch(self, stream: _ChunkStream) -> None:
+        """Send everything; a failed write or a bug stops the run as a signal does."""
+        runner = self.runner
+        try:
+            await runner.run(_feed(self.job, self.journal, self.assembler, stream, runner))
+        except BulklinkError:
+            raise
+        except OSError as exc:  # the report's file, or the input read again
+            path = Path(os.fsdecode(exc.filename)) if exc.filename else self.job.report
+            self.disk_failed(exc, path)
+        except Exception as exc:  # a bug: the runner stopped everyone; report what is done
+            self.ending.bug = exc
+            runner.stop(INTERNAL_ERROR)
+
+    async def drain(self, stream: _ChunkStream) -> None:
+        """The rest of the input into the report: unsent rows ``skipped`` with the reason."""
+        assembler, job = self.assembler, self.job
+        if self.runner.stop_reason:
+            assembler.skip_reason = f"not attempted: {self.runner.stop_reason}"
+        elif job.limit is not None:
+            assembler.skip_reason = f"not attempted (--limit {job.limit})"
+        while (chunk := await stream.get()) is not None:
+            assembler.add_chunk(chunk)
+        # The rows read back, a slice per turn: each sleep(0) lets one slice run.
+        while assembler.catching_up:  # noqa: ASYNC110 - polls per turn, not per event
+            await asyncio.sleep(0)
+        assembler.finish()
+
+    async def tick(self) -> None:
+        """Twice a second: progress, the give-up rule, the log's health and the store's
+        batch; once a second: fsync the journal (both off the event loop). A bug here stops
+        the run as one in a worker."""
+        job, journal, runner = self.job, self.journal, self.runner
+        to_send = journal.pending(job.plan.codes == SEND)
+        if job.limit is not None:
+            to_send = min(to_send, max(0, job.limit - journal.resumed))
+        try:
+            job.console.start_progress(to_send)
+            last_sync = time.monotonic()
+            while True:
+                await asyncio.sleep(0.5)
+                job.console.progress(self.assembler.done_this_run, runner.in_flight)
+                self.check_health()
+                await self.flush_store()
+                if time.monotonic() - last_sync >= 1.0 and journal.take_dirty():
+                    last_sync = time.monotonic()
+                    try:
+                        await asyncio.to_thread(journal.fsync_now)
+                    except OSError as exc:
+                        journal.fail(exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self.ending.bug is None:
+                self.ending.bug = exc
+            runner.stop(INTERNAL_ERROR)
+
+    def check_health(self) -> None:
+        """A log that cannot be written is a disk failure; a refusing API is given up on."""
+        console, runner = self.job.console, self.runner
+        if console.log_failure is not None:
+            self.disk_failed(console.log_failure, console.log_path or Path("--log-file"))
+        give_up = self.job.control.give_up_after
+        quiet = runner.clock() - runner.last_progress
+        if give_up is not None and runner.refusals and quiet >= give_up:
+            runner.stop(
+                f"gave up: the API refused everything for {format_duration(give_up)} "
+                f"({describe_refusals(runner.refusals)})"
+            )
+
+    async def flush_store(self) -> None:
+        ledger = self.job.ledger
+        if ledger.active:
+            try:
+                await asyncio.to_thread(ledger.flush)
+            except (OSError, BulklinkError) as exc:
+                self.disk_failed(_as_os_error(exc), ledger.path or Path("the state store"))
 
 
 def _install_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[int], None]) -> list[int]:
@@ -359,52 +449,6 @@ def signals_raise(enabled: bool) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-async def _tick(
-    job: Job,
-    journal: Journal,
-    assembler: Assembler,
-    runner: Runner,
-    total: int,
-    ending: _Ending,
-    disk_failed: Callable[[OSError, Path], None],
-) -> None:
-    """Twice a second: progress, the give-up rule and the log's health; once a second:
-    fsync the journal (off the event loop). A bug here stops the run as one in a worker."""
-    console, give_up = job.console, job.control.give_up_after
-    try:
-        console.start_progress(total)
-        last_sync = time.monotonic()
-        while True:
-            await asyncio.sleep(0.5)
-            console.progress(assembler.done_this_run, runner.in_flight)
-            if console.log_failure is not None:
-                disk_failed(console.log_failure, console.log_path or Path("--log-file"))
-            quiet = runner.clock() - runner.last_progress
-            if give_up is not None and runner.refusals and quiet >= give_up:
-                runner.stop(
-                    f"gave up: the API refused everything for {format_duration(give_up)} "
-                    f"({describe_refusals(runner.refusals)})"
-                )
-            if job.ledger.active:
-                try:
-                    await asyncio.to_thread(job.ledger.flush)
-                except (OSError, BulklinkError) as exc:
-                    disk_failed(_as_os_error(exc), job.ledger.path or Path("the state store"))
-            if time.monotonic() - last_sync >= 1.0 and journal.dirty:
-                journal.dirty = False
-                last_sync = time.monotonic()
-                try:
-                    await asyncio.to_thread(journal.fsync_now)
-                except OSError as exc:
-                    journal.fail(exc)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        if ending.bug is None:
-            ending.bug = exc
-        runner.stop(INTERNAL_ERROR)
-
-
 class _ChunkStream:
     """Input chunks read in a worker thread, one ahead, so pandas never blocks the loop."""
 
@@ -437,36 +481,45 @@ async def _feed(
     """Batches of pairs still to send, in input order, honouring --limit and back-pressure."""
     codes = job.plan.codes.tobytes()
     # A canary resumed after a crash sends only what the first attempt had left of N.
-    budget = None if job.limit is None else max(0, job.limit - journal.resumed)
+    budget = [None if job.limit is None else max(0, job.limit - journal.resumed)]
     while (chunk := await stream.get()) is not None:
         assembler.add_chunk(chunk)
-        batch: list[Pair] = []
-        source, linked, start = chunk.source, chunk.linked, chunk.start
-        passed = 0
-        for at in range(len(chunk)):
-            index = start + at
-            if codes[index] != SEND or journal.done(index + 1):
-                passed += 1
-                if passed >= 16 * SLICE_ROWS:  # a long stretch with nothing to send (a resume)
-                    passed = 0
-                    await asyncio.sleep(0)
-                continue
-            if budget is not None:
-                if budget <= 0:
-                    break
-                budget -= 1
-            batch.append(Pair(index + 1, source[at], linked[at]))
-            if len(batch) >= BATCH:
-                yield batch
-                batch = []
-        if batch:
+        async for batch in _batches(chunk, codes, journal, budget):
             yield batch
-        if budget is not None and budget <= 0:
+        if budget[0] is not None and budget[0] <= 0:
             return
         while assembler.lead > MAX_LEAD_ROWS and not runner.stop_reason:
             assembler.moved.clear()
             with contextlib.suppress(TimeoutError):  # wakes to notice a stop, too
                 await asyncio.wait_for(assembler.moved.wait(), 0.5)
+
+
+async def _batches(
+    chunk: Chunk, codes: bytes, journal: Journal, budget: list[int | None]
+) -> AsyncIterator[list[Pair]]:
+    """One chunk's pairs to send, ``BATCH`` at a time; ``budget`` is what --limit has left."""
+    batch: list[Pair] = []
+    source, linked, start = chunk.source, chunk.linked, chunk.start
+    passed = 0
+    for at in range(len(chunk)):
+        index = start + at
+        if codes[index] != SEND or journal.done(index + 1):
+            passed += 1
+            if passed >= 16 * SLICE_ROWS:  # a long stretch with nothing to send (a resume)
+                passed = 0
+                await asyncio.sleep(0)
+            continue
+        left = budget[0]
+        if left is not None:
+            if left <= 0:
+                break
+            budget[0] = left - 1
+        batch.append(Pair(index + 1, source[at], linked[at]))
+        if len(batch) >= BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def resolve_report(input_path: Path | None, output: Path | None) -> Path:

@@ -226,6 +226,21 @@ class Journal:
         if len(self._lines) == 1:
             self.defer(self.flush)
 
+    def attach(
+        self,
+        defer: Callable[[Callable[[], None]], object],
+        on_failure: Callable[[OSError], None],
+    ) -> None:
+        """Inside a run: flush once per event-loop turn (``loop.call_soon``), and say when a
+        write fails."""
+        self.defer = defer
+        self.on_failure = on_failure
+
+    def take_dirty(self) -> bool:
+        """Whether lines were written since the last fsync; the caller fsyncs them now."""
+        dirty, self.dirty = self.dirty, False
+        return dirty
+
     def flush(self) -> None:
         """Hand buffered lines to the OS: one ``write`` per event-loop turn, not per row."""
         if self._lines:

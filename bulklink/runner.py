@@ -162,23 +162,14 @@ class Runner:
             self.on_result(await self._link(pair, task))
 
     async def _link(self, pair: Pair, task: asyncio.Task[None]) -> Result:
-        settings, pacer = self.settings, self.pacer
+        """One pair to its end: paced attempts until a verdict settles it."""
+        pacer = self.pacer
         attempts = 0
         last: Answer | None = None
         while True:
-            if not pacer.idle or attempts:
-                self._waiting.add(task)
-                try:
-                    if attempts and not last_throttled(last):
-                        await asyncio.sleep(wait_before_retry(last, attempts, settings))
-                    if not pacer.idle:
-                        await pacer.wait()
-                except asyncio.CancelledError:
-                    if not self.stop_reason:
-                        raise
-                    task.uncancel()
-                finally:
-                    self._waiting.discard(task)
+            # The fast path (--rate 0, no retry) awaits nothing before sending.
+            if (not pacer.idle or attempts) and not await self._wait_turn(task, attempts, last):
+                return self._unsent(pair, attempts, last)
             if self.stop_reason:
                 return self._unsent(pair, attempts, last)
             attempts += 1
@@ -189,56 +180,86 @@ class Runner:
                 answer = await self.client.link(pair.source, pair.linked)
             finally:
                 self.in_flight -= 1
-            now = self.clock()
-            # Moving average of answer times; the first answer sets it outright so the
-            # auto-sized pool reaches rate x latency within the first fraction of a second.
-            self.latency += (now - sent - self.latency) * (0.1 if self.latency else 1.0)
-            pacer.on_answer(sent, answer.throttled)
-            verdict = answer.verdict
-            if verdict is Verdict.RETRY:
-                self.refusals[refusal_kind(answer)] += 1
-            else:
-                self.last_progress = now
-                if self.refusals:
-                    self.refusals.clear()
-            if verdict is Verdict.LINKED:
-                self.linked += 1
-                self._forbidden_streak = 0
-                return Result(
-                    pair.row,
-                    Outcome.LINKED,
-                    answer.http_status,
-                    "",
-                    attempts,
-                    answer.ticket,
-                    answer.body,
-                    utc_stamp(),
-                )
-            if verdict is Verdict.FORBIDDEN:
-                # After the same credentials linked others, a lone 403 is about this ticket.
-                self._forbidden_streak += 1
-                if proven and self._forbidden_streak < FORBIDDEN_STREAK:
-                    error = answer.error
-                    return Result(pair.row, Outcome.FAILED, answer.http_status, error, attempts)
-                verdict = Verdict.ABORT
-            if verdict is Verdict.REDIRECT and not self.linked:
-                self._redirects += 1
-                if self._redirects >= REDIRECT_STOP:
-                    self.stop(WRONG_BASE_URL)
-            if verdict is Verdict.ABORT:
-                # Not this row's fault, and not final: ``skipped`` stays out of the journal,
-                # so the rerun with good credentials (or ``retry``) sends it again.
-                self.stop(CREDENTIALS_REJECTED)
-                error = f"{CREDENTIALS_REJECTED}: {answer.error}"
-                return Result(pair.row, Outcome.SKIPPED, answer.http_status, error, attempts)
-            if verdict is not Verdict.RETRY:
-                return Result(pair.row, Outcome.FAILED, answer.http_status, answer.error, attempts)
-            if answer.throttled:
-                pacer.pause(answer.wait if answer.wait is not None else settings.delay(attempts))
+            self._observe(answer, sent)
+            result = self._settle(pair, answer, attempts, proven)
+            if result is not None:
+                return result
             last = answer
-            if attempts > settings.max_retries:
-                error = f"{answer.error} (gave up after {attempts} attempts)"
-                return Result(pair.row, Outcome.FAILED, answer.http_status, error, attempts)
+
+    async def _wait_turn(
+        self, task: asyncio.Task[None], attempts: int, last: Answer | None
+    ) -> bool:
+        """Backoff before a retry, then the pacer; False when a stop came meanwhile."""
+        self._waiting.add(task)
+        try:
+            if attempts and not last_throttled(last):
+                await asyncio.sleep(wait_before_retry(last, attempts, self.settings))
+            if not self.pacer.idle:
+                await self.pacer.wait()
+        except asyncio.CancelledError:
+            if not self.stop_reason:
+                raise
+            task.uncancel()
+            return False
+        finally:
+            self._waiting.discard(task)
+        return True
+
+    def _observe(self, answer: Answer, sent: float) -> None:
+        """What every answer teaches: latency, the pacer's rate, progress or refusal."""
+        now = self.clock()
+        # Moving average of answer times; the first answer sets it outright so the
+        # auto-sized pool reaches rate x latency within the first fraction of a second.
+        self.latency += (now - sent - self.latency) * (0.1 if self.latency else 1.0)
+        self.pacer.on_answer(sent, answer.throttled)
+        if answer.verdict is Verdict.RETRY:
+            self.refusals[refusal_kind(answer)] += 1
+        else:
+            self.last_progress = now
+            if self.refusals:
+                self.refusals.clear()
+
+    def _settle(self, pair: Pair, answer: Answer, attempts: int, proven: bool) -> Result | None:
+        """The row's result for this answer, or None to try again."""
+        verdict = answer.verdict
+        if verdict is Verdict.LINKED:
+            self.linked += 1
+            self._forbidden_streak = 0
+            return Result(
+                pair.row,
+                Outcome.LINKED,
+                answer.http_status,
+                "",
+                attempts,
+                answer.ticket,
+                answer.body,
+                utc_stamp(),
+            )
+        if verdict is Verdict.FORBIDDEN:
+            # After the same credentials linked others, a lone 403 is about this ticket.
+            self._forbidden_streak += 1
+            if proven and self._forbidden_streak < FORBIDDEN_STREAK:
+                return Result(pair.row, Outcome.FAILED, answer.http_status, answer.error, attempts)
+            verdict = Verdict.ABORT
+        if verdict is Verdict.REDIRECT and not self.linked:
+            self._redirects += 1
+            if self._redirects >= REDIRECT_STOP:
+                self.stop(WRONG_BASE_URL)
+        if verdict is Verdict.ABORT:
+            # Not this row's fault, and not final: ``skipped`` stays out of the journal,
+            # so the rerun with good credentials (or ``retry``) sends it again.
+            self.stop(CREDENTIALS_REJECTED)
+            error = f"{CREDENTIALS_REJECTED}: {answer.error}"
+            return Result(pair.row, Outcome.SKIPPED, answer.http_status, error, attempts)
+        if verdict is not Verdict.RETRY:
+            return Result(pair.row, Outcome.FAILED, answer.http_status, answer.error, attempts)
+        if answer.throttled:
+            wait = answer.wait if answer.wait is not None else self.settings.delay(attempts)
+            self.pacer.pause(wait)
+        if attempts > self.settings.max_retries:
+            error = f"{answer.error} (gave up after {attempts} attempts)"
+            return Result(pair.row, Outcome.FAILED, answer.http_status, error, attempts)
+        return None
 
     def _unsent(self, pair: Pair, attempts: int, last: Answer | None) -> Result:
         why = f"not attempted: {self.stop_reason or 'run stopped'}"

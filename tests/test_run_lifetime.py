@@ -111,7 +111,8 @@ def test_bom_bodies_resume_and_hand_damaged_lines_are_sent_again(
     stop_after(server, 9, n)
     src = pairs_csv(tmp_path / "in.csv", n)
     report = tmp_path / "in.results.csv"
-    args = ("run", src, "--concurrency", "1", "--rate", "0", *FAST)
+    # The journal alone decides what is sent again: the state store knows rows 2 and 5.
+    args = ("run", src, "--concurrency", "1", "--rate", "0", "--no-state", *FAST)
     first = run_against(server, *args)
     assert first.exit_code == 3, first.stderr
     journal = journal_of(report)
@@ -211,10 +212,10 @@ def test_a_bug_in_a_worker_writes_the_report_exits_70_and_resumes(
 
     real = bulklink.client.classify
 
-    def buggy(status: int, headers: Any, body: bytes) -> Answer:
+    def buggy(status: int, headers: Any, body: bytes, **options: Any) -> Answer:
         if b"T00005" in body:
             raise KeyError("boom")
-        return real(status, headers, body)
+        return real(status, headers, body, **options)
 
     monkeypatch.setattr(bulklink.client, "classify", buggy)
     n = 30
@@ -304,7 +305,10 @@ def test_full_disk_on_the_journal_stops_exits_74_and_resumes(
     # Resent: the rows whose results could not be written: those finished in the turn
     # the write failed, and those in flight then (each at most --concurrency).
     assert len(resent) <= 2 * concurrency, resent
-    assert [r["outcome"] for r in read_report(report)] == ["linked"] * n
+    # Rows linked before the disk filled and recorded in the state store (which lives on
+    # another disk here) are known as linked even where the journal missed them.
+    outcomes = [r["outcome"] for r in read_report(report)]
+    assert set(outcomes) <= {"linked", "already-linked"} and len(outcomes) == n
     assert not journal_of(report).exists()
 
 
@@ -405,7 +409,10 @@ def test_a_real_full_disk_exits_74_then_resumes_after_freeing_space(
     assert again.exit_code == 0, again.stderr
     resent = set(first) & set(sent(server, len(first)))
     assert len(resent) <= 2 * concurrency, resent
-    assert [r["outcome"] for r in read_report(report)] == ["linked"] * n
+    # Rows linked before the disk filled and recorded in the state store (which lives on
+    # another disk here) are known as linked even where the journal missed them.
+    outcomes = [r["outcome"] for r in read_report(report)]
+    assert set(outcomes) <= {"linked", "already-linked"} and len(outcomes) == n
 
 
 # -- a nightly run always ends -------------------------------------------------------------
@@ -450,12 +457,12 @@ def test_gives_up_when_the_api_refuses_everything(
     report = tmp_path / "in.results.csv"
     summary = tmp_path / "s.json"
     args = ("run", src, "--rate", "0", "--concurrency", "2", "--max-retries", "1000", *FAST)
-    result = run_against(server, *args, "--give-up-after", "1s", "--summary-json", summary)
+    result = run_against(server, *args, "--give-up-after", "3s", "--summary-json", summary)
 
     assert result.exit_code == 1, result.stderr
     no_traceback(result.stderr)
     stopped = json.loads(summary.read_text())["stopped"]
-    assert stopped.startswith("gave up: the API refused everything for 1s (")
+    assert stopped.startswith("gave up: the API refused everything for 3s (")
     assert "429 x " in stopped and "503 x " in stopped
     assert f"stopped: {stopped}" in result.stderr
     rows = read_report(report)
@@ -517,7 +524,10 @@ def test_a_signal_while_reading_stdin_leaves_no_copy_of_it(
     tmp_path: Path, sandbox: Sandbox, signum: int, code: int
 ) -> None:
     out = tmp_path / "out.csv"
-    spool = tmp_path / ".out.csv.stdin.csv"
+
+    def spooled() -> bool:  # the copy has a random name: .out.csv.<hex>.bulklink-stdin.csv
+        return any(p.stat().st_size > 1000 for p in tmp_path.glob(".out.csv.*stdin.csv"))
+
     proc = subprocess.Popen(
         [sys.executable, "-m", "bulklink", "run", "-", "-o", str(out), *FAST],
         env=child_env(sandbox),
@@ -529,7 +539,7 @@ def test_a_signal_while_reading_stdin_leaves_no_copy_of_it(
     assert proc.stdin is not None
     proc.stdin.write(b"sourceTicketId,linkedTicketId\n" + b"A1,B1\n" * 20_000)
     proc.stdin.flush()  # ... and the input never ends: the run is still reading it
-    wait_until(lambda: spool.exists() and spool.stat().st_size > 1000, "the spooled input")
+    wait_until(spooled, "the spooled input")
     os.kill(proc.pid, signum)
     _out, err = proc.communicate(timeout=20)
     assert proc.returncode == code, err
