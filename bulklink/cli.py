@@ -283,8 +283,16 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def echo(message: str, *, err: bool = False) -> None:
-    """``click.echo`` for which a reader that went away (``| head``) changes nothing."""
+def echo(message: str, *, err: bool = False, raw: bool = False) -> None:
+    """``click.echo`` for which a reader that went away (``| head``) changes nothing.
+
+    Text from data (IDs, server messages) has its control characters shown escaped, so
+    it cannot drive the terminal; ``raw`` is for JSON, which escapes them itself.
+    """
+    if not raw:
+        from bulklink.console import escape_controls
+
+        message = escape_controls(message)
     try:
         click.echo(message, err=err)
     except OSError:
@@ -556,7 +564,7 @@ def report(report: Path, as_json: bool) -> None:
     except BulklinkError as exc:
         _fail(str(exc), exc.exit_code)
     if as_json:
-        echo(json.dumps(info.to_dict(), indent=2))
+        echo(json.dumps(info.to_dict(), indent=2), raw=True)
     else:
         echo(
             f"{report}: {info.rows} rows: " + ", ".join(f"{k} {v}" for k, v in info.counts.items())
@@ -597,7 +605,6 @@ Examples:
 def runs(state: Path | None, limit: int, as_json: bool) -> None:
     """List recent runs from the state store, newest first (no network)."""
     from bulklink.api import list_runs
-    from bulklink.console import escape_controls
     from bulklink.errors import BulklinkError
 
     try:
@@ -605,20 +612,18 @@ def runs(state: Path | None, limit: int, as_json: bool) -> None:
     except BulklinkError as exc:
         _fail(str(exc), exc.exit_code)
     if as_json:
-        click.echo(json.dumps([r.to_json() for r in records], indent=2))
+        echo(json.dumps([r.to_json() for r in records], indent=2), raw=True)
         return
     if not records:
-        click.echo("no runs recorded")
+        echo("no runs recorded")
         return
     for r in records:
         counts = ", ".join(f"{k} {v}" for k, v in r.counts.items() if v)
         finished = r.finished.strftime("%H:%M:%SZ") if r.finished else "(did not finish)"
         code = "" if r.exit_code is None else f" exit {r.exit_code}"
-        click.echo(
-            escape_controls(
-                f"#{r.id} {r.started:%Y-%m-%d %H:%M:%SZ} - {finished}{code} {r.command} "
-                f"{r.report}: {counts or 'no rows'}"
-            )
+        echo(
+            f"#{r.id} {r.started:%Y-%m-%d %H:%M:%SZ} - {finished}{code} {r.command} "
+            f"{r.report}: {counts or 'no rows'}"
         )
 
 

@@ -256,9 +256,18 @@ def classify_exception(exc: BaseException, timeout: float) -> Answer:
     raise exc
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _scrub(value: Any, redact: Callable[[str], str]) -> Any:
-    """A decoded JSON value with every string, keys included, passed through ``redact``."""
+    """A decoded JSON value with every string, keys included, passed through ``redact``.
+
+    A lone surrogate (``"\\ud800"`` is valid JSON, but no text) becomes U+FFFD: no file
+    could hold it, and the report must still be written.
+    """
     if isinstance(value, str):
+        if _LONE_SURROGATE.search(value):
+            value = _LONE_SURROGATE.sub("\ufffd", value)
         return redact(value)
     if isinstance(value, list):
         return [_scrub(item, redact) for item in value]
@@ -398,8 +407,7 @@ class Client:
                     body = await read_capped(resp)
                 if isinstance(body, str):  # not retried: the same answer would come back
                     return Answer(Verdict.FAIL, resp.status, f"HTTP {resp.status} {body}")
-                if self._forms:
-                    body = self.scrub(body)
+                body = self.scrub(body)
                 answer = classify(resp.status, resp.headers, body, url=self.url)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return classify_exception(exc, self.timeout)

@@ -199,7 +199,8 @@ class ErrorTally:
     def add(self, row: Any, error: str, source: str, linked: str) -> None:
         key = error or "(no error text)"
         for value, name in ((source, "<source>"), (linked, "<linked>")):
-            if len(value) >= 3:
+            # An Excel error value (#N/A) is the error itself, not an ID to fold out.
+            if len(value) >= 3 and not value.startswith("#"):
                 key = key.replace(value, name)
         self._counts[key] += 1
         examples = self._examples.setdefault(key, [])

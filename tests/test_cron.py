@@ -452,7 +452,9 @@ def test_second_run_refuses_fast_names_the_holder_and_changes_nothing(
             out, err = second.communicate(timeout=10)
         elapsed = time.monotonic() - t0
         assert second.returncode == 75, err
-        assert elapsed < 1.0, f"refusal took {elapsed:.2f}s"
+        # The holder's requests hang 5 s: a refusal that waited for the lock could not come
+        # back before them. (How fast a refused run starts is bench.py's start-up figure.)
+        assert elapsed < 4.0, f"refusal took {elapsed:.2f}s"
         assert str(first.pid) in err, err
 
         again = run_against(server, "retry", report, *FAST)

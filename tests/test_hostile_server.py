@@ -43,8 +43,8 @@ from bulklink.client import (
 from bulklink.console import escape_controls
 from bulklink.credentials import resolve_auth, secret_forms
 from bulklink.errors import UsageError
-from bulklink.sandbox import Reply, Sandbox
-from tests.conftest import ORG, TOKEN, invoke, pairs_csv, read_report, run_against
+from bulklink.sandbox import Reply, Sandbox, success_body
+from tests.conftest import ORG, TOKEN, invoke, pairs_csv, read_report, run_against, write_csv
 
 FAST = ("--backoff", "0.01", "--no-progress")
 LINK = "/v1/tickets/link"
@@ -824,3 +824,26 @@ def test_a_deeply_nested_answer_is_scrubbed_or_refused(depth: int) -> None:
     assert ODD_TOKEN not in scrubbed.decode() and echo not in scrubbed.decode()
     answer = classify(404, {}, scrubbed)
     assert answer.verdict is Verdict.FAIL and ODD_TOKEN not in answer.error
+
+
+@pytest.mark.parametrize("fmt", [".csv", ".jsonl", ".xlsx"])
+def test_lone_surrogates_in_answers_never_cost_the_report(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox], fmt: str
+) -> None:
+    """``"\\ud800"`` is valid JSON but no text: shown as U+FFFD, and every format is written."""
+    ticket = json.loads(success_body("S1", 0.0))
+    ticket["data"]["title"] = "half \ud800 a pair"
+    body = json.dumps(ticket).encode()  # ensure_ascii: the lone surrogate as an escape
+    error = b'{"statusCode": 404, "message": "no \\udfff ticket", "error": "Not Found"}'
+    server = start_sandbox(script={"S1": [Reply(200, body=body)], "S2": [Reply(404, body=error)]})
+    inp = write_csv(
+        tmp_path / "in.csv", [["sourceTicketId", "linkedTicketId"], ["S1", "L1"], ["S2", "L2"]]
+    )
+    out = tmp_path / f"out{fmt}"
+    result = run_against(server, "run", inp, "-o", out, "--backoff", "0.01", "--no-progress")
+    assert result.exit_code == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    summary = invoke("report", out, "--json")
+    assert json.loads(summary.stdout)["counts"]["linked"] == 1
+    if fmt != ".xlsx":  # a zip: its text is compressed
+        assert "\ufffd" in out.read_text(encoding="utf-8")
