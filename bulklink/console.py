@@ -22,8 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from bulklink.errors import UsageError
-
 LOG_EVERY = 10.0
 # What a terminal acts on instead of showing: C0 controls (newline and tab included: a
 # server's message must not start a line of its own), DEL, C1 (0x9b is a CSI on some
@@ -82,10 +80,13 @@ class Console:
         #: The first failed write to the log file; nothing more is written to it.
         self.log_failure: OSError | None = None
         if log_file is not None:
-            try:
-                self._log = log_file.open("a", encoding="utf-8")
-            except OSError as exc:
-                raise UsageError(f"cannot write --log-file {log_file}: {exc.strerror}") from None
+            from bulklink.safefile import open_fixed
+
+            # Never through a link planted at its name (the log may be in a shared folder).
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+            fd = open_fixed(log_file, flags, "--log-file", 0o640)
+            assert fd is not None  # O_CREAT: made if missing
+            self._log = os.fdopen(fd, "a", encoding="utf-8")
         self._bar: Any = None
         self._total = 0
         self._done = 0
