@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from bulklink.console import Console as Console
     from bulklink.errors import BulklinkError as BulklinkError
     from bulklink.errors import CredentialsRejected as CredentialsRejected
+    from bulklink.errors import DiskError as DiskError
+    from bulklink.errors import InternalError as InternalError
     from bulklink.errors import InputError as InputError
     from bulklink.errors import Interrupted as Interrupted
     from bulklink.errors import LockedError as LockedError
@@ -49,6 +51,8 @@ _EXPORTS = {
     "InputError": "bulklink.errors",
     "LockedError": "bulklink.errors",
     "CredentialsRejected": "bulklink.errors",
+    "DiskError": "bulklink.errors",
+    "InternalError": "bulklink.errors",
     "Interrupted": "bulklink.errors",
     "Outcome": "bulklink.models",
     "LinkResult": "bulklink.models",
