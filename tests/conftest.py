@@ -15,6 +15,10 @@ from bulklink.sandbox import Sandbox, SandboxConfig, serve_in_thread
 
 TOKEN = "tok-SECRET-abc123"
 ORG = "org_test"
+# Options for CLI runs in tests: retries after 10 ms, no progress bar on stderr.
+FAST = ("--backoff", "0.01", "--no-progress")
+# The same without the rate limit, where pacing is not what the test is about.
+FAST_UNPACED = (*FAST, "--rate", "0")
 
 
 @pytest.fixture(autouse=True)

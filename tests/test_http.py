@@ -1,164 +1,56 @@
-"""HTTP behaviour over real loopback HTTP: classification, retries, 429 pauses, auth stop,
-credentials, the rate and concurrency bounds, and what goes on the wire."""
+"""HTTP behaviour over real loopback HTTP: retries, 429 pauses, a credentials stop (and a
+403 that is not one), the rate and concurrency bounds measured at the server, what goes
+on the wire, and plain http only to loopback.
+"""
 
 from __future__ import annotations
 
-import email.utils
 import json
 import math
+import platform
 import re
 import socket
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from click.testing import Result
-from multidict import CIMultiDict
 
-from bulklink.client import Verdict, classify
+import bulklink
+from bulklink.client import (
+    check_url,
+    server_wait,
+)
+from bulklink.errors import UsageError
 from bulklink.sandbox import Reply, RequestRecord, Sandbox
-from tests.conftest import ORG, TOKEN, invoke, pairs_csv, read_report, run_against, write_csv
-
-FAST = ("--backoff", "0.01", "--no-progress")
-TICKET = {"id": "T1", "title": "Ticket T1", "ticketId": 7, "customFieldValues": []}
-NEST_404 = {"statusCode": 404, "message": "Ticket not found: T9", "error": "Not Found"}
-NEST_400 = {
-    "statusCode": 400,
-    "message": ["sourceTicketId must be a string", "linkedTicketId should not be empty"],
-    "error": "Bad Request",
-}
-NEST_409 = {"statusCode": 409, "message": "Tickets are already linked", "error": "Conflict"}
-NEST_422 = {"statusCode": 422, "message": "Ticket T1 is archived", "error": "Unprocessable"}
-NGINX_502 = (
-    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
-    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
-    "</body>\r\n</html>\r\n"
-    + "<!-- a padding to disable MSIE and Chrome friendly error page -->\r\n" * 6
-    + "<p>"
-    + "lorem ipsum dolor sit amet " * 300
-    + "</p>"
+from tests.conftest import (
+    FAST,
+    ORG,
+    TOKEN,
+    invoke,
+    pairs_csv,
+    read_report,
+    run_against,
+    write_csv,
+)
+from tests.helpers import (
+    NEST_400,
+    NEST_404,
+    NEST_409,
+    NEST_422,
+    NGINX_502,
+    ODD_SECONDS,
+    input_pairs,
 )
 
-
-def jbytes(obj: Any) -> bytes:
-    return json.dumps(obj).encode()
-
-
-def nest(status: int, message: str) -> bytes:
-    """A NestJS-style error body."""
-    return jbytes({"statusCode": status, "message": message, "error": "Error"})
+# -- retries and failures ---------------------------------------------------------------------
 
 
 def source_of(record: RequestRecord) -> str:
     return str(json.loads(record.body)["sourceTicketId"])
-
-
-# -- classify: one classifier for every answer -------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("status", "body", "verdict", "needles"),
-    [
-        pytest.param(
-            200,
-            jbytes({"status": True, "message": "Success", "timestamp": "x", "data": TICKET}),
-            Verdict.LINKED,
-            [],
-            id="200-status-true",
-        ),
-        pytest.param(200, b"<html>down for maintenance</html>", Verdict.FAIL,
-                     ["down for maintenance"], id="200-not-json"),
-        pytest.param(
-            200,
-            jbytes({"status": False, "message": "Link rejected by workflow", "data": None}),
-            Verdict.FAIL,
-            ["Link rejected by workflow"],
-            id="200-status-false",
-        ),
-        pytest.param(400, jbytes(NEST_400), Verdict.FAIL, NEST_400["message"], id="400-list"),
-        pytest.param(404, jbytes(NEST_404), Verdict.FAIL, ["Ticket not found: T9"], id="404"),
-        pytest.param(409, jbytes(NEST_409), Verdict.FAIL, ["already linked"], id="409"),
-        pytest.param(422, jbytes(NEST_422), Verdict.FAIL, ["is archived"], id="422"),
-        pytest.param(401, nest(401, "Unauthorized"), Verdict.ABORT, [], id="401"),
-        pytest.param(403, nest(403, "Forbidden resource"), Verdict.FORBIDDEN, [], id="403"),
-        pytest.param(408, b"", Verdict.RETRY, [], id="408"),
-        pytest.param(429, nest(429, "Too Many Requests"), Verdict.RETRY, [], id="429"),
-        pytest.param(500, nest(500, "Internal server error"), Verdict.RETRY, [], id="500"),
-        pytest.param(502, NGINX_502.encode(), Verdict.RETRY, ["502 Bad Gateway"], id="502"),
-        pytest.param(503, nest(503, "Service Unavailable"), Verdict.RETRY, [], id="503"),
-        pytest.param(504, b"Gateway Timeout", Verdict.RETRY, [], id="504"),
-    ],
-)  # fmt: skip
-def test_classify(status: int, body: bytes, verdict: Verdict, needles: list[str]) -> None:
-    answer = classify(status, CIMultiDict({"content-type": "application/json"}), body)
-    assert answer.verdict is verdict
-    assert answer.http_status == status
-    for needle in needles:
-        assert needle in answer.error
-    if verdict is Verdict.LINKED:
-        assert answer.ticket == TICKET
-        assert answer.error == ""
-    else:
-        assert answer.ticket is None
-        assert answer.error  # every failure says something
-
-
-def test_classify_html_502_is_a_short_text() -> None:
-    answer = classify(502, CIMultiDict({"content-type": "text/html"}), NGINX_502.encode())
-    assert "502 Bad Gateway" in answer.error
-    assert "<" not in answer.error and "\n" not in answer.error
-    assert len(answer.error) <= 300
-
-
-def _http_date(seconds_from_now: float) -> str:
-    return email.utils.format_datetime(
-        datetime.now(UTC) + timedelta(seconds=seconds_from_now), usegmt=True
-    )
-
-
-@pytest.mark.parametrize(
-    ("headers", "expected"),
-    [
-        pytest.param(lambda: {"retry-after": "7"}, 7.0, id="retry-after-seconds"),
-        pytest.param(lambda: {"retry-after": _http_date(20)}, 20.0, id="retry-after-date"),
-        pytest.param(
-            lambda: {
-                "x-ratelimit-limit": "100",
-                "x-ratelimit-remaining": "0",
-                "x-ratelimit-reset": str(int(time.time()) + 12),
-            },
-            12.0,
-            id="x-ratelimit-reset-unix-seconds",
-        ),
-        pytest.param(
-            lambda: {"retry-after": "3", "x-ratelimit-reset": str(int(time.time()) + 40)},
-            3.0,
-            id="retry-after-wins",
-        ),
-    ],
-)
-def test_classify_429_wait(headers: Callable[[], dict[str, str]], expected: float) -> None:
-    body = jbytes({"statusCode": 429, "message": "ThrottlerException: Too Many Requests"})
-    answer = classify(429, CIMultiDict(headers()), body)
-    assert answer.verdict is Verdict.RETRY
-    assert answer.wait is not None
-    assert expected - 1.5 <= answer.wait <= expected + 0.5
-
-
-def test_classify_503_ignores_the_rate_window_but_honours_retry_after() -> None:
-    """A 503's X-RateLimit-Reset is the end of a rate window, not advice about the outage."""
-    reset = {"x-ratelimit-reset": str(int(time.time()) + 40)}
-    body = jbytes({"statusCode": 503, "message": "Service Unavailable"})
-    assert classify(503, CIMultiDict(reset), body).wait is None
-    answer = classify(503, CIMultiDict({**reset, "retry-after": "2"}), body)
-    assert answer.verdict is Verdict.RETRY
-    assert answer.wait == 2.0
-
-
-# -- retries and failures through the CLI ------------------------------------------------
 
 
 def run_pairs(
@@ -304,7 +196,7 @@ def test_200_without_status_true_fails_after_one_attempt(
     assert len(server.requests) == 1
 
 
-# -- 429 pauses all dispatch --------------------------------------------------------------
+# -- 429 pauses all dispatch ------------------------------------------------------------------
 
 
 def test_429_pauses_all_dispatch_until_x_ratelimit_reset(
@@ -373,7 +265,49 @@ def test_server_rate_limit_is_waited_out(
     assert len(hits) <= 2 * 4  # it learns: not a 429 storm
 
 
-# -- credentials ----------------------------------------------------------------------------
+@pytest.mark.parametrize("status", [429, 503])
+def test_odd_wait_headers_do_not_crash_a_run(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path, status: int
+) -> None:
+    """Each odd value once, as Retry-After and as X-RateLimit-Reset, then a 200.
+
+    A 429 lowers the adaptive rate (to 0.5/s), so the 429 run is one reply (only the first
+    of each header counts); server_wait_is_total above covers every value alone.
+    """
+    ignored = [v for v in ODD_SECONDS if server_wait({"Retry-After": v}) is None]
+    assert len(ignored) > 15
+    rows = 1 if status == 429 else len(ignored)
+    script = {
+        f"T{i:05d}": [
+            Reply(status, headers={"Retry-After": ignored[i - 1], "X-RateLimit-Reset": v}),
+            Reply(200),
+        ]
+        for i, v in enumerate(reversed(ignored[:rows]), start=1)
+    }
+    server = start_sandbox(script=script)
+    out = tmp_path / "out.csv"
+    result = run_against(
+        server, "run", pairs_csv(tmp_path / "in.csv", rows), "-o", out, "--rate", "0", *FAST
+    )
+    assert result.exit_code == 0, result.stderr
+    assert {(r["outcome"], r["attempts"]) for r in read_report(out)} == {("linked", "2")}
+
+
+def test_rate_adapts_to_429s(tmp_path: Path, start_sandbox: Callable[..., Sandbox]) -> None:
+    server = start_sandbox(rate_limit=20)
+    n = 200
+    src = pairs_csv(tmp_path / "in.csv", n)
+    result = run_against(server, "run", src, "--rate", "100", "--no-progress")
+    assert result.exit_code == 0, result.stderr
+    rows = read_report(tmp_path / "in.results.csv")
+    assert {r["outcome"] for r in rows} == {"linked"}
+    statuses = [rec.status for rec in server.requests]
+    throttled = statuses.count(429)
+    assert throttled <= 0.10 * len(statuses), f"{throttled} of {len(statuses)} requests got 429"
+    assert server.link_counts == dict.fromkeys(input_pairs(n), 1)
+
+
+# -- credentials rejected or missing; a 403 for one ticket is not a credentials failure -------
 
 
 @pytest.mark.parametrize(
@@ -443,7 +377,66 @@ def test_missing_credentials_exit_2_and_send_nothing(
     assert TOKEN not in result.stderr + result.stdout
 
 
-# -- rate and concurrency, measured at the server -------------------------------------------
+def forbidden(ticket: str) -> Reply:
+    message = f"You do not have access to ticket {ticket}"
+    return Reply(403, {"statusCode": 403, "message": message, "error": "Forbidden"})
+
+
+@pytest.mark.parametrize(
+    ("rows_403", "exit_code"),
+    [
+        pytest.param([10], 1, id="one-after-successes"),
+        pytest.param([5, 10, 15], 1, id="several-apart"),
+        pytest.param([10, 11], 1, id="two-in-a-row"),
+        pytest.param([10, 11, 12], 3, id="three-in-a-row-stop"),
+        pytest.param([1], 3, id="before-any-success-stop"),
+    ],
+)
+def test_a_403_after_successes_fails_only_its_row(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path, rows_403: list[int], exit_code: int
+) -> None:
+    n = 20
+    server = start_sandbox(script={f"T{i:05d}": [forbidden(f"T{i:05d}")] for i in rows_403})
+    out = tmp_path / "out.csv"
+    result = run_against(
+        server, "run", pairs_csv(tmp_path / "in.csv", n), "-o", out,
+        "--rate", "0", "--concurrency", "1", *FAST,
+    )  # fmt: skip
+    assert result.exit_code == exit_code, result.stderr
+    rows = read_report(out)
+    if exit_code == 1:
+        for i, row in enumerate(rows, start=1):
+            if i in rows_403:
+                assert row["outcome"] == "failed" and row["attempts"] == "1", row
+                assert row["http_status"] == "403"
+                assert row["error"] == f"HTTP 403 You do not have access to ticket T{i:05d}"
+            else:
+                assert row["outcome"] == "linked", row
+        assert len(server.requests) == n
+        assert "credentials" not in result.stderr.lower()
+    else:
+        last = rows_403[-1]
+        assert len(server.requests) == last
+        assert [r["outcome"] for r in rows[last:]] == ["skipped"] * (n - last)
+        assert rows[last - 1]["outcome"] == "skipped" and rows[last - 1]["http_status"] == "403"
+        assert re.search(r"rejected the credentials", result.stderr)
+
+
+def test_a_401_after_successes_still_stops_the_run(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    server = start_sandbox(script={"T00010": [Reply(401)]})
+    out = tmp_path / "out.csv"
+    result = run_against(
+        server, "run", pairs_csv(tmp_path / "in.csv", 20), "-o", out,
+        "--rate", "0", "--concurrency", "1", *FAST,
+    )  # fmt: skip
+    assert result.exit_code == 3, result.stderr
+    assert len(server.requests) == 10
+    assert [r["outcome"] for r in read_report(out)] == ["linked"] * 9 + ["skipped"] * 11
+
+
+# -- rate and concurrency, measured at the server ---------------------------------------------
 
 
 def max_in_window(times: list[float], width: float = 1.0) -> int:
@@ -497,7 +490,23 @@ def test_concurrency_bound(start_sandbox: Callable[..., Sandbox], tmp_path: Path
     assert times[-1] - times[0] < 24 / 3 * latency * 2
 
 
-# -- what goes on the wire -------------------------------------------------------------------
+def test_without_a_rate_limit_the_auto_pool_grows_past_its_start(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox]
+) -> None:
+    server = start_sandbox(latency=0.2)
+    data = pairs_csv(tmp_path / "in.csv", 400)
+    started = time.monotonic()
+    result = run_against(server, "run", data, "--rate", "0", *FAST)
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 0, result.stderr
+    # Requests in flight at the server: arrivals less than one latency apart overlap.
+    times = sorted(r.t for r in server.requests)
+    peak = max(sum(1 for u in times if t <= u < t + 0.2) for t in times)
+    assert peak > 16
+    assert elapsed < 400 / 16 * 0.2  # what a pool stuck at 16 would need
+
+
+# -- what goes on the wire --------------------------------------------------------------------
 
 
 def test_headers_and_body(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -523,3 +532,82 @@ def test_headers_and_body(sandbox: Sandbox, tmp_path: Path) -> None:
         {"sourceTicketId": "00123", "linkedTicketId": "L-9"},
         {"sourceTicketId": "12345678901234567890", "linkedTicketId": "X"},
     ]
+
+
+def test_requests_say_who_is_calling(sandbox: Sandbox, tmp_path: Path) -> None:
+    result = run_against(sandbox, "run", pairs_csv(tmp_path / "in.csv", 2), *FAST)
+    assert result.exit_code == 0, result.stderr
+    expected = (
+        f"bulklink/{bulklink.__version__} (aiohttp/{aiohttp.__version__}; "
+        f"python/{platform.python_version()})"
+    )
+    assert {r.header("user-agent") for r in sandbox.requests} == {expected}
+    assert re.fullmatch(r"bulklink/\S+ \(aiohttp/\S+; python/\d+\.\d+\.\d+\S*\)", expected)
+
+
+# -- plain http only to loopback --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://platform.thena.ai", "HTTPS://platform.thena.ai/", "http://127.0.0.1:8080",
+        "http://127.5.6.7", "http://[::1]:80", "http://localhost:1", "http://LOCALHOST",
+        "http://[::ffff:127.0.0.1]:9",
+    ],
+)  # fmt: skip
+def test_check_url_accepts_https_and_loopback_http(url: str) -> None:
+    assert check_url(url, what="--base-url", allow_http=False) == url.rstrip("/")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.0.0.1", "http://example.com", "HTTP://example.com", "http://localhost.evil.com",
+        "http://127.0.0.1.evil.com", "http://127.0.0.1@evil.com", "http://0.0.0.0:80",
+        "http://[::]:80", "http://127.1", "http://2130706433",
+    ],
+)  # fmt: skip
+def test_check_url_refuses_plain_http_off_loopback(url: str) -> None:
+    with pytest.raises(UsageError, match="use https://"):
+        check_url(url, what="--base-url", allow_http=False)
+    assert check_url(url, what="--base-url", allow_http=True)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://x", "platform.thena.ai", "https://", "https://h/?a=1", "https://h:x", "https://h#f"],
+)
+def test_check_url_refuses_what_is_not_a_base_url(url: str) -> None:
+    with pytest.raises(UsageError, match="--base-url"):
+        check_url(url, what="--base-url", allow_http=True)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "[::]"])  # noqa: S104 - connected to, not bound
+def test_plain_http_base_url_off_loopback_is_refused_before_sending(
+    sandbox: Sandbox, tmp_path: Path, host: str
+) -> None:
+    """0.0.0.0 and [::] reach this machine's listener, but are not loopback by address."""
+    port = sandbox.url.rsplit(":", 1)[1]
+    inp = pairs_csv(tmp_path / "in.csv", 3)
+    result = run_against(
+        sandbox, "run", inp, *FAST, env={"THENA_BASE_URL": f"http://{host}:{port}"}
+    )
+    assert result.exit_code == 2
+    assert "use https://" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sandbox.requests == []
+    with pytest.raises(UsageError, match="plain http"):
+        bulklink.run_job(
+            inp, tmp_path / "lib.csv", base_url=f"http://{host}:{port}", token=TOKEN, org_id=ORG
+        )
+    assert sandbox.requests == []
+
+
+def test_plain_http_to_a_remote_address_is_refused(tmp_path: Path) -> None:
+    inp = pairs_csv(tmp_path / "in.csv", 3)
+    env = {"THENA_TOKEN": TOKEN, "THENA_ORG_ID": ORG, "THENA_BASE_URL": "http://10.0.0.1"}
+    result = invoke("run", inp, *FAST, env=env)
+    assert result.exit_code == 2
+    assert "http://10.0.0.1" in result.stderr and "use https://" in result.stderr
+    assert not (tmp_path / "in.results.csv").exists()

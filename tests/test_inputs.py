@@ -1,131 +1,352 @@
-"""Every input case of ``bulklink run``, end to end over real HTTP against the sandbox.
-
-What is asserted is what a user sees: the report's rows and columns, the exit code, the
-messages on stderr/stdout, and what the (simulated) API actually received.
+"""Reading input files, end to end against the sandbox: CSV dialects, encodings and line
+ends, standard input, Excel workbooks and their sheets, and files that cannot be read
+(one line on stderr, exit 2, nothing sent).
 """
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
+import io
 import json
+import random
 import re
 import zipfile
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import openpyxl
 import pytest
-from click.testing import Result
+from click.testing import CliRunner
 
-from bulklink.sandbox import TICKET_FIELDS, Reply, Sandbox
-from tests.conftest import ORG, TOKEN, invoke, read_report, run_against, write_csv
+from bulklink.cli import cli
+from bulklink.sandbox import Sandbox
+from tests.conftest import (
+    FAST_UNPACED,
+    ORG,
+    TOKEN,
+    invoke,
+    read_report,
+    run_against,
+    write_csv,
+)
+from tests.helpers import (
+    HEAD,
+    RESULT_COLUMNS,
+    files_in,
+    ids,
+    make_xlsx,
+    one_line_error,
+    one_line_usage_error,
+    report_header,
+    report_of,
+    run,
+    sent,
+    sent_checked,
+)
 
-HEAD = ["sourceTicketId", "linkedTicketId"]
-RESULT_COLUMNS = [
-    "row",
-    "sourceTicketId",
-    "linkedTicketId",
-    "success",
-    "outcome",
-    "http_status",
-    "error",
-    "attempts",
-    "linked_at",
-]
-TICKET_COLUMNS = [f"ticket.{name}" for name in TICKET_FIELDS]
-
-
-# -- helpers ---------------------------------------------------------------------------
-def sent(server: Sandbox) -> list[tuple[str, str]]:
-    """The (source, linked) pairs the server received, in arrival order; IDs must be strings."""
-    pairs = []
-    for request in server.requests:
-        assert request.method == "PATCH"
-        assert request.path == "/v1/tickets/link"
-        body = json.loads(request.body)
-        assert set(body) == {"sourceTicketId", "linkedTicketId"}, body
-        assert isinstance(body["sourceTicketId"], str), body
-        assert isinstance(body["linkedTicketId"], str), body
-        pairs.append((body["sourceTicketId"], body["linkedTicketId"]))
-    return pairs
+# -- CSV dialects, encodings and line ends ----------------------------------------------------
 
 
-def run(server: Sandbox, path: Path, *extra: str) -> Result:
-    return run_against(server, "run", path, "--rate", "0", "--no-progress", *extra)
-
-
-def report_of(path: Path) -> list[dict[str, str]]:
-    return read_report(path.with_name(f"{path.stem}.results.csv"))
-
-
-def report_header(path: Path) -> list[str]:
-    report = path.with_name(f"{path.stem}.results.csv")
-    with report.open(newline="", encoding="utf-8") as fh:
-        return next(csv.reader(fh))
-
-
-def ids(rows: list[dict[str, str]]) -> list[tuple[str, str]]:
-    return [(r["sourceTicketId"], r["linkedTicketId"]) for r in rows]
-
-
-def one_line_error(result: Result) -> str:
-    """stderr must be one clear line, never a traceback."""
-    assert "Traceback" not in result.output, result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
-
-def make_xlsx(
-    path: Path, sheets: Mapping[str, Sequence[Sequence[object]]], active: int = 0
-) -> Path:
-    wb = openpyxl.Workbook()
-    for sheet in list(wb.worksheets):
-        wb.remove(sheet)
-    for name, rows in sheets.items():
-        ws = wb.create_sheet(name)
-        for row in rows:
-            ws.append(row)
-    wb.active = active
-    wb.save(path)
-    return path
-
-
-# -- IDs are sent verbatim --------------------------------------------------------------
-def test_ids_are_sent_and_reported_exactly_as_written(sandbox: Sandbox, tmp_path: Path) -> None:
-    rows = [
-        ("00123", "0456"),
-        ("12345678901234567890", "98765432109876543210"),
-        ("  T-1  ", " T-2"),
-        ("NA", "null"),
-        ("1e5", "1.0"),
-        ("+44", "-0"),
-    ]
-    path = write_csv(tmp_path / "ids.csv", [HEAD, *map(list, rows)])
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"], ids=["comma", "semi", "tab", "pipe"])
+def test_csv_delimiter_is_detected(sandbox: Sandbox, tmp_path: Path, delimiter: str) -> None:
+    rows = [[*HEAD, "note"], ["A1", "B1", "hello, world"], ["A2", "B2", "x; y"]]
+    path = write_csv(tmp_path / "pairs.csv", rows, delimiter=delimiter)
     result = run(sandbox, path)
     assert result.exit_code == 0, result.output
-    expected = [
-        ("00123", "0456"),
-        ("12345678901234567890", "98765432109876543210"),
-        ("T-1", "T-2"),
-        ("NA", "null"),
-        ("1e5", "1.0"),
-        ("+44", "-0"),
-    ]
-    assert sorted(sent(sandbox)) == sorted(expected)
-    raw = b"".join(r.body for r in sandbox.requests)
-    assert b'"00123"' in raw
-    assert b'"12345678901234567890"' in raw
+    assert sorted(sent_checked(sandbox)) == [("A1", "B1"), ("A2", "B2")]
     report = report_of(path)
-    assert ids(report) == expected
-    assert [r["outcome"] for r in report] == ["linked"] * 6
-    # the ticket the API returned (its id is the source); "+44" is left out: the CSV report
-    # deliberately quote-prefixes API text starting with + - = @ (CSV injection guard)
-    assert [r["ticket.id"] for r in report[:5]] == [s for s, _ in expected[:5]]
+    assert ids(report) == [("A1", "B1"), ("A2", "B2")]
+    assert [r["note"] for r in report] == ["hello, world", "x; y"]
 
 
-# -- Excel ----------------------------------------------------------------------------
+def test_tsv_extension(sandbox: Sandbox, tmp_path: Path) -> None:
+    rows = [[*HEAD, "note"], ["A1", "B1", "a,b;c|d"], ["A2", "B2", ""]]
+    path = write_csv(tmp_path / "pairs.tsv", rows, delimiter="\t")
+    result = run(sandbox, path)
+    assert result.exit_code == 0, result.output
+    assert sorted(sent_checked(sandbox)) == [("A1", "B1"), ("A2", "B2")]
+    report = report_of(path)
+    assert [r["note"] for r in report] == ["a,b;c|d", ""]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [[*HEAD, "note"], ["note", *HEAD]],
+    ids=["id-column-first", "other-column-first"],
+)
+def test_utf8_bom_header_is_detected(sandbox: Sandbox, tmp_path: Path, header: list[str]) -> None:
+    values = {"sourceTicketId": "A1", "linkedTicketId": "B1", "note": "ünïcode"}
+    path = write_csv(
+        tmp_path / "bom.csv", [header, [values[h] for h in header]], encoding="utf-8-sig"
+    )
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    result = run(sandbox, path)
+    assert result.exit_code == 0, result.output
+    assert sent_checked(sandbox) == [("A1", "B1")]
+    assert report_header(path)[-1] == "note"  # no BOM glued to a carried column name
+    assert report_of(path)[0]["note"] == "ünïcode"
+
+
+def test_cp1252_bytes_fall_back_and_run(sandbox: Sandbox, tmp_path: Path) -> None:
+    rows = [[*HEAD, "note"], ["A1", "B1", "café"], ["A2", "B2", "naïve \u2013 5€"]]
+    path = write_csv(tmp_path / "legacy.csv", rows, encoding="cp1252")
+    with pytest.raises(UnicodeDecodeError):
+        path.read_bytes().decode("utf-8")
+    result = run(sandbox, path)
+    assert result.exit_code == 0, result.output
+    assert sorted(sent_checked(sandbox)) == [("A1", "B1"), ("A2", "B2")]
+    assert [r["note"] for r in report_of(path)] == ["café", "naïve \u2013 5€"]
+
+
+def test_encoding_option_overrides_detection(sandbox: Sandbox, tmp_path: Path) -> None:
+    rows = [[*HEAD, "note"], ["A1", "B1", "Привет"]]
+    path = write_csv(tmp_path / "cyr.csv", rows, encoding="cp1251")
+    result = run(sandbox, path, "--encoding", "cp1251")
+    assert result.exit_code == 0, result.output
+    assert sent_checked(sandbox) == [("A1", "B1")]
+    assert report_of(path)[0]["note"] == "Привет"
+
+
+@pytest.mark.parametrize(("option", "delimiter"), [("|", "|"), ("tab", "\t")])
+def test_delimiter_option_overrides_detection(
+    sandbox: Sandbox, tmp_path: Path, option: str, delimiter: str
+) -> None:
+    # A header with commas in it makes ',' look as plausible as the real delimiter.
+    rows = [[*HEAD, "notes, comments, remarks"], ["A1", "B1", "x, y, z"]]
+    path = write_csv(tmp_path / "pairs.csv", rows, delimiter=delimiter)
+    result = run(sandbox, path, "--delimiter", option)
+    assert result.exit_code == 0, result.output
+    assert sent_checked(sandbox) == [("A1", "B1")]
+    report = report_of(path)
+    assert report[0]["notes, comments, remarks"] == "x, y, z"
+
+
+def test_cp1252_byte_far_into_a_large_file_still_falls_back(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # The only non-UTF-8 byte comes after the first 64 KiB: detection must see the whole file.
+    lines = ["sourceTicketId,linkedTicketId,note"] + ["A1,B1,padding padding"] * 4000
+    data = ("\n".join(lines) + "\nA2,B2,café\n").encode("cp1252")
+    assert data.index(b"\xe9") > 65536
+    path = tmp_path / "big.csv"
+    path.write_bytes(data)
+    result = run(sandbox, path)
+    assert result.exit_code == 0, result.output
+    assert sorted(sent_checked(sandbox)) == [("A1", "B1"), ("A2", "B2")]
+    report = report_of(path)
+    assert len(report) == 4001
+    assert report[-1]["note"] == "café"
+    assert report[-1]["row"] == "4001"
+
+
+def test_windows_excel_export(sandbox: Sandbox, tmp_path: Path) -> None:
+    """BOM, ';', CRLF, a quoted note spanning lines, upper-case extension."""
+    text = (
+        "\ufeffSource Ticket ID;Linked Ticket ID;Note\r\n"
+        'A1;B1;"first line\r\nsecond; line"\r\n'
+        "A2;B2;plain\r\n"
+    )
+    path = tmp_path / "EXPORT.CSV"
+    path.write_bytes(text.encode("utf-8"))
+    result = run(sandbox, path)
+    assert result.exit_code == 0, result.output
+    assert sorted(sent_checked(sandbox)) == [("A1", "B1"), ("A2", "B2")]
+    report = report_of(path)
+    assert ids(report) == [("A1", "B1"), ("A2", "B2")]
+    assert [r["Note"] for r in report] == ["first line\r\nsecond; line", "plain"]
+
+
+def test_trailing_delimiter_on_every_row_keeps_the_columns(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # Some exporters end every data row with the delimiter; the IDs must not shift a column.
+    path = tmp_path / "pairs.csv"
+    path.write_text("sourceTicketId,linkedTicketId\nA1,B1,\nA2,B2,\n")
+    result = run(sandbox, path)
+    assert result.exit_code == 0, result.output
+    assert sorted(sent_checked(sandbox)) == [("A1", "B1"), ("A2", "B2")]
+    assert ids(report_of(path)) == [("A1", "B1"), ("A2", "B2")]
+
+
+def test_extra_cell_in_first_row_never_shifts_ids(sandbox: Sandbox, tmp_path: Path) -> None:
+    # More cells than header names: either ignore the extra cell or refuse the file;
+    # linking "B1" to "extra" would link the wrong tickets.
+    path = tmp_path / "pairs.csv"
+    path.write_text("sourceTicketId,linkedTicketId\nA1,B1,extra\nA2,B2\n")
+    result = run(sandbox, path)
+    assert set(sent_checked(sandbox)) <= {("A1", "B1"), ("A2", "B2")}, sent_checked(sandbox)
+    if result.exit_code == 2:
+        one_line_error(result)
+        assert sandbox.requests == []
+    else:
+        assert result.exit_code == 0, result.output
+        assert ids(report_of(path)) == [("A1", "B1"), ("A2", "B2")]
+
+
+def test_repeated_column_name_is_carried_not_a_crash(sandbox: Sandbox, tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "pairs.csv", [[*HEAD, "note", "note"], ["A1", "B1", "x", "y"]])
+    result = run(sandbox, path)
+    assert "Traceback" not in result.output
+    assert result.exit_code == 0, result.output
+    assert sent_checked(sandbox) == [("A1", "B1")]
+    with (tmp_path / "pairs.results.csv").open(newline="", encoding="utf-8") as fh:
+        header, row = list(csv.reader(fh))
+    assert header[:2] == RESULT_COLUMNS[:2]
+    assert [h.startswith("note") for h in header[-2:]] == [True, True]
+    assert row[-2:] == ["x", "y"]
+
+
+TEXT = "sourceTicketId\tlinkedTicketId\tnote\r\nÉ-1\tL-1\tcafé\r\nT-2\tL-2\t€\r\n"
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        b"\xff\xfe" + TEXT.encode("utf-16-le"),
+        b"\xfe\xff" + TEXT.encode("utf-16-be"),
+        b"\xff\xfe\x00\x00" + TEXT.encode("utf-32-le"),
+        b"\x00\x00\xfe\xff" + TEXT.encode("utf-32-be"),
+        b"\xef\xbb\xbf" + TEXT.encode("utf-8"),
+    ],
+    ids=["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be", "utf-8-sig"],
+)
+def test_unicode_text_with_a_bom_is_read(sandbox: Sandbox, tmp_path: Path, encoded: bytes) -> None:
+    path = tmp_path / "export.txt"
+    path.write_bytes(encoded)
+    result = run(sandbox, path)
+    assert result.exit_code == 0, result.output
+    assert sorted(sent(sandbox)) == [("T-2", "L-2"), ("É-1", "L-1")]
+    assert [r["note"] for r in report_of(path)] == ["café", "€"]
+
+
+@pytest.mark.parametrize("newline", [b"\r", b"\r\n", b"\n"], ids=["cr", "crlf", "lf"])
+def test_line_ends_of_any_platform(sandbox: Sandbox, tmp_path: Path, newline: bytes) -> None:
+    lines = [b"sourceTicketId,linkedTicketId,note", b"A1,B1,x", b'A2,B2,"two' + newline + b'lines"']
+    path = tmp_path / "mac.csv"
+    path.write_bytes(newline.join(lines) + newline)
+    result = run(sandbox, path)
+    assert result.exit_code == 0, result.output
+    assert sorted(sent(sandbox)) == [("A1", "B1"), ("A2", "B2")]
+
+
+@pytest.mark.parametrize(
+    ("data", "extra"),
+    [
+        ("Référence source,Référence liée\nA,B\n".encode().decode("cp1252").encode(), []),
+        ("sourceTicketId,linkedTicketId\nA,B\n".encode("utf-16-le"), []),  # no BOM
+        ("Identifiant,Lié\nA,B\n".encode("cp1252"), ["--encoding", "utf-8"]),  # U+FFFD
+        (b"\xef\xbb\xbf" + b"Quelle,Cible\nA,B\n", ["--encoding", "cp1252"]),  # ï»¿
+    ],
+    ids=["utf8-as-cp1252", "utf16-no-bom", "cp1252-as-utf8", "bom-as-cp1252"],
+)
+def test_mis_decoded_header_suggests_encoding(
+    sandbox: Sandbox, tmp_path: Path, data: bytes, extra: list[str]
+) -> None:
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(data)
+    line = one_line_usage_error(run(sandbox, path, *extra))
+    assert "--encoding" in line and "no source ticket ID column" in line
+    assert sandbox.requests == []
+
+
+def test_plain_missing_columns_do_not_blame_the_encoding(sandbox: Sandbox, tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "pairs.csv", [["Référence", "Cible"], ["A", "B"]])
+    assert "--encoding" not in one_line_usage_error(run(sandbox, path))
+
+
+def test_delimiter_overrides_detection(sandbox: Sandbox, tmp_path: Path) -> None:
+    src = tmp_path / "semi.csv"
+    src.write_text("sourceTicketId;linkedTicketId\nA,1;B,2\nC,3;D,4\n", encoding="utf-8")
+    result = run_against(sandbox, "run", src, "--delimiter", ";", *FAST_UNPACED)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(sent(sandbox)) == [("A,1", "B,2"), ("C,3", "D,4")]
+
+    wrong = run_against(sandbox, "run", src, "--delimiter", ",", "--fresh", *FAST_UNPACED)
+    assert wrong.exit_code == 2, "with ',' forced, the header is one column: no ID columns"
+    assert len(sandbox.requests) == 2
+
+
+def test_tab_delimiter_alias(sandbox: Sandbox, tmp_path: Path) -> None:
+    src = write_csv(tmp_path / "t.csv", [["source", "linked"], ["A 1", "B 1"]], delimiter="\t")
+    result = run_against(sandbox, "run", src, "--delimiter", "tab", *FAST_UNPACED)
+    assert result.exit_code == 0, result.stderr
+    assert sent(sandbox) == [("A 1", "B 1")]
+
+
+def test_encoding_overrides_detection(sandbox: Sandbox, tmp_path: Path) -> None:
+    text = "sourceTicketId,linkedTicketId\nCAFÉ-1,NOËL-2\n"
+    cp = tmp_path / "cp.csv"
+    cp.write_bytes(text.encode("cp1252"))
+    result = run_against(sandbox, "run", cp, "--encoding", "cp1252", *FAST_UNPACED)
+    assert result.exit_code == 0, result.stderr
+    assert sent(sandbox) == [("CAFÉ-1", "NOËL-2")]
+    assert read_report(tmp_path / "cp.results.csv")[0]["sourceTicketId"] == "CAFÉ-1"
+
+    # A valid UTF-8 file forced to cp1252 is read as cp1252: the override wins.
+    utf = tmp_path / "utf.csv"
+    utf.write_bytes(text.encode("utf-8"))
+    forced = run_against(sandbox, "run", utf, "--encoding", "cp1252", *FAST_UNPACED)
+    assert forced.exit_code == 0, forced.stderr
+    assert sent(sandbox)[1] == (
+        "CAFÉ-1".encode().decode("cp1252"),
+        "NOËL-2".encode().decode("cp1252"),
+    )
+
+
+# -- standard input ---------------------------------------------------------------------------
+
+
+def test_stdin_input_with_output(sandbox: Sandbox, tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    data = "sourceTicketId,linkedTicketId,note\n00123,00456,keep me\nCT-1,CT-2,x\n"
+    result = run_against(sandbox, "run", "-", "-o", out, *FAST_UNPACED, input=data)
+
+    assert result.exit_code == 0, result.stderr
+    assert sorted(sent(sandbox)) == [("00123", "00456"), ("CT-1", "CT-2")]
+    rows = read_report(out)
+    assert [(r["sourceTicketId"], r["linkedTicketId"], r["note"]) for r in rows] == [
+        ("00123", "00456", "keep me"),
+        ("CT-1", "CT-2", "x"),
+    ]
+    assert {r["outcome"] for r in rows} == {"linked"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"], "no spool left behind"
+
+
+def test_stdin_without_output_is_a_usage_error(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run_against(
+        sandbox, "run", "-", *FAST_UNPACED, input="sourceTicketId,linkedTicketId\nA,B\n"
+    )
+    assert result.exit_code == 2, result.stderr
+    assert "-o" in result.stderr or "--output" in result.stderr
+    assert sandbox.requests == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stdin_honours_encoding_and_delimiter(sandbox: Sandbox, tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    data = "sourceTicketId;linkedTicketId\nÉTÉ,1;HIVER,2\n".encode("cp1252")
+    env = {"THENA_TOKEN": TOKEN, "THENA_ORG_ID": ORG, "THENA_BASE_URL": sandbox.url}
+    result = CliRunner().invoke(
+        cli,
+        ["run", "-", "-o", str(out), "--encoding", "cp1252", "--delimiter", ";", *FAST_UNPACED],
+        input=data,
+        env=env,
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.stderr
+    assert sent(sandbox) == [("ÉTÉ,1", "HIVER,2")]
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [(r["sourceTicketId"], r["outcome"]) for r in lines] == [("ÉTÉ,1", "linked")]
+
+
+# -- Excel workbooks and sheets ---------------------------------------------------------------
+
+
 def test_xlsx_numbers_are_sent_as_written_and_text_verbatim(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
@@ -143,7 +364,7 @@ def test_xlsx_numbers_are_sent_as_written_and_text_verbatim(
     )
     result = run(sandbox, path)
     assert result.exit_code == 1, result.output  # the blank row is invalid
-    assert sorted(sent(sandbox)) == sorted(
+    assert sorted(sent_checked(sandbox)) == sorted(
         [("123", "456"), ("00123", "T-9"), ("12345678901234567890", "X1")]
     )
     raw = b"".join(r.body for r in sandbox.requests)
@@ -175,7 +396,7 @@ def test_xlsx_default_is_the_first_sheet(sandbox: Sandbox, tmp_path: Path) -> No
     path = two_sheets(tmp_path)
     result = run(sandbox, path)
     assert result.exit_code == 0, result.output
-    assert sorted(sent(sandbox)) == [("S1", "L1"), ("S2", "L2")]
+    assert sorted(sent_checked(sandbox)) == [("S1", "L1"), ("S2", "L2")]
     assert ids(report_of(path)) == [("S1", "L1"), ("S2", "L2")]
 
 
@@ -183,7 +404,7 @@ def test_xlsx_sheet_option_picks_the_sheet(sandbox: Sandbox, tmp_path: Path) -> 
     path = two_sheets(tmp_path)
     result = run(sandbox, path, "--sheet", "Links")
     assert result.exit_code == 0, result.output
-    assert sent(sandbox) == [("K1", "M1")]
+    assert sent_checked(sandbox) == [("K1", "M1")]
     assert ids(report_of(path)) == [("K1", "M1")]
 
 
@@ -198,325 +419,62 @@ def test_xlsx_missing_sheet_is_an_input_error(sandbox: Sandbox, tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-# -- CSV dialects and encodings ---------------------------------------------------------
-@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"], ids=["comma", "semi", "tab", "pipe"])
-def test_csv_delimiter_is_detected(sandbox: Sandbox, tmp_path: Path, delimiter: str) -> None:
-    rows = [[*HEAD, "note"], ["A1", "B1", "hello, world"], ["A2", "B2", "x; y"]]
-    path = write_csv(tmp_path / "pairs.csv", rows, delimiter=delimiter)
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sorted(sent(sandbox)) == [("A1", "B1"), ("A2", "B2")]
-    report = report_of(path)
-    assert ids(report) == [("A1", "B1"), ("A2", "B2")]
-    assert [r["note"] for r in report] == ["hello, world", "x; y"]
-
-
-def test_tsv_extension(sandbox: Sandbox, tmp_path: Path) -> None:
-    rows = [[*HEAD, "note"], ["A1", "B1", "a,b;c|d"], ["A2", "B2", ""]]
-    path = write_csv(tmp_path / "pairs.tsv", rows, delimiter="\t")
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sorted(sent(sandbox)) == [("A1", "B1"), ("A2", "B2")]
-    report = report_of(path)
-    assert [r["note"] for r in report] == ["a,b;c|d", ""]
-
-
-@pytest.mark.parametrize(
-    "header",
-    [[*HEAD, "note"], ["note", *HEAD]],
-    ids=["id-column-first", "other-column-first"],
-)
-def test_utf8_bom_header_is_detected(sandbox: Sandbox, tmp_path: Path, header: list[str]) -> None:
-    values = {"sourceTicketId": "A1", "linkedTicketId": "B1", "note": "ünïcode"}
-    path = write_csv(
-        tmp_path / "bom.csv", [header, [values[h] for h in header]], encoding="utf-8-sig"
-    )
-    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sent(sandbox) == [("A1", "B1")]
-    assert report_header(path)[-1] == "note"  # no BOM glued to a carried column name
-    assert report_of(path)[0]["note"] == "ünïcode"
-
-
-def test_cp1252_bytes_fall_back_and_run(sandbox: Sandbox, tmp_path: Path) -> None:
-    rows = [[*HEAD, "note"], ["A1", "B1", "café"], ["A2", "B2", "naïve \u2013 5€"]]
-    path = write_csv(tmp_path / "legacy.csv", rows, encoding="cp1252")
-    with pytest.raises(UnicodeDecodeError):
-        path.read_bytes().decode("utf-8")
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sorted(sent(sandbox)) == [("A1", "B1"), ("A2", "B2")]
-    assert [r["note"] for r in report_of(path)] == ["café", "naïve \u2013 5€"]
-
-
-def test_encoding_option_overrides_detection(sandbox: Sandbox, tmp_path: Path) -> None:
-    rows = [[*HEAD, "note"], ["A1", "B1", "Привет"]]
-    path = write_csv(tmp_path / "cyr.csv", rows, encoding="cp1251")
-    result = run(sandbox, path, "--encoding", "cp1251")
-    assert result.exit_code == 0, result.output
-    assert sent(sandbox) == [("A1", "B1")]
-    assert report_of(path)[0]["note"] == "Привет"
-
-
-@pytest.mark.parametrize(("option", "delimiter"), [("|", "|"), ("tab", "\t")])
-def test_delimiter_option_overrides_detection(
-    sandbox: Sandbox, tmp_path: Path, option: str, delimiter: str
-) -> None:
-    # A header with commas in it makes ',' look as plausible as the real delimiter.
-    rows = [[*HEAD, "notes, comments, remarks"], ["A1", "B1", "x, y, z"]]
-    path = write_csv(tmp_path / "pairs.csv", rows, delimiter=delimiter)
-    result = run(sandbox, path, "--delimiter", option)
-    assert result.exit_code == 0, result.output
-    assert sent(sandbox) == [("A1", "B1")]
-    report = report_of(path)
-    assert report[0]["notes, comments, remarks"] == "x, y, z"
-
-
-def test_cp1252_byte_far_into_a_large_file_still_falls_back(
+def test_hidden_first_sheet_is_passed_over_for_the_first_visible(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    # The only non-UTF-8 byte comes after the first 64 KiB: detection must see the whole file.
-    lines = ["sourceTicketId,linkedTicketId,note"] + ["A1,B1,padding padding"] * 4000
-    data = ("\n".join(lines) + "\nA2,B2,café\n").encode("cp1252")
-    assert data.index(b"\xe9") > 65536
-    path = tmp_path / "big.csv"
-    path.write_bytes(data)
+    wb = openpyxl.Workbook()
+    lookup = wb.active
+    assert lookup is not None
+    lookup.title = "Lookup"
+    lookup.append(["sourceTicketId", "linkedTicketId"])
+    lookup.append(["HIDDEN1", "HIDDEN2"])
+    lookup.sheet_state = "hidden"
+    links = wb.create_sheet("Links")
+    links.append(HEAD)
+    links.append(["K1", "M1"])
+    path = tmp_path / "book.xlsx"
+    wb.save(path)
     result = run(sandbox, path)
     assert result.exit_code == 0, result.output
-    assert sorted(sent(sandbox)) == [("A1", "B1"), ("A2", "B2")]
-    report = report_of(path)
-    assert len(report) == 4001
-    assert report[-1]["note"] == "café"
-    assert report[-1]["row"] == "4001"
-
-
-def test_windows_excel_export(sandbox: Sandbox, tmp_path: Path) -> None:
-    """BOM, ';', CRLF, a quoted note spanning lines, upper-case extension."""
-    text = (
-        "\ufeffSource Ticket ID;Linked Ticket ID;Note\r\n"
-        'A1;B1;"first line\r\nsecond; line"\r\n'
-        "A2;B2;plain\r\n"
-    )
-    path = tmp_path / "EXPORT.CSV"
-    path.write_bytes(text.encode("utf-8"))
-    result = run(sandbox, path)
+    assert sorted(sent(sandbox)) == [("K1", "M1")]
+    result = run(sandbox, path, "--sheet", "Lookup")  # still reachable by name
     assert result.exit_code == 0, result.output
-    assert sorted(sent(sandbox)) == [("A1", "B1"), ("A2", "B2")]
-    report = report_of(path)
-    assert ids(report) == [("A1", "B1"), ("A2", "B2")]
-    assert [r["Note"] for r in report] == ["first line\r\nsecond; line", "plain"]
+    assert ("HIDDEN1", "HIDDEN2") in sorted(sent(sandbox))
 
 
-def test_trailing_delimiter_on_every_row_keeps_the_columns(
-    sandbox: Sandbox, tmp_path: Path
+@pytest.mark.parametrize("dry", [False, True], ids=["run", "dry-run"])
+def test_empty_first_sheet_is_named_with_the_others(
+    sandbox: Sandbox, tmp_path: Path, dry: bool
 ) -> None:
-    # Some exporters end every data row with the delimiter; the IDs must not shift a column.
-    path = tmp_path / "pairs.csv"
-    path.write_text("sourceTicketId,linkedTicketId\nA1,B1,\nA2,B2,\n")
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sorted(sent(sandbox)) == [("A1", "B1"), ("A2", "B2")]
-    assert ids(report_of(path)) == [("A1", "B1"), ("A2", "B2")]
-
-
-def test_extra_cell_in_first_row_never_shifts_ids(sandbox: Sandbox, tmp_path: Path) -> None:
-    # More cells than header names: either ignore the extra cell or refuse the file;
-    # linking "B1" to "extra" would link the wrong tickets.
-    path = tmp_path / "pairs.csv"
-    path.write_text("sourceTicketId,linkedTicketId\nA1,B1,extra\nA2,B2\n")
-    result = run(sandbox, path)
-    assert set(sent(sandbox)) <= {("A1", "B1"), ("A2", "B2")}, sent(sandbox)
-    if result.exit_code == 2:
-        one_line_error(result)
-        assert sandbox.requests == []
-    else:
-        assert result.exit_code == 0, result.output
-        assert ids(report_of(path)) == [("A1", "B1"), ("A2", "B2")]
-
-
-def test_repeated_column_name_is_carried_not_a_crash(sandbox: Sandbox, tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "pairs.csv", [[*HEAD, "note", "note"], ["A1", "B1", "x", "y"]])
-    result = run(sandbox, path)
-    assert "Traceback" not in result.output
-    assert result.exit_code == 0, result.output
-    assert sent(sandbox) == [("A1", "B1")]
-    with (tmp_path / "pairs.results.csv").open(newline="", encoding="utf-8") as fh:
-        header, row = list(csv.reader(fh))
-    assert header[:2] == RESULT_COLUMNS[:2]
-    assert [h.startswith("note") for h in header[-2:]] == [True, True]
-    assert row[-2:] == ["x", "y"]
-
-
-# -- column detection ------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("header", "row"),
-    [
-        (["other", "Source Ticket ID", "Linked Ticket ID"], ["o", "A1", "B1"]),
-        (["other", "source_ticket_id", "linked_ticket_id"], ["o", "A1", "B1"]),
-        (["other", "SOURCE-TICKET-ID", "LINKED-TICKET-ID"], ["o", "A1", "B1"]),
-        (["other", "source", "linked"], ["o", "A1", "B1"]),
-        (["other", " Linked Ticket ID ", "Source"], ["o", "B1", "A1"]),  # any order
-    ],
-    ids=["spaces", "underscores", "dashes-upper", "aliases", "reversed-order"],
-)
-def test_id_columns_are_detected(
-    sandbox: Sandbox, tmp_path: Path, header: list[str], row: list[str]
-) -> None:
-    path = write_csv(tmp_path / "pairs.csv", [header, row])
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sent(sandbox) == [("A1", "B1")]
-    report = report_of(path)
-    assert ids(report) == [("A1", "B1")]
-    assert report[0]["other"] == "o"
-
-
-def test_explicit_columns(sandbox: Sandbox, tmp_path: Path) -> None:
-    rows = [["from", "to", "parent", "child"], ["F1", "T1", "P1", "C1"]]
-    path = write_csv(tmp_path / "pairs.csv", rows)
-    result = run(sandbox, path, "--source-col", "parent", "--linked-col", "child")
-    assert result.exit_code == 0, result.output
-    assert sent(sandbox) == [("P1", "C1")]
-    report = report_of(path)
-    assert ids(report) == [("P1", "C1")]
-    assert (report[0]["from"], report[0]["to"]) == ("F1", "T1")
-
-
-def test_no_recognisable_columns_lists_the_columns(sandbox: Sandbox, tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "pairs.csv", [["ticket", "other ticket", "note"], ["A", "B", "n"]])
-    before = sorted(p.name for p in tmp_path.iterdir())
-    result = run(sandbox, path)
-    assert result.exit_code == 2, result.output
-    line = one_line_error(result)
-    for column in ("ticket", "other ticket", "note"):
-        assert column in line
-    assert sandbox.requests == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
-
-
-def test_explicit_column_not_in_file_is_an_input_error(sandbox: Sandbox, tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "pairs.csv", [[*HEAD], ["A", "B"]])
-    result = run(sandbox, path, "--source-col", "parent")
-    assert result.exit_code == 2, result.output
-    line = one_line_error(result)
-    assert "parent" in line and "sourceTicketId" in line
+    path = make_xlsx(tmp_path / "b.xlsx", {"Cover": [], "Links": [HEAD, ["A", "B"]]})
+    line = one_line_usage_error(run(sandbox, path, *(["--dry-run"] if dry else [])))
+    assert "'Cover'" in line and "empty" in line and "'Links'" in line and "--sheet" in line
     assert sandbox.requests == []
 
 
-# -- validation ------------------------------------------------------------------------
-def test_blank_and_self_links_are_invalid_and_not_sent(sandbox: Sandbox, tmp_path: Path) -> None:
-    rows = [
-        HEAD,
-        ["", "B"],
-        ["A", ""],
-        ["   ", "  "],
-        ["C", "C"],
-        [" D ", "D"],  # the same ticket once trimmed
-        ["E", "F"],
-    ]
-    path = write_csv(tmp_path / "pairs.csv", rows)
-    result = run(sandbox, path)
-    assert result.exit_code == 1, result.output
-    assert sent(sandbox) == [("E", "F")]
-    report = report_of(path)
-    assert [r["row"] for r in report] == ["1", "2", "3", "4", "5", "6"]
-    assert [r["outcome"] for r in report] == ["invalid"] * 5 + ["linked"]
-    for r in report[:5]:
-        assert r["success"] == "false"
-        assert r["http_status"] == ""
-        assert r["ticket.id"] == ""
-    blank = re.compile(r"blank|empty|missing", re.I)
-    same = re.compile(r"same|itself|self", re.I)
-    assert blank.search(report[0]["error"]) and "source" in report[0]["error"].lower()
-    assert blank.search(report[1]["error"]) and "linked" in report[1]["error"].lower()
-    assert blank.search(report[2]["error"])
-    assert same.search(report[3]["error"])
-    assert same.search(report[4]["error"])
-    assert report[5]["error"] == ""
-
-
-def test_duplicates_are_sent_once_and_share_the_first_result(
+def test_first_sheet_without_id_columns_names_it_and_lists_hidden_ones(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    rows = [
-        HEAD,
-        ["A1", "B1"],  # 1 linked
-        ["MISSING1", "B2"],  # 2 failed (404)
-        ["A1", "B1"],  # 3 duplicate of 1
-        [" A1 ", "B1 "],  # 4 duplicate of 1 once trimmed
-        ["MISSING1", "B2"],  # 5 duplicate of 2
-        ["B1", "A1"],  # 6 reversed: a different pair
-        ["a1", "B1"],  # 7 different case: a different pair
-    ]
-    path = write_csv(tmp_path / "pairs.csv", rows)
-    result = run(sandbox, path)
-    assert result.exit_code == 1, result.output
-    assert Counter(sent(sandbox)) == Counter(
-        {("A1", "B1"): 1, ("MISSING1", "B2"): 1, ("B1", "A1"): 1, ("a1", "B1"): 1}
-    )
-    report = report_of(path)
-    assert [r["outcome"] for r in report] == [
-        "linked",
-        "failed",
-        "duplicate",
-        "duplicate",
-        "duplicate",
-        "linked",
-        "linked",
-    ]
-    first, failed = report[0], report[1]
-    assert first["ticket.id"] == "A1"
-    for dup in (report[2], report[3]):
-        assert (dup["sourceTicketId"], dup["linkedTicketId"]) == ("A1", "B1")
-        assert dup["success"] == "true"
-        assert dup["http_status"] == "200"
-        assert {k: dup[k] for k in TICKET_COLUMNS} == {k: first[k] for k in TICKET_COLUMNS}
-        assert re.search(r"\brow 1\b", dup["error"]), dup["error"]
-    dup = report[4]
-    assert failed["http_status"] == "404"
-    assert dup["success"] == "false"
-    assert dup["http_status"] == "404"
-    assert re.search(r"\brow 2\b", dup["error"]), dup["error"]
-    assert "MISSING1" in dup["error"]  # carries why the first one failed
-    assert all(dup[k] == "" for k in TICKET_COLUMNS)
+    wb = openpyxl.Workbook()
+    notes = wb.active
+    assert notes is not None
+    notes.title = "Notes"
+    notes.append(["when", "what"])
+    wb.create_sheet("Links").append(HEAD)
+    wb.create_sheet("Old").sheet_state = "hidden"
+    path = tmp_path / "b.xlsx"
+    wb.save(path)
+    line = one_line_usage_error(run(sandbox, path))
+    assert "sheet 'Notes'" in line and "'when'" in line
+    assert "'Links'" in line and "'Old' (hidden)" in line and "--sheet" in line
+    line = one_line_usage_error(run(sandbox, path, "--sheet", "Nope"))
+    assert "'Nope'" in line and "'Old' (hidden)" in line
+    assert sandbox.requests == []
 
 
-def test_duplicates_of_linked_rows_exit_zero(sandbox: Sandbox, tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "pairs.csv", [HEAD, ["A", "B"], ["C", "D"], ["A", "B"]])
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert len(sandbox.requests) == 2
-    assert [r["outcome"] for r in report_of(path)] == ["linked", "linked", "duplicate"]
+# -- files that cannot be read: one line, exit 2 ----------------------------------------------
 
 
-# -- the report keeps the input -------------------------------------------------------
-def test_other_columns_are_carried_unchanged_after_ticket_columns(
-    start_sandbox: Callable[..., Sandbox], tmp_path: Path
-) -> None:
-    # Row 1's answer is delayed so it completes last: the report must still be in order.
-    server = start_sandbox(script={"S1": [Reply(delay=0.4)]})
-    header = ["note", "sourceTicketId", "extra", "linkedTicketId", "amount"]
-    rows = [
-        ["00042", "S1", "  padded  ", "L1", "1.50"],
-        ["=SUM(A1:A2)", "S2", "NA", "L2", ""],
-        ['a,b "q"', "S3", "null", "L3", "1e5"],
-        ["ünï", "S4", "", "L4", "-0"],
-    ]
-    path = write_csv(tmp_path / "pairs.csv", [header, *rows])
-    result = run(server, path)
-    assert result.exit_code == 0, result.output
-    assert sorted(sent(server)) == [("S1", "L1"), ("S2", "L2"), ("S3", "L3"), ("S4", "L4")]
-    assert report_header(path) == [*RESULT_COLUMNS, *TICKET_COLUMNS, "note", "extra", "amount"]
-    report = report_of(path)
-    assert [r["row"] for r in report] == ["1", "2", "3", "4"]
-    assert ids(report) == [("S1", "L1"), ("S2", "L2"), ("S3", "L3"), ("S4", "L4")]
-    assert [[r["note"], r["extra"], r["amount"]] for r in report] == [
-        [r[0], r[2], r[4]] for r in rows
-    ]
-
-
-# -- bad input -------------------------------------------------------------------------
 def _missing(tmp_path: Path) -> Path:
     return tmp_path / "nope.csv"
 
@@ -622,69 +580,77 @@ def test_header_only_is_nothing_to_do(sandbox: Sandbox, tmp_path: Path, kind: st
     assert sandbox.requests == []
 
 
-# -- dry run ---------------------------------------------------------------------------
-def test_dry_run_reports_and_sends_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
-    rows = [HEAD, ["V1", "W1"]]
-    for i in range(25):  # rows 2..26, alternating reasons
-        rows.append(["", f"X{i}"] if i % 2 == 0 else [f"Y{i}", f"Y{i}"])
-    rows += [["V2", "W2"], ["V1", "W1"], ["V3", "W3"], ["V2", "W2"]]  # rows 27..30
-    path = write_csv(tmp_path / "pairs.csv", rows)
-    report = tmp_path / "pairs.results.csv"
-    old = b"row,sourceTicketId\r\n1,OLD\r\n\xff not even utf-8\n"
-    report.write_bytes(old)
-    before = sorted(p.name for p in tmp_path.iterdir())
-
-    result = run(sandbox, path, "--dry-run")
-    assert result.exit_code == 0, result.output
-    assert sandbox.requests == []
-    assert report.read_bytes() == old
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
-
-    out = result.stdout
-    assert re.search(r"\bsend\D{0,3}3\b", out), out
-    assert re.search(r"\binvalid\D{0,3}25\b", out), out
-    assert re.search(r"\bduplicate\D{0,3}2\b", out), out
-    for row in range(2, 22):  # the first 20 invalid rows, each with its reason
-        reason = "(blank|empty|missing)" if row % 2 == 0 else "(same|itself|self)"
-        assert re.search(rf"\brow {row}\b[^\n]*{reason}", out), (row, out)
-    for row in range(22, 27):
-        assert not re.search(rf"\brow {row}\b", out), (row, out)
-    assert re.search(r"\b5\b[^\n]*(more|other|not shown)", out), out
-    # the first requests that would be sent, with their bodies
-    assert '"sourceTicketId": "V1"' in out or '"sourceTicketId":"V1"' in out, out
-    assert "W1" in out and "V2" in out
-    assert TOKEN not in result.output
+def _noise(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
 
 
-# -- secrets ---------------------------------------------------------------------------
-def test_token_never_printed(
-    start_sandbox: Callable[..., Sandbox], sandbox: Sandbox, tmp_path: Path
+def _zip(names: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, text in names.items():
+            zf.writestr(name, text)
+    return buf.getvalue()
+
+
+def _xlsx_bytes() -> bytes:
+    buf = io.BytesIO()
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    assert ws is not None
+    ws.append(HEAD)
+    ws.append(["A", "B"])
+    wb.save(buf)
+    return buf.getvalue()
+
+
+GARBAGE: dict[str, Callable[[], bytes]] = {
+    "noise-4k": lambda: _noise(1, 4096),
+    "noise-200": lambda: _noise(2, 200),
+    "noise-1m": lambda: _noise(3, 1 << 20),
+    "png": lambda: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + _noise(4, 300),
+    "zip": lambda: _zip({"readme.txt": "hello"}),
+    "gzip": lambda: gzip.compress(b"sourceTicketId,linkedTicketId\nA,B\n" * 50),
+    "bzip2": lambda: bz2.compress(b"sourceTicketId,linkedTicketId\nA,B\n"),
+    "pdf": lambda: b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n" + _noise(5, 500),
+    "xlsx": _xlsx_bytes,
+}
+
+
+@pytest.mark.parametrize("make", list(GARBAGE.values()), ids=list(GARBAGE))
+@pytest.mark.parametrize(
+    "command", [["run"], ["run", "--dry-run"], ["retry"], ["report"]], ids=lambda c: "-".join(c)
+)
+def test_a_file_that_is_not_text_is_one_line_exit_2(
+    sandbox: Sandbox, tmp_path: Path, make: Callable[[], bytes], command: list[str]
 ) -> None:
-    path = write_csv(
-        tmp_path / "pairs.csv", [HEAD, ["A", "B"], ["MISSING1", "C"], ["", "D"], ["A", "B"]]
-    )
-    outputs = []
-    # a normal run with some failures, the token from the environment
-    result = run(sandbox, path)
-    assert result.exit_code == 1, result.output
-    outputs.append(result)
-    # the token on the command line, with a run, a dry run and an input error
-    flags = ("--token", TOKEN, "--org-id", ORG, "--base-url", sandbox.url, "--rate", "0")
-    result = invoke("run", path, *flags, "-o", tmp_path / "b.csv")
-    assert result.exit_code == 1, result.output
-    outputs.append(result)
-    result = invoke("run", path, *flags, "--dry-run")
-    assert result.exit_code == 0, result.output
-    outputs.append(result)
-    result = invoke("run", tmp_path / "absent.csv", *flags)
-    assert result.exit_code == 2, result.output
-    outputs.append(result)
-    # credentials rejected: a server expecting another token
-    strict = start_sandbox(token="tok-OTHER-999")
-    result = run(strict, path)
-    assert result.exit_code == 3, result.output
-    outputs.append(result)
-    for result in outputs:
-        assert TOKEN not in result.stdout
-        assert TOKEN not in result.stderr
-        assert "SECRET" not in result.output
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(make())
+    before = files_in(tmp_path)
+    if command == ["report"]:
+        result = invoke("report", path)
+    else:
+        result = run_against(sandbox, *command, path, "--rate", "0", "--no-progress")
+    line = one_line_usage_error(result)
+    assert "not" in line.replace(str(path), "")
+    assert sandbox.requests == []
+    assert files_in(tmp_path) == before
+
+
+def test_an_xlsx_named_csv_says_so(sandbox: Sandbox, tmp_path: Path) -> None:
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(_xlsx_bytes())
+    assert ".xlsx" in one_line_usage_error(run(sandbox, path)).replace(str(path), "")
+
+
+def test_broken_csv_far_into_the_file_is_one_line_and_nothing_sent(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    rows = "".join(f"S{i},L{i}\n" for i in range(60_000))  # beyond the first 50,000-row chunk
+    path = tmp_path / "big.csv"
+    path.write_text("sourceTicketId,linkedTicketId\n" + rows + 'S,"never closed\n')
+    before = files_in(tmp_path)
+    for extra in ([], ["--dry-run"]):
+        line = one_line_usage_error(run(sandbox, path, *extra))
+        assert "CSV" in line
+    assert sandbox.requests == []
+    assert files_in(tmp_path) == before

@@ -1,140 +1,267 @@
-"""A run always ends well (issue 12): journal lines that always read back, a bug or a full
-disk that stops a run cleanly (exit 70 / 74) and resumes, --give-up-after and --deadline,
-SIGHUP, a signal while standard input is spooled, a closed output pipe, and a resume that
-does not stall the event loop. Everything goes over loopback to the sandbox.
+"""A run always ends well: signals (SIGTERM, SIGINT, SIGHUP, a second Ctrl-C), one run per
+report, a bug inside a worker (exit 70), --give-up-after and --deadline, and a closed
+output pipe. Long runs are real subprocesses so they can be signalled.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import bulklink.job
 from bulklink.client import Answer, Verdict
 from bulklink.errors import UsageError
-from bulklink.inputs import ReadOptions, Table, scan
-from bulklink.journal import Journal, Scope, checked_row, journal_path, parse_line
 from bulklink.models import Outcome, Pair, Result
 from bulklink.options import RunSettings, parse_duration
 from bulklink.runner import Runner, describe_refusals
-from bulklink.sandbox import Reply, Sandbox, success_body
-from tests.conftest import pairs_csv, read_report, run_against
-from tests.test_cron import (
+from bulklink.sandbox import Reply, Sandbox
+from tests.conftest import FAST, TOKEN, pairs_csv, read_report, run_against
+from tests.helpers import (
     ROOT,
+    assert_rows_once,
     child_env,
+    done_earlier,
     input_pairs,
     journal_of,
     line_count,
+    lock_of,
+    no_traceback,
     sent,
     spawn,
     wait_until,
 )
 
-FAST = ("--backoff", "0.01", "--no-progress")
-BOM = b"\xef\xbb\xbf"
-
-SCOPE = Scope.build("https://api.example", "org_1", sandbox=False)
+# -- signals: a clean stop with a report ------------------------------------------------------
 
 
-def no_traceback(text: str) -> None:
-    assert "Traceback" not in text, text
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_writes_report_with_skipped_rows_then_rerun_completes(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox], signum: int, code: int
+) -> None:
+    server = start_sandbox(latency=0.05)
+    n = 60
+    src = pairs_csv(tmp_path / "in.csv", n)
+    report = tmp_path / "in.results.csv"
+    args = ("run", src, "--rate", "30", "--concurrency", "4", "--backoff", "0.01")
+    with spawn(server, *args) as proc:
+        wait_until(lambda: len(server.requests) >= 10, "10 requests")
+        os.kill(proc.pid, signum)
+        _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == code, err
+
+    pairs = input_pairs(n)
+    rows = read_report(report)
+    assert_rows_once(rows, pairs)
+    outcomes = [r["outcome"] for r in rows]
+    assert set(outcomes) == {"linked", "skipped"}
+    linked = {(r["sourceTicketId"], r["linkedTicketId"]) for r in rows if r["outcome"] == "linked"}
+    # Every pair the server linked before the stop is linked in the report (in-flight
+    # requests were let finish), and nothing else is.
+    assert set(server.link_counts) == linked
+    assert all(r["success"] == "false" for r in rows if r["outcome"] == "skipped")
+    assert "report:" in err
+
+    since = len(server.requests)
+    result = run_against(server, *args, "--no-progress")
+    assert result.exit_code == 0, result.stderr
+    assert len(linked) in done_earlier(result.stderr), result.stderr
+    assert sorted(sent(server, since)) == sorted(set(pairs) - linked)
+    rows = read_report(report)
+    assert_rows_once(rows, pairs)
+    assert {r["outcome"] for r in rows} == {"linked"}
+    assert server.link_counts == dict.fromkeys(pairs, 1), "a pair was linked twice"
 
 
-def stop_after(server: Sandbox, first: int, n: int) -> None:
-    """Script a 401 for row ``first`` so a --concurrency 1 run stops there (exit 3),
-    leaving the rows before it in the journal; the rerun gets the normal answers."""
-    server.config.script[f"T{first:05d}"] = [Reply(401)]
+def test_sigterm_waits_for_in_flight_requests_at_most_timeout(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox]
+) -> None:
+    n = 8
+    server = start_sandbox(script={s: [Reply(delay=10)] for s, _ in input_pairs(n)})
+    src = pairs_csv(tmp_path / "in.csv", n)
+    report = tmp_path / "in.results.csv"
+    args = ("run", src, "--rate", "0", "--concurrency", "2", "--timeout", "1", *FAST)
+    with spawn(server, *args) as proc:
+        wait_until(lambda: len(server.requests) >= 2, "2 requests in flight")
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        _out, err = proc.communicate(timeout=15)
+        elapsed = time.monotonic() - t0
+    assert proc.returncode == 143, err
+    assert elapsed < 3.0, f"SIGTERM took {elapsed:.1f}s with --timeout 1"
+    rows = read_report(report)
+    assert_rows_once(rows, input_pairs(n))
+    assert [r["outcome"] for r in rows][2:] == ["skipped"] * (n - 2)
+    assert len(server.requests) == 2, "requests were sent after SIGTERM"
 
 
-# -- journal lines always read back --------------------------------------------------------
+def test_second_ctrl_c_exits_at_once_and_journal_resumes(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox]
+) -> None:
+    n, quick = 30, 10
+    # Rows after the first ten hang for 4 s, so the first Ctrl-C has requests to wait for.
+    slow = {f"T{i:05d}": [Reply(delay=4)] for i in range(quick + 1, n + 1)}
+    server = start_sandbox(script=slow)
+    src = pairs_csv(tmp_path / "in.csv", n)
+    report = tmp_path / "in.results.csv"
+    args = ("run", src, "--rate", "0", "--concurrency", "4")
+    with spawn(server, *args) as proc:
+        wait_until(lambda: len(server.requests) >= quick + 4, "the slow requests")
+        wait_until(lambda: line_count(journal_of(report)) > quick, "the quick rows journaled")
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=10)
+        elapsed = time.monotonic() - t0
+    assert proc.returncode == 130
+    assert elapsed < 2.0, f"second Ctrl-C took {elapsed:.1f}s"
+    assert journal_of(report).exists()
+
+    server.config.script.clear()
+    since = len(server.requests)
+    result = run_against(server, *args, "--no-progress")
+    assert result.exit_code == 0, result.stderr
+    assert quick in done_earlier(result.stderr), result.stderr
+    pairs = input_pairs(n)
+    assert sorted(sent(server, since)) == pairs[quick:]
+    rows = read_report(report)
+    assert_rows_once(rows, pairs)
+    assert {r["outcome"] for r in rows} == {"linked"}
+    assert all(server.link_counts[p] == 1 for p in pairs[:quick])
 
 
-def test_bom_and_utf16_bodies_are_journaled_so_they_read_back(tmp_path: Path) -> None:
-    body = success_body("CT1", 0.0)
-    ticket = json.loads(body)["data"]
-    path = tmp_path / "x.journal"
-    journal, _ = Journal.open(path, "key", 5, scope=SCOPE)
-    bodies = [BOM + body, body.decode().encode("utf-16"), b' \n{"status": true}', body]
-    for row, raw in enumerate(bodies, start=1):
-        data = ticket if row != 3 else None
-        journal.record(Result(row, Outcome.LINKED, 200, "", 1, data, raw))
-    journal.record(Result(5, Outcome.FAILED, 404, "HTTP 404 Ticket not found: \u2028x", 1))
-    journal.close()
-
-    again, note = Journal.open(path, "key", 5, scope=SCOPE)
-    assert "5 rows were already done" in note
-    assert [again.read(row).ticket for row in (1, 2, 3, 4)] == [ticket, ticket, None, ticket]
-    assert again.read(5).error == "HTTP 404 Ticket not found: \u2028x"
-    again.close()
-
-
-def test_damaged_lines_count_as_not_done(tmp_path: Path) -> None:
-    path = tmp_path / "x.journal"
-    journal, _ = Journal.open(path, "key", 6, scope=SCOPE)
-    for row in range(1, 7):
-        body = b'{"data":{"id":%d}}' % row
-        journal.record(Result(row, Outcome.LINKED, 200, "", 1, {"id": row}, body))
-    journal.close()
-    header, *lines = path.read_bytes().splitlines(keepends=True)
-    lines[1] = lines[1].replace(b'"linked"', b'"linkd"')  # row 2: edited
-    lines[2] = b'{"r":3}\n'  # row 3: rewritten by hand
-    lines[3] = lines[3].replace(b'"a":1', b'"a":2')  # row 4: valid JSON, but not ours
-    path.write_bytes(header + b"".join(lines) + lines[4][:20])  # + a torn last line
-
-    again, note = Journal.open(path, "key", 6, scope=SCOPE)
-    assert [again.done(row) for row in range(1, 7)] == [True, False, False, False, True, True]
-    assert "3 unreadable journal lines ignored" in note
-    assert again.read(5).ticket == {"id": 5}
-    again.close()
-    assert checked_row(lines[0]) == 1 and checked_row(lines[1]) == 0
-    assert parse_line(b"null\n") is None and parse_line(b'{"r":1,"o":"skipped"}') is None
+def test_sighup_is_handled_as_sigterm(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox]
+) -> None:
+    server = start_sandbox(latency=0.05)
+    n = 60
+    src = pairs_csv(tmp_path / "in.csv", n)
+    report = tmp_path / "in.results.csv"
+    with spawn(server, "run", src, "--rate", "30", "--concurrency", "4", *FAST) as proc:
+        wait_until(lambda: len(server.requests) >= 5, "5 requests")
+        os.kill(proc.pid, signal.SIGHUP)
+        _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 129, err
+    assert "interrupted by SIGHUP" in err
+    no_traceback(err)
+    rows = read_report(report)
+    assert {r["outcome"] for r in rows} == {"linked", "skipped"}
+    linked = {(r["sourceTicketId"], r["linkedTicketId"]) for r in rows if r["outcome"] == "linked"}
+    assert set(server.link_counts) == linked
+    assert journal_of(report).exists()
 
 
-def test_bom_bodies_resume_and_hand_damaged_lines_are_sent_again(
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_signal_while_reading_stdin_leaves_no_copy_of_it(
+    tmp_path: Path, sandbox: Sandbox, signum: int, code: int
+) -> None:
+    out = tmp_path / "out.csv"
+
+    def spooled() -> bool:  # the copy has a random name: .out.csv.<hex>.bulklink-stdin.csv
+        return any(p.stat().st_size > 1000 for p in tmp_path.glob(".out.csv.*stdin.csv"))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bulklink", "run", "-", "-o", str(out), *FAST],
+        env=child_env(sandbox),
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(b"sourceTicketId,linkedTicketId\n" + b"A1,B1\n" * 20_000)
+    proc.stdin.flush()  # ... and the input never ends: the run is still reading it
+    wait_until(spooled, "the spooled input")
+    os.kill(proc.pid, signum)
+    _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == code, err
+    assert b"before anything was sent" in err
+    no_traceback(err.decode())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a copy of the input was left"
+    assert sandbox.requests == []
+
+
+# -- one run per report -----------------------------------------------------------------------
+
+
+def test_second_run_refuses_fast_names_the_holder_and_changes_nothing(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
     n = 12
-    pairs = input_pairs(n)
-    server = start_sandbox(
-        script={s: [Reply(200, BOM + success_body(s, 0.0))] for s, _ in pairs[:8]}
-    )
-    stop_after(server, 9, n)
+    server = start_sandbox()
     src = pairs_csv(tmp_path / "in.csv", n)
     report = tmp_path / "in.results.csv"
-    # The journal alone decides what is sent again: the state store knows rows 2 and 5.
-    args = ("run", src, "--concurrency", "1", "--rate", "0", "--no-state", *FAST)
-    first = run_against(server, *args)
-    assert first.exit_code == 3, first.stderr
-    journal = journal_of(report)
-    header, *lines = journal.read_bytes().splitlines(keepends=True)
-    assert len(lines) == 8
-    lines[1] = lines[1].replace(b'"h":200', b'"h":"200"')  # rows 2 and 5, edited by hand
-    lines[4] = b'{"r":5,"o":"linked","h":200,"a":1,"e":"","b":null}\n'
-    journal.write_bytes(header + b"".join(lines))
+    assert run_against(server, "run", src, "--rate", "0", *FAST).exit_code == 0
 
-    since = len(server.requests)
-    second = run_against(server, *args)
-    assert second.exit_code == 0, second.stderr
-    no_traceback(second.stderr)
-    assert sorted(sent(server, since)) == sorted([pairs[1], pairs[4], *pairs[8:]])
+    # The holder: every request hangs 5 s; its token is given on the command line. It
+    # relinks: the store knows every pair from the run above.
+    for source, _ in input_pairs(n):
+        server.config.script[source] = [Reply(delay=5)]
+    first = spawn(server, "run", src, "--rate", "0", "--concurrency", "4", "--token", TOKEN,
+                  "--relink", token=False)  # fmt: skip
+    with first:
+        lock = lock_of(report)
+        wait_until(lambda: len(server.requests) >= n + 4, "the holder's requests")
+        wait_until(lambda: str(first.pid).encode() in lock.read_bytes(), "the lock's holder")
+        files = (report, journal_of(report))
+        snapshot = {p: p.read_bytes() for p in files}
+        requests = len(server.requests)
+
+        t0 = time.monotonic()
+        with spawn(server, "run", src, "--rate", "0", "--no-progress") as second:
+            out, err = second.communicate(timeout=10)
+        elapsed = time.monotonic() - t0
+        assert second.returncode == 75, err
+        # The holder's requests hang 5 s: a refusal that waited for the lock could not come
+        # back before them. (How fast a refused run starts is bench.py's start-up figure.)
+        assert elapsed < 4.0, f"refusal took {elapsed:.2f}s"
+        assert str(first.pid) in err, err
+
+        again = run_against(server, "retry", report, *FAST)
+        assert again.exit_code == 75, again.stderr
+        assert str(first.pid) in again.stderr
+
+        assert {p: p.read_bytes() for p in files} == snapshot
+        assert len(server.requests) == requests, "a refused run sent requests"
+        for text in (out, err, again.stdout, again.stderr, lock.read_text()):
+            assert TOKEN not in text
+
+        os.kill(first.pid, signal.SIGKILL)
+        first.communicate(timeout=10)
+    assert lock.exists()  # left behind by the killed run
+
+    server.config.script.clear()
+    result = run_against(server, "run", src, "--rate", "0", *FAST)
+    assert result.exit_code == 0, result.stderr
     rows = read_report(report)
-    assert [r["outcome"] for r in rows] == ["linked"] * n
-    # Rows read back from BOM-prefixed answers keep their ticket data.
-    assert [r["ticket.ticketId"] != "" for r in rows] == [True] * n
-    assert rows[0]["ticket.title"] == json.loads(success_body("T00001", 0.0))["data"]["title"]
+    assert_rows_once(rows, input_pairs(n))
+    # Linked by the first run and known to the store: not sent again.
+    assert {r["outcome"] for r in rows} == {"already-linked"}
 
 
-# -- a bug inside a worker -----------------------------------------------------------------
+def test_junk_lock_file_held_by_nobody_does_not_block(tmp_path: Path, sandbox: Sandbox) -> None:
+    src = pairs_csv(tmp_path / "in.csv", 5)
+    report = tmp_path / "in.results.csv"
+    lock_of(report).write_bytes(b"\x00junk{not json\n")
+    result = run_against(sandbox, "run", src, "--rate", "0", *FAST)
+    assert result.exit_code == 0, result.stderr
+    rows = read_report(report)
+    assert_rows_once(rows, input_pairs(5))
+    assert {r["outcome"] for r in rows} == {"linked"}
+    # and it stays usable: retry on the finished report takes the lock too
+    assert run_against(sandbox, "retry", report, *FAST).exit_code == 0
+
+
+# -- a bug inside a worker --------------------------------------------------------------------
 
 
 class _Flaky:
@@ -246,176 +373,7 @@ def test_a_bug_in_a_worker_writes_the_report_exits_70_and_resumes(
     assert sorted(sent(sandbox, since)) == sorted(set(input_pairs(n)) - linked)
 
 
-# -- a full disk ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def full_disk_after(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
-    """After ``writes`` successful writes to any ``*.journal`` file, every write to one
-    fails with ENOSPC (the first may be partial), as on a disk that fills up."""
-
-    def arm(writes: int) -> None:
-        real = os.write
-        left = [writes]
-
-        def write(fd: int, data: Any) -> int:
-            try:
-                target = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                target = ""
-            if target.endswith(".journal"):
-                if left[0] <= 0:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                left[0] -= 1
-                if left[0] == 0:  # the last write that fits is cut short
-                    return real(fd, bytes(data)[: max(1, len(data) // 2)])
-            return real(fd, data)
-
-        monkeypatch.setattr(os, "write", write)
-
-    return arm
-
-
-def test_full_disk_on_the_journal_stops_exits_74_and_resumes(
-    tmp_path: Path,
-    start_sandbox: Callable[..., Sandbox],
-    full_disk_after: Callable[[int], None],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    server = start_sandbox(latency=0.01)
-    n, concurrency = 120, 4
-    src = pairs_csv(tmp_path / "in.csv", n)
-    report = tmp_path / "in.results.csv"
-    args = ("run", src, "--concurrency", str(concurrency), "--rate", "0", *FAST)
-    full_disk_after(6)
-    result = run_against(server, *args)
-
-    assert result.exit_code == 74, result.stderr
-    no_traceback(result.stderr)
-    said = [line for line in result.stderr.splitlines() if line.startswith("bulklink:")]
-    assert said == [f"bulklink: error: No space left on device: {journal_path(report)}"]
-    first = sent(server)
-    assert len(first) < n, "sending went on after the disk filled"
-    assert journal_of(report).exists()
-
-    monkeypatch.undo()  # space freed
-    again = run_against(server, *args)
-    assert again.exit_code == 0, again.stderr
-    resent = set(first) & set(sent(server, len(first)))
-    # Resent: the rows whose results could not be written: those finished in the turn
-    # the write failed, and those in flight then (each at most --concurrency).
-    assert len(resent) <= 2 * concurrency, resent
-    # Rows linked before the disk filled and recorded in the state store (which lives on
-    # another disk here) are known as linked even where the journal missed them.
-    outcomes = [r["outcome"] for r in read_report(report)]
-    assert set(outcomes) <= {"linked", "already-linked"} and len(outcomes) == n
-    assert not journal_of(report).exists()
-
-
-def test_a_failed_report_write_exits_74_naming_the_report(
-    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from bulklink.report import CsvWriter
-
-    real = CsvWriter.write
-    rows_written = [0]
-
-    def write(self: CsvWriter, *cells: Any) -> None:
-        rows_written[0] += 1
-        if rows_written[0] > 10:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(self, *cells)
-
-    monkeypatch.setattr(CsvWriter, "write", write)
-    n = 40
-    src = pairs_csv(tmp_path / "in.csv", n)
-    report = tmp_path / "in.results.csv"
-    args = ("run", src, "--concurrency", "2", "--rate", "0", *FAST)
-    result = run_against(sandbox, *args)
-    assert result.exit_code == 74, result.stderr
-    no_traceback(result.stderr)
-    assert f"No space left on device: {report}" in result.stderr
-    assert not report.exists(), "a half-written report was installed"
-    assert [p.name for p in tmp_path.iterdir() if "tmp" in p.name] == []
-    done = line_count(journal_of(report)) - 1
-    assert done >= 10
-
-    monkeypatch.undo()
-    since = len(sandbox.requests)
-    again = run_against(sandbox, *args)
-    assert again.exit_code == 0, again.stderr
-    assert len(sent(sandbox, since)) == n - done
-
-
-def test_failed_summary_or_log_writes_exit_74(
-    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    src = pairs_csv(tmp_path / "in.csv", 5)
-    result = run_against(sandbox, "run", src, *FAST, "--log-file", "/dev/full")
-    assert result.exit_code == 74, result.stderr
-    assert "No space left on device: /dev/full" in result.stderr
-    assert {r["outcome"] for r in read_report(tmp_path / "in.results.csv")} == {"linked"}
-
-    def full(path: Path, summary: Any) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(bulklink.job, "write_summary_json", full)
-    summary = tmp_path / "s.json"
-    result = run_against(sandbox, "run", src, *FAST, "--summary-json", summary)
-    assert result.exit_code == 74, result.stderr
-    no_traceback(result.stderr)
-    assert f"No space left on device: {summary}" in result.stderr
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A real 48 KiB filesystem (root only), grown to 16 MiB by ``grow(path)``."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mnt)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def test_a_real_full_disk_exits_74_then_resumes_after_freeing_space(
-    tmp_path: Path, start_sandbox: Callable[..., Sandbox], small_tmpfs: Path
-) -> None:
-    server = start_sandbox(latency=0.005)
-    n, concurrency = 300, 4
-    src = pairs_csv(tmp_path / "in.csv", n)
-    report = small_tmpfs / "nightly.results.csv"
-    args = ("run", src, "-o", report, "--concurrency", str(concurrency), "--rate", "0", *FAST)
-    result = run_against(server, *args)
-
-    assert result.exit_code == 74, result.stderr
-    no_traceback(result.stderr)
-    said = [line for line in result.stderr.splitlines() if line.startswith("bulklink:")]
-    assert len(said) == 1 and f"No space left on device: {small_tmpfs}/" in said[0], said
-    first = sent(server)
-    assert len(first) < n
-
-    subprocess.run(["mount", "-o", "remount,size=16m", str(small_tmpfs)], check=True)
-    again = run_against(server, *args)
-    assert again.exit_code == 0, again.stderr
-    resent = set(first) & set(sent(server, len(first)))
-    assert len(resent) <= 2 * concurrency, resent
-    # Rows linked before the disk filled and recorded in the state store (which lives on
-    # another disk here) are known as linked even where the journal missed them.
-    outcomes = [r["outcome"] for r in read_report(report)]
-    assert set(outcomes) <= {"linked", "already-linked"} and len(outcomes) == n
-
-
-# -- a nightly run always ends -------------------------------------------------------------
+# -- a nightly run always ends: --give-up-after and --deadline --------------------------------
 
 
 @pytest.mark.parametrize(
@@ -495,61 +453,7 @@ def test_deadline_stops_dispatch_and_the_rerun_resumes(
     assert len(server.requests) == n
 
 
-# -- signals -------------------------------------------------------------------------------
-
-
-def test_sighup_is_handled_as_sigterm(
-    tmp_path: Path, start_sandbox: Callable[..., Sandbox]
-) -> None:
-    server = start_sandbox(latency=0.05)
-    n = 60
-    src = pairs_csv(tmp_path / "in.csv", n)
-    report = tmp_path / "in.results.csv"
-    with spawn(server, "run", src, "--rate", "30", "--concurrency", "4", *FAST) as proc:
-        wait_until(lambda: len(server.requests) >= 5, "5 requests")
-        os.kill(proc.pid, signal.SIGHUP)
-        _out, err = proc.communicate(timeout=20)
-    assert proc.returncode == 129, err
-    assert "interrupted by SIGHUP" in err
-    no_traceback(err)
-    rows = read_report(report)
-    assert {r["outcome"] for r in rows} == {"linked", "skipped"}
-    linked = {(r["sourceTicketId"], r["linkedTicketId"]) for r in rows if r["outcome"] == "linked"}
-    assert set(server.link_counts) == linked
-    assert journal_of(report).exists()
-
-
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
-def test_a_signal_while_reading_stdin_leaves_no_copy_of_it(
-    tmp_path: Path, sandbox: Sandbox, signum: int, code: int
-) -> None:
-    out = tmp_path / "out.csv"
-
-    def spooled() -> bool:  # the copy has a random name: .out.csv.<hex>.bulklink-stdin.csv
-        return any(p.stat().st_size > 1000 for p in tmp_path.glob(".out.csv.*stdin.csv"))
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bulklink", "run", "-", "-o", str(out), *FAST],
-        env=child_env(sandbox),
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    assert proc.stdin is not None
-    proc.stdin.write(b"sourceTicketId,linkedTicketId\n" + b"A1,B1\n" * 20_000)
-    proc.stdin.flush()  # ... and the input never ends: the run is still reading it
-    wait_until(spooled, "the spooled input")
-    os.kill(proc.pid, signum)
-    _out, err = proc.communicate(timeout=20)
-    assert proc.returncode == code, err
-    assert b"before anything was sent" in err
-    no_traceback(err.decode())
-    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a copy of the input was left"
-    assert sandbox.requests == []
-
-
-# -- a closed output pipe ------------------------------------------------------------------
+# -- a closed output pipe ---------------------------------------------------------------------
 
 
 def test_a_closed_pipe_changes_neither_the_report_nor_the_exit_code(
@@ -588,65 +492,3 @@ def test_a_closed_pipe_changes_neither_the_report_nor_the_exit_code(
         assert proc.wait(timeout=60) == code, command
         no_traceback(proc.stderr.read().decode())
         proc.stderr.close()
-
-
-# -- resume does not stall the event loop ----------------------------------------------------
-
-
-def test_resume_reads_done_rows_back_a_slice_per_loop_turn(
-    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import bulklink.assembly
-    from bulklink.api import run_job
-    from bulklink.assembly import SLICE_ROWS
-
-    done, n = 20_000, 20_050
-    src = pairs_csv(tmp_path / "in.csv", n)
-    report = tmp_path / "in.results.csv"
-    plan = scan(Table(src, ReadOptions()))
-    scope = Scope.build(sandbox.url, "org_test", sandbox=False)
-    journal, _ = Journal.open(journal_path(report), plan.key, plan.rows, scope=scope)
-    body = success_body("T00001", 0.0)
-    ticket = json.loads(body)["data"]
-    for row in range(1, done + 1):
-        journal.record(Result(row, Outcome.LINKED, 200, "", 1, ticket, body))
-    journal.close()
-
-    reads = [0]
-    most = [0]
-    real_read = Journal.read
-
-    def read(self: Journal, row: int) -> Result:
-        reads[0] += 1
-        return real_read(self, row)
-
-    async def probe() -> None:
-        while True:  # one wake-up per event-loop turn: what each turn read back
-            await asyncio.sleep(0)
-            most[0] = max(most[0], reads[0])
-            reads[0] = 0
-
-    real_run = bulklink.job._run
-
-    async def measured(*args: Any) -> Any:
-        task = asyncio.create_task(probe())
-        try:
-            return await real_run(*args)
-        finally:
-            task.cancel()
-
-    # No time to spare in a turn: each takes one check's worth of rows (machine-independent).
-    monkeypatch.setattr(bulklink.assembly, "SLICE_SECONDS", 0.0)
-    monkeypatch.setattr(Journal, "read", read)
-    monkeypatch.setattr(bulklink.job, "_run", measured)
-    summary = run_job(
-        src,
-        base_url=sandbox.url,
-        token="tok-SECRET-abc123",
-        org_id="org_test",
-        rate=0,
-        backoff=0.01,
-    )
-    assert summary.resumed_rows == done and summary.counts["linked"] == n
-    assert len(sandbox.requests) == n - done
-    assert 0 < most[0] <= 2 * SLICE_ROWS, f"{most[0]} rows read back in one event-loop turn"

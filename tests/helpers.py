@@ -1,0 +1,357 @@
+"""Helpers shared by several test modules: subprocess runs, what the server received,
+the files beside a report, input files and one-line errors, credentials, reports read back.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import (
+    Callable,
+    Mapping,
+    Sequence,
+)
+from pathlib import Path
+from typing import Any
+
+import openpyxl
+import pytest
+from click.testing import Result
+from openpyxl import load_workbook
+
+from bulklink.models import TICKET_FIELDS
+from bulklink.sandbox import Reply, Sandbox
+from tests.conftest import FAST_UNPACED, ORG, TOKEN, invoke, read_report, run_against
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- runs in a subprocess; what the server received; the files beside a report ----------------
+
+
+def child_env(server: Sandbox, *, token: bool = True) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THENA_")}
+    env.update(THENA_ORG_ID=ORG, THENA_BASE_URL=server.url)
+    if token:
+        env["THENA_TOKEN"] = TOKEN
+    return env
+
+
+def spawn(server: Sandbox, *args: str | Path, token: bool = True) -> subprocess.Popen[str]:
+    """``python -m bulklink ARGS`` in its own session, so signals reach only it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bulklink", *map(str, args)],
+        env=child_env(server, token=token),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def line_count(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def journal_of(report: Path) -> Path:
+    return report.with_name(report.name + ".journal")
+
+
+def lock_of(report: Path) -> Path:
+    return report.with_name(report.name + ".lock")
+
+
+def input_pairs(n: int, prefix: str = "T") -> list[tuple[str, str]]:
+    return [(f"{prefix}{i:05d}", f"{prefix}L{i:05d}") for i in range(1, n + 1)]
+
+
+def sent(server: Sandbox, since: int = 0) -> list[tuple[str, str]]:
+    """(source, linked) of every request the server received from index ``since`` on."""
+    out = []
+    for rec in server.requests[since:]:
+        body = json.loads(rec.body)
+        out.append((body["sourceTicketId"], body["linkedTicketId"]))
+    return out
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    """A report in any format as a list of dicts (cell values as the format holds them)."""
+    if path.suffix == ".csv":
+        return list(read_report(path))
+    if path.suffix == ".jsonl":
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    wb = load_workbook(path)
+    try:
+        values = list(wb.worksheets[0].iter_rows(values_only=True))
+    finally:
+        wb.close()
+    header = [str(h) for h in values[0]]
+    return [dict(zip(header, row, strict=True)) for row in values[1:]]
+
+
+def assert_rows_once(rows: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> None:
+    """Every input row exactly once, in input order, with its IDs."""
+    assert [int(r["row"]) for r in rows] == list(range(1, len(pairs) + 1))
+    # (an empty xlsx cell reads back as None)
+    ids = [(r["sourceTicketId"] or "", r["linkedTicketId"] or "") for r in rows]
+    assert ids == pairs
+
+
+def done_earlier(stderr: str) -> list[int]:
+    """Numbers on the stderr lines that report rows already done by an earlier run."""
+    found: list[int] = []
+    for line in stderr.splitlines():
+        if re.search(r"already done|done earlier|resum", line, re.IGNORECASE):
+            found += [int(n) for n in re.findall(r"\d+", line)]
+    return found
+
+
+# -- a run interrupted by a 401 at row 11, rows 1-10 journaled --------------------------------
+
+
+N = 50
+
+
+def pairs(n: int = N) -> list[tuple[str, str]]:
+    return [(f"T{i:05d}", f"TL{i:05d}") for i in range(1, n + 1)]
+
+
+def env_for(url: str, **extra: str) -> dict[str, str]:
+    return {"THENA_TOKEN": TOKEN, "THENA_ORG_ID": ORG, "THENA_BASE_URL": url, **extra}
+
+
+def interrupt_at_row_11(server: Sandbox, src: Path, report: Path, env: dict[str, str]) -> None:
+    """Rows 1-10 linked and journaled, then a 401: exit 3, the journal kept for a resume."""
+    server.config.script["T00011"] = [Reply(status=401)]
+    result = invoke("run", src, "-o", report, "--concurrency", "1", *FAST_UNPACED, env=env)
+    assert result.exit_code == 3, result.stderr
+    assert sent(server) == pairs()[:11]
+    assert journal_of(report).exists()
+
+
+def assert_all_linked(report: Path, n: int = N) -> None:
+    rows = read_report(report)
+    assert [(r["sourceTicketId"], r["linkedTicketId"]) for r in rows] == pairs(n)
+    assert {r["outcome"] for r in rows} == {"linked"}
+
+
+# -- odd values a server may send -------------------------------------------------------------
+
+
+ODD_TOKEN = 'tok"en\\back/sl+a=sh&x%41<y>~'
+
+ODD_SECONDS = [
+    "²", "٣", "-1", "-0.5", "+5", "nan", "NaN", "inf", "-inf", "Infinity", "1e309", "1e3",
+    "0x10", "1_0", "1,5", "9" * 400, "", "  ", "five", "3 s", "Fri, 31 Dec 99999 23:59:59 GMT",
+    "Mon, 99 Foo 2024 99:99:99 GMT", "Sun, 06 Nov 1994 08:49:37 +9999", "\x00",
+]  # fmt: skip
+
+
+# -- error bodies as servers send them --------------------------------------------------------
+
+
+NEST_404 = {"statusCode": 404, "message": "Ticket not found: T9", "error": "Not Found"}
+
+NEST_400 = {
+    "statusCode": 400,
+    "message": ["sourceTicketId must be a string", "linkedTicketId should not be empty"],
+    "error": "Bad Request",
+}
+
+NEST_409 = {"statusCode": 409, "message": "Tickets are already linked", "error": "Conflict"}
+
+NEST_422 = {"statusCode": 422, "message": "Ticket T1 is archived", "error": "Unprocessable"}
+
+NGINX_502 = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+    + "<!-- a padding to disable MSIE and Chrome friendly error page -->\r\n" * 6
+    + "<p>"
+    + "lorem ipsum dolor sit amet " * 300
+    + "</p>"
+)
+
+
+# -- input files, their reports and one-line errors -------------------------------------------
+
+
+HEAD = ["sourceTicketId", "linkedTicketId"]
+
+RESULT_COLUMNS = [
+    "row",
+    "sourceTicketId",
+    "linkedTicketId",
+    "success",
+    "outcome",
+    "http_status",
+    "error",
+    "attempts",
+    "linked_at",
+]
+
+TICKET_COLUMNS = [f"ticket.{name}" for name in TICKET_FIELDS]
+
+
+def sent_checked(server: Sandbox) -> list[tuple[str, str]]:
+    """The (source, linked) pairs the server received, in arrival order; IDs must be strings."""
+    pairs = []
+    for request in server.requests:
+        assert request.method == "PATCH"
+        assert request.path == "/v1/tickets/link"
+        body = json.loads(request.body)
+        assert set(body) == {"sourceTicketId", "linkedTicketId"}, body
+        assert isinstance(body["sourceTicketId"], str), body
+        assert isinstance(body["linkedTicketId"], str), body
+        pairs.append((body["sourceTicketId"], body["linkedTicketId"]))
+    return pairs
+
+
+def report_of(path: Path) -> list[dict[str, str]]:
+    return read_report(path.with_name(f"{path.stem}.results.csv"))
+
+
+def report_header(path: Path) -> list[str]:
+    report = path.with_name(f"{path.stem}.results.csv")
+    with report.open(newline="", encoding="utf-8") as fh:
+        return next(csv.reader(fh))
+
+
+def ids(rows: list[dict[str, str]]) -> list[tuple[str, str]]:
+    return [(r["sourceTicketId"], r["linkedTicketId"]) for r in rows]
+
+
+def one_line_error(result: Result) -> str:
+    """stderr must be one clear line, never a traceback."""
+    assert "Traceback" not in result.output, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def make_xlsx(
+    path: Path, sheets: Mapping[str, Sequence[Sequence[object]]], active: int = 0
+) -> Path:
+    wb = openpyxl.Workbook()
+    for sheet in list(wb.worksheets):
+        wb.remove(sheet)
+    for name, rows in sheets.items():
+        ws = wb.create_sheet(name)
+        for row in rows:
+            ws.append(row)
+    wb.active = active
+    wb.save(path)
+    return path
+
+
+def run(server: Sandbox, path: Path, *extra: str | Path) -> Result:
+    return run_against(server, "run", path, *FAST_UNPACED, *extra)
+
+
+def one_line_usage_error(result: Result) -> str:
+    assert "Traceback" not in result.output, result.output
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("bulklink: error: "), lines[0]
+    return lines[0]
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def no_traceback(text: str) -> None:
+    assert "Traceback" not in text, text
+
+
+# -- credentials ------------------------------------------------------------------------------
+
+
+KEY = "k-SECRET-123"
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def make_jwt(**claims: Any) -> str:
+    """An unsigned-looking JWT: header.payload.signature, base64url without padding."""
+    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    payload = b64url(json.dumps({"sub": "user_1", **claims}).encode())
+    return f"{header}.{payload}.{b64url(b'not-a-real-signature')}"
+
+
+def no_secret_anywhere(secret: str, *texts: str, files: tuple[Path, ...] = ()) -> None:
+    for text in texts:
+        assert secret not in text
+    for path in files:
+        if path.exists():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+# -- answers holding custom tickets; a report in any format read back -------------------------
+
+
+CUSTOM_FIELDS = [{"id": "CF1", "name": "Region", "value": 'EMEA, "north"'}, {"id": "CF2"}]
+
+
+def custom_ticket(source: str, **extra: Any) -> dict[str, Any]:
+    """Every documented field, with values of each JSON type, plus ``extra``."""
+    ticket: dict[str, Any] = {name: f"{name} of {source}" for name in TICKET_FIELDS}
+    ticket.update(
+        id=source,
+        title=f"Custom title {source}",
+        ticketId=4242,
+        storyPoints=5,
+        isPrivate=True,
+        customFieldValues=CUSTOM_FIELDS,
+        deletedAt=None,
+        archivedAt=None,
+    )
+    ticket.update(extra)
+    return ticket
+
+
+def answer_with(ticket: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "status": True,
+        "message": "Success",
+        "timestamp": "2024-05-01T12:00:00.000Z",
+        "data": ticket,
+    }
+
+
+def read_any(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """Header and rows of a report in any format, cells as the file holds them."""
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader)
+            return header, [dict(zip(header, row, strict=True)) for row in reader]
+    if path.suffix == ".xlsx":
+        sheet = openpyxl.load_workbook(path).worksheets[0]
+        lines = list(sheet.iter_rows(values_only=True))
+        header = [str(c) for c in lines[0]]
+        return header, [dict(zip(header, row, strict=True)) for row in lines[1:]]
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return list(rows[0]), rows

@@ -1,0 +1,304 @@
+"""The Python API: what ``bulklink`` exports, ``run_job`` and ``link_pairs`` against the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import gc
+import inspect
+import logging
+import os
+import time
+import typing
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+
+import bulklink
+from bulklink.cli import cli
+from bulklink.sandbox import Sandbox
+from tests.conftest import ORG, TOKEN, pairs_csv, read_report, write_csv
+from tests.helpers import KEY, make_jwt, sent
+
+# -- the public surface -----------------------------------------------------------------------
+
+
+PUBLIC = {
+    "run_job", "retry_job", "link_pairs", "read_report", "Summary", "LinkResult", "Outcome",
+    "BulklinkError", "UsageError", "TokenExpiredError", "InputError", "LockedError",
+    "CredentialsRejected", "Interrupted",
+}  # fmt: skip
+
+
+def test_public_api_exports_and_hints() -> None:
+    from bulklink import (  # noqa: F401 - the import itself is the test
+        BulklinkError,
+        CredentialsRejected,
+        InputError,
+        Interrupted,
+        LinkResult,
+        LockedError,
+        Summary,
+        TokenExpiredError,
+        UsageError,
+        link_pairs,
+        read_report,
+        retry_job,
+        run_job,
+    )
+
+    assert set(bulklink.__all__) >= PUBLIC
+    for name in bulklink.__all__:
+        assert getattr(bulklink, name) is not None
+    for error in (UsageError, InputError, LockedError, CredentialsRejected, Interrupted):
+        assert issubclass(error, BulklinkError)
+    assert issubclass(TokenExpiredError, UsageError)
+    assert (UsageError.exit_code, InputError.exit_code) == (2, 2)
+    assert (LockedError.exit_code, CredentialsRejected.exit_code) == (75, 3)
+    assert typing.get_type_hints(run_job)["return"] is Summary
+    assert inspect.isasyncgenfunction(link_pairs)
+    assert typing.get_type_hints(link_pairs)["return"] == AsyncGenerator[LinkResult]
+
+
+def test_run_job_takes_the_cli_options_in_snake_case() -> None:
+    run_cmd = cli.commands["run"]
+    display_only = {"help", "dry_run", "progress", "quiet", "log_file"}
+    wanted = {
+        p.name
+        for p in run_cmd.params
+        if isinstance(p, click.Option) and p.name and p.name not in display_only
+    }
+    params = inspect.signature(bulklink.run_job).parameters
+    assert wanted <= set(params), wanted - set(params)
+    for name in wanted:
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY or name == "output"
+
+
+# -- run_job ----------------------------------------------------------------------------------
+
+
+def test_run_job_returns_a_summary_and_prints_nothing(
+    sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write_csv(
+        tmp_path / "in.csv",
+        [["sourceTicketId", "linkedTicketId"], ["A1", "B1"], ["MISSING2", "B2"], ["A3", "A3"]],
+    )
+    out = tmp_path / "out.csv"
+    summary = bulklink.run_job(
+        src, out, base_url=sandbox.url, token=TOKEN, org_id=ORG, rate=0, backoff=0.01
+    )
+    assert isinstance(summary, bulklink.Summary)
+    assert summary.exit_code == 1
+    counts = summary.counts
+    assert (counts["linked"], counts["failed"], counts["invalid"], counts["skipped"]) == (
+        1,
+        1,
+        1,
+        0,
+    )
+    assert summary.rows == 3
+    assert [r["outcome"] for r in read_report(out)] == ["linked", "failed", "invalid"]
+    assert capsys.readouterr() == ("", "")
+
+    clean = bulklink.run_job(
+        pairs_csv(tmp_path / "clean.csv", 4),
+        tmp_path / "clean.jsonl",
+        base_url=sandbox.url,
+        token=TOKEN,
+        org_id=ORG,
+        rate=0,
+    )
+    assert clean.exit_code == 0 and clean.counts["linked"] == 4
+    assert len((tmp_path / "clean.jsonl").read_text().splitlines()) == 4
+    assert capsys.readouterr() == ("", "")
+
+
+def test_run_job_errors_are_exceptions_of_the_hierarchy(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = start_sandbox()
+    common: dict[str, Any] = {"base_url": server.url, "rate": 0, "backoff": 0.01}
+    src = pairs_csv(tmp_path / "in.csv", 6)
+
+    with pytest.raises(bulklink.InputError) as missing:
+        bulklink.run_job(
+            tmp_path / "nope.csv", tmp_path / "a.csv", token=TOKEN, org_id=ORG, **common
+        )
+    assert missing.value.exit_code == 2
+    with pytest.raises(bulklink.UsageError):
+        bulklink.run_job(src, tmp_path / "b.csv", **common)
+    with pytest.raises(bulklink.TokenExpiredError) as expired:
+        expired_jwt = make_jwt(exp=int(time.time()) - 60)
+        bulklink.run_job(src, tmp_path / "c.csv", token=expired_jwt, org_id=ORG, **common)
+    assert isinstance(expired.value, bulklink.UsageError)
+    assert server.requests == []
+
+    out = tmp_path / "locked.csv"
+    lock = out.with_name(out.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(bulklink.LockedError) as locked:
+            bulklink.run_job(src, out, token=TOKEN, org_id=ORG, **common)
+    finally:
+        os.close(fd)
+    assert locked.value.exit_code == 75
+    assert server.requests == []
+    assert not out.exists()
+
+    wrong = "wrong-token-0123456789"
+    rejected_out = tmp_path / "rejected.csv"
+    with pytest.raises(bulklink.CredentialsRejected) as rejected:
+        bulklink.run_job(src, rejected_out, token=wrong, org_id=ORG, concurrency=1, **common)
+    summary = rejected.value.summary
+    assert summary is not None and summary.counts["skipped"] >= 1
+    assert rejected.value.exit_code == 3
+    assert 1 <= len(server.requests) < 6
+    rows = read_report(rejected_out)
+    assert len(rows) == 6 and {r["outcome"] for r in rows} <= {"failed", "skipped"}
+    assert wrong not in str(rejected.value)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_run_job_inside_a_running_event_loop(sandbox: Sandbox, tmp_path: Path) -> None:
+    src = pairs_csv(tmp_path / "in.csv", 5)
+    out = tmp_path / "out.csv"
+
+    async def notebook_cell() -> bulklink.Summary:
+        asyncio.get_running_loop()  # we are inside a running loop
+        return bulklink.run_job(src, out, base_url=sandbox.url, token=TOKEN, org_id=ORG, rate=0)
+
+    summary = asyncio.run(notebook_cell())
+    assert summary.exit_code == 0
+    assert summary.counts["linked"] == 5
+    assert len(sandbox.requests) == 5
+    assert {r["outcome"] for r in read_report(out)} == {"linked"}
+
+
+# -- link_pairs -------------------------------------------------------------------------------
+
+
+async def collect(pairs: Any, **options: Any) -> list[bulklink.LinkResult]:
+    return [result async for result in bulklink.link_pairs(pairs, **options)]
+
+
+@pytest.mark.parametrize("as_async", [False, True], ids=["list", "async-iterable"])
+def test_link_pairs_yields_one_result_per_pair_in_the_callers_loop(
+    start_sandbox: Callable[..., Sandbox], as_async: bool
+) -> None:
+    server = start_sandbox(latency=0.2)
+    pairs = [("A1", "B1"), ("  ", "B2"), ("C3", "C3"), ("MISSING4", "B4"), ("A5", "B5")]
+
+    async def produce() -> AsyncIterator[tuple[str, str]]:
+        for pair in pairs:
+            await asyncio.sleep(0)
+            yield pair
+
+    async def main() -> tuple[list[bulklink.LinkResult], int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.02)
+                ticks += 1
+
+        beat = asyncio.create_task(ticker())
+        try:
+            results = await collect(
+                produce() if as_async else pairs,
+                base_url=server.url, token=TOKEN, org_id=ORG, rate=0, backoff=0.01,
+            )  # fmt: skip
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+        return results, ticks
+
+    results, ticks = asyncio.run(main())
+    assert ticks >= 3, "the caller's loop kept running while requests were in flight"
+    assert len(results) == len(pairs)
+    by_source = {r.source: r for r in results}
+    assert set(by_source) == {"A1", "", "C3", "MISSING4", "A5"}
+    for source in ("A1", "A5"):
+        ok = by_source[source]
+        assert (ok.outcome, ok.http_status, ok.error, ok.attempts) == ("linked", 200, "", 1)
+        assert ok.success
+        assert isinstance(ok.ticket, dict) and ok.ticket["id"] == source
+    for source in ("", "C3"):
+        bad = by_source[source]
+        assert bad.outcome == "invalid" and bad.http_status is None
+        assert bad.attempts == 0 and bad.error and bad.ticket is None
+    missing = by_source["MISSING4"]
+    assert (missing.outcome, missing.http_status, missing.attempts) == ("failed", 404, 1)
+    assert "MISSING4" in missing.error
+    assert sorted(sent(server)) == [("A1", "B1"), ("A5", "B5"), ("MISSING4", "B4")]
+
+
+def test_link_pairs_with_api_key(start_sandbox: Callable[..., Sandbox]) -> None:
+    server = start_sandbox(api_key=KEY)
+    results = asyncio.run(collect([("A", "B")], base_url=server.url, api_key=KEY, rate=0))
+    assert [r.outcome for r in results] == ["linked"]
+    assert server.requests[0].header("x-api-key") == KEY
+    assert server.requests[0].header("authorization") is None
+
+
+def test_link_pairs_with_a_wrong_token_skips_the_rest_and_raises(sandbox: Sandbox) -> None:
+    pairs = [(f"S{i}", f"L{i}") for i in range(10)]
+    results: list[bulklink.LinkResult] = []
+
+    async def main() -> None:
+        async for result in bulklink.link_pairs(
+            pairs, base_url=sandbox.url, token="wrong-token-xyz", org_id=ORG, rate=0,
+            concurrency=1,
+        ):  # fmt: skip
+            results.append(result)
+
+    with pytest.raises(bulklink.CredentialsRejected) as rejected:
+        asyncio.run(main())
+    assert "wrong-token-xyz" not in str(rejected.value)
+    assert sorted((r.source, r.linked) for r in results) == sorted(pairs)
+    sent_ids = set(sent(sandbox))
+    assert 1 <= len(sent_ids) < 10
+    assert all(r.outcome == "skipped" and r.attempts == 0 for r in results if (r.source, r.linked)
+               not in sent_ids)  # fmt: skip
+    assert all(r.outcome != "linked" for r in results)
+
+
+@pytest.mark.parametrize("how", ["break", "aclosing"])
+def test_link_pairs_stops_cleanly_when_the_caller_breaks(
+    start_sandbox: Callable[..., Sandbox], how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_sandbox(latency=0.05)
+    pairs = [(f"S{i:04d}", f"L{i:04d}") for i in range(400)]
+
+    async def main() -> tuple[bulklink.LinkResult, int, int]:
+        options: dict[str, Any] = {"base_url": server.url, "token": TOKEN, "org_id": ORG}
+        if how == "break":
+            async for result in bulklink.link_pairs(pairs, rate=50, **options):
+                first = result
+                break
+        else:
+            async with contextlib.aclosing(
+                bulklink.link_pairs(pairs, rate=50, **options)
+            ) as results:
+                async for result in results:
+                    first = result
+                    break
+        await asyncio.sleep(0.3)
+        settled = len(server.requests)
+        await asyncio.sleep(0.5)
+        return first, settled, len(server.requests)
+
+    with caplog.at_level(logging.WARNING):
+        first, settled, later = asyncio.run(main())
+        gc.collect()
+    assert first.outcome == "linked"
+    assert settled == later, "no request is sent after the caller stopped reading"
+    assert later < 60
+    assert not [r for r in caplog.records if r.name.startswith(("asyncio", "aiohttp"))]

@@ -1,0 +1,282 @@
+"""Files bulklink writes: never through a planted link, FIFO or folder, never outside its
+own names, private where they hold input or state, and the report written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bulklink.sandbox import Reply, Sandbox
+from tests.conftest import (
+    FAST,
+    FAST_UNPACED,
+    ORG,
+    TOKEN,
+    pairs_csv,
+    read_report,
+    run_against,
+    write_csv,
+)
+from tests.helpers import (
+    ROOT,
+    N,
+    assert_all_linked,
+    env_for,
+    interrupt_at_row_11,
+    journal_of,
+    pairs,
+    read_any,
+)
+
+# -- never write outside our own files --------------------------------------------------------
+
+
+VICTIM_TEXT = "precious: not bulklink's to write\n"
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """A file outside the report's folder that a planted link points at."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    path = outside / "victim.txt"
+    path.write_text(VICTIM_TEXT)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    path = tmp_path / "reports"
+    path.mkdir()
+    return path
+
+
+REFUSED = {
+    "lock": "{report}.lock",
+    "journal": "{report}.journal",
+}
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["resume", "--fresh"])
+@pytest.mark.parametrize("which", sorted(REFUSED))
+def test_link_at_lock_or_journal_is_refused_naming_it(
+    folder: Path, victim: Path, sandbox: Sandbox, which: str, fresh: bool
+) -> None:
+    src = pairs_csv(folder / "in.csv", 5)
+    planted = folder / REFUSED[which].format(report="in.results.csv")
+    planted.symlink_to(victim)
+    result = run_against(sandbox, "run", src, *FAST_UNPACED, *(["--fresh"] if fresh else []))
+
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.startswith("bulklink: error: ")
+    assert str(planted) in result.stderr and "symbolic link" in result.stderr
+    assert victim.read_text() == VICTIM_TEXT
+    assert planted.is_symlink(), "the planted link was removed instead of reported"
+    assert sandbox.requests == [], "requests were sent before the refusal"
+    assert not (folder / "in.results.csv").exists()
+
+
+@pytest.mark.timeout(20)  # a run that waited on the FIFO would fail here, not hang
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+@pytest.mark.parametrize("which", sorted(REFUSED))
+def test_fifo_or_folder_at_lock_or_journal_is_refused_without_hanging(
+    folder: Path, sandbox: Sandbox, which: str, kind: str
+) -> None:
+    src = pairs_csv(folder / "in.csv", 5)
+    planted = folder / REFUSED[which].format(report="in.results.csv")
+    if kind == "fifo":
+        os.mkfifo(planted)
+    else:
+        planted.mkdir()
+    result = run_against(sandbox, "run", src, *FAST_UNPACED)
+
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.startswith("bulklink: error: ")
+    assert "Traceback" not in result.stderr
+    assert str(planted) in result.stderr
+    assert sandbox.requests == []
+
+
+#: Names older versions wrote through, now unused, and names of today's pattern (which
+#: O_EXCL would skip anyway); with whether the sweep removes a link planted there.
+HARMLESS = {
+    "old temporary report": (".{report}.bulklink-tmp", True),
+    "old CSV merge temporary": (".{report}.merge", False),
+    "old stdin spool": (".{report}.stdin.csv", False),
+    "old --summary-json temporary": (".summary.json.tmp", False),
+    "guessed temporary name": (".{report}.0123456789ab.bulklink-tmp", True),
+    "guessed merge name": (".{report}.0123456789ab.bulklink-merge", True),
+    "guessed stdin spool name": (".{report}.0123456789ab.bulklink-stdin.csv", True),
+    "guessed journal temporary": (".{report}.journal.0123456789ab.bulklink-tmp", True),
+}
+
+
+@pytest.mark.parametrize("which", sorted(HARMLESS))
+def test_link_at_a_temporary_name_is_never_written_through(
+    folder: Path, victim: Path, sandbox: Sandbox, which: str
+) -> None:
+    """The run reads stdin (spool), gets an undocumented ticket field (CSV merge pass) and
+    writes --summary-json: every temporary file is made; none goes through the link."""
+    name, swept = HARMLESS[which]
+    planted = folder / name.format(report="out.csv")
+    planted.symlink_to(victim)
+    sandbox.config.script["T00002"] = [Reply(body={"status": True, "data": {"extraField": "x"}})]
+    text = "sourceTicketId,linkedTicketId\n" + "".join(f"{s},{d}\n" for s, d in pairs(5))
+    summary = folder / "summary.json"
+    result = run_against(
+        sandbox,
+        "run",
+        "-",
+        "-o",
+        folder / "out.csv",
+        "--summary-json",
+        summary,
+        *FAST_UNPACED,
+        input=text,
+    )
+
+    assert result.exit_code == 0, result.stderr
+    assert victim.read_text() == VICTIM_TEXT
+    assert_all_linked(folder / "out.csv", 5)
+    assert [r["ticket.extraField"] for r in read_report(folder / "out.csv")][:2] == ["", "x"]
+    assert json.loads(summary.read_text())["counts"]["linked"] == 5
+    # Links at our own temporary patterns are swept with the leftovers; others are left be.
+    assert planted.is_symlink() != swept
+    leftovers = sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+    assert leftovers == ([] if swept else [planted.name])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx", ".jsonl"])
+def test_report_path_that_is_a_link_is_replaced_by_the_report(
+    folder: Path, victim: Path, sandbox: Sandbox, suffix: str
+) -> None:
+    """Documented: the rename replaces the link itself; what it pointed to is left alone."""
+    src = pairs_csv(folder / "in.csv", 5)
+    latest = folder / f"latest{suffix}"
+    latest.symlink_to(victim)
+    summary = folder / "latest.json"
+    summary.symlink_to(victim)
+    result = run_against(
+        sandbox, "run", src, "-o", latest, "--summary-json", summary, *FAST_UNPACED
+    )
+
+    assert result.exit_code == 0, result.stderr
+    assert victim.read_text() == VICTIM_TEXT
+    assert not latest.is_symlink() and latest.is_file()
+    assert not summary.is_symlink() and json.loads(summary.read_text())["rows"] == 5
+    if suffix == ".csv":
+        assert_all_linked(latest, 5)
+
+
+def test_leftovers_of_ours_are_swept_and_nothing_else(folder: Path, sandbox: Sandbox) -> None:
+    src = pairs_csv(folder / "in.csv", 3)
+    ours = [
+        ".in.results.csv.0123456789ab.bulklink-tmp",
+        ".in.results.csv.abcdef012345.bulklink-merge",
+        ".in.results.csv.abcdef012345.bulklink-stdin.csv",
+        ".in.results.csv.journal.0123456789ab.bulklink-tmp",
+        ".in.results.csv.bulklink-tmp",
+    ]
+    not_ours = [
+        ".in.results.csv.keep",
+        ".in.results.csv.0123456789ab.bulklink-tmp.bak",
+        ".other.csv.0123456789ab.bulklink-tmp",
+        "in.results.csv.0123456789ab.bulklink-tmp",
+        ".in.results.csv.XYZ.bulklink-tmp",
+    ]
+    hour_ago = time.time() - 3600
+    for name in ours + not_ours:
+        (folder / name).write_text("left over\n")
+        os.utime(folder / name, (hour_ago, hour_ago))
+
+    result = run_against(sandbox, "run", src, *FAST_UNPACED)
+    assert result.exit_code == 0, result.stderr
+    assert [n for n in ours if (folder / n).exists()] == []
+    assert [n for n in not_ours if not (folder / n).exists()] == []
+
+
+def test_files_we_create_are_private_where_they_hold_input_or_state(
+    folder: Path, sandbox: Sandbox
+) -> None:
+    """The lock and journal are 0600 (the journal holds ticket data and maybe a key hash)."""
+    src = pairs_csv(folder / "in.csv", N)
+    report = folder / "in.results.csv"
+    interrupt_at_row_11(sandbox, src, report, env_for(sandbox.url))
+    assert journal_of(report).stat().st_mode & 0o777 == 0o600
+
+
+# -- the report is written atomically; unusable paths are usage errors ------------------------
+
+
+@pytest.mark.parametrize(("fmt", "earlier"), [(".csv", True), (".xlsx", False)])
+def test_report_is_written_atomically(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path, fmt: str, earlier: bool
+) -> None:
+    server = start_sandbox(latency=0.03)
+    out = tmp_path / f"report{fmt}"
+    old: bytes | None = None
+    names = {"big.csv", out.name}
+    if earlier:
+        small = write_csv(
+            tmp_path / "small.csv", [["sourceTicketId", "linkedTicketId"], ["A", "B"]]
+        )
+        names.add(small.name)
+        result = run_against(server, "run", small, "-o", out, *FAST_UNPACED)
+        assert result.exit_code == 0, result.stderr
+        old = out.read_bytes()
+    big = write_csv(
+        tmp_path / "big.csv",
+        [["sourceTicketId", "linkedTicketId"], *([f"S{i}", f"L{i}"] for i in range(40))],
+    )
+    env = {
+        **os.environ,
+        "THENA_TOKEN": TOKEN,
+        "THENA_ORG_ID": ORG,
+        "THENA_BASE_URL": server.url,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bulklink", "run", str(big), "-o", str(out),
+         "--concurrency", "1", *FAST_UNPACED],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    seen: list[bytes | None] = []
+    during_run = 0
+    while proc.poll() is None:
+        try:
+            seen.append(out.read_bytes())
+        except FileNotFoundError:
+            seen.append(None)
+        if len(server.requests) > 1 and proc.poll() is None:
+            during_run += 1
+        time.sleep(0.005)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr.decode()
+    assert during_run > 10, "the run ended before the report could be watched"
+    final = out.read_bytes()
+    allowed = {old, final}
+    bad = [content for content in seen if content not in allowed]
+    assert bad == [], f"{len(bad)} reads saw a partial or foreign report"
+    _, rows = read_any(out)
+    assert len(rows) == 40
+    assert {p.name for p in tmp_path.iterdir()} == names  # no temp files left
+
+
+def test_unwritable_log_and_summary_paths_are_usage_errors(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    data = pairs_csv(tmp_path / "in.csv", 3)
+    for flag in ("--log-file", "--summary-json"):
+        result = run_against(sandbox, "run", data, flag, tmp_path / "nope" / "x", *FAST)
+        assert result.exit_code == 2, (flag, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in result.stderr
+    assert sandbox.requests == []
+    assert not (tmp_path / "in.results.csv").exists()
