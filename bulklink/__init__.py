@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from bulklink.errors import BulklinkError as BulklinkError
     from bulklink.errors import CredentialsRejected as CredentialsRejected
     from bulklink.errors import DiskError as DiskError
-    from bulklink.errors import InternalError as InternalError
     from bulklink.errors import InputError as InputError
+    from bulklink.errors import InternalError as InternalError
     from bulklink.errors import Interrupted as Interrupted
     from bulklink.errors import LockedError as LockedError
     from bulklink.errors import TokenExpiredError as TokenExpiredError

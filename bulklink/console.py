@@ -52,6 +52,31 @@ def _duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
+def _open_log(path: Path) -> int:
+    """The log for appending, never through a link planted at its name; a regular file
+    (created 0640) or a character device such as ``/dev/full`` or a terminal."""
+    import errno
+    import stat
+
+    from bulklink.errors import UsageError
+
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o640)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            reason = "is a symbolic link; bulklink never writes through one"
+        else:
+            reason = f"cannot be opened: {exc.strerror}"
+        raise UsageError(f"--log-file {path} {reason}") from None
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+        os.close(fd)
+        raise UsageError(f"--log-file {path} is not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
 class Console:
     """Where a run's words go. ``Console.silent()`` is the library's default."""
 
@@ -80,13 +105,7 @@ class Console:
         #: The first failed write to the log file; nothing more is written to it.
         self.log_failure: OSError | None = None
         if log_file is not None:
-            from bulklink.safefile import open_fixed
-
-            # Never through a link planted at its name (the log may be in a shared folder).
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-            fd = open_fixed(log_file, flags, "--log-file", 0o640)
-            assert fd is not None  # O_CREAT: made if missing
-            self._log = os.fdopen(fd, "a", encoding="utf-8")
+            self._log = os.fdopen(_open_log(log_file), "a", encoding="utf-8")
         self._bar: Any = None
         self._total = 0
         self._done = 0
