@@ -225,7 +225,11 @@ def _published(
             _publish_refusal(prepared, exc)
             raise
         stack.enter_context(signals_raise(prepared.control.handle_signals))
-        ledger = Ledger.open(prepared.state, prepared.connection)
+        try:
+            ledger = Ledger.open(prepared.state, prepared.connection)
+        except BulklinkError as exc:  # a store that cannot be used: as bad input is
+            _publish_refusal(prepared, exc, files=True)
+            raise
         stack.callback(ledger.close)
         previous = ledger.previous_run(output.report)
         try:
@@ -240,6 +244,7 @@ def _published(
                     report=output.report,
                     job=output.job,
                     summary=summary,
+                    command_line=prepared.command_line,
                 )
             raise
         finally:
@@ -263,11 +268,15 @@ def _refused(report: Path, exc: BulklinkError) -> Summary:
     )
 
 
-def _publish_refusal(prepared: _Prepared, exc: LockedError) -> None:
-    """Another run holds the report: a notice (a night overran), nothing else."""
-    if prepared.output.notify_url is None:
-        return
-    output = dataclasses.replace(prepared.output, summary_json=None, metrics_file=None)
+def _publish_refusal(prepared: _Prepared, exc: BulklinkError, *, files: bool = False) -> None:
+    """A run refused before it could use the store. Another run holding the report: a
+    notice only (a night overran; the files are the other run's). A store that cannot be
+    used (``files``): the notice, the metrics and the summary JSON, as for bad input."""
+    output = prepared.output
+    if not files:
+        if output.notify_url is None:
+            return
+        output = dataclasses.replace(output, summary_json=None, metrics_file=None)
     publish(
         output,
         _refused(prepared.output.report, exc),
@@ -276,6 +285,7 @@ def _publish_refusal(prepared: _Prepared, exc: LockedError) -> None:
         last_success=None,
         redact=prepared.connection.auth.redact,
         allow_http=prepared.connection.allow_http,
+        summary_json=files,
     )
 
 
@@ -286,8 +296,11 @@ _SECRET_OPTIONS = ("--token", "--api-key", "--notify")
 def command_line(default: str) -> str:
     """The command as typed when bulklink is the program (else ``default``), secrets out."""
     argv = sys.argv
-    program = Path(argv[0]).name if argv else ""
-    if program not in ("bulklink", "__main__.py", "-m"):
+    program = Path(argv[0]) if argv else Path()
+    # ``python -m bulklink`` runs bulklink/__main__.py; another module's __main__ (pytest,
+    # a user's script calling run_job) has a command line that is not bulklink's.
+    ours = program.name == "bulklink" or program.parts[-2:] == ("bulklink", "__main__.py")
+    if not ours:
         return default
     words: list[str] = ["bulklink"]
     hide = False
