@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import socket
 import sqlite3
 import threading
@@ -31,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bulklink.lock import hold
 from bulklink.sandbox import Reply, Sandbox
 from tests.conftest import invoke, pairs_csv, run_against, write_csv
-from tests.test_cron import spawn
+from tests.test_cron import spawn, wait_until
 
 FAST = ("--rate", "0", "--backoff", "0.01", "--no-progress")
 HEADER = ["sourceTicketId", "linkedTicketId"]
@@ -151,6 +153,7 @@ def test_a_failure_notice_says_what_a_human_needs(
     assert "linked 2, failed 1, invalid 0, duplicate 0, skipped 0, already-linked 0" in lines[1]
     assert "top errors:" in lines
     assert any(line.startswith("  1 x HTTP 404") for line in lines), lines
+    assert lines[-2].startswith("duration: ") and lines[-2].endswith("s")
     assert lines[-1] == f"report: {report}"
     assert body["summary"] == json.loads(summary_file.read_text(encoding="utf-8"))
     assert body["summary"]["counts"]["failed"] == 1 and body["summary"]["exit_code"] == 1
@@ -418,6 +421,9 @@ def test_a_run_refused_for_bad_input_notifies_and_writes_metrics(
     assert line.removeprefix("bulklink: error: ") in body["text"]
     values = metric_values(metrics)
     assert one(values, "bulklink_last_run_exit_code") == 2
+    rows = {labels["outcome"]: value for labels, value in values["bulklink_last_run_rows"]}
+    assert rows == dict.fromkeys(OUTCOMES, 0)
+    assert all(labels["job"] == "in.results" for v in values.values() for labels, _ in v)
     assert one(values, "bulklink_last_success_timestamp_seconds") == 0
     [refused] = json.loads(invoke("runs", "--json").stdout)
     assert refused["exit_code"] == 2 and refused["command_line"].startswith("bulklink run ")
@@ -427,6 +433,27 @@ def test_a_run_refused_for_bad_input_notifies_and_writes_metrics(
     result = run_against(sandbox, "run", src, "--notify", hook.url, *FAST)
     assert result.exit_code == 0, result.stderr
     assert "recovered" in hook.bodies[-1]["text"].splitlines()[0]
+
+
+def test_a_run_stopped_by_sigterm_notifies_and_writes_metrics_with_its_exit_code(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox], hook: Hook
+) -> None:
+    server = start_sandbox(latency=0.05)
+    src = pairs_csv(tmp_path / "in.csv", 100)
+    metrics = tmp_path / "m.prom"
+    args = ("run", src, "--notify", hook.url, "--metrics-file", metrics, "--concurrency", "2")
+    with spawn(server, *args, *FAST) as proc:
+        wait_until(lambda: len(server.requests) >= 6, "6 requests")
+        os.kill(proc.pid, signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    [body] = hook.bodies
+    assert "stopped by SIGTERM" in body["text"].splitlines()[0]
+    assert body["summary"]["exit_code"] == 143 and body["summary"]["counts"]["skipped"] > 0
+    values = metric_values(metrics)
+    assert one(values, "bulklink_last_run_exit_code") == 143
+    rows = {labels["outcome"]: value for labels, value in values["bulklink_last_run_rows"]}
+    assert rows["linked"] == len(server.link_counts) and rows["skipped"] == 100 - rows["linked"]
 
 
 def test_a_run_refused_for_a_store_it_cannot_use_notifies_and_writes_metrics(

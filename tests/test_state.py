@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from bulklink.sandbox import Sandbox
+from bulklink.sandbox import Reply, Sandbox
 from tests.conftest import TOKEN, invoke, pairs_csv, read_report, run_against, write_csv
 from tests.test_cron import (
     ROOT,
@@ -59,6 +59,14 @@ def linked_pairs(store: Path) -> dict[tuple[str, str], tuple[str, int]]:
     finally:
         db.close()
     return {(s, link): (at, run) for s, link, at, run in rows}
+
+
+def has_pairs(store: Path) -> bool:
+    """Whether a run at work has recorded pairs yet (the file may be mid-creation)."""
+    try:
+        return store.exists() and bool(linked_pairs(store))
+    except sqlite3.Error:
+        return False
 
 
 def pairs_of(rows: list[dict[str, str]], *outcomes: str) -> set[tuple[str, str]]:
@@ -304,13 +312,13 @@ def test_the_history_keeps_no_token_and_no_webhook_url(tmp_path: Path, sandbox: 
     src = pairs_csv(tmp_path / "in.csv", 3)
     hook = "http://127.0.0.1:9/hooks/SECRET-PATH-42"  # not called: a good night is silent
     done = run_python(
-        "run", src, "--token", TOKEN, "--notify", hook, *FAST, env=child_env(sandbox, token=False)
+        "run", src, "--token", TOKEN, f"--notify={hook}", *FAST, env=child_env(sandbox, token=False)
     )
     assert done.returncode == 0, done.stderr
     [record] = runs_json()
     line = record["command_line"]
     assert line.startswith("bulklink run ") and str(src) in line
-    assert "--token" in line and "--notify" in line
+    assert "--token '***'" in line and "'--notify=***'" in line
     for secret in (TOKEN, "SECRET-PATH-42", hook):
         assert secret not in line
         assert secret not in done.stderr and secret not in done.stdout
@@ -324,7 +332,11 @@ def test_the_history_keeps_no_token_and_no_webhook_url(tmp_path: Path, sandbox: 
 def test_two_runs_on_different_reports_share_one_store_at_once(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
-    server = start_sandbox(latency=0.01)
+    # The first row of each answers after 1 s: each run lasts that long at least, so
+    # they overlap even when one process starts a little later.
+    server = start_sandbox(
+        latency=0.01, script={"A00001": [Reply(delay=1.0)], "B00001": [Reply(delay=1.0)]}
+    )
     store = tmp_path / "shared.sqlite3"
     inputs = [pairs_csv(tmp_path / "a.csv", 60, "A"), pairs_csv(tmp_path / "b.csv", 60, "B")]
     procs = [
@@ -350,8 +362,8 @@ def test_two_runs_on_different_reports_share_one_store_at_once(
 def test_kill9_mid_run_then_the_same_command(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
-    server = start_sandbox(latency=0.03)
-    n, concurrency = 200, 6
+    server = start_sandbox(latency=0.05)
+    n, concurrency = 200, 4
     src = pairs_csv(tmp_path / "in.csv", n)
     report = tmp_path / "in.results.csv"
     store = default_store()
@@ -359,10 +371,7 @@ def test_kill9_mid_run_then_the_same_command(
 
     with spawn(server, *args) as proc:
         # Past a flush of the store (twice a second) with rows still to send.
-        wait_until(
-            lambda: (store.exists() and bool(linked_pairs(store))) or proc.poll() is not None,
-            "pairs recorded in the store",
-        )
+        wait_until(lambda: has_pairs(store) or proc.poll() is not None, "pairs in the store")
         wait_until(lambda: line_count(journal_of(report)) >= 60, "60 journaled rows")
         assert proc.poll() is None, "the run finished before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
@@ -374,6 +383,7 @@ def test_kill9_mid_run_then_the_same_command(
     assert len(server.link_counts) < n
     [killed] = runs_json()
     assert killed["finished"] is None and killed["exit_code"] is None
+    assert "(did not finish)" in invoke("runs").stdout
 
     server.config.latency = 0
     result = run_against(server, *args)
@@ -521,15 +531,24 @@ def test_retry_records_what_it_links(tmp_path: Path, sandbox: Sandbox) -> None:
     src = write_csv(tmp_path / "in.csv", [HEADER, ["A1", "B1"], ["MISSING2", "B2"], ["A3", "B3"]])
     report = tmp_path / "in.results.csv"
     assert night(sandbox, "run", src, "--max-retries", "0")[1].exit_code == 1
+    # A second night: two already-linked rows and the same failure, in the report retried.
+    assert night(sandbox, "run", src, "--max-retries", "0")[1].exit_code == 1
+    before = read_report(report)
+    assert [r["outcome"] for r in before] == ["already-linked", "failed", "already-linked"]
 
     sandbox.config.unknown_prefix = ""
+    since = len(sandbox.requests)
     requests, result = night(sandbox, "retry", report)
     assert (requests, result.exit_code) == (1, 0), result.stderr
+    assert sent(sandbox, since) == [("MISSING2", "B2")]
+    after = read_report(report)
+    assert [r["outcome"] for r in after] == ["already-linked", "linked", "already-linked"]
+    assert after[0] == before[0] and after[2] == before[2]  # kept exactly as they were
     assert ("MISSING2", "B2") in linked_pairs(default_store())
     newest = runs_json()[0]
     assert newest["command"] == "retry" and newest["exit_code"] == 0
-    assert newest["counts"]["linked"] == 3  # the whole report, as its summary counts it
     assert newest["report"] == str(report)
+    assert (newest["counts"]["linked"], newest["counts"]["already-linked"]) == (1, 2)
 
     requests, result = night(sandbox, "run", src)
     assert (requests, result.exit_code) == (0, 0), result.stderr
