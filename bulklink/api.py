@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bulklink.assembly import Layout
 from bulklink.console import Console
-from bulklink.credentials import preflight
+from bulklink.credentials import preflight, resolve_auth
 from bulklink.errors import BulklinkError, DiskError, InputError, LockedError, UsageError
 from bulklink.inputs import (
     ALREADY,
@@ -414,6 +414,8 @@ def dry_run(
     *,
     base_url: str | None = None,
     org_id: str | None = None,
+    api_key: str | None = None,
+    api_key_file: str | Path | None = None,
     sandbox: bool = False,
     state: str | Path | None = None,
     no_state: bool = False,
@@ -440,7 +442,7 @@ def dry_run(
         store = Store.open_existing(options.path) if options.path is not None else None
         if store is not None:
             stack.enter_context(store)
-        key = os.environ.get("THENA_API_KEY", "").strip() or None
+        key = _scope_key(api_key, api_key_file) if not (org or sandbox) else None
         scope = scope_for(url, org, sandbox=sandbox, api_key=key)
         ledger = Ledger(store, scope, relink=options.relink)
         if str(input) == "-":
@@ -450,6 +452,15 @@ def dry_run(
             path, name = Path(input), str(input)
         plan = scan(Table(path, read), linked_times=ledger.lookup)
         return _describe(plan, name, "<sandbox>" if sandbox else url, limit)
+
+
+def _scope_key(api_key: str | None, api_key_file: str | Path | None) -> str | None:
+    """The API key a run would send: without an org ID it scopes the store. A dry run
+    needs no credentials, so none (or a token) is no error here."""
+    try:
+        return resolve_auth(api_key=api_key, api_key_file=api_key_file).api_key
+    except UsageError:
+        return None
 
 
 def _describe(plan: Plan, name: str, url: str, limit: int | None) -> DryRun:

@@ -266,6 +266,26 @@ def test_dry_run_counts_pairs_already_linked_and_creates_no_store(
     assert "would send 13" in result.stdout and "already linked" not in result.stdout
 
 
+def test_dry_run_with_an_api_key_and_no_org_sees_the_runs_scope(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox]
+) -> None:
+    """An API key without an org ID scopes the store by the key: a dry run must too."""
+    server = start_sandbox(token=None, api_key="key-SECRET-1", org_id=None)
+    src = pairs_csv(tmp_path / "in.csv", 4)
+    key_file = tmp_path / "key.txt"
+    key_file.write_text("key-SECRET-1\n", encoding="utf-8")
+    key_file.chmod(0o600)
+    no_token = {"THENA_TOKEN": "", "THENA_ORG_ID": ""}
+    for how in (("--api-key-file", key_file), ("--api-key", "key-SECRET-1")):
+        requests, result = night(server, "run", src, *how, env=no_token)
+        assert result.exit_code == 0, result.stderr
+        result = run_against(server, "run", src, *how, "--dry-run", env=no_token)
+        assert result.exit_code == 0, result.stderr
+        assert "would send 0" in result.stdout and "already linked 4" in result.stdout
+    result = run_against(server, "run", src, "--dry-run", env={**no_token, "THENA_API_KEY": "k2"})
+    assert "would send 4" in result.stdout  # another key: another scope
+
+
 # -- run history ---------------------------------------------------------------------------
 
 
