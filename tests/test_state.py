@@ -276,7 +276,10 @@ def test_dry_run_with_an_api_key_and_no_org_sees_the_runs_scope(
     key_file.write_text("key-SECRET-1\n", encoding="utf-8")
     key_file.chmod(0o600)
     no_token = {"THENA_TOKEN": "", "THENA_ORG_ID": ""}
-    ways = (("--api-key-file", key_file), ("--api-key", "key-SECRET-1"))
+    ways: list[tuple[str, str | Path]] = [
+        ("--api-key-file", key_file),
+        ("--api-key", "key-SECRET-1"),
+    ]
     for how, expected in zip(ways, (4, 0), strict=True):  # the same key: the same scope
         requests, result = night(server, "run", src, *how, env=no_token)
         assert (requests, result.exit_code) == (expected, 0), result.stderr
