@@ -424,15 +424,30 @@ def test_a_run_refused_for_bad_input_notifies_and_writes_metrics(
     rows = {labels["outcome"]: value for labels, value in values["bulklink_last_run_rows"]}
     assert rows == dict.fromkeys(OUTCOMES, 0)
     assert all(labels["job"] == "in.results" for v in values.values() for labels, _ in v)
-    assert one(values, "bulklink_last_success_timestamp_seconds") == 0
+    assert one(values, "bulklink_last_success_timestamp_seconds") == 0  # never succeeded
     [refused] = json.loads(invoke("runs", "--json").stdout)
     assert refused["exit_code"] == 2 and refused["command_line"].startswith("bulklink run ")
 
     # Fixed the next night: a recovery.
     pairs_csv(src, 2)
-    result = run_against(sandbox, "run", src, "--notify", hook.url, *FAST)
+    result = run_against(
+        sandbox, "run", src, "--notify", hook.url, "--metrics-file", metrics, *FAST
+    )
     assert result.exit_code == 0, result.stderr
     assert "recovered" in hook.bodies[-1]["text"].splitlines()[0]
+    good = json.loads(invoke("runs", "--json").stdout)[0]
+
+    # Broken again: the last success stays that night's.
+    write_csv(src, [["foo", "bar"], ["1", "2"]])
+    result = run_against(
+        sandbox, "run", src, "--notify", hook.url, "--metrics-file", metrics, *FAST
+    )
+    assert result.exit_code == 2, result.stderr
+    values = metric_values(metrics)
+    assert one(values, "bulklink_last_run_exit_code") == 2
+    last = one(values, "bulklink_last_success_timestamp_seconds")
+    assert last == stamp_seconds(good["finished"])
+    assert len(hook.raw) == 3
 
 
 def test_a_run_stopped_by_sigterm_notifies_and_writes_metrics_with_its_exit_code(
