@@ -203,6 +203,22 @@ def test_problem_recovery_then_silence_per_report(
     assert len(hook.raw) == 4, "the night after a recovery sent a notice"
 
 
+def test_a_retry_that_fixes_the_report_is_a_recovery(
+    tmp_path: Path, sandbox: Sandbox, hook: Hook
+) -> None:
+    src = mixed_csv(tmp_path / "nightly.csv")
+    report = tmp_path / "nightly.results.csv"
+    common = ("--notify", hook.url, "--max-retries", "0", *FAST)
+    assert run_against(sandbox, "run", src, *common).exit_code == 1
+    sandbox.config.unknown_prefix = ""
+    result = run_against(sandbox, "retry", report, *common)
+    assert result.exit_code == 0, result.stderr
+    problem, recovery = hook.bodies
+    assert problem["text"].startswith("bulklink nightly.results: 1 of 3 rows not linked")
+    assert recovery["text"].startswith("bulklink nightly.results: recovered: every row linked")
+    assert recovery["summary"]["report"] == str(report)
+
+
 def test_notify_on_always_sends_after_every_run(
     tmp_path: Path, sandbox: Sandbox, hook: Hook
 ) -> None:
