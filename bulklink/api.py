@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bulklink.assembly import Layout
 from bulklink.console import Console
-from bulklink.credentials import preflight
+from bulklink.credentials import preflight, resolve_auth
 from bulklink.errors import BulklinkError, DiskError, InputError, LockedError, UsageError
 from bulklink.inputs import (
     ALREADY,
@@ -225,7 +225,11 @@ def _published(
             _publish_refusal(prepared, exc)
             raise
         stack.enter_context(signals_raise(prepared.control.handle_signals))
-        ledger = Ledger.open(prepared.state, prepared.connection)
+        try:
+            ledger = Ledger.open(prepared.state, prepared.connection)
+        except BulklinkError as exc:  # a store that cannot be used: as bad input is
+            _publish_refusal(prepared, exc, files=True)
+            raise
         stack.callback(ledger.close)
         previous = ledger.previous_run(output.report)
         try:
@@ -240,6 +244,7 @@ def _published(
                     report=output.report,
                     job=output.job,
                     summary=summary,
+                    command_line=prepared.command_line,
                 )
             raise
         finally:
@@ -263,11 +268,15 @@ def _refused(report: Path, exc: BulklinkError) -> Summary:
     )
 
 
-def _publish_refusal(prepared: _Prepared, exc: LockedError) -> None:
-    """Another run holds the report: a notice (a night overran), nothing else."""
-    if prepared.output.notify_url is None:
-        return
-    output = dataclasses.replace(prepared.output, summary_json=None, metrics_file=None)
+def _publish_refusal(prepared: _Prepared, exc: BulklinkError, *, files: bool = False) -> None:
+    """A run refused before it could use the store. Another run holding the report: a
+    notice only (a night overran; the files are the other run's). A store that cannot be
+    used (``files``): the notice, the metrics and the summary JSON, as for bad input."""
+    output = prepared.output
+    if not files:
+        if output.notify_url is None:
+            return
+        output = dataclasses.replace(output, summary_json=None, metrics_file=None)
     publish(
         output,
         _refused(prepared.output.report, exc),
@@ -276,6 +285,7 @@ def _publish_refusal(prepared: _Prepared, exc: LockedError) -> None:
         last_success=None,
         redact=prepared.connection.auth.redact,
         allow_http=prepared.connection.allow_http,
+        summary_json=files,
     )
 
 
@@ -286,8 +296,11 @@ _SECRET_OPTIONS = ("--token", "--api-key", "--notify")
 def command_line(default: str) -> str:
     """The command as typed when bulklink is the program (else ``default``), secrets out."""
     argv = sys.argv
-    program = Path(argv[0]).name if argv else ""
-    if program not in ("bulklink", "__main__.py", "-m"):
+    program = Path(argv[0]) if argv else Path()
+    # ``python -m bulklink`` runs bulklink/__main__.py; another module's __main__ (pytest,
+    # a user's script calling run_job) has a command line that is not bulklink's.
+    ours = program.name == "bulklink" or program.parts[-2:] == ("bulklink", "__main__.py")
+    if not ours:
         return default
     words: list[str] = ["bulklink"]
     hide = False
@@ -401,6 +414,8 @@ def dry_run(
     *,
     base_url: str | None = None,
     org_id: str | None = None,
+    api_key: str | None = None,
+    api_key_file: str | Path | None = None,
     sandbox: bool = False,
     state: str | Path | None = None,
     no_state: bool = False,
@@ -427,7 +442,7 @@ def dry_run(
         store = Store.open_existing(options.path) if options.path is not None else None
         if store is not None:
             stack.enter_context(store)
-        key = os.environ.get("THENA_API_KEY", "").strip() or None
+        key = _scope_key(api_key, api_key_file) if not (org or sandbox) else None
         scope = scope_for(url, org, sandbox=sandbox, api_key=key)
         ledger = Ledger(store, scope, relink=options.relink)
         if str(input) == "-":
@@ -437,6 +452,15 @@ def dry_run(
             path, name = Path(input), str(input)
         plan = scan(Table(path, read), linked_times=ledger.lookup)
         return _describe(plan, name, "<sandbox>" if sandbox else url, limit)
+
+
+def _scope_key(api_key: str | None, api_key_file: str | Path | None) -> str | None:
+    """The API key a run would send: without an org ID it scopes the store. A dry run
+    needs no credentials, so none (or a token) is no error here."""
+    try:
+        return resolve_auth(api_key=api_key, api_key_file=api_key_file).api_key
+    except UsageError:
+        return None
 
 
 def _describe(plan: Plan, name: str, url: str, limit: int | None) -> DryRun:

@@ -448,7 +448,8 @@ def run(
             for k in ("source_col", "linked_col", "sheet", "encoding", "delimiter", "limit")
         }
         try:
-            scope = {k: options[k] for k in ("base_url", "org_id", "sandbox")}
+            keys = ("base_url", "org_id", "api_key", "api_key_file", "sandbox")
+            scope = {k: options[k] for k in keys}
             state = {k: options[k] for k in ("state", "no_state", "relink")}
             info = plan(input, **scope, **state, **read)
         except BulklinkError as exc:

@@ -84,12 +84,19 @@ class Ledger:
         assert self._store is not None
         return self._store.linked_times(self.scope, zip(source, linked, strict=True))
 
-    def record_refusal(self, command: str, *, report: Path, job: str, summary: Summary) -> None:
+    def record_refusal(
+        self, command: str, *, report: Path, job: str, summary: Summary, command_line: str
+    ) -> None:
         """A run that never started (bad input, bad options): in the history all the same,
         so the next good night is a recovery."""
         if self._store is not None:
             self.begin(
-                command, report=report, input=None, input_hash=None, job=job, command_line=""
+                command,
+                report=report,
+                input=None,
+                input_hash=None,
+                job=job,
+                command_line=command_line,
             )
             self.finish(summary.counts, summary.exit_code)
 

@@ -76,13 +76,18 @@ _HEADLINES = {
 }
 
 
+_NOT_LINKED = ("failed", "skipped", "invalid")
+
+
 def _headline(summary: Mapping[str, Any], exit_code: int) -> str:
     if exit_code == 1:
         counts = summary.get("counts") or {}
         rows = summary.get("rows")
-        linked = counts.get("linked")
-        if isinstance(rows, int) and isinstance(linked, int):
-            return f"{rows - linked} of {rows} rows not linked"
+        # Rows that need work: already-linked rows and duplicates are not among them
+        # (a duplicate follows its first row, which is counted).
+        missing = [counts.get(name) for name in _NOT_LINKED]
+        if isinstance(rows, int) and all(isinstance(n, int) for n in missing):
+            return f"{sum(n for n in missing if n)} of {rows} rows not linked"
         return "some rows not linked"
     return _HEADLINES.get(exit_code, "the run failed")
 

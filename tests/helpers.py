@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ from bulklink.sandbox import Reply, Sandbox
 from tests.conftest import FAST_UNPACED, ORG, TOKEN, invoke, read_report, run_against
 
 ROOT = Path(__file__).resolve().parent.parent
+SIGKILLED = -signal.SIGKILL  # a subprocess's returncode after kill -9
 
 
 # -- runs in a subprocess; what the server received; the files beside a report ----------------

@@ -42,6 +42,7 @@ from tests.conftest import (
 )
 from tests.helpers import (
     ROOT,
+    SIGKILLED,
     N,
     assert_all_linked,
     assert_rows_once,
@@ -59,9 +60,6 @@ from tests.helpers import (
 )
 
 # -- kill -9 and resume -----------------------------------------------------------------------
-
-
-SIGKILLED = -signal.SIGKILL
 
 
 def kill_when_journal_has(
