@@ -35,7 +35,7 @@ from bulklink.inputs import (
     Table,
     scan,
 )
-from bulklink.job import Job, execute, resolve_report, signals_raise
+from bulklink.job import Job, execute, recover_links, resolve_report, signals_raise
 from bulklink.ledger import Ledger, scope_for
 from bulklink.lock import hold
 from bulklink.models import Pair, Summary
@@ -147,6 +147,7 @@ def run_job(
         spool = _spool_stdin(report) if stdin else None
         try:
             table = Table(spool or Path(input), read)
+            recover_links(report, prepared.connection, ledger)
             plan = scan(table, linked_times=ledger.lookup)
             layout = Layout(passthrough=list(table.other_cols))
             return _execute(plan, layout, prepared, ledger, "run", str(input))
@@ -196,6 +197,7 @@ def retry_job(
 
     def work(ledger: Ledger) -> Summary:
         table, layout = open_report(source)
+        recover_links(target, prepared.connection, ledger)
         plan = scan(table, keep=kept_rows, linked_times=ledger.lookup)
         return _execute(plan, layout, prepared, ledger, "retry", str(report))
 

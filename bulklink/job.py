@@ -34,7 +34,7 @@ from bulklink.errors import (
     UsageError,
 )
 from bulklink.inputs import SEND, Chunk, Plan
-from bulklink.journal import Journal, Scope, journal_path
+from bulklink.journal import Journal, Scope, hand_over_links, journal_path
 from bulklink.ledger import Ledger
 from bulklink.models import Outcome, Pair, Summary
 from bulklink.options import Connection, Control, Output, RunSettings, format_duration
@@ -142,13 +142,7 @@ def execute(job: Job) -> Summary:
 
 def _open_journal(job: Job) -> Journal:
     """The report's journal, scoped to where this run links; a mismatch starts fresh."""
-    connection = job.connection
-    scope = Scope.build(
-        connection.base_url,
-        connection.auth.org_id,
-        sandbox=connection.sandbox,
-        api_key=connection.auth.api_key,
-    )
+    scope = journal_scope(job.connection)
     path = journal_path(job.report)
     try:
         journal, note = Journal.open(
@@ -159,6 +153,23 @@ def _open_journal(job: Job) -> Journal:
     if note:
         job.console.info(note)
     return journal
+
+
+def journal_scope(connection: Connection) -> Scope:
+    """Where a run links, as its journal records it."""
+    return Scope.build(
+        connection.base_url,
+        connection.auth.org_id,
+        sandbox=connection.sandbox,
+        api_key=connection.auth.api_key,
+    )
+
+
+def recover_links(report: Path, connection: Connection, ledger: Ledger) -> None:
+    """Before the input is checked against the store: the pairs a killed run on this report
+    linked (its journal) are put in the store, whether or not its journal is resumed."""
+    if ledger.active:
+        hand_over_links(journal_path(report), journal_scope(connection), ledger.keep_linked)
 
 
 def _stop_error(job: Job, ending: _Ending, summary: Summary) -> BulklinkError | None:

@@ -40,7 +40,7 @@ from urllib.parse import urlsplit, urlunsplit
 from bulklink.models import Outcome, Result
 from bulklink.safefile import create_temp, open_fixed
 
-FORMAT = 3  # 2: the header holds the scope; 3: a CRC-32 ends each line, "t" the link time
+FORMAT = 3  # 2: the header holds the scope; 3: a CRC-32 ends each line; "t", "s", "l"
 UNREADABLE = "not attempted: its journal line could not be read back"
 
 
@@ -171,7 +171,13 @@ class Journal:
 
     @classmethod
     def open(
-        cls, path: Path, key: str, rows: int, *, scope: Scope, fresh: bool = False
+        cls,
+        path: Path,
+        key: str,
+        rows: int,
+        *,
+        scope: Scope,
+        fresh: bool = False,
     ) -> tuple[Journal, str]:
         """Open or create the journal; the message says what was found (for stderr)."""
         offsets = array("q", [-1]) * rows
@@ -212,12 +218,14 @@ class Journal:
         else:
             body = json.dumps({"data": result.ticket}).encode()
         status = b"null" if result.http_status is None else str(result.http_status).encode()
-        head = b'{"r":%d,"o":"%s","h":%s,"a":%d,"t":"%s","e":%s,"b":' % (
+        head = b'{"r":%d,"o":"%s","h":%s,"a":%d,"t":"%s","s":%s,"l":%s,"e":%s,"b":' % (
             result.row,
             result.outcome.value.encode(),
             status,
             result.attempts,
             result.linked_at.encode(),
+            _json_text(result.source),
+            _json_text(result.linked),
             json.dumps(result.error).encode() if result.error else b'""',
         )
         line = b'%s%s,"k":%d}\n' % (head, body, zlib.crc32(body, zlib.crc32(head)))
@@ -335,6 +343,61 @@ class Journal:
         self.path.unlink(missing_ok=True)
 
 
+def _json_text(text: str) -> bytes:
+    """A JSON string; IDs never hold a control character, so most need no escaping."""
+    if '"' in text or "\\" in text:
+        return json.dumps(text, ensure_ascii=False).encode()
+    return b'"%s"' % text.encode()
+
+
+_HAND_OVER_BATCH = 10_000
+
+
+def hand_over_links(
+    path: Path, scope: Scope, keep_linked: Callable[[list[tuple[str, str, str]]], None]
+) -> None:
+    """The pairs an earlier run linked, from its journal, to ``keep_linked`` (the state
+    store) in batches of ``(source, linked, time)``, when it was written against ``scope``.
+
+    Called before the input is checked against the store, whether or not the journal will
+    be resumed: a kill followed by ``--fresh`` or a changed input then loses no link.
+    """
+    fd = open_fixed(path, os.O_RDONLY, "the journal")
+    if fd is None:
+        return
+    with os.fdopen(fd, "rb") as fh:
+        _hand_over(fh, scope, keep_linked)
+
+
+def _hand_over(
+    fh: IO[bytes], scope: Scope, keep_linked: Callable[[list[tuple[str, str, str]]], None]
+) -> None:
+    try:
+        header = json.loads(fh.readline(_HEADER_MAX))
+    except ValueError:
+        return
+    if not isinstance(header, dict) or header.get("bulklink_journal") != FORMAT:
+        return
+    if scope.mismatch(header.get("scope")):
+        return  # linked on another server or org: not this store scope's business
+    batch: list[tuple[str, str, str]] = []
+    for line in fh:
+        if not checked_row(line) or b'"o":"linked"' not in line:
+            continue
+        try:
+            obj = json.loads(line)
+            pair = (obj["s"], obj["l"], obj["t"])
+        except (ValueError, KeyError, RecursionError):
+            continue
+        if all(isinstance(v, str) and v for v in pair):
+            batch.append(pair)
+        if len(batch) >= _HAND_OVER_BATCH:
+            keep_linked(batch)
+            batch = []
+    if batch:
+        keep_linked(batch)
+
+
 def parse_line(line: bytes) -> Result | None:
     """A journal line as the result it records, or None when it is not one."""
     try:
@@ -359,6 +422,8 @@ def parse_line(line: bytes) -> Result | None:
             attempts,
             ticket if isinstance(ticket, dict) else None,
             linked_at=str(obj.get("t") or ""),
+            source=str(obj.get("s") or ""),
+            linked=str(obj.get("l") or ""),
         )
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return None

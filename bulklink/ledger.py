@@ -134,6 +134,12 @@ class Ledger:
             with self._lock:
                 self._batch.append((source, linked, linked_at))
 
+    def keep_linked(self, pairs: list[tuple[str, str, str]]) -> None:
+        """Pairs an earlier, killed run linked (from its journal): recorded unless known, so
+        a discarded journal loses no link; which run linked them is not known."""
+        if self._store is not None:
+            self._store.record_linked(self.scope, pairs, None, replace=False)
+
     def flush(self) -> None:
         """Commit the pairs added so far: one transaction for the batch."""
         if self._store is None:

@@ -106,6 +106,8 @@ class Result:
     ticket: dict[str, Any] | None = None
     body: bytes | None = None
     linked_at: str = ""
+    source: str = ""  # the pair's IDs, for a linked row's journal line
+    linked: str = ""
 
 
 _stamp: list[Any] = [0, ""]

@@ -234,6 +234,8 @@ class Runner:
                 answer.ticket,
                 answer.body,
                 utc_stamp(),
+                pair.source,
+                pair.linked,
             )
         if verdict is Verdict.FORBIDDEN:
             # After the same credentials linked others, a lone 403 is about this ticket.

@@ -144,6 +144,10 @@ _UPSERT = (
     "VALUES ({scope}, ?, ?, ?, {run}) ON CONFLICT (scope_id, source, linked) "
     "DO UPDATE SET linked_at = excluded.linked_at, run_id = excluded.run_id"
 )
+_INSERT_NEW = (
+    "INSERT INTO linked_pairs (scope_id, source, linked, linked_at, run_id) "
+    "VALUES ({scope}, ?, ?, ?, {run}) ON CONFLICT (scope_id, source, linked) DO NOTHING"
+)
 
 
 class StoreError(UsageError):
@@ -433,12 +437,18 @@ class Store:
         return out
 
     def record_linked(
-        self, scope: Scope, rows: Iterable[tuple[str, str, str]], run_id: int | None
+        self,
+        scope: Scope,
+        rows: Iterable[tuple[str, str, str]],
+        run_id: int | None,
+        *,
+        replace: bool = True,
     ) -> int:
         """Record ``(source, linked, linked_at)`` rows the API linked, in one transaction.
 
         ``linked_at`` is :func:`utc_stamp` text. A pair already recorded takes the new time
-        and run (``--relink``, or two runs linking the same pair): the latest link wins.
+        and run (``--relink``, or two runs linking the same pair): the latest link wins;
+        with ``replace=False`` it is kept as it is (pairs recovered from a journal).
         Returns the number of rows written. Rows are sorted first so the B-tree is walked
         in order. Larger batches cost less a pair (random IDs): about 17 us of CPU a pair
         at 1,000 a batch, 11 us at 5,000, 7 us at 50,000.
@@ -447,7 +457,7 @@ class Store:
         with self._write() as db:
             sid = int(self._scope_id(scope, create=True) or 0)
             # The two constants are ints spliced in, so each row binds only its 3 texts.
-            sql = _UPSERT.format(scope=sid, run=run_sql)
+            sql = (_UPSERT if replace else _INSERT_NEW).format(scope=sid, run=run_sql)
             cur = db.executemany(sql, sorted(rows))
             return max(cur.rowcount, 0)
 

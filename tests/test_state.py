@@ -586,3 +586,36 @@ def test_exit_0_when_every_row_is_linked_already_linked_or_a_duplicate_of_one(
     assert (requests, result.exit_code) == (1, 0), result.stderr
     outcomes = [r["outcome"] for r in read_report(tmp_path / "in.results.csv")]
     assert outcomes == ["already-linked", "linked", "duplicate", "duplicate"]
+
+
+def test_kill9_then_a_changed_input_sends_nothing_the_killed_run_linked(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox]
+) -> None:
+    """The journal of a killed run is not resumed for another input, but the pairs it
+    linked reach the store before it is replaced: none of them is sent again."""
+    server = start_sandbox(latency=0.05)
+    n = 200
+    src = pairs_csv(tmp_path / "in.csv", n)
+    report = tmp_path / "in.results.csv"
+    args = ("run", src, "--concurrency", "4", *FAST)
+    with spawn(server, *args) as proc:
+        # Killed early: most of what it linked is in the journal only, not yet the store.
+        wait_until(lambda: line_count(journal_of(report)) >= 30, "30 journaled rows")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
+    assert proc.returncode == SIGKILLED
+    linked_before = set(server.link_counts)
+    assert linked_before
+
+    with src.open("a", encoding="utf-8") as fh:  # tonight's export has one more row
+        fh.write("NEW00001,NEWL00001\n")
+    server.config.latency = 0
+    since = len(server.requests)
+    result = run_against(server, *args)
+    assert result.exit_code == 0, result.stderr
+    assert "starting fresh" in result.stderr
+    again = set(sent(server, since)) & linked_before
+    # Only the requests in flight at the kill (not yet journaled) may be sent again.
+    assert len(again) <= 4, sorted(again)
+    rows = read_report(report)
+    assert len(rows) == n + 1 and {r["outcome"] for r in rows} <= {"linked", "already-linked"}
