@@ -35,7 +35,7 @@ from bulklink.errors import (
 )
 from bulklink.inputs import SEND, Chunk, Plan
 from bulklink.journal import Journal, Scope, hand_over_links, journal_path
-from bulklink.ledger import Ledger
+from bulklink.ledger import FLUSH_EVERY, Ledger
 from bulklink.models import Outcome, Pair, Summary
 from bulklink.options import Connection, Control, Output, RunSettings, format_duration
 from bulklink.publish import write_summary_json
@@ -302,6 +302,7 @@ class _Run:
         self.runner = Runner(client, job.settings, assembler.accept)
         self.loop = asyncio.get_running_loop()
         journal.attach(self.loop.call_soon, lambda error: self.disk_failed(error, journal.path))
+        self.flushed = time.monotonic()  # when the store's batch was last committed
         assembler.defer = self.loop.call_soon
 
     def disk_failed(self, error: OSError, path: Path) -> None:
@@ -419,8 +420,11 @@ class _Run:
             )
 
     async def flush_store(self) -> None:
+        """The store's batch, every ``FLUSH_EVERY`` seconds (off the event loop)."""
         ledger = self.job.ledger
-        if ledger.active:
+        now = time.monotonic()
+        if ledger.active and now - self.flushed >= FLUSH_EVERY:
+            self.flushed = now
             try:
                 await asyncio.to_thread(ledger.flush)
             except (OSError, BulklinkError) as exc:

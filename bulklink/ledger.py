@@ -1,8 +1,9 @@
 """The job's small interface to the state store: what to skip, what to record, the history.
 
 A run asks the ledger which of its pairs are already linked in its scope (before
-sending anything), tells it each pair the API linked (batched: committed at most twice
-a second from the job's ticker, and at the end), and opens and closes its row in the run
+sending anything), tells it each pair the API linked (batched: committed every
+``FLUSH_EVERY`` seconds from the job's ticker, and at the end, since a transaction costs
+per batch and random keys cost less in large ones), and opens and closes its row in the run
 history. With no store (``--no-state``, a sandbox run) the same calls do nothing, so
 the job has one code path.
 
@@ -14,7 +15,6 @@ and records them then.
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ from bulklink.options import Connection, StateOptions
 from bulklink.store import RunRecord, Scope, Store
 
 SANDBOX_SCOPE = "sandbox:"
+FLUSH_EVERY = 5.0  # seconds; a killed run's pairs since the last flush are in its journal
 
 
 def scope_of(connection: Connection) -> Scope:
@@ -59,7 +60,6 @@ class Ledger:
         self.relink = relink
         self.run_id: int | None = None
         self._batch: list[tuple[str, str, str]] = []
-        self._lock = threading.Lock()  # the ticker flushes from a worker thread
 
     @classmethod
     def open(cls, options: StateOptions, connection: Connection) -> Ledger:
@@ -129,10 +129,11 @@ class Ledger:
             )
 
     def add(self, source: str, linked: str, linked_at: str) -> None:
-        """A pair the API linked; committed by the next :meth:`flush`."""
+        """A pair the API linked; committed by the next :meth:`flush`. Per row, so no lock:
+        :meth:`flush` swaps the list in one step, and an append racing it lands in the
+        batch it takes or in the next one."""
         if self._store is not None:
-            with self._lock:
-                self._batch.append((source, linked, linked_at))
+            self._batch.append((source, linked, linked_at))
 
     def keep_linked(self, pairs: list[tuple[str, str, str]]) -> None:
         """Pairs an earlier, killed run linked (from its journal): recorded unless known, so
@@ -144,8 +145,7 @@ class Ledger:
         """Commit the pairs added so far: one transaction for the batch."""
         if self._store is None:
             return
-        with self._lock:
-            batch, self._batch = self._batch, []
+        batch, self._batch = self._batch, []
         if batch:
             self._store.record_linked(self.scope, batch, self.run_id)
 
