@@ -15,7 +15,18 @@ latency   sandbox answering after 300 ms, ``--rate 100``, default concurrency: r
 limit     sandbox allowing 20 requests/s (429 beyond), ``--rate 100``: rows/s, 429 share.
 memory    peak RSS of ``--dry-run`` on 1,000,000 rows, and of real runs of 200,000 and
           1,000,000 rows (``--quick``: not the last) against the fast server.
+nights    the nightly job (issue 9): night 1 links a 200,000-row file (``--quick``: 50,000)
+          against the fast server with ``--rate 0 --concurrency 64``; night 2 is the same
+          command over the unchanged file with the same state store. Requests counted at
+          the server (nginx ``stub_status``, else an in-process sandbox recording them):
+          night 2 sends none and takes under 20 s; peak RSS under 300 MB both nights; the
+          store (file plus ``-wal`` after the run) under 250 bytes a pair.
 startup   ``bulklink --help``, median of 10.
+
+The state store is on in every run, as it is by default, so its cost is in every figure;
+but each run gets a store of its own (``XDG_STATE_HOME`` set to a new folder under the
+work directory, ``BULKLINK_STATE`` removed): no run reads or writes the user's store, and
+no run skips pairs an earlier run linked, except the second night, which is about that.
 
 The fast server is nginx on 127.0.0.1 answering every PATCH with one fixed ticket body
 (``benchmarks/nginx.conf.template``) when ``nginx`` is on PATH, else a ``bulklink sandbox``
@@ -61,7 +72,8 @@ LINK_PATH = "/v1/tickets/link"
 TOKEN = "bench-token"  # noqa: S105 - any token passes the local servers
 ORG = "org_bench"
 MB = 1024 * 1024
-NAMES = ("overhead", "rate", "latency", "limit", "memory", "startup")
+NAMES = ("overhead", "rate", "latency", "limit", "memory", "nights", "startup")
+STATE_FILE = Path("bulklink") / "state.sqlite3"  # under XDG_STATE_HOME
 
 
 # -- measuring a child process ---------------------------------------------------------------
@@ -192,6 +204,31 @@ def ticket_body() -> bytes:
 class Server:
     url: str
     description: str
+    served: Callable[[], int] | None = None  # requests the server has answered so far
+
+
+class NginxCount:
+    """Requests nginx has served so far, from its ``stub_status`` total, less the status
+    requests made here (each counts itself and every earlier one)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.asked = 0
+
+    def __call__(self) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request("GET", "/nginx_status")
+            resp = conn.getresponse()
+            text = resp.read().decode("ascii", "replace")
+        finally:
+            conn.close()
+        self.asked += 1
+        # "Active connections: 1\nserver accepts handled requests\n 5 5 7\nReading: ..."
+        match = re.search(r"accepts handled requests\s+(\d+)\s+(\d+)\s+(\d+)", text)
+        if resp.status != 200 or match is None:
+            raise RuntimeError(f"nginx stub_status answered {resp.status}: {text[:200]!r}")
+        return int(match.group(3)) - self.asked
 
 
 def _free_port() -> int:
@@ -297,6 +334,7 @@ def nginx_server(nginx: str, work: Path) -> Iterator[Server]:
             yield Server(
                 url,
                 f"nginx {nginx_version} on {url} (1 worker, fixed {size}-byte ticket body)",
+                NginxCount(port),
             )
         finally:
             _stop(proc)
@@ -385,12 +423,25 @@ class Bench:
         self.rows.append(row)
         log(f"  {name}: {figure}  [{goal}] {row.verdict}")
 
-    def env(self, base_url: str | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("THENA_")}
+    def env(self, base_url: str | None = None, state_home: Path | None = None) -> dict[str, str]:
+        """The caller's environment, our credentials, and a state store of the run's own.
+
+        ``state_home`` is the ``XDG_STATE_HOME`` to use; None: a new, empty one.
+        """
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("THENA_") and k != "BULKLINK_STATE"
+        }
         env.update(THENA_TOKEN=TOKEN, THENA_ORG_ID=ORG)
+        env["XDG_STATE_HOME"] = str(state_home if state_home is not None else self.state_home())
         if base_url is not None:
             env["THENA_BASE_URL"] = base_url
         return env
+
+    def state_home(self) -> Path:
+        """A new empty ``XDG_STATE_HOME`` under the work directory."""
+        return Path(tempfile.mkdtemp(prefix="state-", dir=self.work))
 
     def fast(self) -> Server:
         """The server that is never the bottleneck; started once, on first use."""
@@ -422,27 +473,45 @@ class Bench:
         return make_input(self.work / f"pairs-{rows}.csv", rows)
 
     def run_bulklink(
-        self, input_path: Path, base_url: str, *options: str, timeout: float = 900.0
+        self,
+        input_path: Path,
+        base_url: str,
+        *options: str,
+        timeout: float = 900.0,
+        state_home: Path | None = None,
+        keep_report: bool = False,
     ) -> tuple[Proc, dict[str, Any]]:
-        """``bulklink run`` as a subprocess; its report and journal are removed afterwards."""
-        report = self.work / f"{input_path.stem}.report.csv"
+        """``bulklink run`` as a subprocess; its report and journal are removed afterwards
+        (unless ``keep_report``: the next night finds last night's report, as a cron job does).
+
+        ``state_home``: the ``XDG_STATE_HOME`` of the run's store; None: a new, empty one.
+        """
+        report = self.report_path(input_path)
         summary = self.work / f"{input_path.stem}.summary.json"
         cmd: list[str | Path] = [self.bulklink, "run", input_path, "-o", report, "--no-progress"]
         cmd += ["--summary-json", summary, *options]
         try:
-            proc = measure(cmd, env=self.env(base_url), timeout=timeout)
+            proc = measure(cmd, env=self.env(base_url, state_home), timeout=timeout)
             if proc.rc != 1:  # 1: some rows not linked; the figures show how many
                 proc.check("bulklink run")
             info: dict[str, Any] = json.loads(summary.read_text())
         finally:
-            for leftover in (
-                report,
-                summary,
-                report.with_name(report.name + ".journal"),
-                report.with_name(f".{report.name}.bulklink-tmp"),
-            ):
-                leftover.unlink(missing_ok=True)
+            summary.unlink(missing_ok=True)
+            if not keep_report:
+                self.remove_report(report)
         return proc, info
+
+    def report_path(self, input_path: Path) -> Path:
+        return self.work / f"{input_path.stem}.report.csv"
+
+    @staticmethod
+    def remove_report(report: Path) -> None:
+        for leftover in (
+            report,
+            report.with_name(report.name + ".journal"),
+            report.with_name(f".{report.name}.bulklink-tmp"),
+        ):
+            leftover.unlink(missing_ok=True)
 
     def run_bare(self, input_path: Path, base_url: str, *extra: str) -> Proc:
         out = self.work / f"{input_path.stem}.bare.csv"
@@ -614,7 +683,75 @@ class Bench:
                 run.peak_rss < goal * MB and linked == rows,
             )
 
-    # -- 6. start-up ------------------------------------------------------------------------
+    # -- 6. nights -----------------------------------------------------------------------
+    def nights(self) -> None:
+        rows = 50_000 if self.quick else 200_000
+        path = self.input(rows)
+        fast = self.fast()
+        with contextlib.ExitStack() as stack:
+            if fast.served is not None:
+                server = fast
+            else:  # the sandbox subprocess counts nothing: one in this process that does
+                from bulklink.sandbox import SandboxConfig, serve_in_thread
+
+                sandbox = stack.enter_context(
+                    serve_in_thread(SandboxConfig(record=True, token=None))
+                )
+                server = Server(sandbox.url, "sandbox (in-process)", lambda: len(sandbox.requests))
+            self._nights(path, rows, server)
+
+    def _nights(self, path: Path, rows: int, server: Server) -> None:
+        assert server.served is not None
+        home = self.state_home()
+        store = home / STATE_FILE
+        opts = ("--rate", "0", "--concurrency", "64")
+        try:
+            for night in (1, 2):
+                before = server.served()
+                proc, info = self.run_bulklink(
+                    path, server.url, *opts, timeout=1200, state_home=home, keep_report=True
+                )
+                sent = server.served() - before
+                size = sum(
+                    f.stat().st_size
+                    for f in (store, store.with_name(store.name + "-wal"))
+                    if f.exists()
+                )
+                counts = info["counts"]
+                log(f"  night {night}: rc {proc.rc}, {sent:,} requests, counts {counts}")
+                self._night_rows(night, rows, proc, sent, counts, size)
+        finally:
+            self.remove_report(self.report_path(path))
+
+    def _night_rows(
+        self, night: int, rows: int, proc: Proc, sent: int, counts: dict[str, int], size: int
+    ) -> None:
+        done = counts.get("linked" if night == 1 else "already-linked", 0)
+        outcome = "linked" if night == 1 else "already-linked"
+        expect_sent = rows if night == 1 else 0
+        name = f"nights {rows:,} rows: night {night}"
+        self.add(
+            f"{name}: requests sent",
+            f"{sent:,} ({done:,} {outcome}; rc {proc.rc})",
+            f"= {expect_sent:,}",
+            sent == expect_sent and done == rows and proc.rc == 0,
+        )
+        wall_goal = 20.0 if night == 2 else None
+        self.add(
+            f"{name}: wall",
+            f"{proc.wall:.1f} s (CPU {proc.cpu:.1f} s, {rows / proc.wall:,.0f} rows/s)",
+            "-" if wall_goal is None else f"< {wall_goal:.0f} s",
+            None if wall_goal is None else proc.wall < wall_goal,
+        )
+        self.add(f"{name}: peak RSS", _mb(proc.peak_rss), "< 300 MB", proc.peak_rss < 300 * MB)
+        self.add(
+            f"{name}: store size",
+            f"{size / MB:.1f} MB incl. -wal = {size / rows:.0f} bytes/pair",
+            "< 250 B/pair",
+            size / rows < 250,
+        )
+
+    # -- 7. start-up ------------------------------------------------------------------------
     def startup(self) -> None:
         walls = []
         for _ in range(10):

@@ -4,9 +4,9 @@
     python benchmarks/xlsx_bench.py --rows 20000
 
 Rows go through the report writer exactly as a run's assembler hands them over (a
-mix of linked, failed, invalid and duplicate rows, the linked ones carrying the
-sandbox's full ticket), then the workbook is committed: the rows sheet, the Summary
-sheet and its chart. Printed: the time to hand the rows over, the time of the commit,
+mix of linked, failed, invalid, duplicate and already-linked rows, the linked ones
+carrying the sandbox's full ticket), then the workbook is committed: the rows sheet,
+the Summary sheet and its chart. Printed: the time to hand the rows over, the time of the commit,
 the process's peak RSS before the commit and at the end (``ru_maxrss``), and the
 report's size. The memory goal for a 200,000-row run is 300 MB (README, Benchmarks).
 """
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bulklink.models import TICKET_COLUMNS
+from bulklink.models import TICKET_COLUMNS, Outcome, ReportRow
 from bulklink.report import open_writer, split_ticket
 from bulklink.sandbox import success_body
 
@@ -34,24 +34,33 @@ def peak_mb() -> float:
 
 
 def rows(n: int) -> Any:
-    """(head, ticket, extras, others) as the assembler writes them: 1 in 10 rows fail."""
+    """(head, ticket, extras, others) as the assembler writes them: of every 10 rows one
+    fails, one is invalid, one a duplicate and one already linked (the state store)."""
     none_ticket = [None] * len(TICKET_COLUMNS)
+    stamp = "2026-12-01T02:30:00Z"
     for row in range(1, n + 1):
         source, linked = f"{row:07d}", f"L{row:07d}"
         kind = row % 10
         if kind == 3:
-            head = [row, source, linked, "false", "failed", 404, f"Ticket {source} not found", 1]
+            error = f"Ticket {source} not found"
+            head = ReportRow(row, source, linked, False, Outcome.FAILED, 404, error, 1, "")
             yield head, none_ticket, None, [f"note {row}"]
         elif kind == 6:
-            head = [row, "", linked, "false", "invalid", None, "sourceTicketId is blank", 0]
+            error = "sourceTicketId is blank"
+            head = ReportRow(row, "", linked, False, Outcome.INVALID, None, error, 0, "")
             yield head, none_ticket, None, [f"note {row}"]
         elif kind == 9:
-            head = [row, source, linked, "true", "duplicate", 200, f"duplicate of row {row - 1}", 0]
+            error = f"duplicate of row {row - 1}"
+            head = ReportRow(row, source, linked, True, Outcome.DUPLICATE, 200, error, 0, "")
+            yield head, none_ticket, None, [f"note {row}"]
+        elif kind == 4:
+            head = ReportRow(row, source, linked, True, Outcome.ALREADY_LINKED, None, "", 0, stamp)
             yield head, none_ticket, None, [f"note {row}"]
         else:
             ticket = json.loads(success_body(source, time.time()))["data"]
             cells, extras = split_ticket(ticket)
-            yield [row, source, linked, "true", "linked", 200, "", 1], cells, extras, [f"n{row}"]
+            head = ReportRow(row, source, linked, True, Outcome.LINKED, 200, "", 1, stamp)
+            yield head, cells, extras, [f"n{row}"]
 
 
 def main() -> None:
