@@ -35,9 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit, urlunsplit
 
-from bulklink.models import Outcome, Result
+from bulklink.models import Outcome, Result, normalise_url
 from bulklink.safefile import create_temp, open_fixed
 
 FORMAT = 3  # 2: the header holds the scope; 3: a CRC-32 ends each line; "t", "s", "l"
@@ -107,23 +106,6 @@ class Scope:
             f"{_BESIDE} was written against {_describe(found)} with another API key and no "
             "org ID, so maybe for another org (give --org-id to resume across a key change)"
         )
-
-
-def normalise_url(url: str) -> str:
-    """One spelling per server: scheme and host lower-cased, default port and trailing ``/``
-    dropped; credentials, query and fragment left out (they never belong in a journal)."""
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is not None and port != {"https": 443, "http": 80}.get(scheme):
-        host = f"{host}:{port}"
-    return urlunsplit((scheme, host, parts.path.rstrip("/"), "", ""))
 
 
 def _key_hash(api_key: str, salt: bytes) -> str:

@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
 
 #: The ticket fields Thena documents for the link endpoint's answer, in its order. The
 #: report always has a ``ticket.<field>`` column for each, so its shape never depends on
@@ -214,3 +215,21 @@ class ErrorTally:
             ErrorGroup(error, count, tuple(self._examples[error]))
             for error, count in self._counts.most_common(top)
         ]
+
+
+def normalise_url(url: str) -> str:
+    """One spelling per server, for the journal's and the store's scopes: scheme and host
+    lower-cased, default port and trailing ``/`` dropped; credentials, query and fragment
+    left out (they never belong in a journal or a store)."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is not None and port != {"https": 443, "http": 80}.get(scheme):
+        host = f"{host}:{port}"
+    return urlunsplit((scheme, host, parts.path.rstrip("/"), "", ""))

@@ -92,9 +92,9 @@ from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from bulklink.errors import UsageError
+from bulklink.models import normalise_url
 
 APPLICATION_ID = 0x626C6E6B  # "blnk"
 SCHEMA_VERSION = 1
@@ -190,22 +190,12 @@ def parse_stamp(text: str) -> datetime:
 
 
 def normalise_base_url(base_url: str) -> str:
-    """One spelling per server, so ``https://X.ai/`` and ``https://x.ai`` share a scope."""
+    """One spelling per server, so ``https://X.ai/`` and ``https://x.ai`` share a scope
+    (``sandbox:`` and other names without a scheme are kept as they are)."""
     text = base_url.strip()
     if "://" not in text:
         return text.rstrip("/") or text
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is not None and (scheme, port) not in (("https", 443), ("http", 80)):
-        host = f"{host}:{port}"
-    return urlunsplit((scheme, host, parts.path.rstrip("/"), parts.query, parts.fragment))
+    return normalise_url(text)
 
 
 @dataclass(frozen=True)

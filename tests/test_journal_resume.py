@@ -26,8 +26,8 @@ import bulklink.job
 import bulklink.journal
 import bulklink.models
 from bulklink.inputs import ReadOptions, Table, scan
-from bulklink.journal import Journal, Scope, checked_row, journal_path, normalise_url, parse_line
-from bulklink.models import Outcome, Result
+from bulklink.journal import Journal, Scope, checked_row, journal_path, parse_line
+from bulklink.models import Outcome, Result, normalise_url
 from bulklink.sandbox import Reply, Sandbox, success_body
 from tests.conftest import (
     FAST,
