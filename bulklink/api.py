@@ -348,8 +348,8 @@ class _Prepared:
         console = console or Console.silent()
         connection = Connection.build(options)
         console.redact = connection.auth.redact
-        for warning in connection.auth.warnings:
-            console.info(warning)
+        for warning in connection.auth.warnings:  # shown even with -q, as ssh does
+            console.error(warning)
         return cls(
             connection=connection,
             settings=RunSettings.build(options),
