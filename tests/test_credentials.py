@@ -572,3 +572,20 @@ def test_every_spelling_of_a_secret_is_redacted() -> None:
     for form in secret_forms(ODD_TOKEN):
         assert auth.redact(f"a {form} b") == "a *** b", form
     assert auth.redact("ordinary words") == "ordinary words"
+
+
+def test_a_token_file_others_can_read_is_warned_about_even_when_quiet(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o644)
+    src = pairs_csv(tmp_path / "in.csv", 2)
+    env = {"THENA_ORG_ID": ORG, "THENA_BASE_URL": sandbox.url}
+    result = invoke("run", src, "--token-file", token_file, "-q", "--no-progress", env=env)
+    assert result.exit_code == 0, result.stderr
+    assert "readable by others" in result.stderr and "chmod 600" in result.stderr
+    assert TOKEN not in result.stderr
+    token_file.chmod(0o600)
+    quiet = invoke("run", src, "--token-file", token_file, "-q", "--no-state", env=env)
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
