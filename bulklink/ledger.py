@@ -77,8 +77,11 @@ class Ledger:
 
     @property
     def lookup(self) -> Callable[[list[str], list[str]], list[str | None]] | None:
-        """What the input scan asks about each valid pair; None: send them all."""
-        return None if self._store is None or self.relink else self._linked_times
+        """What the input scan asks about each valid pair; None: send them all (no store,
+        ``--relink``, or nothing recorded yet in this scope: the first night asks nothing)."""
+        if self._store is None or self.relink or not self._store.has_linked(self.scope):
+            return None
+        return self._linked_times
 
     def _linked_times(self, source: list[str], linked: list[str]) -> list[str | None]:
         assert self._store is not None

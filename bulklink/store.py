@@ -461,6 +461,17 @@ class Store:
             ).fetchone()
             return int(row[0])
 
+    def has_linked(self, scope: Scope) -> bool:
+        """Whether any pair is recorded in ``scope``: a first night looks nothing up."""
+        with self._lock, self._errors():
+            sid = self._scope_id(scope)
+            if sid is None:
+                return False
+            row = self._db.execute(
+                "SELECT 1 FROM linked_pairs WHERE scope_id = ? LIMIT 1", (sid,)
+            ).fetchone()
+            return row is not None
+
     # -- run history --------------------------------------------------------------------
 
     def start_run(
