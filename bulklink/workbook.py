@@ -63,10 +63,6 @@ def id_text(value: Any) -> tuple[str, bool]:
     return shown, len(mantissa) > 15
 
 
-def _quoted(names: Iterable[str]) -> str:
-    return ", ".join(repr(n) for n in names)
-
-
 def read_sheet(
     data: bytes,
     path: Path,

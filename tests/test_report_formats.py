@@ -51,19 +51,8 @@ from tests.helpers import (
 # -- columns ----------------------------------------------------------------------------------
 
 
-REPORT_HEAD = [
-    "row",
-    "sourceTicketId",
-    "linkedTicketId",
-    "success",
-    "outcome",
-    "http_status",
-    "error",
-    "attempts",
-    "linked_at",
-]
-
-TICKET_COLS = [f"ticket.{name}" for name in TICKET_FIELDS]
+REPORT_HEAD = RESULT_COLUMNS  # the report's own columns, from the shared helpers
+TICKET_COLS = TICKET_COLUMNS
 
 
 def as_text(value: Any) -> str:
