@@ -27,6 +27,7 @@ PENDING_IN_MEMORY = 4096  # out-of-order results kept whole; beyond it, re-read 
 #: clock is read once per SLICE_ROWS rows, and never on the usual one-row path.
 SLICE_SECONDS = 0.005
 SLICE_ROWS = 16
+_LINKED, _FAILED = Outcome.LINKED, Outcome.FAILED  # module constants: read on every row
 
 
 @dataclass(slots=True)
@@ -59,10 +60,12 @@ class Assembler:
         layout: Layout,
         journal: Journal,
         writer: ReportWriter,
-        on_linked: Callable[[str, str, str], None] | None = None,
+        on_linked: Callable[[tuple[str, str, str]], None] | None = None,
     ) -> None:
         self.plan = plan
-        self.on_linked = on_linked  # each pair the API linked, as it is written (the store)
+        #: Each pair the API linked, as ``(source, linked, linked_at)``, as it is written
+        #: (the store's batch: a tuple, so that a list's ``append`` will do).
+        self.on_linked = on_linked
         self.layout = layout
         self.journal = journal
         self.writer = writer
@@ -88,7 +91,7 @@ class Assembler:
     # -- input side -------------------------------------------------------------------
     def add_chunk(self, chunk: Chunk) -> None:
         self._chunks.append(chunk)
-        self._loaded = chunk.start + len(chunk)
+        self._loaded = chunk.end
         self._advance()
 
     @property
@@ -100,7 +103,8 @@ class Assembler:
     def accept(self, result: Result) -> None:
         """Journal a finished row (before it counts as done), then write what can be."""
         index = result.row - 1
-        if result.outcome is Outcome.LINKED or result.outcome is Outcome.FAILED:
+        outcome = result.outcome
+        if outcome is _LINKED or outcome is _FAILED:
             self.journal.record(result)
             self.done_this_run += 1
             if index != self._cursor:
@@ -114,7 +118,8 @@ class Assembler:
         chunk = self._chunks[0]
         self._write_result(chunk, index - chunk.start, result)
         self._step(chunk)
-        self._advance()
+        if not self._next_is_awaited():
+            self._advance()
 
     def finish(self) -> None:
         """Everything still without a result is ``skipped``; called once no request runs."""
@@ -156,6 +161,17 @@ class Assembler:
             if not self._write_next():
                 return
 
+    def _next_is_awaited(self) -> bool:
+        """The row at the cursor is one still being sent (the usual case after a write):
+        nothing more to write yet, found without the slicing loop of :meth:`_advance`."""
+        index = self._cursor
+        return (
+            index < self._loaded
+            and self.codes[index] == SEND
+            and index not in self._pending
+            and not self.journal.done(index + 1)
+        )
+
     def _write_next(self) -> bool:
         """Write the row at the cursor; False when its result has not come yet."""
         index = self._cursor
@@ -187,22 +203,21 @@ class Assembler:
     def _step(self, chunk: Chunk) -> None:
         """Past one row; past the chunk too when it was its last."""
         self._cursor += 1
-        if self._cursor == chunk.start + len(chunk):
+        if self._cursor == chunk.end:
             self._chunks.popleft()
             self.moved.set()
 
     def _others(self, chunk: Chunk, at: int) -> list[Any]:
+        if not self.layout.passthrough:
+            return []
         cols = chunk.columns
         return [cols[name][at] for name in self.layout.passthrough]
 
-    def _row_number(self, chunk: Chunk, at: int) -> int | str:
-        if self.layout.retry:
-            return RowReader(chunk.columns, self.layout.escaped).row_number(at)
-        return chunk.start + at + 1
+    def _kept_row_number(self, chunk: Chunk, at: int) -> int | str:
+        """``retry``: the row number the old report gave the row."""
+        return RowReader(chunk.columns, self.layout.escaped).row_number(at)
 
     def _prior_attempts(self, chunk: Chunk, at: int) -> int:
-        if not self.layout.retry:
-            return 0
         value = str(chunk.columns["attempts"][at]).strip()
         return int(value) if value.isdigit() else 0
 
@@ -221,7 +236,7 @@ class Assembler:
     ) -> None:
         source, linked = chunk.source[at], chunk.linked[at]
         head = ReportRow(
-            self._row_number(chunk, at),
+            self._kept_row_number(chunk, at) if self.layout.retry else chunk.start + at + 1,
             source,
             linked,
             success,
@@ -232,7 +247,7 @@ class Assembler:
             linked_at,
         )
         self.writer.write(head, ticket, extras, self._others(chunk, at))
-        self.counts[outcome.value] += 1
+        self.counts[outcome] += 1  # keyed by the text: an Outcome is a str
         if not success:
             self.unsuccessful += 1
             if outcome is not Outcome.DUPLICATE:
@@ -240,10 +255,12 @@ class Assembler:
 
     def _write_result(self, chunk: Chunk, at: int, result: Result) -> None:
         ticket, extras = split_ticket(result.ticket)
-        attempts = result.attempts + self._prior_attempts(chunk, at)
-        success = result.outcome is Outcome.LINKED
+        attempts = result.attempts
+        if self.layout.retry:
+            attempts += self._prior_attempts(chunk, at)
+        success = result.outcome is _LINKED
         if success and self.on_linked is not None:
-            self.on_linked(chunk.source[at], chunk.linked[at], result.linked_at)
+            self.on_linked((chunk.source[at], chunk.linked[at], result.linked_at))
         index = chunk.start + at
         self._emit(
             chunk,
@@ -303,7 +320,7 @@ class Assembler:
         } or None
         head = reader.head(at, chunk.source[at], chunk.linked[at])
         self.writer.write(head, ticket, extras, self._others(chunk, at))
-        self.counts[head.outcome.value] += 1
+        self.counts[head.outcome] += 1
         if not head.success:
             self.unsuccessful += 1
             if head.outcome is not Outcome.DUPLICATE:

@@ -121,6 +121,10 @@ class Chunk:
     source: list[str]
     linked: list[str]
     columns: dict[str, list[str]]
+    end: int = field(init=False)  # one past its last row: read for every row written
+
+    def __post_init__(self) -> None:
+        self.end = self.start + len(self.source)
 
     def __len__(self) -> int:
         return len(self.source)

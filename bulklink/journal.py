@@ -41,6 +41,7 @@ from bulklink.safefile import create_temp, open_fixed
 
 FORMAT = 3  # 2: the header holds the scope; 3: a CRC-32 ends each line; "t", "s", "l"
 UNREADABLE = "not attempted: its journal line could not be read back"
+_OUTCOME_BYTES = {outcome: outcome.value.encode() for outcome in Outcome}
 
 
 def journal_path(report: Path) -> Path:
@@ -199,15 +200,20 @@ class Journal:
                 body = body.replace(b"\n", b" ")  # a newline can only be whitespace here
         else:
             body = json.dumps({"data": result.ticket}).encode()
-        status = b"null" if result.http_status is None else str(result.http_status).encode()
+        status = b"null" if result.http_status is None else b"%d" % result.http_status
+        source, linked = result.source.encode(), result.linked.encode()
+        if b'"' in source or b"\\" in source or b'"' in linked or b"\\" in linked:
+            source, linked = _json_text(result.source), _json_text(result.linked)
+        else:  # the usual ID (no quote, no backslash, never a control character): as it is
+            source, linked = b'"%s"' % source, b'"%s"' % linked
         head = b'{"r":%d,"o":"%s","h":%s,"a":%d,"t":"%s","s":%s,"l":%s,"e":%s,"b":' % (
             result.row,
-            result.outcome.value.encode(),
+            _OUTCOME_BYTES[result.outcome],
             status,
             result.attempts,
             result.linked_at.encode(),
-            _json_text(result.source),
-            _json_text(result.linked),
+            source,
+            linked,
             json.dumps(result.error).encode() if result.error else b'""',
         )
         line = b'%s%s,"k":%d}\n' % (head, body, zlib.crc32(body, zlib.crc32(head)))
@@ -292,6 +298,12 @@ class Journal:
         offsets = np.frombuffer(self.offsets, dtype=np.int64)
         return int(np.count_nonzero(wanted & (offsets < 0)))
 
+    def undone(self, start: int, end: int) -> Any:
+        """A boolean array: which rows of ``[start, end)`` (0-based) have no result yet."""
+        import numpy as np
+
+        return np.frombuffer(self.offsets, dtype=np.int64)[start:end] < 0
+
     def done(self, row: int) -> bool:
         return self.offsets[row - 1] >= 0
 
@@ -326,10 +338,8 @@ class Journal:
 
 
 def _json_text(text: str) -> bytes:
-    """A JSON string; IDs never hold a control character, so most need no escaping."""
-    if '"' in text or "\\" in text:
-        return json.dumps(text, ensure_ascii=False).encode()
-    return b'"%s"' % text.encode()
+    """A JSON string, for an ID with a quote or a backslash."""
+    return json.dumps(text, ensure_ascii=False).encode()
 
 
 _HAND_OVER_BATCH = 10_000

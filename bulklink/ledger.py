@@ -131,12 +131,15 @@ class Ledger:
                 job=job,
             )
 
-    def add(self, source: str, linked: str, linked_at: str) -> None:
-        """A pair the API linked; committed by the next :meth:`flush`. Per row, so no lock:
-        :meth:`flush` swaps the list in one step, and an append racing it lands in the
-        batch it takes or in the next one."""
-        if self._store is not None:
-            self._batch.append((source, linked, linked_at))
+    @property
+    def on_linked(self) -> Callable[[tuple[str, str, str]], None] | None:
+        """What to call with ``(source, linked, linked_at)`` for each pair the API linked
+        (committed by the next :meth:`flush`); None without a store.
+
+        It is the batch's own ``list.append``: per row, so no lock and no Python frame;
+        :meth:`flush` takes the batch's first rows off without replacing the list.
+        """
+        return self._batch.append if self._store is not None else None
 
     def keep_linked(self, pairs: list[tuple[str, str, str]]) -> None:
         """Pairs an earlier, killed run linked (from its journal): recorded unless known, so
@@ -148,7 +151,11 @@ class Ledger:
         """Commit the pairs added so far: one transaction for the batch."""
         if self._store is None:
             return
-        batch, self._batch = self._batch, []
+        # Appends racing this (the event loop, while a thread flushes) only ever add at
+        # the end: they stay for the next flush.
+        taken = len(self._batch)
+        batch = self._batch[:taken]
+        del self._batch[:taken]
         if batch:
             self._store.record_linked(self.scope, batch, self.run_id)
 

@@ -37,6 +37,8 @@ FORMATS = (".csv", ".xlsx", ".jsonl")
 _RISKY = re.compile(r"'*[=+\-@\t\r]")
 _KNOWN = frozenset(TICKET_FIELDS)
 _RISKY_FIRST = frozenset("=+-@\t\r'")
+_SUCCESS_AT = ReportRow._fields.index("success")
+_ERROR_AT = ReportRow._fields.index("error")
 
 
 def _api_cell(value: Any) -> str:
@@ -184,17 +186,10 @@ class CsvWriter(ReportWriter):
     ) -> None:
         # The hot path of a fast run: plain text, ints and None go to the csv module as
         # they are (it writes None as empty); only the rest takes the slow road.
-        cells: list[Any] = [
-            head.row,
-            head.source,
-            head.linked,
-            "true" if head.success else "false",
-            head.outcome.value,
-            head.http_status,
-            neutralize(head.error),
-            head.attempts,
-            head.linked_at,
-        ]
+        cells: list[Any] = list(head)  # the outcome is a str: written as its text
+        cells[_SUCCESS_AT] = "true" if head.success else "false"
+        if head.error:
+            cells[_ERROR_AT] = neutralize(head.error)
         cells += [
             v
             if (v.__class__ is str and (not v or v[0] not in _RISKY_FIRST))
@@ -208,7 +203,8 @@ class CsvWriter(ReportWriter):
             cells += [_api_cell(known.get(k)) for k in self.extra_fields]
         if extras is not None and self._note_extras(extras):
             self._spill(extras)
-        cells += [v if v.__class__ is str else text_cell(v) for v in others]
+        if others:
+            cells += [v if v.__class__ is str else text_cell(v) for v in others]
         self._csv.writerow(cells)
         self.rows += 1
 

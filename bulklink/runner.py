@@ -34,6 +34,8 @@ FORBIDDEN_STREAK = 3
 AUTO_START = 16
 AUTO_CAP = 256
 INTERNAL_ERROR = "internal error"
+_LINKED = Verdict.LINKED  # module constants: read on every row
+_LINKED_OUTCOME = Outcome.LINKED
 
 
 class Linker(Protocol):
@@ -153,34 +155,38 @@ class Runner:
     async def _worker(self) -> None:
         task = asyncio.current_task()
         assert task is not None
-        queue = self._queue
+        queue, link, on_result = self._queue, self._link, self.on_result
         while not self.stop_reason:
             # The queue is rarely empty: take from it without creating a coroutine.
             pair = queue.popleft() if queue else await self._next()
             if pair is None:
                 return
-            self.on_result(await self._link(pair, task))
+            on_result(await link(pair, task))
 
     async def _link(self, pair: Pair, task: asyncio.Task[None]) -> Result:
         """One pair to its end: paced attempts until a verdict settles it."""
-        pacer = self.pacer
+        pacer, clock = self.pacer, self.clock
         attempts = 0
         last: Answer | None = None
         while True:
+            sent = clock()
             # The fast path (--rate 0, no retry) awaits nothing before sending.
-            if (not pacer.idle or attempts) and not await self._wait_turn(task, attempts, last):
-                return self._unsent(pair, attempts, last)
+            if attempts or not pacer.idle_at(sent):
+                if not await self._wait_turn(task, attempts, last):
+                    return self._unsent(pair, attempts, last)
+                sent = clock()
             if self.stop_reason:
                 return self._unsent(pair, attempts, last)
             attempts += 1
             proven = self.linked > 0  # the credentials had linked a row before this was sent
-            sent = self.clock()
             self.in_flight += 1
             try:
                 answer = await self.client.link(pair.source, pair.linked)
             finally:
                 self.in_flight -= 1
-            self._observe(answer, sent)
+            if answer.verdict is _LINKED:
+                return self._linked(pair, answer, attempts, sent)
+            self._observe(answer, sent, clock())
             result = self._settle(pair, answer, attempts, proven)
             if result is not None:
                 return result
@@ -194,7 +200,7 @@ class Runner:
         try:
             if attempts and not last_throttled(last):
                 await asyncio.sleep(wait_before_retry(last, attempts, self.settings))
-            if not self.pacer.idle:
+            if not self.pacer.idle_at(self.clock()):
                 await self.pacer.wait()
         except asyncio.CancelledError:
             if not self.stop_reason:
@@ -205,13 +211,12 @@ class Runner:
             self._waiting.discard(task)
         return True
 
-    def _observe(self, answer: Answer, sent: float) -> None:
+    def _observe(self, answer: Answer, sent: float, now: float) -> None:
         """What every answer teaches: latency, the pacer's rate, progress or refusal."""
-        now = self.clock()
         # Moving average of answer times; the first answer sets it outright so the
         # auto-sized pool reaches rate x latency within the first fraction of a second.
         self.latency += (now - sent - self.latency) * (0.1 if self.latency else 1.0)
-        self.pacer.on_answer(sent, answer.throttled)
+        self.pacer.on_answer(sent, answer.throttled, now)
         if answer.verdict is Verdict.RETRY:
             self.refusals[refusal_kind(answer)] += 1
         else:
@@ -219,24 +224,28 @@ class Runner:
             if self.refusals:
                 self.refusals.clear()
 
+    def _linked(self, pair: Pair, answer: Answer, attempts: int, sent: float) -> Result:
+        """A linked row: :meth:`_observe` and :meth:`_settle` for the answer nearly every
+        row gets, in one call."""
+        self._observe(answer, sent, self.clock())
+        self.linked += 1
+        self._forbidden_streak = 0
+        return Result(
+            pair.row,
+            _LINKED_OUTCOME,
+            answer.http_status,
+            "",
+            attempts,
+            answer.ticket,
+            answer.body,
+            utc_stamp(),
+            pair.source,
+            pair.linked,
+        )
+
     def _settle(self, pair: Pair, answer: Answer, attempts: int, proven: bool) -> Result | None:
-        """The row's result for this answer, or None to try again."""
+        """The row's result for any answer but a link, or None to try again."""
         verdict = answer.verdict
-        if verdict is Verdict.LINKED:
-            self.linked += 1
-            self._forbidden_streak = 0
-            return Result(
-                pair.row,
-                Outcome.LINKED,
-                answer.http_status,
-                "",
-                attempts,
-                answer.ticket,
-                answer.body,
-                utc_stamp(),
-                pair.source,
-                pair.linked,
-            )
         if verdict is Verdict.FORBIDDEN:
             # After the same credentials linked others, a lone 403 is about this ticket.
             self._forbidden_streak += 1
