@@ -242,6 +242,34 @@ def test_relink_updates_the_time_and_run_that_the_readme_query_shows(tmp_path: P
     assert row[4:] == ("--relink", "https://platform.thena.ai", "org_1")
 
 
+def test_batches_of_several_statements_replace_or_keep_every_row(tmp_path: Path) -> None:
+    # 610 rows: two statements of 250 rows, then 110 one by one; a pair twice in a batch.
+    pairs = ids("M", 600)
+    path = tmp_path / "s.sqlite3"
+    with Store.open(path) as store:
+        first = store.start_run("run", scope=THENA, report="a.csv", command_line="one")
+        rows = [(s, t, T1) for s, t in pairs[:300]]
+        assert store.record_linked(THENA, rows + rows[:10], first) == 310
+        kept = [(s, t, T2) for s, t in pairs]  # half known: those keep T1 and the first run
+        assert store.record_linked(THENA, kept, None, replace=False) == 300
+        assert store.linked_times(THENA, pairs) == [T1] * 300 + [T2] * 300
+        second = store.start_run("run", scope=THENA, report="a.csv", command_line="two")
+        assert store.record_linked(THENA, [(s, t, T2) for s, t in pairs[::-1]], second) == 600
+        assert store.linked_times(THENA, pairs) == [T2] * 600
+        assert store.count_linked(THENA) == 600
+    with sqlite3.connect(path) as db:
+        runs = db.execute("SELECT run_id, count(*) FROM linked_pairs GROUP BY run_id").fetchall()
+    assert runs == [(second, 600)]
+
+
+def test_a_row_of_the_wrong_size_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "s.sqlite3") as store:
+        rows: list[tuple[str, str, str]] = [("A", "B", T1), ("C", "D")]  # type: ignore[list-item]
+        with pytest.raises(ValueError, match="source, linked, linked_at"):
+            store.record_linked(THENA, rows, None)
+        assert store.count_linked(THENA) == 0
+
+
 def test_a_failed_batch_records_nothing(tmp_path: Path) -> None:
     with Store.open(tmp_path / "s.sqlite3") as store:
         rows: list[tuple[str, str, str]] = [("A", "B", T1), ("C", None, T1)]  # type: ignore[list-item]
