@@ -24,7 +24,7 @@ from bulklink.models import Outcome, Pair, Result
 from bulklink.options import RunSettings, parse_duration
 from bulklink.runner import Runner, describe_refusals
 from bulklink.sandbox import Reply, Sandbox
-from tests.conftest import FAST, TOKEN, pairs_csv, read_report, run_against
+from tests.conftest import FAST, FAST_UNPACED, TOKEN, pairs_csv, read_report, run_against
 from tests.helpers import (
     ROOT,
     assert_rows_once,
@@ -467,7 +467,7 @@ def test_a_closed_pipe_changes_neither_the_report_nor_the_exit_code(
     report = tmp_path / "in.results.csv"
     # As `bulklink run ... 2>&1 | head -1`: the reader is gone before anything is said.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bulklink", "run", str(src), *FAST],
+        [sys.executable, "-m", "bulklink", "run", str(src), *FAST_UNPACED],
         env=child_env(server),
         cwd=ROOT,
         stdout=subprocess.PIPE,
