@@ -295,7 +295,8 @@ def test_odd_wait_headers_do_not_crash_a_run(
 
 def test_rate_adapts_to_429s(tmp_path: Path, start_sandbox: Callable[..., Sandbox]) -> None:
     server = start_sandbox(rate_limit=20)
-    n = 200
+    # 5 s at the server's 20/s: the first 429, the slower rate and a probe back up to it.
+    n = 100
     src = pairs_csv(tmp_path / "in.csv", n)
     result = run_against(server, "run", src, "--rate", "100", "--no-progress")
     assert result.exit_code == 0, result.stderr

@@ -24,7 +24,7 @@ from bulklink.models import Outcome, Pair, Result
 from bulklink.options import RunSettings, parse_duration
 from bulklink.runner import Runner, describe_refusals
 from bulklink.sandbox import Reply, Sandbox
-from tests.conftest import FAST, TOKEN, pairs_csv, read_report, run_against
+from tests.conftest import FAST, FAST_UNPACED, TOKEN, pairs_csv, read_report, run_against
 from tests.helpers import (
     ROOT,
     assert_rows_once,
@@ -71,7 +71,8 @@ def test_signal_writes_report_with_skipped_rows_then_rerun_completes(
     assert "report:" in err
 
     since = len(server.requests)
-    result = run_against(server, *args, "--no-progress")
+    # The rerun unpaced: what it resumes is the point here, not its rate.
+    result = run_against(server, *args, "--rate", "0", "--no-progress")
     assert result.exit_code == 0, result.stderr
     assert len(linked) in done_earlier(result.stderr), result.stderr
     assert sorted(sent(server, since)) == sorted(set(pairs) - linked)
@@ -467,7 +468,7 @@ def test_a_closed_pipe_changes_neither_the_report_nor_the_exit_code(
     report = tmp_path / "in.results.csv"
     # As `bulklink run ... 2>&1 | head -1`: the reader is gone before anything is said.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bulklink", "run", str(src), *FAST],
+        [sys.executable, "-m", "bulklink", "run", str(src), *FAST_UNPACED],
         env=child_env(server),
         cwd=ROOT,
         stdout=subprocess.PIPE,
