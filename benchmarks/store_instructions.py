@@ -3,7 +3,7 @@
     python benchmarks/store_instructions.py                       # 1,000 and 3,000 pairs
     python benchmarks/store_instructions.py --flush-every 2500 5000 15000
 
-Records N pairs of 29-character random IDs the way a run does (``Ledger.add`` for each,
+Records N pairs of 29-character random IDs the way a run does (``Ledger.on_linked`` for each,
 ``Ledger.flush`` every ``--flush-every`` pairs, a long run's 5-second batches at about
 500 rows a second, and at the end), with a new store in a temporary folder, under
 ``valgrind --tool=callgrind``, at two sizes; then the same without a store. The
@@ -44,9 +44,10 @@ def record(n: int, flush_every: int, with_store: bool) -> None:
         ledger.begin(
             "run", report=Path("r.csv"), input="i.csv", input_hash="-", job="j", command_line="x"
         )
-        add = ledger.add
+        add = ledger.on_linked
         for i in range(n):
-            add(ids[2 * i], ids[2 * i + 1], stamps[i // ROWS_PER_SECOND])
+            if add is not None:
+                add((ids[2 * i], ids[2 * i + 1], stamps[i // ROWS_PER_SECOND]))
             if flush_every and (i + 1) % flush_every == 0:
                 ledger.flush()
         ledger.finish({"linked": n}, 0)
