@@ -4,8 +4,8 @@
     python benchmarks/store_instructions.py --flush-every 2500 5000 15000
 
 Records N pairs of 29-character random IDs the way a run does (``Ledger.on_linked`` for each,
-``Ledger.flush`` every ``--flush-every`` pairs, a long run's 5-second batches at about
-500 rows a second, and at the end), with a new store in a temporary folder, under
+``Ledger.flush`` every ``--flush-every`` pairs, as a long run's batches of
+``ledger.FLUSH_PAIRS`` are, and at the end), with a new store in a temporary folder, under
 ``valgrind --tool=callgrind``, at two sizes; then the same without a store. The
 difference of the two slopes is the store's cost per pair. Needs valgrind. About a
 minute at the default sizes.

@@ -37,7 +37,7 @@ from bulklink.errors import (
 )
 from bulklink.inputs import SEND, Chunk, Plan
 from bulklink.journal import Journal, Scope, hand_over_links, journal_path
-from bulklink.ledger import FLUSH_EVERY, Ledger
+from bulklink.ledger import Ledger
 from bulklink.models import Outcome, Pair, Summary
 from bulklink.options import Connection, Control, Output, RunSettings, format_duration
 from bulklink.publish import write_summary_json
@@ -422,10 +422,10 @@ class _Run:
             )
 
     async def flush_store(self) -> None:
-        """The store's batch, every ``FLUSH_EVERY`` seconds (off the event loop)."""
+        """The store's batch, when :meth:`Ledger.due` (off the event loop)."""
         ledger = self.job.ledger
         now = time.monotonic()
-        if ledger.active and now - self.flushed >= FLUSH_EVERY:
+        if ledger.active and ledger.due(now - self.flushed):
             self.flushed = now
             try:
                 await asyncio.to_thread(ledger.flush)

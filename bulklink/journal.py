@@ -196,24 +196,23 @@ class Journal:
         if body is None:
             body = b"null"
         elif body[:2] == b'{"':  # decoded as UTF-8 by json (no BOM, not UTF-16): embeddable
-            if b"\n" in body:
+            if body.find(b"\n") >= 0:  # not ``in``: see client.scrub
                 body = body.replace(b"\n", b" ")  # a newline can only be whitespace here
         else:
             body = json.dumps({"data": result.ticket}).encode()
         status = b"null" if result.http_status is None else b"%d" % result.http_status
-        source, linked = result.source.encode(), result.linked.encode()
-        if b'"' in source or b"\\" in source or b'"' in linked or b"\\" in linked:
-            source, linked = _json_text(result.source), _json_text(result.linked)
+        source, linked = result.source, result.linked
+        if '"' in source or "\\" in source or '"' in linked or "\\" in linked:
+            ids = (_json_text(source), _json_text(linked))
         else:  # the usual ID (no quote, no backslash, never a control character): as it is
-            source, linked = b'"%s"' % source, b'"%s"' % linked
+            ids = (b'"%s"' % source.encode(), b'"%s"' % linked.encode())
         head = b'{"r":%d,"o":"%s","h":%s,"a":%d,"t":"%s","s":%s,"l":%s,"e":%s,"b":' % (
             result.row,
             _OUTCOME_BYTES[result.outcome],
             status,
             result.attempts,
             result.linked_at.encode(),
-            source,
-            linked,
+            *ids,
             json.dumps(result.error).encode() if result.error else b'""',
         )
         line = b'%s%s,"k":%d}\n' % (head, body, zlib.crc32(body, zlib.crc32(head)))

@@ -1,9 +1,10 @@
 """The job's small interface to the state store: what to skip, what to record, the history.
 
 A run asks the ledger which of its pairs are already linked in its scope (before
-sending anything), tells it each pair the API linked (batched: committed every
-``FLUSH_EVERY`` seconds from the job's ticker, and at the end, since a transaction costs
-per batch and random keys cost less in large ones), and opens and closes its row in the run
+sending anything), tells it each pair the API linked (batched: committed from the job's
+ticker once ``FLUSH_PAIRS`` are waiting or ``FLUSH_EVERY`` seconds have passed, and at
+the end, since a transaction costs an fsync and random keys cost less in large
+batches), and opens and closes its row in the run
 history. With no store (``--no-state``, a sandbox run) the same calls do nothing, so
 the job has one code path.
 
@@ -24,7 +25,12 @@ from bulklink.options import Connection, StateOptions
 from bulklink.store import RunRecord, Scope, Store
 
 SANDBOX_SCOPE = "sandbox:"
-FLUSH_EVERY = 5.0  # seconds; a killed run's pairs since the last flush are in its journal
+# A killed run's pairs since the last flush are in its journal, so these bound only the
+# work of the next run's recovery and how late ``bulklink runs`` and a concurrent run on
+# another report see them. Per pair, a batch of 300 costs 13.7k instructions, one of
+# 2,500 12.6k, and one at the end 9.1k (benchmarks/store_instructions.py).
+FLUSH_PAIRS = 5_000  # about 2.5 s of an unpaced run against a fast server
+FLUSH_EVERY = 30.0  # seconds, for a paced run: 300 pairs at --rate 10
 
 
 def scope_of(connection: Connection) -> Scope:
@@ -146,6 +152,11 @@ class Ledger:
         a discarded journal loses no link; which run linked them is not known."""
         if self._store is not None:
             self._store.record_linked(self.scope, pairs, None, replace=False)
+
+    def due(self, seconds_since_flush: float) -> bool:
+        """Whether the ticker should commit the batch now."""
+        waiting = len(self._batch)
+        return waiting >= FLUSH_PAIRS or (waiting > 0 and seconds_since_flush >= FLUSH_EVERY)
 
     def flush(self) -> None:
         """Commit the pairs added so far: one transaction for the batch."""

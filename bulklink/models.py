@@ -95,9 +95,11 @@ class Pair(NamedTuple):
     linked: str
 
 
-@dataclass(slots=True)
-class Result:
-    """What happened to one pair. ``body`` is the raw 2xx answer, kept for the journal."""
+class Result(NamedTuple):
+    """What happened to one pair. ``body`` is the raw 2xx answer, kept for the journal.
+
+    A named tuple: one is built per row, for half the bytecode of a dataclass ``__init__``.
+    """
 
     row: int
     outcome: Outcome
@@ -111,16 +113,18 @@ class Result:
     linked: str = ""
 
 
-_stamp: list[Any] = [0, ""]
+_stamp_second = 0
+_stamp_text = ""
 
 
 def utc_stamp() -> str:
     """Now in UTC as ``2026-12-01T02:30:00Z``; computed once a second (it is per row)."""
+    global _stamp_second, _stamp_text
     now = int(time.time())
-    if now != _stamp[0]:
-        _stamp[0] = now
-        _stamp[1] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-    return str(_stamp[1])
+    if now != _stamp_second:
+        _stamp_second = now
+        _stamp_text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    return _stamp_text
 
 
 @dataclass(frozen=True, slots=True)

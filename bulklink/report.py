@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import operator
 import os
 import re
 import tempfile
@@ -36,13 +37,19 @@ if TYPE_CHECKING:
 FORMATS = (".csv", ".xlsx", ".jsonl")
 _RISKY = re.compile(r"'*[=+\-@\t\r]")
 _KNOWN = frozenset(TICKET_FIELDS)
+_DOCUMENTED = operator.itemgetter(*TICKET_FIELDS)
 _RISKY_FIRST = frozenset("=+-@\t\r'")
+_CONTAINERS = (dict, list)  # a tuple: ``dict | list`` would build a Union at every call
 _SUCCESS_AT = ReportRow._fields.index("success")
 _ERROR_AT = ReportRow._fields.index("error")
 
 
 def _api_cell(value: Any) -> str:
     """A cell of text from the API: formatted, then neutralised."""
+    if value is True:  # a flag is in nearly every ticket: no formula to look for
+        return "true"
+    if value is False:
+        return "false"
     return neutralize(text_cell(value))
 
 
@@ -76,7 +83,7 @@ def text_cell(value: Any) -> str:
         return "true"
     if value is False:
         return "false"
-    if isinstance(value, dict | list):
+    if isinstance(value, _CONTAINERS):
         if not value:
             return "[]" if isinstance(value, list) else "{}"
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
@@ -87,8 +94,11 @@ def split_ticket(ticket: dict[str, Any] | None) -> tuple[list[Any], dict[str, An
     """Documented fields in order, and the undocumented ones (or None)."""
     if ticket is None:
         return [None] * len(TICKET_FIELDS), None
-    if len(ticket) == len(TICKET_FIELDS) and tuple(ticket) == TICKET_FIELDS:
-        return list(ticket.values()), None  # the usual answer: exactly the documented fields
+    if len(ticket) == len(TICKET_FIELDS):
+        try:  # the usual answer: exactly the documented fields, taken in one C call
+            return list(_DOCUMENTED(ticket)), None
+        except KeyError:
+            pass
     get = ticket.get
     cells = [get(name) for name in TICKET_FIELDS]
     extras = None

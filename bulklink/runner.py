@@ -216,10 +216,11 @@ class Runner:
         # Moving average of answer times; the first answer sets it outright so the
         # auto-sized pool reaches rate x latency within the first fraction of a second.
         self.latency += (now - sent - self.latency) * (0.1 if self.latency else 1.0)
-        self.pacer.on_answer(sent, answer.throttled, now)
         if answer.verdict is Verdict.RETRY:
+            self.pacer.on_answer(sent, answer.throttled, now)
             self.refusals[refusal_kind(answer)] += 1
-        else:
+        else:  # never a 429
+            self.pacer.on_answer(sent, False, now)
             self.last_progress = now
             if self.refusals:
                 self.refusals.clear()
