@@ -438,15 +438,21 @@ class Client:
         assert self._session is not None, "use Client as 'async with'"
         payload = link_body(source, linked)
         try:
-            async with self._session.patch(self.url, data=payload, allow_redirects=False) as resp:
-                if 300 <= resp.status < 400:  # its body says nothing we need
+            # Awaited and released, not ``async with``: the same work with four coroutines
+            # fewer a row (its exit is ``release``, then a wait for the request body's
+            # writer, which a read answer has long finished).
+            resp = await self._session.patch(self.url, data=payload, allow_redirects=False)
+            try:
+                status = resp.status
+                if 300 <= status < 400:  # its body says nothing we need
                     body: bytes | str = b""
                 else:
                     body = await read_capped(resp)
                 if isinstance(body, str):  # not retried: the same answer would come back
-                    return Answer(Verdict.FAIL, resp.status, f"HTTP {resp.status} {body}")
-                body = self.scrub(body)
-                answer = classify(resp.status, resp.headers, body, url=self.url)
+                    return Answer(Verdict.FAIL, status, f"HTTP {status} {body}")
+                answer = classify(status, resp.headers, self.scrub(body), url=self.url)
+            finally:
+                resp.release()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return classify_exception(exc, self.timeout)
         if answer.error:  # decoded text: a secret echoed in any spelling is caught here
