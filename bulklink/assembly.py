@@ -234,11 +234,10 @@ class Assembler:
         extras: dict[str, Any] | None,
         linked_at: str = "",
     ) -> None:
-        source, linked = chunk.source[at], chunk.linked[at]
         head = ReportRow(
             self._kept_row_number(chunk, at) if self.layout.retry else chunk.start + at + 1,
-            source,
-            linked,
+            chunk.source[at],
+            chunk.linked[at],
             success,
             outcome,
             status,
@@ -246,34 +245,47 @@ class Assembler:
             attempts,
             linked_at,
         )
+        self._put(chunk, at, head, ticket, extras)
+
+    def _put(
+        self,
+        chunk: Chunk,
+        at: int,
+        head: ReportRow,
+        ticket: Sequence[Any],
+        extras: dict[str, Any] | None,
+    ) -> None:
+        """Write one row and count it."""
         self.writer.write(head, ticket, extras, self._others(chunk, at))
-        self.counts[outcome] += 1  # keyed by the text: an Outcome is a str
-        if not success:
+        self.counts[head.outcome] += 1  # keyed by the text: an Outcome is a str
+        if not head.success:
             self.unsuccessful += 1
-            if outcome is not Outcome.DUPLICATE:
-                self.errors.add(head.row, error, source, linked)
+            if head.outcome is not Outcome.DUPLICATE:
+                self.errors.add(head.row, head.error, head.source, head.linked)
 
     def _write_result(self, chunk: Chunk, at: int, result: Result) -> None:
+        """A row sent this run or read back from the journal: the per-row path, so the
+        row is built here rather than through :meth:`_emit`'s ten arguments."""
         ticket, extras = split_ticket(result.ticket)
-        attempts = result.attempts
-        if self.layout.retry:
-            attempts += self._prior_attempts(chunk, at)
-        success = result.outcome is _LINKED
+        source, linked = chunk.source[at], chunk.linked[at]
+        outcome = result.outcome
+        success = outcome is _LINKED
         if success and self.on_linked is not None:
-            self.on_linked((chunk.source[at], chunk.linked[at], result.linked_at))
-        index = chunk.start + at
-        self._emit(
-            chunk,
-            at,
+            self.on_linked((source, linked, result.linked_at))
+        retry = self.layout.retry
+        head = ReportRow(
+            self._kept_row_number(chunk, at) if retry else chunk.start + at + 1,
+            source,
+            linked,
             success,
-            result.outcome,
+            outcome,
             result.http_status,
             result.error,
-            attempts,
-            ticket,
-            extras,
+            result.attempts + self._prior_attempts(chunk, at) if retry else result.attempts,
             result.linked_at,
         )
+        self._put(chunk, at, head, ticket, extras)
+        index = chunk.start + at
         if index in self._targets:
             self._firsts[index] = _First(success, result.http_status, result.error, ticket, extras)
 
@@ -319,12 +331,7 @@ class Assembler:
             name: reader.cell(f"ticket.{name}", at) for name in self.layout.extra_fields
         } or None
         head = reader.head(at, chunk.source[at], chunk.linked[at])
-        self.writer.write(head, ticket, extras, self._others(chunk, at))
-        self.counts[head.outcome] += 1
-        if not head.success:
-            self.unsuccessful += 1
-            if head.outcome is not Outcome.DUPLICATE:
-                self.errors.add(head.row, head.error, head.source, head.linked)
+        self._put(chunk, at, head, ticket, extras)
         index = chunk.start + at
         if index in self._targets:
             self._firsts[index] = _First(head.success, head.http_status, head.error, ticket, extras)

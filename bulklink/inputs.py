@@ -12,6 +12,7 @@ import codecs
 import csv
 import hashlib
 import io
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -128,6 +129,15 @@ class Chunk:
 
     def __len__(self) -> int:
         return len(self.source)
+
+
+def _trimmed(cells: list[str]) -> list[str]:
+    """ID cells (always text: every reader makes them so) without surrounding blanks.
+
+    ``map`` of ``str.strip`` rather than pandas' ``.str.strip``, which calls a Python
+    lambda per cell (about 2k instructions a row of two IDs, measured with callgrind).
+    """
+    return list(map(str.strip, cells, itertools.repeat(TRIM, len(cells))))
 
 
 class Table:
@@ -359,8 +369,8 @@ class Table:
         chunk_rows = chunk_rows or CHUNK_ROWS  # read here, so a test can make chunks small
         start = 0
         for frame in self._read_frames(chunk_rows):
-            source = frame[self.source_col].str.strip(TRIM).tolist()
-            linked = frame[self.linked_col].str.strip(TRIM).tolist()
+            source = _trimmed(frame[self.source_col].tolist())
+            linked = _trimmed(frame[self.linked_col].tolist())
             columns = {c: frame[c].tolist() for c in self.other_cols}
             yield Chunk(start, source, linked, columns)
             start += len(source)

@@ -50,6 +50,8 @@ def _api_cell(value: Any) -> str:
         return "true"
     if value is False:
         return "false"
+    if isinstance(value, _CONTAINERS):  # JSON text, which starts with [ or {
+        return text_cell(value)
     return neutralize(text_cell(value))
 
 
