@@ -42,6 +42,7 @@ from bulklink.safefile import create_temp, open_fixed
 
 FORMAT = 3  # 2: the header holds the scope; 3: a CRC-32 ends each line; "t", "s", "l"
 UNREADABLE = "not attempted: its journal line could not be read back"
+_json_string = json.encoder.encode_basestring_ascii  # str -> a JSON string literal, ASCII
 
 
 def journal_path(report: Path) -> Path:
@@ -200,15 +201,13 @@ class Journal:
                 body = body.replace(b"\n", b" ")  # a newline can only be whitespace here
         else:
             body = json.dumps({"data": result.ticket}).encode()
-        source, linked = result.source, result.linked
-        if '"' in source or "\\" in source or '"' in linked or "\\" in linked:
-            source, linked = _json_inner(source), _json_inner(linked)
-        # Formatted as text and encoded once (IDs never hold a control character).
+        # Formatted as text and encoded once; the IDs through json's C string encoder.
+        source, linked = _json_string(result.source), _json_string(result.linked)
         status = "null" if result.http_status is None else result.http_status
         error = json.dumps(result.error) if result.error else '""'
         head = (
             f'{{"r":{result.row},"o":"{result.outcome}","h":{status},"a":{result.attempts},'
-            f'"t":"{result.linked_at}","s":"{source}","l":"{linked}","e":{error},"b":'
+            f'"t":"{result.linked_at}","s":{source},"l":{linked},"e":{error},"b":'
         ).encode()
         tail = b',"k":%d}\n' % zlib.crc32(body, zlib.crc32(head))
         # The three parts, not one line: the body (2 KB) is copied once, by flush's join.
@@ -330,11 +329,6 @@ class Journal:
     def remove(self) -> None:
         self.close()
         self.path.unlink(missing_ok=True)
-
-
-def _json_inner(text: str) -> str:
-    """An ID with a quote or a backslash as it goes between the quotes of a JSON string."""
-    return json.dumps(text, ensure_ascii=False)[1:-1]
 
 
 _HAND_OVER_BATCH = 10_000
