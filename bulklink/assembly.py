@@ -18,7 +18,7 @@ from typing import Any
 from bulklink.ids import invalid_text
 from bulklink.inputs import ALREADY, DUPLICATE, KEEP, SEND, Chunk, Plan
 from bulklink.journal import Journal
-from bulklink.models import TICKET_COLUMNS, ErrorTally, Outcome, ReportRow, Result
+from bulklink.models import TICKET_COLUMNS, ErrorTally, Outcome, ReportRow, Result, build
 from bulklink.report import ReportWriter, RowReader, split_ticket
 
 PENDING_IN_MEMORY = 4096  # out-of-order results kept whole; beyond it, re-read from journal
@@ -273,16 +273,19 @@ class Assembler:
         if success and self.on_linked is not None:
             self.on_linked((source, linked, result.linked_at))
         retry = self.layout.retry
-        head = ReportRow(
-            self._kept_row_number(chunk, at) if retry else chunk.start + at + 1,
-            source,
-            linked,
-            success,
-            outcome,
-            result.http_status,
-            result.error,
-            result.attempts + self._prior_attempts(chunk, at) if retry else result.attempts,
-            result.linked_at,
+        head = build(
+            ReportRow,
+            (
+                self._kept_row_number(chunk, at) if retry else chunk.start + at + 1,
+                source,
+                linked,
+                success,
+                outcome,
+                result.http_status,
+                result.error,
+                result.attempts + self._prior_attempts(chunk, at) if retry else result.attempts,
+                result.linked_at,
+            ),
         )
         self._put(chunk, at, head, ticket, extras)
         index = chunk.start + at

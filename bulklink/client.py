@@ -27,6 +27,7 @@ import aiohttp
 from bulklink import __version__
 from bulklink.credentials import Auth
 from bulklink.errors import UsageError
+from bulklink.models import build
 
 LINK_PATH = "/v1/tickets/link"
 DEFAULT_BASE_URL = "https://platform.thena.ai"
@@ -234,9 +235,8 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, *, url: str =
             )
         if isinstance(obj, dict) and obj.get("status") is True:
             data = obj.get("data")
-            return Answer(
-                Verdict.LINKED, status, "", data if isinstance(data, dict) else None, body
-            )
+            ticket = data if isinstance(data, dict) else None
+            return build(Answer, (Verdict.LINKED, status, "", ticket, body, None))
         message = describe_body(body) if isinstance(obj, dict) else "unexpected JSON"
         return Answer(Verdict.FAIL, status, f"HTTP {status} status false: {message}")
     if 300 <= status < 400:

@@ -38,7 +38,7 @@ from bulklink.errors import (
 from bulklink.inputs import SEND, Chunk, Plan
 from bulklink.journal import Journal, Scope, hand_over_links, journal_path
 from bulklink.ledger import Ledger
-from bulklink.models import Outcome, Pair, Summary
+from bulklink.models import Outcome, Pair, Summary, build
 from bulklink.options import Connection, Control, Output, RunSettings, format_duration
 from bulklink.publish import write_summary_json
 from bulklink.report import ReportWriter, open_writer
@@ -527,7 +527,7 @@ async def _batches(
         budget[0] = left - len(ats)
     source, linked, first = chunk.source, chunk.linked, chunk.start + 1
     for i in range(0, len(ats), BATCH):
-        yield [Pair(first + at, source[at], linked[at]) for at in ats[i : i + BATCH]]
+        yield [build(Pair, (first + at, source[at], linked[at])) for at in ats[i : i + BATCH]]
 
 
 def resolve_report(input_path: Path | None, output: Path | None) -> Path:

@@ -62,6 +62,13 @@ class Outcome(enum.StrEnum):
     ALREADY_LINKED = "already-linked"  # linked by an earlier run (the state store): not sent
 
 
+#: ``build(Cls, (every field, in order))``: a named tuple made by ``tuple.__new__`` itself,
+#: without the class's generated ``__new__`` (a Python function). For the four built per
+#: row (a pair, an answer, a result, a report row), 1.8k instructions fewer each
+#: (callgrind); everywhere else the class is called as usual.
+build = tuple.__new__
+
+
 class ReportRow(NamedTuple):
     """A report row's own cells, typed, in column order: the one definition of them.
 

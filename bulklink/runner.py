@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from bulklink.client import Answer, Verdict
-from bulklink.models import Outcome, Pair, Result, utc_stamp
+from bulklink.models import Outcome, Pair, Result, build, utc_stamp
 from bulklink.options import RunSettings
 from bulklink.pacing import Pacer
 
@@ -262,17 +262,21 @@ class Runner:
         self._observe(answer, sent, self.clock())
         self.linked += 1
         self._forbidden_streak = 0
-        return Result(
-            pair.row,
-            _LINKED_OUTCOME,
-            answer.http_status,
-            "",
-            attempts,
-            answer.ticket,
-            answer.body,
-            utc_stamp(),
-            pair.source,
-            pair.linked,
+        row, source, linked = pair
+        return build(
+            Result,
+            (
+                row,
+                _LINKED_OUTCOME,
+                answer.http_status,
+                "",
+                attempts,
+                answer.ticket,
+                answer.body,
+                utc_stamp(),
+                source,
+                linked,
+            ),
         )
 
     def _settle(self, pair: Pair, answer: Answer, attempts: int, proven: bool) -> Result | None:
