@@ -492,9 +492,11 @@ def _print_dry_run(info: Any) -> None:
         if info.counts["invalid"] > len(info.invalid_rows):
             echo(f"  ... and {info.counts['invalid'] - len(info.invalid_rows)} more")
     if info.sample_requests:
+        from bulklink.client import link_body  # aiohttp: not imported for --help
+
         echo("first requests:")
         for pair in info.sample_requests:
-            body = json.dumps({"sourceTicketId": pair.source, "linkedTicketId": pair.linked})
+            body = link_body(pair.source, pair.linked).decode()  # exactly what is sent
             echo(f"  row {pair.row}: PATCH {info.url}/v1/tickets/link {body}")
 
 

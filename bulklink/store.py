@@ -452,9 +452,9 @@ class Store:
         benchmarks/store_bench.py).
         """
         ordered: list[tuple[str, str, str]] = sorted(rows, key=itemgetter(0))
-        flat = list(chain.from_iterable(ordered))
-        if len(flat) % 3:
+        if ordered and set(map(len, ordered)) != {3}:  # any other size would shift the rest
             raise ValueError("record_linked takes (source, linked, linked_at) rows")
+        flat = list(chain.from_iterable(ordered))
         width = 3 * _ROWS_PER_INSERT
         whole = len(flat) - len(flat) % width
         with self._write() as db:

@@ -299,7 +299,7 @@ def test_dry_run_reports_and_sends_nothing(sandbox: Sandbox, tmp_path: Path) -> 
         assert not re.search(rf"\brow {row}\b", out), (row, out)
     assert re.search(r"\b5\b[^\n]*(more|other|not shown)", out), out
     # the first requests that would be sent, with their bodies
-    assert '"sourceTicketId": "V1"' in out or '"sourceTicketId":"V1"' in out, out
+    assert '{"sourceTicketId":"V1","linkedTicketId":' in out, out  # exactly as sent
     assert "W1" in out and "V2" in out
     assert TOKEN not in result.output
 

@@ -262,9 +262,17 @@ def test_batches_of_several_statements_replace_or_keep_every_row(tmp_path: Path)
     assert runs == [(second, 600)]
 
 
-def test_a_row_of_the_wrong_size_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [("A", "B", T1), ("C", "D")],
+        [("A", "B", T1, "X"), ("C", "D")],  # six values in all: would shift into two rows
+    ],
+)
+def test_a_row_of_the_wrong_size_is_refused_before_anything_is_written(
+    tmp_path: Path, rows: list[tuple[str, str, str]]
+) -> None:
     with Store.open(tmp_path / "s.sqlite3") as store:
-        rows: list[tuple[str, str, str]] = [("A", "B", T1), ("C", "D")]  # type: ignore[list-item]
         with pytest.raises(ValueError, match="source, linked, linked_at"):
             store.record_linked(THENA, rows, None)
         assert store.count_linked(THENA) == 0
@@ -423,3 +431,23 @@ def test_run_history_round_trip_order_and_lookups(tmp_path: Path) -> None:
         assert {"id", "started", "finished", "input", "report", "counts", "exit_code"} <= set(
             as_json
         )
+
+
+def test_the_run_commits_its_batch_once_it_is_large_or_old(tmp_path: Path) -> None:
+    from bulklink.ledger import FLUSH_EVERY, FLUSH_PAIRS, Ledger
+
+    with Store.open(tmp_path / "s.sqlite3") as store:
+        ledger = Ledger(store, THENA)
+        record = ledger.on_linked
+        assert record is not None
+        assert not ledger.due(10 * FLUSH_EVERY)  # nothing waiting: no empty transaction
+        record(("A", "B", T1))
+        assert not ledger.due(FLUSH_EVERY / 2)
+        assert ledger.due(FLUSH_EVERY)
+        for n in range(FLUSH_PAIRS - 1):
+            record((f"S{n}", f"L{n}", T1))
+        assert ledger.due(0.0)
+        ledger.flush()
+        assert not ledger.due(10 * FLUSH_EVERY)
+        assert store.count_linked(THENA) == FLUSH_PAIRS
+    assert Ledger(None, THENA).on_linked is None  # --no-state: nothing to record into
