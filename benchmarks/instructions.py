@@ -37,14 +37,11 @@ import bench
 BARE_LOOP = Path(__file__).with_name("bare_loop.py")
 
 
-def instructions(
-    cmd: list[str], env: dict[str, str], work: Path, keep: Path | None, name: str
-) -> int:
-    out = work / "callgrind.out"
-    state_home = tempfile.mkdtemp(prefix="state-", dir=work)  # a new empty store per run
+def callgrind(cmd: list[str], env: dict[str, str], out: Path) -> int:
+    """Instructions ``cmd`` executes under ``valgrind --tool=callgrind`` (exit 0 or 1)."""
     proc = subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
-        env=dict(env, XDG_STATE_HOME=state_home),
+        env=env,
         capture_output=True,
         text=True,
         check=False,
@@ -52,10 +49,19 @@ def instructions(
     found = re.search(r"Collected : (\d+)", proc.stderr)
     if proc.returncode not in (0, 1) or found is None:
         raise RuntimeError(f"{cmd[:3]} failed under valgrind:\n{proc.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def instructions(
+    cmd: list[str], env: dict[str, str], work: Path, keep: Path | None, name: str
+) -> int:
+    out = work / "callgrind.out"
+    state_home = tempfile.mkdtemp(prefix="state-", dir=work)  # a new empty store per run
+    count = callgrind(cmd, dict(env, XDG_STATE_HOME=state_home), out)
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
         shutil.copy(out, keep / f"callgrind.{name}.out")
-    return int(found.group(1))
+    return count
 
 
 def main(argv: list[str]) -> int:

@@ -14,14 +14,17 @@ minute at the default sizes.
 from __future__ import annotations
 
 import argparse
+import os
 import random
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from instructions import callgrind
 
 from bulklink.ledger import Ledger
 from bulklink.store import Scope, Store
@@ -57,16 +60,7 @@ def record(n: int, flush_every: int, with_store: bool) -> None:
 def instructions(n: int, flush_every: int, with_store: bool) -> int:
     child = [sys.executable, __file__, "--child", str(n), str(flush_every), str(int(with_store))]
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out", *child],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    found = re.search(r"Collected : (\d+)", proc.stderr)
-    if proc.returncode != 0 or found is None:
-        raise RuntimeError(f"the child failed under valgrind:\n{proc.stderr[-2000:]}")
-    return int(found.group(1))
+        return callgrind(child, dict(os.environ), Path(tmp) / "out")
 
 
 def main(argv: list[str]) -> int:

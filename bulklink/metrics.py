@@ -77,31 +77,11 @@ def render_metrics(
     return generate_latest(registry)
 
 
-def write_metrics(
-    path: str | os.PathLike[str],
-    *,
-    job: str,
-    counts: Mapping[str, int],
-    exit_code: int,
-    duration_seconds: float,
-    finished_timestamp: float,
-    last_success_timestamp: float | None,
-    requests: int,
-    throttled: int,
-) -> str | None:
-    """Write the metrics file; ``None`` when written, else one warning line saying why not."""
+def write_metrics(path: str | os.PathLike[str], content: bytes) -> str | None:
+    """Write the metrics file (:func:`render_metrics`' content); ``None`` when written, else
+    one warning line saying why not."""
     target = Path(path)
     try:
-        content = render_metrics(
-            job=job,
-            counts=counts,
-            exit_code=exit_code,
-            duration_seconds=duration_seconds,
-            finished_timestamp=finished_timestamp,
-            last_success_timestamp=last_success_timestamp,
-            requests=requests,
-            throttled=throttled,
-        )
         _write_atomically(target, content)
     except (OSError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

@@ -56,11 +56,10 @@ def publish(
         except (OSError, BulklinkError) as exc:
             console.error(f"warning: cannot write --summary-json {output.summary_json}: {exc}")
     if output.metrics_file is not None:
-        from bulklink.metrics import write_metrics
+        from bulklink.metrics import render_metrics, write_metrics
 
         finished = time.time()
-        warning = write_metrics(
-            output.metrics_file,
+        content = render_metrics(
             job=output.job,
             counts=summary.counts,
             exit_code=summary.exit_code,
@@ -70,6 +69,7 @@ def publish(
             requests=summary.requests,
             throttled=summary.throttled,
         )
+        warning = write_metrics(output.metrics_file, content)
         if warning:
             console.error(warning)
     if output.notify_url is not None:

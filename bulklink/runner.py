@@ -155,50 +155,19 @@ class Runner:
     async def _worker(self) -> None:
         task = asyncio.current_task()
         assert task is not None
-        queue, on_result, pacer, clock = self._queue, self.on_result, self.pacer, self.clock
+        queue, link, on_result = self._queue, self._link, self.on_result
         while not self.stop_reason:
             # The queue is rarely empty: take from it without creating a coroutine.
             pair = queue.popleft() if queue else await self._next()
             if pair is None:
                 return
-            sent = clock()
-            if not pacer.idle_at(sent):  # paced, or paused by a 429
-                on_result(await self._link(pair, task))
-                continue
-            # An unpaced first attempt is sent from here: one coroutine fewer a row (about
-            # 1.5k instructions, measured with callgrind). A link is settled here too;
-            # any other answer goes on in _link.
-            proven = self.linked > 0  # the credentials had linked a row before this was sent
-            self.in_flight += 1
-            try:
-                answer = await self.client.link(pair.source, pair.linked)
-            finally:
-                self.in_flight -= 1
-            if answer.verdict is _LINKED:
-                on_result(self._linked(pair, answer, 1, sent))
-            else:
-                on_result(await self._link(pair, task, (answer, sent, proven)))
+            on_result(await link(pair, task))
 
-    async def _link(
-        self,
-        pair: Pair,
-        task: asyncio.Task[None],
-        first: tuple[Answer, float, bool] | None = None,
-    ) -> Result:
-        """One pair to its end: paced attempts until a verdict settles it. ``first`` is
-        the answer to an attempt already made, when it was sent, and whether the
-        credentials were proven then."""
+    async def _link(self, pair: Pair, task: asyncio.Task[None]) -> Result:
+        """One pair to its end: paced attempts until a verdict settles it."""
         pacer, clock = self.pacer, self.clock
         attempts = 0
         last: Answer | None = None
-        if first is not None:
-            answer, sent, proven = first
-            attempts = 1
-            self._observe(answer, sent, clock())
-            result = self._settle(pair, answer, attempts, proven)
-            if result is not None:
-                return result
-            last = answer
         while True:
             sent = clock()
             # The fast path (--rate 0, no retry) awaits nothing before sending.

@@ -540,6 +540,27 @@ def full_disk_after(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
     return arm
 
 
+def rerun_after_full_disk(
+    server: Sandbox,
+    args: tuple[Any, ...],
+    first: list[Any],
+    report: Path,
+    n: int,
+    concurrency: int,
+) -> None:
+    """The same command once space is back: it links the rest and resends only the rows
+    whose results could not be written (those finished in the turn the write failed, and
+    those in flight then: each at most --concurrency)."""
+    again = run_against(server, *args)
+    assert again.exit_code == 0, again.stderr
+    resent = set(first) & set(sent(server, len(first)))
+    assert len(resent) <= 2 * concurrency, resent
+    # Rows linked before the disk filled and recorded in the state store (which lives on
+    # another disk here) are known as linked even where the journal missed them.
+    outcomes = [r["outcome"] for r in read_report(report)]
+    assert set(outcomes) <= {"linked", "already-linked"} and len(outcomes) == n
+
+
 def test_full_disk_on_the_journal_stops_exits_74_and_resumes(
     tmp_path: Path,
     start_sandbox: Callable[..., Sandbox],
@@ -564,16 +585,7 @@ def test_full_disk_on_the_journal_stops_exits_74_and_resumes(
 
     # Space freed (only this patch is undone: the test's own state store stays in place).
     monkeypatch.setattr(os, "write", REAL_OS_WRITE)
-    again = run_against(server, *args)
-    assert again.exit_code == 0, again.stderr
-    resent = set(first) & set(sent(server, len(first)))
-    # Resent: the rows whose results could not be written: those finished in the turn
-    # the write failed, and those in flight then (each at most --concurrency).
-    assert len(resent) <= 2 * concurrency, resent
-    # Rows linked before the disk filled and recorded in the state store (which lives on
-    # another disk here) are known as linked even where the journal missed them.
-    outcomes = [r["outcome"] for r in read_report(report)]
-    assert set(outcomes) <= {"linked", "already-linked"} and len(outcomes) == n
+    rerun_after_full_disk(server, args, first, report, n, concurrency)
     assert not journal_of(report).exists()
 
 
@@ -670,14 +682,7 @@ def test_a_real_full_disk_exits_74_then_resumes_after_freeing_space(
     assert len(first) < n
 
     subprocess.run(["mount", "-o", "remount,size=16m", str(small_tmpfs)], check=True)
-    again = run_against(server, *args)
-    assert again.exit_code == 0, again.stderr
-    resent = set(first) & set(sent(server, len(first)))
-    assert len(resent) <= 2 * concurrency, resent
-    # Rows linked before the disk filled and recorded in the state store (which lives on
-    # another disk here) are known as linked even where the journal missed them.
-    outcomes = [r["outcome"] for r in read_report(report)]
-    assert set(outcomes) <= {"linked", "already-linked"} and len(outcomes) == n
+    rerun_after_full_disk(server, args, first, report, n, concurrency)
 
 
 # -- the assembler's memory bounds, made small ------------------------------------------

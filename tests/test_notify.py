@@ -28,7 +28,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from bulklink.errors import UsageError
-from bulklink.metrics import write_metrics
+from bulklink.metrics import render_metrics, write_metrics
 from bulklink.notify import (
     NoticeKind,
     check_url,
@@ -397,7 +397,7 @@ def metrics(path: Path, **overrides: Any) -> str | None:
         "throttled": 4,
     }
     options.update(overrides)
-    return write_metrics(path, **options)
+    return write_metrics(path, render_metrics(**options))
 
 
 def test_metrics_file_parses_back_with_every_outcome_and_the_job_label(tmp_path: Path) -> None:
