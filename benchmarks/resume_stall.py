@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import bulklink.job
+import bulklink.run.job
 from bulklink.api import run_job
-from bulklink.inputs import ReadOptions, Table, scan
-from bulklink.journal import Journal, Scope, journal_path
+from bulklink.tables.inputs import ReadOptions, Table, scan
+from bulklink.state.journal import Journal, Scope, journal_path
 from bulklink.models import Outcome, Result
 from bulklink.sandbox import success_body
 
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
                 await asyncio.sleep(TICK)
                 lags.append(loop.time() - before - TICK)
 
-        real_run = bulklink.job._run
+        real_run = bulklink.run.job._run
 
         async def measured(*args: Any) -> Any:
             task = asyncio.create_task(probe())
@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
             finally:
                 task.cancel()
 
-        bulklink.job._run = measured  # type: ignore[assignment]
+        bulklink.run.job._run = measured  # type: ignore[assignment]
         with bench.sandbox_server(bench.find_bulklink()) as server:
             plan = scan(Table(src, ReadOptions()))
             scope = Scope.build(server.url, bench.ORG, sandbox=False)

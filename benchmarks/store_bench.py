@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bulklink.store import Scope, Store, utc_stamp
+from bulklink.state.store import Scope, Store, utc_stamp
 
 ALPHABET = string.ascii_uppercase + string.digits
 CHUNK = 50_000

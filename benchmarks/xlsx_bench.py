@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bulklink.models import TICKET_COLUMNS, Outcome, ReportRow
-from bulklink.report import open_writer, split_ticket
+from bulklink.tables.report.writers import open_writer, split_ticket
 from bulklink.sandbox import success_body
 
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from bulklink.models import LinkResult as LinkResult
     from bulklink.models import Outcome as Outcome
     from bulklink.models import Summary as Summary
-    from bulklink.readback import read_report as read_report
+    from bulklink.tables.report.reader import read_report as read_report
     from bulklink.stream import link_pairs as link_pairs
 
 try:
@@ -41,7 +41,7 @@ _EXPORTS = {
     "run_job": "bulklink.api",
     "retry_job": "bulklink.api",
     "link_pairs": "bulklink.stream",
-    "read_report": "bulklink.readback",
+    "read_report": "bulklink.tables.report.reader",
     "dry_run": "bulklink.api",
     "list_runs": "bulklink.api",
     "Console": "bulklink.console",

@@ -1,7 +1,7 @@
 """The library's front door for files: ``run_job``, ``retry_job``, ``dry_run``.
 
 ``link_pairs`` (pairs in, results out) lives in :mod:`bulklink.stream` and
-``read_report`` in :mod:`bulklink.readback`; all are exported by :mod:`bulklink`.
+``read_report`` in :mod:`bulklink.tables.report.reader`; all are exported by :mod:`bulklink`.
 The CLI is a thin layer over these. They take the CLI's options as keyword arguments
 (snake_case), never call ``sys.exit`` and print nothing unless given a console; failures
 are exceptions from :mod:`bulklink.errors`.
@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bulklink.assembly import Layout
+from bulklink.run.assembly import Layout
 from bulklink.console import Console
-from bulklink.credentials import preflight, resolve_auth
+from bulklink.net.credentials import preflight, resolve_auth
 from bulklink.errors import BulklinkError, DiskError, InputError, LockedError, UsageError
-from bulklink.inputs import (
+from bulklink.tables.inputs import (
     ALREADY,
     DUPLICATE,
     INVALID_REASONS,
@@ -35,9 +35,9 @@ from bulklink.inputs import (
     Table,
     scan,
 )
-from bulklink.job import Job, execute, recover_links, resolve_report, signals_raise
-from bulklink.ledger import Ledger, scope_for
-from bulklink.lock import hold
+from bulklink.run.job import Job, execute, recover_links, resolve_report, signals_raise
+from bulklink.state.ledger import Ledger, scope_for
+from bulklink.state.lock import hold
 from bulklink.models import Pair, Summary
 from bulklink.options import (
     DEFAULT_BASE_URL,
@@ -49,10 +49,10 @@ from bulklink.options import (
     StateOptions,
     job_args,
 )
-from bulklink.publish import publish
-from bulklink.readback import kept_rows, open_report
-from bulklink.safefile import create_temp
-from bulklink.store import RunRecord, Store
+from bulklink.run.publish import publish
+from bulklink.tables.report.reader import kept_rows, open_report
+from bulklink._fs import create_temp
+from bulklink.state.store import RunRecord, Store
 
 
 @dataclass(slots=True)

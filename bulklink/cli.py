@@ -492,7 +492,7 @@ def _print_dry_run(info: Any) -> None:
         if info.counts["invalid"] > len(info.invalid_rows):
             echo(f"  ... and {info.counts['invalid'] - len(info.invalid_rows)} more")
     if info.sample_requests:
-        from bulklink.client import link_body  # aiohttp: not imported for --help
+        from bulklink.net.client import link_body  # aiohttp: not imported for --help
 
         echo("first requests:")
         for pair in info.sample_requests:
@@ -560,7 +560,7 @@ Examples:
 def report(report: Path, as_json: bool) -> None:
     """Summarize REPORT without touching the network: counts, failures by error, rows to retry."""
     from bulklink.errors import BulklinkError
-    from bulklink.readback import read_report
+    from bulklink.tables.report.reader import read_report
 
     try:
         info = read_report(report)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
-from bulklink.credentials import Auth, resolve_auth
+from bulklink.net.credentials import Auth, resolve_auth
 from bulklink.errors import UsageError
 
 DEFAULT_BASE_URL = "https://platform.thena.ai"
@@ -134,7 +134,7 @@ class Connection:
         )
         allow_http = bool(args.get("allow_http", False))
         if not sandbox:
-            from bulklink.client import check_url
+            from bulklink.net.client import check_url
 
             base_url = check_url(base_url, what="--base-url", allow_http=allow_http)
         return cls(base_url=base_url.rstrip("/"), auth=auth, sandbox=sandbox, allow_http=allow_http)
@@ -304,7 +304,7 @@ class StateOptions:
             return cls(path=Path(state).expanduser(), relink=relink)
         if sandbox:
             return cls(path=None, relink=relink)
-        from bulklink.store import resolve_state_path
+        from bulklink.state.store import resolve_state_path
 
         return cls(path=resolve_state_path(None, env), relink=relink)
 
@@ -329,7 +329,7 @@ class Output:
         allow_http: bool = False,
         env: Mapping[str, str] | None = None,
     ) -> Output:
-        from bulklink.report import report_format
+        from bulklink.tables.report.writers import report_format
 
         env = os.environ if env is None else env
         report_format(report)
@@ -340,7 +340,7 @@ class Output:
         if notify_on not in ("problems", "always"):
             raise UsageError("--notify-on must be 'problems' or 'always'")
         if notify_url is not None:
-            from bulklink.notify import check_url
+            from bulklink.net.notify import check_url
 
             check_url(notify_url, what="--notify", allow_http=allow_http)
         job = (args.get("job") or "").strip() or report.stem

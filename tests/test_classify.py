@@ -28,14 +28,14 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from bulklink.client import (
+from bulklink.net.client import (
     MAX_SERVER_WAIT,
     Client,
     Verdict,
     classify,
     server_wait,
 )
-from bulklink.credentials import resolve_auth
+from bulklink.net.credentials import resolve_auth
 from bulklink.sandbox import Reply, Sandbox
 from tests.conftest import (
     FAST,

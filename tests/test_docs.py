@@ -2,7 +2,7 @@
 
 The README marks the tables these tests read with an HTML comment on the line before
 (invisible on GitHub): ``<!-- options: run retry -->`` (the options of those commands),
-``<!-- environment -->``, ``<!-- exit-codes -->`` and ``<!-- layout -->``. A failure
+``<!-- environment -->`` and ``<!-- exit-codes -->``. A failure
 names the README line or the option to change.
 """
 
@@ -303,33 +303,3 @@ def test_every_command_has_help_and_examples(name: str) -> None:
     assert re.search(rf"^\s+{re.escape(prefix)}\b", examples, re.MULTILINE), (
         f"`{name}`'s examples never show `{prefix} ...`"
     )
-
-
-def _imports(path: Path) -> set[str]:
-    """The bulklink modules a module imports, lazy and TYPE_CHECKING imports included."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bulklink."):
-            found.add(node.module.split(".")[1] + ".py")
-        elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] + ".py" for a in node.names if "." in a.name}
-    return found - {path.name}
-
-
-def test_layout_lists_every_module_with_imports_pointing_down(tables: list[Table]) -> None:
-    rows = _one(tables, "layout").rows
-    level = {module: index for index, row in enumerate(rows) for module in row.spans(0)}
-    modules = {p.name for p in PACKAGE.glob("*.py")} - {"__init__.py", "__main__.py"}
-    assert set(level) == modules, (
-        "README.md's layout table drifted from bulklink/: "
-        f"missing {sorted(modules - set(level))}; no such module {sorted(set(level) - modules)}"
-    )
-    upward = [
-        f"{module} (README.md:{rows[level[module]].line}) imports {other}, listed above it"
-        for module in sorted(modules)
-        for other in sorted(_imports(PACKAGE / module) & modules)
-        if level[other] < level[module]
-    ]
-    assert not upward, "imports pointing up the README's layout:\n" + "\n".join(upward)
-    importers = sorted(m for m in modules if "cli.py" in _imports(PACKAGE / m))
-    assert not importers, f"cli.py is imported by {importers}"

@@ -20,7 +20,7 @@ import pytest
 from click.testing import Result
 
 import bulklink
-from bulklink.client import (
+from bulklink.net.client import (
     check_url,
     server_wait,
 )

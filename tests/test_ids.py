@@ -17,7 +17,7 @@ import openpyxl
 import pytest
 
 from bulklink import link_pairs
-from bulklink.inputs import invalid_reason
+from bulklink.tables.inputs import invalid_reason
 from bulklink.models import Outcome
 from bulklink.sandbox import Sandbox
 from tests.conftest import ORG, TOKEN, write_csv

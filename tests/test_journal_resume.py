@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
-import bulklink.assembly
-import bulklink.inputs
-import bulklink.job
-import bulklink.journal
+import bulklink.run.assembly
+import bulklink.tables.inputs
+import bulklink.run.job
+import bulklink.state.journal
 import bulklink.models
-from bulklink.inputs import ReadOptions, Table, scan
-from bulklink.journal import Journal, Scope, checked_row, journal_path, parse_line
+from bulklink.tables.inputs import ReadOptions, Table, scan
+from bulklink.state.journal import Journal, Scope, checked_row, journal_path, parse_line
 from bulklink.models import Outcome, Result, normalise_url
 from bulklink.sandbox import Reply, Sandbox, success_body
 from tests.conftest import (
@@ -198,9 +198,9 @@ def test_a_resumed_canary_sends_only_what_is_left_of_its_limit(
 def test_resume_reads_done_rows_back_a_slice_per_loop_turn(
     tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bulklink.assembly
+    import bulklink.run.assembly
     from bulklink.api import run_job
-    from bulklink.assembly import SLICE_ROWS
+    from bulklink.run.assembly import SLICE_ROWS
 
     # 2,000 rows read back make 125 slices of SLICE_ROWS: plenty of turns to bound.
     done, n = 2_000, 2_050
@@ -229,7 +229,7 @@ def test_resume_reads_done_rows_back_a_slice_per_loop_turn(
             most[0] = max(most[0], reads[0])
             reads[0] = 0
 
-    real_run = bulklink.job._run
+    real_run = bulklink.run.job._run
 
     async def measured(*args: Any) -> Any:
         task = asyncio.create_task(probe())
@@ -239,9 +239,9 @@ def test_resume_reads_done_rows_back_a_slice_per_loop_turn(
             task.cancel()
 
     # No time to spare in a turn: each takes one check's worth of rows (machine-independent).
-    monkeypatch.setattr(bulklink.assembly, "SLICE_SECONDS", 0.0)
+    monkeypatch.setattr(bulklink.run.assembly, "SLICE_SECONDS", 0.0)
     monkeypatch.setattr(Journal, "read", read)
-    monkeypatch.setattr(bulklink.job, "_run", measured)
+    monkeypatch.setattr(bulklink.run.job, "_run", measured)
     summary = run_job(
         src,
         base_url=sandbox.url,
@@ -592,7 +592,7 @@ def test_full_disk_on_the_journal_stops_exits_74_and_resumes(
 def test_a_failed_report_write_exits_74_naming_the_report(
     tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bulklink.report import CsvWriter
+    from bulklink.tables.report.writers import CsvWriter
 
     real = CsvWriter.write
     rows_written = [0]
@@ -636,7 +636,7 @@ def test_failed_summary_or_log_writes_exit_74(
     def full(path: Path, summary: Any) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(bulklink.job, "write_summary_json", full)
+    monkeypatch.setattr(bulklink.run.job, "write_summary_json", full)
     summary = tmp_path / "s.json"
     result = run_against(sandbox, "run", src, *FAST, "--summary-json", summary)
     assert result.exit_code == 74, result.stderr
@@ -691,8 +691,8 @@ def test_a_real_full_disk_exits_74_then_resumes_after_freeing_space(
 def test_the_feed_waits_while_the_report_cursor_is_far_behind(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bulklink.inputs, "CHUNK_ROWS", 10)
-    monkeypatch.setattr(bulklink.job, "MAX_LEAD_ROWS", 20)
+    monkeypatch.setattr(bulklink.tables.inputs, "CHUNK_ROWS", 10)
+    monkeypatch.setattr(bulklink.run.job, "MAX_LEAD_ROWS", 20)
     # Row 1 answers after 1 s: the cursor stays on it while every other row is done.
     server = start_sandbox(script={"T00001": [Reply(delay=1.0)]})
     n = 200
@@ -712,15 +712,15 @@ def test_the_feed_waits_while_the_report_cursor_is_far_behind(
 def test_results_far_ahead_of_the_cursor_are_read_back_from_the_journal(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bulklink.assembly, "PENDING_IN_MEMORY", 2)
+    monkeypatch.setattr(bulklink.run.assembly, "PENDING_IN_MEMORY", 2)
     reads = [0]
-    real_read = bulklink.journal.Journal.read
+    real_read = bulklink.state.journal.Journal.read
 
-    def read(self: bulklink.journal.Journal, row: int) -> bulklink.models.Result:
+    def read(self: bulklink.state.journal.Journal, row: int) -> bulklink.models.Result:
         reads[0] += 1
         return real_read(self, row)
 
-    monkeypatch.setattr(bulklink.journal.Journal, "read", read)
+    monkeypatch.setattr(bulklink.state.journal.Journal, "read", read)
     server = start_sandbox(script={"T00001": [Reply(delay=0.5)]})
     n = 40
     src = pairs_csv(tmp_path / "in.csv", n)

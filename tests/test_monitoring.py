@@ -30,7 +30,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from bulklink.lock import hold
+from bulklink.state.lock import hold
 from bulklink.sandbox import Reply, Sandbox
 from tests.conftest import FAST_UNPACED as FAST
 from tests.conftest import invoke, pairs_csv, run_against, write_csv

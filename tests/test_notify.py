@@ -28,8 +28,8 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from bulklink.errors import UsageError
-from bulklink.metrics import render_metrics, write_metrics
-from bulklink.notify import (
+from bulklink.run.metrics import render_metrics, write_metrics
+from bulklink.net.notify import (
     NoticeKind,
     check_url,
     notice_body,

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from bulklink.pacing import MIN_RATE, Pacer, bucket_capacity
+from bulklink.run.pacing import MIN_RATE, Pacer, bucket_capacity
 
 T = TypeVar("T")
 START = 100.0  # fake time at which every test starts (not 0, as time.monotonic is not)

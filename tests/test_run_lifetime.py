@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from bulklink.client import Answer, Verdict
+from bulklink.net.client import Answer, Verdict
 from bulklink.errors import UsageError
 from bulklink.models import Outcome, Pair, Result
 from bulklink.options import RunSettings, parse_duration
-from bulklink.runner import Runner, describe_refusals
+from bulklink.run.runner import Runner, describe_refusals
 from bulklink.sandbox import Reply, Sandbox
 from tests.conftest import FAST, FAST_UNPACED, TOKEN, pairs_csv, read_report, run_against
 from tests.helpers import (
@@ -266,7 +266,7 @@ def test_junk_lock_file_held_by_nobody_does_not_block(tmp_path: Path, sandbox: S
 
 
 class _Flaky:
-    """A :class:`~bulklink.runner.Linker` whose third call raises (a bug, not the network)."""
+    """A :class:`~bulklink.run.runner.Linker` whose third call raises (a bug, not the network)."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -336,16 +336,16 @@ def test_runner_counts_refusals_since_the_last_answer_that_settled_a_row() -> No
 def test_a_bug_in_a_worker_writes_the_report_exits_70_and_resumes(
     tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bulklink.client
+    import bulklink.net.client
 
-    real = bulklink.client.classify
+    real = bulklink.net.client.classify
 
     def buggy(status: int, headers: Any, body: bytes, **options: Any) -> Answer:
         if b"T00005" in body:
             raise KeyError("boom")
         return real(status, headers, body, **options)
 
-    monkeypatch.setattr(bulklink.client, "classify", buggy)
+    monkeypatch.setattr(bulklink.net.client, "classify", buggy)
     n = 30
     src = pairs_csv(tmp_path / "in.csv", n)
     report = tmp_path / "in.results.csv"
@@ -366,7 +366,7 @@ def test_a_bug_in_a_worker_writes_the_report_exits_70_and_resumes(
     assert json.loads((tmp_path / "s.json").read_text())["exit_code"] == 70
     assert journal_of(report).exists()
 
-    monkeypatch.setattr(bulklink.client, "classify", real)
+    monkeypatch.setattr(bulklink.net.client, "classify", real)
     linked = {(r["sourceTicketId"], r["linkedTicketId"]) for r in rows if r["outcome"] == "linked"}
     since = len(sandbox.requests)
     again = run_against(sandbox, *args)

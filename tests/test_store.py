@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-import bulklink.store
+import bulklink.state.store
 from bulklink.errors import UsageError
-from bulklink.store import (
+from bulklink.state.store import (
     Scope,
     Store,
     StoreError,
@@ -233,7 +233,7 @@ def test_relink_updates_the_time_and_run_that_the_readme_query_shows(tmp_path: P
         assert store.linked_times(THENA, [(source, linked)]) == [T2]
         assert store.count_linked(THENA) == 1
     # The README's example query, taken from the module docstring, answers the question.
-    doc = bulklink.store.__doc__ or ""
+    doc = bulklink.state.store.__doc__ or ""
     query = re.search(r'state\.sqlite3 "\n(.*?)"\n', doc, re.DOTALL)
     assert query is not None
     with sqlite3.connect(path) as db:
@@ -297,7 +297,7 @@ def test_utc_stamp_is_seconds_with_z() -> None:
 WRITER = """
     import sys, time
     from pathlib import Path
-    from bulklink.store import Scope, Store
+    from bulklink.state.store import Scope, Store
     path, prefix, gate = sys.argv[1:]
     while not Path(gate).exists():
         time.sleep(0.005)
@@ -331,7 +331,7 @@ def test_two_processes_record_into_one_store_at_once(tmp_path: Path) -> None:
 
 CRASHER = """
     import os, sys
-    from bulklink.store import Scope, Store
+    from bulklink.state.store import Scope, Store
     path, when = sys.argv[1:]
     scope = Scope("https://platform.thena.ai", "org_1")
     store = Store.open(path)
@@ -434,7 +434,7 @@ def test_run_history_round_trip_order_and_lookups(tmp_path: Path) -> None:
 
 
 def test_the_run_commits_its_batch_once_it_is_large_or_old(tmp_path: Path) -> None:
-    from bulklink.ledger import FLUSH_EVERY, FLUSH_PAIRS, Ledger
+    from bulklink.state.ledger import FLUSH_EVERY, FLUSH_PAIRS, Ledger
 
     with Store.open(tmp_path / "s.sqlite3") as store:
         ledger = Ledger(store, THENA)

@@ -3,7 +3,7 @@
 Rows arrive in input order as lists of cells. The file is written to a temporary file
 beside the destination and renamed into place only when complete, so a reader never
 sees half a report. Its name is unpredictable and created with ``O_EXCL`` (see
-:mod:`bulklink.safefile`), so a link planted in the folder is never written through; the
+:mod:`bulklink._fs`), so a link planted in the folder is never written through; the
 rename replaces a link at the report's own path with the report (the target is left
 alone). CSV cells holding text from the API (ticket fields, server errors)
 that start with ``= + - @`` (or a tab or carriage return) get a leading ``'``, as OWASP
@@ -29,10 +29,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 from bulklink.errors import UsageError
 from bulklink.models import RESULT_COLUMNS, TICKET_COLUMNS, TICKET_FIELDS, Outcome, ReportRow
-from bulklink.safefile import create_temp, open_fixed
+from bulklink._fs import create_temp, open_fixed
 
 if TYPE_CHECKING:
-    from bulklink.xlsx import RunInfo
+    from bulklink.tables.report.xlsx import RunInfo
 
 FORMATS = (".csv", ".xlsx", ".jsonl")
 _RISKY = re.compile(r"'*[=+\-@\t\r]")
@@ -324,7 +324,7 @@ class XlsxWriter(ReportWriter):
         self.rows += 1
 
     def commit(self, run: RunInfo | None = None) -> None:
-        from bulklink.xlsx import write_workbook
+        from bulklink.tables.report.xlsx import write_workbook
 
         spool = self._spool
         assert spool is not None

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from bulklink.models import ErrorGroup, ErrorTally, Outcome, Summary
-from bulklink.report import text_cell
+from bulklink.tables.report.writers import text_cell
 
 ROWS_SHEET = "report"
 SUMMARY_SHEET = "Summary"

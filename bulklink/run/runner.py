@@ -20,10 +20,10 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-from bulklink.client import Answer, Verdict
+from bulklink.net.client import Answer, Verdict
 from bulklink.models import Outcome, Pair, Result, build, utc_stamp
 from bulklink.options import RunSettings
-from bulklink.pacing import Pacer
+from bulklink.run.pacing import Pacer
 
 CREDENTIALS_REJECTED = "credentials rejected"
 WRONG_BASE_URL = "the API answers with redirects: check --base-url"
@@ -40,7 +40,7 @@ _LINKED_OUTCOME = Outcome.LINKED
 
 class Linker(Protocol):
     """What the runner needs of the HTTP edge: one attempt, classified; never raises for
-    anything the network or the server can do (:class:`~bulklink.client.Client`)."""
+    anything the network or the server can do (:class:`~bulklink.net.client.Client`)."""
 
     async def link(self, source: str, linked: str) -> Answer: ...
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bulklink.errors import LockedError
-from bulklink.safefile import open_fixed, sweep
+from bulklink._fs import open_fixed, sweep
 
 
 def lock_path(report: Path) -> Path:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from bulklink.client import is_loopback
+from bulklink.net.client import is_loopback
 from bulklink.errors import UsageError
 
 DEFAULT_TIMEOUT = 10.0

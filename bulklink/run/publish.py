@@ -19,7 +19,7 @@ from bulklink.console import Console
 from bulklink.errors import BulklinkError
 from bulklink.models import Summary
 from bulklink.options import Output
-from bulklink.safefile import create_temp
+from bulklink._fs import create_temp
 
 
 def write_summary_json(path: os.PathLike[str] | str, summary: Summary) -> None:
@@ -56,7 +56,7 @@ def publish(
         except (OSError, BulklinkError) as exc:
             console.error(f"warning: cannot write --summary-json {output.summary_json}: {exc}")
     if output.metrics_file is not None:
-        from bulklink.metrics import render_metrics, write_metrics
+        from bulklink.run.metrics import render_metrics, write_metrics
 
         finished = time.time()
         content = render_metrics(
@@ -84,7 +84,7 @@ def _notify(
     redact: Callable[[str], str],
     allow_http: bool,
 ) -> None:
-    from bulklink.notify import NoticeKind, notice_body, send_notice_sync, should_notify
+    from bulklink.net.notify import NoticeKind, notice_body, send_notice_sync, should_notify
 
     assert output.notify_url is not None
     kind = should_notify(output.notify_on, summary.exit_code, previous_exit_code)

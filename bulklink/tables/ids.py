@@ -198,7 +198,7 @@ def excel_error_rows(values: list[str]) -> np.ndarray[Any, Any]:
 
 
 def row_code(source: str, linked: str) -> int:
-    """The code :func:`bulklink.inputs.scan` gives a row of two trimmed text IDs."""
+    """The code :func:`bulklink.tables.inputs.scan` gives a row of two trimmed text IDs."""
     if source in EXCEL_ERRORS:
         return EXCEL_ERROR_SOURCE
     if linked in EXCEL_ERRORS:

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bulklink.errors import InputError
-from bulklink.ids import ALREADY as ALREADY
-from bulklink.ids import BLANK_BOTH as BLANK_BOTH
-from bulklink.ids import BLANK_LINKED as BLANK_LINKED
-from bulklink.ids import BLANK_SOURCE as BLANK_SOURCE
-from bulklink.ids import (
+from bulklink.tables.ids import ALREADY as ALREADY
+from bulklink.tables.ids import BLANK_BOTH as BLANK_BOTH
+from bulklink.tables.ids import BLANK_LINKED as BLANK_LINKED
+from bulklink.tables.ids import BLANK_SOURCE as BLANK_SOURCE
+from bulklink.tables.ids import (
     CONTROL_LINKED,
     CONTROL_SOURCE,
     EXCEL_ERROR_LINKED,
@@ -39,11 +39,11 @@ from bulklink.ids import (
     unsafe_char,
     unsafe_rows,
 )
-from bulklink.ids import DUPLICATE as DUPLICATE
-from bulklink.ids import INVALID_REASONS as INVALID_REASONS
-from bulklink.ids import KEEP as KEEP
-from bulklink.ids import SELF_LINK as SELF_LINK
-from bulklink.ids import SEND as SEND
+from bulklink.tables.ids import DUPLICATE as DUPLICATE
+from bulklink.tables.ids import INVALID_REASONS as INVALID_REASONS
+from bulklink.tables.ids import KEEP as KEEP
+from bulklink.tables.ids import SELF_LINK as SELF_LINK
+from bulklink.tables.ids import SEND as SEND
 from bulklink.models import RESULT_COLUMNS, Pair
 
 if TYPE_CHECKING:
@@ -253,7 +253,7 @@ class Table:
         import numpy as np
         import pandas as pd
 
-        from bulklink.workbook import read_sheet
+        from bulklink.tables.workbook import read_sheet
 
         try:
             data = self.path.read_bytes()

@@ -25,7 +25,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from bulklink import __version__
-from bulklink.credentials import Auth
+from bulklink.net.credentials import Auth
 from bulklink.errors import UsageError
 from bulklink.models import build
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bulklink.models import Summary
 from bulklink.options import Connection, StateOptions
-from bulklink.store import RunRecord, Scope, Store
+from bulklink.state.store import RunRecord, Scope, Store
 
 SANDBOX_SCOPE = "sandbox:"
 # A killed run's pairs since the last flush are in its journal, so these bound only the
@@ -69,7 +69,7 @@ class Ledger:
 
     @classmethod
     def open(cls, options: StateOptions, connection: Connection) -> Ledger:
-        """Open the store the options name (raises :class:`~bulklink.store.StoreError`)."""
+        """Open the store the options name (raises :class:`~bulklink.state.store.StoreError`)."""
         store = Store.open(options.path) if options.path is not None else None
         return cls(store, scope_of(connection), relink=options.relink)
 

@@ -1,0 +1,1 @@
+"""The report: one schema, one writer per format behind one interface, one reader."""
