@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from bulklink.models import TICKET_COLUMNS, Outcome, ReportRow
-from bulklink.tables.report.writers import open_writer, split_ticket
 from bulklink.sandbox import success_body
+from bulklink.tables.report.writers import open_writer, split_ticket
 
 
 def peak_mb() -> float:

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from bulklink.models import LinkResult as LinkResult
     from bulklink.models import Outcome as Outcome
     from bulklink.models import Summary as Summary
-    from bulklink.tables.report.reader import read_report as read_report
     from bulklink.stream import link_pairs as link_pairs
+    from bulklink.tables.report.reader import read_report as read_report
 
 try:
     __version__ = version("bulklink")

@@ -21,24 +21,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bulklink.run.assembly import Layout
+from bulklink._fs import create_temp
 from bulklink.console import Console
-from bulklink.net.credentials import preflight, resolve_auth
 from bulklink.errors import BulklinkError, DiskError, InputError, LockedError, UsageError
-from bulklink.tables.inputs import (
-    ALREADY,
-    DUPLICATE,
-    INVALID_REASONS,
-    SEND,
-    Plan,
-    ReadOptions,
-    Table,
-    scan,
-)
-from bulklink.run.job import Job, execute, recover_links, resolve_report, signals_raise
-from bulklink.state.ledger import Ledger, scope_for
-from bulklink.state.lock import hold
 from bulklink.models import Pair, Summary
+from bulklink.net.credentials import preflight, resolve_auth
 from bulklink.options import (
     DEFAULT_BASE_URL,
     Connection,
@@ -49,10 +36,23 @@ from bulklink.options import (
     StateOptions,
     job_args,
 )
+from bulklink.run.assembly import Layout
+from bulklink.run.job import Job, execute, recover_links, resolve_report, signals_raise
 from bulklink.run.publish import publish
-from bulklink.tables.report.reader import kept_rows, open_report
-from bulklink._fs import create_temp
+from bulklink.state.ledger import Ledger, scope_for
+from bulklink.state.lock import hold
 from bulklink.state.store import RunRecord, Store
+from bulklink.tables.inputs import (
+    ALREADY,
+    DUPLICATE,
+    INVALID_REASONS,
+    SEND,
+    Plan,
+    ReadOptions,
+    Table,
+    scan,
+)
+from bulklink.tables.report.reader import kept_rows, open_report
 
 
 @dataclass(slots=True)

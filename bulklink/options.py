@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
-from bulklink.net.credentials import Auth, resolve_auth
 from bulklink.errors import UsageError
+from bulklink.net.credentials import Auth, resolve_auth
 
 DEFAULT_BASE_URL = "https://platform.thena.ai"
 

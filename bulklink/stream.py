@@ -6,12 +6,12 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable
 from pathlib import Path
 
-from bulklink.net.client import Client
 from bulklink.errors import CredentialsRejected
-from bulklink.tables.inputs import clean_id, invalid_reason
 from bulklink.models import LinkResult, Outcome, Pair, Result
+from bulklink.net.client import Client
 from bulklink.options import Connection, RunSettings, job_args
 from bulklink.run.runner import AUTO_CAP, CREDENTIALS_REJECTED, Runner
+from bulklink.tables.inputs import clean_id, invalid_reason
 
 #: What a caller may hand in for an ID: text, a number, or a blank (None, or NaN from pandas).
 IdLike = str | int | float | None

@@ -8,7 +8,6 @@ names the README line or the option to change.
 
 from __future__ import annotations
 
-import ast
 import re
 import signal
 from collections.abc import Iterator, Mapping

@@ -20,11 +20,11 @@ import pytest
 from click.testing import Result
 
 import bulklink
+from bulklink.errors import UsageError
 from bulklink.net.client import (
     check_url,
     server_wait,
 )
-from bulklink.errors import UsageError
 from bulklink.sandbox import Reply, RequestRecord, Sandbox
 from tests.conftest import (
     FAST,

@@ -17,9 +17,9 @@ import openpyxl
 import pytest
 
 from bulklink import link_pairs
-from bulklink.tables.inputs import invalid_reason
 from bulklink.models import Outcome
 from bulklink.sandbox import Sandbox
+from bulklink.tables.inputs import invalid_reason
 from tests.conftest import ORG, TOKEN, write_csv
 from tests.helpers import (
     HEAD,

@@ -20,15 +20,15 @@ from typing import Any
 
 import pytest
 
+import bulklink.models
 import bulklink.run.assembly
-import bulklink.tables.inputs
 import bulklink.run.job
 import bulklink.state.journal
-import bulklink.models
-from bulklink.tables.inputs import ReadOptions, Table, scan
-from bulklink.state.journal import Journal, Scope, checked_row, journal_path, parse_line
+import bulklink.tables.inputs
 from bulklink.models import Outcome, Result, normalise_url
 from bulklink.sandbox import Reply, Sandbox, success_body
+from bulklink.state.journal import Journal, Scope, checked_row, journal_path, parse_line
+from bulklink.tables.inputs import ReadOptions, Table, scan
 from tests.conftest import (
     FAST,
     FAST_UNPACED,

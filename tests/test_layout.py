@@ -115,5 +115,7 @@ def test_the_top_folder_stays_small() -> None:
 
 
 def test_every_module_says_its_job() -> None:
-    silent = sorted(m for m, p in MODULES.items() if not ast.get_docstring(ast.parse(p.read_text())))
+    silent = sorted(
+        m for m, p in MODULES.items() if not ast.get_docstring(ast.parse(p.read_text()))
+    )
     assert not silent, f"modules without a docstring saying their one job: {silent}"

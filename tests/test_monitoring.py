@@ -30,8 +30,8 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from bulklink.state.lock import hold
 from bulklink.sandbox import Reply, Sandbox
+from bulklink.state.lock import hold
 from tests.conftest import FAST_UNPACED as FAST
 from tests.conftest import invoke, pairs_csv, run_against, write_csv
 from tests.helpers import spawn, wait_until

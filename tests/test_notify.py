@@ -28,7 +28,6 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from bulklink.errors import UsageError
-from bulklink.run.metrics import render_metrics, write_metrics
 from bulklink.net.notify import (
     NoticeKind,
     check_url,
@@ -37,6 +36,7 @@ from bulklink.net.notify import (
     send_notice_sync,
     should_notify,
 )
+from bulklink.run.metrics import render_metrics, write_metrics
 
 SECRET_PATH = "/services/T0001/B0002/hook-SECRET-xyz"
 TOKEN = 'tok"SE\\CRET&<x>'

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from bulklink.net.client import Answer, Verdict
 from bulklink.errors import UsageError
 from bulklink.models import Outcome, Pair, Result
+from bulklink.net.client import Answer, Verdict
 from bulklink.options import RunSettings, parse_duration
 from bulklink.run.runner import Runner, describe_refusals
 from bulklink.sandbox import Reply, Sandbox

@@ -25,9 +25,9 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from bulklink import __version__
-from bulklink.net.credentials import Auth
 from bulklink.errors import UsageError
 from bulklink.models import build
+from bulklink.net.credentials import Auth
 
 LINK_PATH = "/v1/tickets/link"
 DEFAULT_BASE_URL = "https://platform.thena.ai"

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from bulklink.net.client import is_loopback
 from bulklink.errors import UsageError
+from bulklink.net.client import is_loopback
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_TRIES = 3

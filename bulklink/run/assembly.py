@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bulklink.models import TICKET_COLUMNS, ErrorTally, Outcome, ReportRow, Result, build
+from bulklink.state.journal import Journal
 from bulklink.tables.ids import invalid_text
 from bulklink.tables.inputs import ALREADY, DUPLICATE, KEEP, SEND, Chunk, Plan
-from bulklink.state.journal import Journal
-from bulklink.models import TICKET_COLUMNS, ErrorTally, Outcome, ReportRow, Result, build
 from bulklink.tables.report.writers import ReportWriter, RowReader, split_ticket
 
 PENDING_IN_MEMORY = 4096  # out-of-order results kept whole; beyond it, re-read from journal

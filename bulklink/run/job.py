@@ -24,8 +24,6 @@ from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 
-from bulklink.run.assembly import Assembler, Layout
-from bulklink.net.client import Client
 from bulklink.console import Console
 from bulklink.errors import (
     BulklinkError,
@@ -35,14 +33,16 @@ from bulklink.errors import (
     Interrupted,
     UsageError,
 )
-from bulklink.tables.inputs import SEND, Chunk, Plan
+from bulklink.models import Outcome, Pair, Summary, build
+from bulklink.net.client import Client
+from bulklink.options import Connection, Control, Output, RunSettings, format_duration
+from bulklink.run.assembly import Assembler, Layout
+from bulklink.run.publish import write_summary_json
+from bulklink.run.runner import CREDENTIALS_REJECTED, INTERNAL_ERROR, Runner, describe_refusals
 from bulklink.state.journal import Journal, Scope, hand_over_links, journal_path
 from bulklink.state.ledger import Ledger
-from bulklink.models import Outcome, Pair, Summary, build
-from bulklink.options import Connection, Control, Output, RunSettings, format_duration
-from bulklink.run.publish import write_summary_json
+from bulklink.tables.inputs import SEND, Chunk, Plan
 from bulklink.tables.report.writers import ReportWriter, open_writer
-from bulklink.run.runner import CREDENTIALS_REJECTED, INTERNAL_ERROR, Runner, describe_refusals
 from bulklink.tables.report.xlsx import RunInfo
 
 _T = TypeVar("_T")

@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
+from bulklink._fs import create_temp
 from bulklink.console import Console
 from bulklink.errors import BulklinkError
 from bulklink.models import Summary
 from bulklink.options import Output
-from bulklink._fs import create_temp
 
 
 def write_summary_json(path: os.PathLike[str] | str, summary: Summary) -> None:

@@ -20,8 +20,8 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-from bulklink.net.client import Answer, Verdict
 from bulklink.models import Outcome, Pair, Result, build, utc_stamp
+from bulklink.net.client import Answer, Verdict
 from bulklink.options import RunSettings
 from bulklink.run.pacing import Pacer
 

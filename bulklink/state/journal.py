@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from bulklink.models import Outcome, Result, normalise_url
 from bulklink._fs import create_temp, open_fixed
+from bulklink.models import Outcome, Result, normalise_url
 
 FORMAT = 3  # 2: the header holds the scope; 3: a CRC-32 ends each line; "t", "s", "l"
 UNREADABLE = "not attempted: its journal line could not be read back"

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bulklink.errors import LockedError
 from bulklink._fs import open_fixed, sweep
+from bulklink.errors import LockedError
 
 
 def lock_path(report: Path) -> Path:

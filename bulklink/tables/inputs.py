@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bulklink.errors import InputError
+from bulklink.models import RESULT_COLUMNS, Pair
 from bulklink.tables.ids import ALREADY as ALREADY
 from bulklink.tables.ids import BLANK_BOTH as BLANK_BOTH
 from bulklink.tables.ids import BLANK_LINKED as BLANK_LINKED
@@ -44,7 +45,6 @@ from bulklink.tables.ids import INVALID_REASONS as INVALID_REASONS
 from bulklink.tables.ids import KEEP as KEEP
 from bulklink.tables.ids import SELF_LINK as SELF_LINK
 from bulklink.tables.ids import SEND as SEND
-from bulklink.models import RESULT_COLUMNS, Pair
 
 if TYPE_CHECKING:
     import numpy as np

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bulklink.run.assembly import Layout
 from bulklink.errors import InputError
-from bulklink.tables.inputs import Chunk, ReadOptions, Table
 from bulklink.models import RESULT_COLUMNS, TICKET_COLUMNS, ErrorTally, Outcome, Summary
+from bulklink.run.assembly import Layout
+from bulklink.tables.inputs import Chunk, ReadOptions, Table
 from bulklink.tables.report.writers import RowReader
 
 _OUTCOMES = frozenset(o.value for o in Outcome)

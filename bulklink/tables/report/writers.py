@@ -27,9 +27,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from bulklink._fs import create_temp, open_fixed
 from bulklink.errors import UsageError
 from bulklink.models import RESULT_COLUMNS, TICKET_COLUMNS, TICKET_FIELDS, Outcome, ReportRow
-from bulklink._fs import create_temp, open_fixed
 
 if TYPE_CHECKING:
     from bulklink.tables.report.xlsx import RunInfo
