@@ -26,7 +26,8 @@ import bulklink.run.job
 from bulklink.api import run_job
 from bulklink.models import Outcome, Result
 from bulklink.sandbox import success_body
-from bulklink.state.journal import Journal, Scope, journal_path
+from bulklink.state.journal import Journal, journal_path
+from bulklink.state.scope import Scope
 from bulklink.tables.inputs import ReadOptions, Table, scan
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -22,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bulklink.state.store import Scope, Store, utc_stamp
+from bulklink.state.scope import Scope
+from bulklink.state.store import Store
+from bulklink.text import utc_stamp
 
 ALPHABET = string.ascii_uppercase + string.digits
 CHUNK = 50_000

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from instructions import callgrind
 
 from bulklink.state.ledger import Ledger
-from bulklink.state.store import Scope, Store
+from bulklink.state.scope import Scope
+from bulklink.state.store import Store
 
 ROWS_PER_SECOND = 500  # pairs sharing one linked_at, as at a run's typical rate
 

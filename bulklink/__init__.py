@@ -7,7 +7,6 @@ pandas and aiohttp.
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -32,10 +31,9 @@ if TYPE_CHECKING:
     from bulklink.stream import link_pairs as link_pairs
     from bulklink.tables.report.reader import read_report as read_report
 
-try:
-    __version__ = version("bulklink")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0+unknown"
+from bulklink.models import VERSION
+
+__version__ = VERSION
 
 _EXPORTS = {
     "run_job": "bulklink.api",

@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import stat
+import time
 from pathlib import Path
 
 from bulklink.errors import UsageError
@@ -74,10 +75,59 @@ def create_temp(beside: Path, kind: str, mode: int = 0o666, flags: int = 0) -> t
         except FileExistsError:
             continue
         except OSError as exc:
-            raise UsageError(f"cannot create a temporary file {tmp}: {exc.strerror}") from None
+            raise UsageError(f"cannot create a temporary file {tmp}: {exc.strerror}") from exc
         os.set_blocking(fd, True)
         return fd, tmp
     raise UsageError(f"cannot create a temporary file beside {beside}: every name was taken")
+
+
+class AtomicFile:
+    """A file that appears at ``target`` whole or not at all: written under a temporary
+    name beside it (:func:`create_temp`), then fsynced and renamed over it by
+    :meth:`install`. The one way bulklink replaces a file (report, journal, summary,
+    metrics), so every temporary name is one :func:`sweep` knows."""
+
+    def __init__(self, target: Path, *, kind: str = "tmp", mode: int = 0o666, flags: int = 0):
+        self.target = target
+        self.fd, self.tmp = create_temp(target, kind, mode, flags)
+
+    def install(self) -> None:
+        """Durable first, then visible: a crash leaves the old file or the whole new one."""
+        os.fsync(self.fd)
+        self.tmp.replace(self.target)  # replaces a link at the target; never follows it
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def discard(self) -> None:
+        self.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+#: Seconds after which a small file's temporary (summary, metrics) is surely abandoned:
+#: writing one takes milliseconds.
+_ABANDONED = 60.0
+
+
+def write_atomically(target: Path, content: bytes, mode: int, *, exact_mode: bool = False) -> None:
+    """``content`` at ``target`` via :class:`AtomicFile`, after sweeping what killed writers
+    of it left; ``exact_mode`` ignores the umask (a collector running as another user must
+    read the metrics file)."""
+    sweep(target, before=time.time() - _ABANDONED)
+    new = AtomicFile(target, mode=mode)
+    try:
+        if exact_mode:
+            os.fchmod(new.fd, mode)
+        view = memoryview(content)
+        while view:
+            view = view[os.write(new.fd, view) :]
+        new.install()
+    except BaseException:
+        new.discard()
+        raise
+    new.close()
 
 
 def leftover_pattern(report: Path) -> re.Pattern[str]:
@@ -90,8 +140,9 @@ def leftover_pattern(report: Path) -> re.Pattern[str]:
 
 
 def sweep(report: Path, before: float) -> int:
-    """Remove our temporary files for ``report`` last modified before ``before`` (the lock's
-    start: whoever made them is gone, since the caller holds the lock); returns how many."""
+    """Remove our temporary files for ``report`` (or any file we write) last modified
+    before ``before`` (the lock's start, or long enough ago: whoever made them is gone);
+    returns how many."""
     pattern = leftover_pattern(report)
     removed = 0
     try:

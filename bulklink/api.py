@@ -18,7 +18,6 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from bulklink._fs import create_temp
@@ -27,7 +26,6 @@ from bulklink.errors import BulklinkError, DiskError, InputError, LockedError, U
 from bulklink.models import Pair, Summary
 from bulklink.net.credentials import preflight, resolve_auth
 from bulklink.options import (
-    DEFAULT_BASE_URL,
     Connection,
     Control,
     JobArgs,
@@ -36,11 +34,13 @@ from bulklink.options import (
     StateOptions,
     job_args,
 )
+from bulklink.redaction import Redactor
 from bulklink.run.assembly import Layout
 from bulklink.run.job import Job, execute, recover_links, resolve_report, signals_raise
 from bulklink.run.publish import publish
-from bulklink.state.ledger import Ledger, scope_for
+from bulklink.state.ledger import Ledger
 from bulklink.state.lock import hold
+from bulklink.state.scope import Scope
 from bulklink.state.store import RunRecord, Store
 from bulklink.tables.inputs import (
     ALREADY,
@@ -53,6 +53,8 @@ from bulklink.tables.inputs import (
     scan,
 )
 from bulklink.tables.report.reader import kept_rows, open_report
+from bulklink.text import utc_stamp
+from bulklink.urls import DEFAULT_BASE_URL
 
 
 @dataclass(slots=True)
@@ -257,14 +259,14 @@ def _published(
                     console,
                     previous_exit_code=previous.exit_code if previous else None,
                     last_success=ledger.last_success(output.job),
-                    redact=prepared.connection.auth.redact,
+                    redact=prepared.console.redact,
                     allow_http=prepared.connection.allow_http,
                     summary_json=refused,
                 )
 
 
 def _refused(report: Path, exc: BulklinkError) -> Summary:
-    now = datetime.now(UTC).isoformat(timespec="seconds")
+    now = utc_stamp()
     return Summary(
         report=str(report), started=now, finished=now, exit_code=exc.exit_code, stopped=str(exc)
     )
@@ -285,7 +287,7 @@ def _publish_refusal(prepared: _Prepared, exc: BulklinkError, *, files: bool = F
         prepared.console,
         previous_exit_code=None,
         last_success=None,
-        redact=prepared.connection.auth.redact,
+        redact=prepared.console.redact,
         allow_http=prepared.connection.allow_http,
         summary_json=files,
     )
@@ -347,7 +349,9 @@ class _Prepared:
         """The one place ``run`` and ``retry`` check their options."""
         console = console or Console.silent()
         connection = Connection.build(options)
-        console.redact = connection.auth.redact
+        output = Output.build(report, options, allow_http=connection.allow_http)
+        # The webhook URL is a secret too: aiohttp's messages may quote it.
+        console.redact = connection.auth.redact | Redactor(urls=[output.notify_url])
         for warning in connection.auth.warnings:  # shown even with -q, as ssh does
             console.error(warning)
         return cls(
@@ -355,7 +359,7 @@ class _Prepared:
             settings=RunSettings.build(options),
             control=Control.build(options),
             state=StateOptions.build(options, sandbox=connection.sandbox),
-            output=Output.build(report, options, allow_http=connection.allow_http),
+            output=output,
             console=console,
             command=command,
             command_line=connection.auth.redact(command_line(command)),
@@ -445,7 +449,7 @@ def dry_run(
         if store is not None:
             stack.enter_context(store)
         key = _scope_key(api_key, api_key_file) if not (org or sandbox) else None
-        scope = scope_for(url, org, sandbox=sandbox, api_key=key)
+        scope = Scope.build(url, org, sandbox=sandbox, api_key=key)
         ledger = Ledger(store, scope, relink=options.relink)
         if str(input) == "-":
             tmp = stack.enter_context(tempfile.TemporaryDirectory())

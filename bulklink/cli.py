@@ -290,7 +290,7 @@ def echo(message: str, *, err: bool = False, raw: bool = False) -> None:
     it cannot drive the terminal; ``raw`` is for JSON, which escapes them itself.
     """
     if not raw:
-        from bulklink.console import escape_controls
+        from bulklink.text import escape_controls
 
         message = escape_controls(message)
     try:

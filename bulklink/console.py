@@ -14,42 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from bulklink.text import escape_controls, format_duration, utc_stamp
+
 LOG_EVERY = 10.0
-# What a terminal acts on instead of showing: C0 controls (newline and tab included: a
-# server's message must not start a line of its own), DEL, C1 (0x9b is a CSI on some
-# terminals), and the bidi overrides and isolates that reorder what is shown.
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
-
-
-def _visible(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def escape_controls(text: str) -> str:
-    """``text`` safe for a terminal or a log: each control character as a visible escape.
-
-    ``\\x1b[2J`` stays text instead of clearing the screen. For everything bulklink
-    prints or logs; the report keeps the data as it came.
-    """
-    return _CONTROLS.sub(_visible, text) if _CONTROLS.search(text) else text
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 def _open_log(path: Path) -> int:
@@ -118,7 +91,7 @@ class Console:
 
     def _to_log(self, text: str) -> None:
         if self._log is not None:
-            stamp = datetime.now(UTC).isoformat(timespec="seconds")
+            stamp = utc_stamp()
             try:
                 self._log.write(f"{stamp} {escape_controls(text)}\n")
                 self._log.flush()
@@ -213,7 +186,7 @@ class Console:
         pct = 100.0 * done / self._total if self._total else 100.0
         return (
             f"progress: {done}/{self._total} rows ({pct:.1f}%), {rate:.1f} rows/s, "
-            f"ETA {_duration(eta)}"
+            f"ETA {format_duration(round(eta))}"
         )
 
     def finish_progress(self, done: int) -> None:

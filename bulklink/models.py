@@ -6,8 +6,13 @@ import enum
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit, urlunsplit
+
+try:
+    VERSION = version("bulklink")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    VERSION = "0+unknown"
 
 #: The ticket fields Thena documents for the link endpoint's answer, in its order. The
 #: report always has a ``ticket.<field>`` column for each, so its shape never depends on
@@ -226,21 +231,3 @@ class ErrorTally:
             ErrorGroup(error, count, tuple(self._examples[error]))
             for error, count in self._counts.most_common(top)
         ]
-
-
-def normalise_url(url: str) -> str:
-    """One spelling per server, for the journal's and the store's scopes: scheme and host
-    lower-cased, default port and trailing ``/`` dropped; credentials, query and fragment
-    left out (they never belong in a journal or a store)."""
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is not None and port != {"https": 443, "http": 80}.get(scheme):
-        host = f"{host}:{port}"
-    return urlunsplit((scheme, host, parts.path.rstrip("/"), "", ""))

@@ -22,8 +22,7 @@ from typing import Any, TypedDict, cast
 
 from bulklink.errors import UsageError
 from bulklink.net.credentials import Auth, resolve_auth
-
-DEFAULT_BASE_URL = "https://platform.thena.ai"
+from bulklink.urls import DEFAULT_BASE_URL, check_url
 
 #: The environment variables bulklink reads, and what each means (the README's table).
 ENVIRONMENT = {
@@ -134,8 +133,6 @@ class Connection:
         )
         allow_http = bool(args.get("allow_http", False))
         if not sandbox:
-            from bulklink.net.client import check_url
-
             base_url = check_url(base_url, what="--base-url", allow_http=allow_http)
         return cls(base_url=base_url.rstrip("/"), auth=auth, sandbox=sandbox, allow_http=allow_http)
 
@@ -268,15 +265,6 @@ def parse_duration(value: float | str | None, option: str) -> float | None:
     return seconds or None
 
 
-def format_duration(seconds: float) -> str:
-    """The shortest way to write ``seconds`` back as a duration option takes it."""
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{seconds / 3600:g}h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{seconds / 60:g}m"
-    return f"{seconds:g}s"
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StateOptions:
     """Which state store a run reads and writes (``path`` None: none at all)."""
@@ -340,9 +328,7 @@ class Output:
         if notify_on not in ("problems", "always"):
             raise UsageError("--notify-on must be 'problems' or 'always'")
         if notify_url is not None:
-            from bulklink.net.notify import check_url
-
-            check_url(notify_url, what="--notify", allow_http=allow_http)
+            check_url(notify_url, what="--notify", allow_http=allow_http, secret=True)
         job = (args.get("job") or "").strip() or report.stem
         return cls(
             report=report,

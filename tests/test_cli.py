@@ -20,8 +20,8 @@ import click
 import pytest
 
 from bulklink.cli import cli
-from bulklink.console import escape_controls
 from bulklink.sandbox import Reply, Sandbox
+from bulklink.text import escape_controls
 from tests.conftest import (
     FAST,
     FAST_UNPACED,

@@ -22,7 +22,8 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from bulklink.net.credentials import resolve_auth, secret_forms
+from bulklink.net.credentials import resolve_auth
+from bulklink.redaction import secret_forms
 from bulklink.sandbox import Reply, Sandbox
 from tests.conftest import (
     FAST,

@@ -21,11 +21,9 @@ from click.testing import Result
 
 import bulklink
 from bulklink.errors import UsageError
-from bulklink.net.client import (
-    check_url,
-    server_wait,
-)
+from bulklink.net.client import server_wait
 from bulklink.sandbox import Reply, RequestRecord, Sandbox
+from bulklink.urls import check_url
 from tests.conftest import (
     FAST,
     ORG,

@@ -30,13 +30,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from bulklink.errors import UsageError
 from bulklink.net.notify import (
     NoticeKind,
-    check_url,
     notice_body,
     send_notice,
     send_notice_sync,
     should_notify,
 )
 from bulklink.run.metrics import render_metrics, write_metrics
+from bulklink.urls import check_url
 
 SECRET_PATH = "/services/T0001/B0002/hook-SECRET-xyz"
 TOKEN = 'tok"SE\\CRET&<x>'
@@ -262,6 +262,28 @@ def test_a_4xx_is_not_retried(receiver: Receiver) -> None:
     assert "HTTP 404 Not Found: oops at ***" in outcome
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        # Power Automate: aiohttp sends (and the receiver echoes) %2F as / and %7E as ~
+        "api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=Sig%7EVal%41ue-x9Q2",
+        "code=AbC%2FdEf%2BgHi%3D%3D&clientId=default",  # Azure Functions
+    ],
+)
+def test_a_secret_query_respelled_by_aiohttp_is_redacted_when_echoed(
+    receiver: Receiver, query: str
+) -> None:
+    receiver.statuses = [404]
+    url = receiver.url.split("?")[0] + "?" + query
+    outcome, _ = send(url, {"text": "t"}, backoff=0.01)
+    assert outcome is not None and outcome.startswith("warning: the notice to 127.0.0.1")
+    [echoed] = receiver.paths  # what the receiver saw: aiohttp's spelling, not ours
+    assert echoed != SECRET_PATH + "?" + query
+    for secret in ("Sig~ValAue-x9Q2", "Sig%7EVal%41ue-x9Q2", "AbC/dEf+gHi==", "AbC%2FdEf"):
+        assert secret not in outcome, outcome
+    assert "SECRET" not in outcome
+
+
 def test_a_redirect_is_not_followed(receiver: Receiver) -> None:
     receiver.statuses = [307]
     outcome, _ = send(receiver.url, {"text": "t"}, backoff=0.01)
@@ -327,7 +349,7 @@ def test_a_flood_of_an_answer_is_quoted_not_read(receiver: Receiver) -> None:
     ],
 )
 def test_https_or_loopback_is_accepted(url: str) -> None:
-    check_url(url, what="--notify", allow_http=False)
+    check_url(url, what="--notify", allow_http=False, secret=True)
 
 
 @pytest.mark.parametrize(
@@ -341,11 +363,11 @@ def test_https_or_loopback_is_accepted(url: str) -> None:
 )
 def test_http_elsewhere_is_refused_naming_only_the_host(url: str) -> None:
     with pytest.raises(UsageError) as caught:
-        check_url(url, what="--notify", allow_http=False)
+        check_url(url, what="--notify", allow_http=False, secret=True)
     message = str(caught.value)
     assert message.startswith("--notify must use https://")
     assert "SECRET" not in message
-    check_url(url, what="--notify", allow_http=True)
+    check_url(url, what="--notify", allow_http=True, secret=True)
 
 
 @pytest.mark.parametrize(
@@ -361,7 +383,7 @@ def test_http_elsewhere_is_refused_naming_only_the_host(url: str) -> None:
 )
 def test_a_bad_url_is_one_line_without_the_path(url: str) -> None:
     with pytest.raises(UsageError) as caught:
-        check_url(url, what="--notify", allow_http=False)
+        check_url(url, what="--notify", allow_http=False, secret=True)
     assert "SECRET" not in str(caught.value)
     assert "\n" not in str(caught.value)
 

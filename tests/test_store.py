@@ -16,14 +16,14 @@ import pytest
 
 import bulklink.state.store
 from bulklink.errors import UsageError
+from bulklink.state.scope import Scope
 from bulklink.state.store import (
-    Scope,
     Store,
     StoreError,
     default_state_path,
     resolve_state_path,
-    utc_stamp,
 )
+from bulklink.text import utc_stamp
 
 ROOT = Path(__file__).resolve().parents[1]
 THENA = Scope("https://platform.thena.ai", "org_1")
@@ -297,7 +297,8 @@ def test_utc_stamp_is_seconds_with_z() -> None:
 WRITER = """
     import sys, time
     from pathlib import Path
-    from bulklink.state.store import Scope, Store
+    from bulklink.state.scope import Scope
+    from bulklink.state.store import Store
     path, prefix, gate = sys.argv[1:]
     while not Path(gate).exists():
         time.sleep(0.005)
@@ -331,7 +332,8 @@ def test_two_processes_record_into_one_store_at_once(tmp_path: Path) -> None:
 
 CRASHER = """
     import os, sys
-    from bulklink.state.store import Scope, Store
+    from bulklink.state.scope import Scope
+    from bulklink.state.store import Store
     path, when = sys.argv[1:]
     scope = Scope("https://platform.thena.ai", "org_1")
     store = Store.open(path)

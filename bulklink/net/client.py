@@ -10,32 +10,28 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import enum
-import ipaddress
 import json
 import math
 import platform
 import re
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
-from bulklink import __version__
-from bulklink.errors import UsageError
-from bulklink.models import build
+from bulklink.models import VERSION, build
 from bulklink.net.credentials import Auth
+from bulklink.urls import LINK_PATH, check_url
 
-LINK_PATH = "/v1/tickets/link"
-DEFAULT_BASE_URL = "https://platform.thena.ai"
 MAX_SERVER_WAIT = 300.0  # seconds; a longer Retry-After is capped so a nightly run still ends
 MAX_ANSWER = 8 * 1024 * 1024  # decompressed bytes; a ticket is about 2 KB
 TOO_LARGE = "answer larger than 8 MB"
 USER_AGENT = (
-    f"bulklink/{__version__} (aiohttp/{aiohttp.__version__}; python/{platform.python_version()})"
+    f"bulklink/{VERSION} (aiohttp/{aiohttp.__version__}; python/{platform.python_version()})"
 )
 _CHUNK = 64 * 1024
 _TAGS = re.compile(r"<[^>]*>")
@@ -75,50 +71,6 @@ class Answer(NamedTuple):
     @property
     def throttled(self) -> bool:
         return self.http_status == 429
-
-
-def is_loopback(host: str) -> bool:
-    """Only a literal loopback address or ``localhost``: a name could resolve anywhere."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host.split("%")[0])  # an IPv6 zone id is not the host
-    except ValueError:
-        return False  # a name (or 127.1 shorthand) could resolve anywhere: not proven local
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
-
-
-def check_url(url: str, *, what: str, allow_http: bool = False) -> str:
-    """``url`` without a trailing ``/`` if bulklink may send a secret to it, else UsageError.
-
-    Plain ``http://`` carries the token in clear, so it is refused unless the host is
-    loopback (127.0.0.0/8, ::1, localhost) or ``allow_http`` is set. The one check for
-    every URL a secret or a summary goes to (the base URL, a webhook).
-    """
-    base = url.strip().rstrip("/")
-    try:
-        parts = urlsplit(base)
-        host = parts.hostname or ""
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        raise UsageError(f"{what} is not a valid URL: {url!r}") from None
-    scheme = parts.scheme.lower()
-    if (
-        scheme not in ("http", "https")
-        or not host
-        or not re.match(r"^https?://[^/\s]+", base, re.I)
-    ):
-        raise UsageError(f"{what} must start with http:// or https://, got {url!r}")
-    if parts.query or parts.fragment:
-        raise UsageError(f"{what} must not have a query or fragment, got {url!r}")
-    if scheme == "http" and not allow_http and not is_loopback(host):
-        raise UsageError(
-            f"{what} {base} is plain http: the credentials would cross the network in "
-            f"clear; use https:// (or --allow-http to send them anyway)"
-        )
-    return base
 
 
 def describe_body(body: bytes) -> str:
@@ -269,26 +221,6 @@ def classify_exception(exc: BaseException, timeout: float) -> Answer:
     raise exc
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _scrub(value: Any, redact: Callable[[str], str]) -> Any:
-    """A decoded JSON value with every string, keys included, passed through ``redact``.
-
-    A lone surrogate (``"\\ud800"`` is valid JSON, but no text) becomes U+FFFD: no file
-    could hold it, and the report must still be written.
-    """
-    if isinstance(value, str):
-        if _LONE_SURROGATE.search(value):
-            value = _LONE_SURROGATE.sub("\ufffd", value)
-        return redact(value)
-    if isinstance(value, list):
-        return [_scrub(item, redact) for item in value]
-    if isinstance(value, dict):
-        return {redact(k): _scrub(v, redact) for k, v in value.items()}
-    return value
-
-
 def _clip(text: str, limit: int = 1000) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -393,13 +325,6 @@ class Client:
         self.auth = auth
         self.timeout = timeout
         self._max_connections = max_connections
-        self._forms = [form.encode() for form in auth.forms]
-        # The forms to look for first: one contains another (base64 with and without
-        # padding, say), so when no shortest one is in a body, none of the rest is.
-        self._probes: list[bytes] = []
-        for form in sorted(self._forms, key=len):
-            if not any(probe in form for probe in self._probes):
-                self._probes.append(form)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
@@ -450,31 +375,4 @@ class Client:
         return answer
 
     def scrub(self, body: bytes) -> bytes:
-        """``body`` without the credentials, as bytes and, for JSON, once decoded.
-
-        JSON can spell a string many ways (``\\u0074ok``, ``\\/``): a body with any
-        backslash is decoded, scrubbed string by string and encoded again, so that neither
-        the ticket nor the journal can hold the secret.
-        """
-        # ``bytes.find``, not ``in``: ``x in body`` first tries ``x`` as an int and raises
-        # and clears a TypeError when it is not (2.4k instructions each, measured; five a
-        # row in the journal and here, before).
-        if body.find(b"\\") >= 0:
-            try:
-                obj = json.loads(body)
-                clean = _scrub(obj, self.auth.redact)
-                if clean != obj:
-                    body = json.dumps(clean, ensure_ascii=False).encode()
-            except (ValueError, UnicodeDecodeError):
-                pass  # not JSON: its bytes are all there is, scrubbed below
-            except RecursionError:  # nested too deeply to check: not kept at all
-                return b"answer nested too deeply to read"
-        for probe in self._probes:
-            if body.find(probe) >= 0:
-                break
-        else:
-            return body
-        for form in self._forms:
-            if body.find(form) >= 0:
-                body = body.replace(form, b"***")
-        return body
+        return self.auth.redact.body(body)

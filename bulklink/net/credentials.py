@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import html
 import json
 import os
 import re
@@ -20,48 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote, quote_plus
 
 from bulklink.errors import TokenExpiredError, UsageError
-
-MIN_SECRET = 4  # a shorter secret would mangle ordinary words when redacted
-_PERCENT = re.compile(r"%[0-9A-F]{2}")
-
-
-def secret_forms(secret: str) -> tuple[str, ...]:
-    """Every spelling of ``secret`` a server is known to echo it back in, longest first.
-
-    Raw, JSON-escaped (minimal and ``ensure_ascii``), URL-encoded (``quote`` and
-    ``quote_plus``, upper- and lower-case hex), HTML-escaped and base64 (standard and
-    URL-safe, with and without padding). JSON with arbitrary ``\\uXXXX`` escapes has
-    infinitely many spellings: the client decodes such bodies first (see ``client.py``).
-    """
-    if len(secret) < MIN_SECRET:
-        return ()
-    raw = secret.encode("utf-8", "surrogatepass")
-    b64 = base64.b64encode(raw).decode()
-    b64url = base64.urlsafe_b64encode(raw).decode()
-    forms = {
-        secret,
-        json.dumps(secret)[1:-1],
-        json.dumps(secret, ensure_ascii=False)[1:-1],
-        quote(secret, safe=""),
-        quote(secret),
-        quote_plus(secret),
-        html.escape(secret),
-        html.escape(secret, quote=False),
-        b64,
-        b64.rstrip("="),
-        b64url,
-        b64url.rstrip("="),
-    }
-    forms |= {_PERCENT.sub(lambda m: m.group().lower(), form) for form in list(forms)}
-    return tuple(sorted(forms, key=len, reverse=True))
+from bulklink.redaction import Redactor
 
 
 @dataclass(frozen=True, slots=True)
 class Auth:
-    """Credentials for every request. ``repr`` hides them; :meth:`redact` scrubs text.
+    """Credentials for every request. ``repr`` hides them; :attr:`redact` scrubs them.
 
     ``warnings`` are things the caller should print before the run (a token file others
     can read); they never hold the secret.
@@ -71,11 +36,10 @@ class Auth:
     api_key: str | None = None
     org_id: str | None = None
     warnings: tuple[str, ...] = field(default=(), compare=False)
-    forms: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    redact: Redactor = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        forms = {f for s in (self.token, self.api_key) if s for f in secret_forms(s)}
-        object.__setattr__(self, "forms", tuple(sorted(forms, key=len, reverse=True)))
+        object.__setattr__(self, "redact", Redactor((self.token, self.api_key)))
 
     def headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -86,13 +50,6 @@ class Auth:
         if self.org_id:
             headers["x-org-id"] = self.org_id
         return headers
-
-    def redact(self, text: str) -> str:
-        """``text`` with the secret replaced by ``***`` in every spelling of :attr:`forms`."""
-        for form in self.forms:
-            if form in text:
-                text = text.replace(form, "***")
-        return text
 
     def __repr__(self) -> str:
         mode = "api-key" if self.api_key else "bearer" if self.token else "none"

@@ -13,16 +13,17 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
-import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
 from bulklink.errors import UsageError
-from bulklink.net.client import is_loopback
+from bulklink.net.client import USER_AGENT
+from bulklink.redaction import Redactor, redact_value
+from bulklink.text import escape_controls, format_duration
+from bulklink.urls import check_url, host_of
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_TRIES = 3
@@ -92,36 +93,9 @@ def _headline(summary: Mapping[str, Any], exit_code: int) -> str:
     return _HEADLINES.get(exit_code, "the run failed")
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    whole = int(seconds)
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _one_line(text: str) -> str:
-    """Server text may hold newlines or escape sequences; a notice line must stay one line."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
 def _slack_escape(text: str) -> str:
     """Slack reads ``<...>`` as links and mentions (``<!channel>``): server text must not."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _redacted(value: Any, redact: Callable[[str], str]) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, Mapping):
-        return {_redacted(k, redact): _redacted(v, redact) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redacted(v, redact) for v in value]
-    return value
 
 
 def _text(
@@ -153,10 +127,10 @@ def _text(
         lines.append(f"stopped: {stopped}")
     elapsed = summary.get("elapsed_seconds")
     if isinstance(elapsed, int | float):
-        lines.append(f"duration: {_duration(float(elapsed))}")
+        lines.append(f"duration: {format_duration(float(elapsed))}")
     if summary.get("report"):
         lines.append(f"report: {summary['report']}")
-    return "\n".join(_slack_escape(_one_line(line)) for line in lines)
+    return "\n".join(_slack_escape(escape_controls(line)) for line in lines)
 
 
 def notice_body(
@@ -173,56 +147,12 @@ def notice_body(
     built from them (and over the text again), so no secret reaches the receiver in any form
     the redactor knows.
     """
-    clean: dict[str, Any] = _redacted(dict(summary), redact)
+    clean: dict[str, Any] = redact_value(dict(summary), redact)
     text = redact(_text(clean, redact(job), kind, previous_exit_code))
     return {"text": text, "summary": clean}
 
 
-# --- the URL ----------------------------------------------------------------------------
-
-
-def host_of(url: str) -> str:
-    """The part of a URL that may be shown: the host, never the path or query (the secret)."""
-    try:
-        host = urlsplit(url.strip()).hostname
-    except ValueError:
-        host = None
-    return host or "an unparsable URL"
-
-
-def check_url(url: str, *, what: str, allow_http: bool) -> None:
-    """Refuse, before anything is sent, a URL that would carry a secret in clear.
-
-    HTTPS is required except to loopback (127.0.0.0/8, ::1, localhost), as for
-    ``--base-url``. The message names only the host: the path may be the secret.
-    """
-    if _CONTROL.search(url) or " " in url:
-        raise UsageError(f"{what}: the URL holds a space or control character")
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        _ = parts.port  # raises ValueError on a port out of range
-    except ValueError:
-        raise UsageError(f"{what}: not a valid URL (host {host_of(url)})") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise UsageError(f"{what} must be an https:// URL")
-    if parts.scheme == "http" and not allow_http and not is_loopback(host):
-        raise UsageError(
-            f"{what} must use https:// ({host} is not loopback, and http:// sends it in"
-            " clear); --allow-http overrides"
-        )
-
-
 # --- delivery ---------------------------------------------------------------------------
-
-
-def _scrub(text: str, url: str) -> str:
-    """Remove the URL's secret parts from text a receiver or library hands back."""
-    parts = urlsplit(url)
-    for secret in (url, parts.path + ("?" + parts.query if parts.query else ""), parts.query):
-        if len(secret) > 1:
-            text = text.replace(secret, "***")
-    return text
 
 
 def _describe_exception(exc: BaseException, timeout: float) -> str:
@@ -249,13 +179,13 @@ def _os_reason(error: OSError) -> str:
     return error.strerror or type(error).__name__
 
 
-def _describe_answer(status: int, reason: str | None, body: bytes, url: str) -> str:
-    text = _scrub(body.decode("utf-8", "replace").strip(), url)
+def _describe_answer(status: int, reason: str | None, body: bytes, redact: Redactor) -> str:
+    text = redact(body.decode("utf-8", "replace").strip())
     if len(text) > _EXCERPT:
         text = text[:_EXCERPT] + "..."
     said = f": {text}" if text else ""
     redirect = " (redirects are not followed)" if 300 <= status < 400 else ""
-    return _one_line(f"HTTP {status} {reason or ''}".rstrip() + redirect + said)
+    return escape_controls(f"HTTP {status} {reason or ''}".rstrip() + redirect + said)
 
 
 async def send_notice(
@@ -274,13 +204,12 @@ async def send_notice(
     most about ``tries * timeout + backoff * (2 ** (tries - 1) - 1)`` seconds. Redirects are
     not followed: the body would go to a host nobody named.
     """
-    from bulklink import __version__
-
     try:
-        check_url(url, what="the notice URL", allow_http=allow_http)
+        check_url(url, what="the notice URL", allow_http=allow_http, secret=True)
     except UsageError as exc:
         return _warning(url, str(exc))
-    headers = {"User-Agent": f"bulklink/{__version__} (aiohttp/{aiohttp.__version__})"}
+    redact = Redactor(urls=[url])
+    headers = {"User-Agent": USER_AGENT}
     why = "not tried"
     attempt = 0
     try:
@@ -295,14 +224,14 @@ async def send_notice(
                         if 200 <= answer.status < 300:
                             return None
                         content = await answer.content.read(1024)  # a quote, never a flood
-                        why = _describe_answer(answer.status, answer.reason, content, url)
+                        why = _describe_answer(answer.status, answer.reason, content, redact)
                         if answer.status not in _RETRIABLE and answer.status < 500:
                             return _warning(url, why, attempt)
                 except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                     why = _describe_exception(exc, timeout)
     except Exception as exc:  # a notice must never break the run it reports
         why = _describe_exception(exc, timeout)
-    return _warning(url, _scrub(why, url), attempt)
+    return _warning(url, redact(why), attempt)
 
 
 def send_notice_sync(url: str, body: Mapping[str, Any], **options: Any) -> str | None:

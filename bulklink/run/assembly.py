@@ -13,6 +13,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from bulklink.models import TICKET_COLUMNS, ErrorTally, Outcome, ReportRow, Result, build
@@ -20,6 +21,7 @@ from bulklink.state.journal import Journal
 from bulklink.tables.ids import invalid_text
 from bulklink.tables.inputs import ALREADY, DUPLICATE, KEEP, SEND, Chunk, Plan
 from bulklink.tables.report.writers import ReportWriter, RowReader, split_ticket
+from bulklink.text import utc_stamp
 
 PENDING_IN_MEMORY = 4096  # out-of-order results kept whole; beyond it, re-read from journal
 #: Rows ready to write (read back from the journal on a resume, kept by ``retry``) are
@@ -315,7 +317,7 @@ class Assembler:
         """A pair the store says an earlier run linked: not sent, and a success."""
         index = chunk.start + at
         assert self.plan.linked_at is not None  # ALREADY rows come with their times
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(self.plan.linked_at[index])))
+        when = utc_stamp(datetime.fromtimestamp(int(self.plan.linked_at[index]), UTC))
         empty = [None] * len(TICKET_COLUMNS)
         self._emit(chunk, at, True, Outcome.ALREADY_LINKED, None, "", 0, empty, None, when)
         if index in self._targets:

@@ -35,15 +35,16 @@ from bulklink.errors import (
 )
 from bulklink.models import Outcome, Pair, Summary, build
 from bulklink.net.client import Client
-from bulklink.options import Connection, Control, Output, RunSettings, format_duration
+from bulklink.options import Connection, Control, Output, RunSettings
 from bulklink.run.assembly import Assembler, Layout
 from bulklink.run.publish import write_summary_json
 from bulklink.run.runner import CREDENTIALS_REJECTED, INTERNAL_ERROR, Runner, describe_refusals
-from bulklink.state.journal import Journal, Scope, hand_over_links, journal_path
-from bulklink.state.ledger import Ledger
+from bulklink.state.journal import Journal, hand_over_links, journal_path
+from bulklink.state.ledger import Ledger, scope_of
 from bulklink.tables.inputs import SEND, Chunk, Plan
 from bulklink.tables.report.writers import ReportWriter, open_writer
 from bulklink.tables.report.xlsx import RunInfo
+from bulklink.text import format_duration, utc_stamp
 
 _T = TypeVar("_T")
 MAX_LEAD_ROWS = 200_000  # input rows read ahead of the report cursor before the feed waits
@@ -118,8 +119,8 @@ def execute(job: Job) -> Summary:
         errors=assembler.errors.groups(),
         retryable_rows=assembler.counts["failed"] + assembler.counts["skipped"],
         resumed_rows=journal.resumed,
-        started=started.isoformat(timespec="seconds"),
-        finished=datetime.now(UTC).isoformat(timespec="seconds"),
+        started=utc_stamp(started),
+        finished=utc_stamp(),
         elapsed=time.monotonic() - t0,
         exit_code=1 if assembler.unsuccessful else 0,
         stopped=ending.stop_reason,
@@ -144,7 +145,7 @@ def execute(job: Job) -> Summary:
 
 def _open_journal(job: Job) -> Journal:
     """The report's journal, scoped to where this run links; a mismatch starts fresh."""
-    scope = journal_scope(job.connection)
+    scope = scope_of(job.connection)
     path = journal_path(job.report)
     try:
         journal, note = Journal.open(
@@ -157,21 +158,11 @@ def _open_journal(job: Job) -> Journal:
     return journal
 
 
-def journal_scope(connection: Connection) -> Scope:
-    """Where a run links, as its journal records it."""
-    return Scope.build(
-        connection.base_url,
-        connection.auth.org_id,
-        sandbox=connection.sandbox,
-        api_key=connection.auth.api_key,
-    )
-
-
 def recover_links(report: Path, connection: Connection, ledger: Ledger) -> None:
     """Before the input is checked against the store: the pairs a killed run on this report
     linked (its journal) are put in the store, whether or not its journal is resumed."""
     if ledger.active:
-        hand_over_links(journal_path(report), journal_scope(connection), ledger.keep_linked)
+        hand_over_links(journal_path(report), scope_of(connection), ledger.keep_linked)
 
 
 def _stop_error(job: Job, ending: _Ending, summary: Summary) -> BulklinkError | None:

@@ -9,13 +9,14 @@ predictable. A failure to write is a warning for the caller, never a crash of th
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from bulklink._fs import write_atomically
+from bulklink.errors import BulklinkError
 
 #: The label every series carries. Prometheus renames it to ``exported_job`` on scrape
 #: unless the scrape config says ``honor_labels: true`` (node_exporter's own ``job`` wins).
@@ -79,28 +80,14 @@ def render_metrics(
 
 def write_metrics(path: str | os.PathLike[str], content: bytes) -> str | None:
     """Write the metrics file (:func:`render_metrics`' content); ``None`` when written, else
-    one warning line saying why not."""
+    one warning line saying why not. The temporary name starts with a dot, so a collector
+    reading ``*.prom`` never sees it; 0644 whatever the umask, since the collector often
+    runs as another user."""
     target = Path(path)
     try:
-        _write_atomically(target, content)
-    except (OSError, ValueError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        write_atomically(target, content, 0o644, exact_mode=True)
+    except (OSError, ValueError, BulklinkError) as exc:
+        cause = exc.__cause__ if isinstance(exc, BulklinkError) else exc  # the OS's words
+        why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
         return f"warning: the metrics file {target} was not written: {why}"
     return None
-
-
-def _write_atomically(target: Path, content: bytes) -> None:
-    # mkstemp creates with O_EXCL under a random name: never an existing file or a link.
-    # The leading dot and the suffix keep the collector (which reads *.prom) off it.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o644)  # the collector often runs as another user
-            fh.write(content)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(target)  # replaces a link at the target; never follows it
-    except BaseException:
-        with contextlib.suppress(OSError):
-            Path(tmp).unlink()
-        raise

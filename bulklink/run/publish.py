@@ -14,8 +14,9 @@ import os
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 
-from bulklink._fs import create_temp
+from bulklink._fs import write_atomically
 from bulklink.console import Console
 from bulklink.errors import BulklinkError
 from bulklink.models import Summary
@@ -24,17 +25,8 @@ from bulklink.options import Output
 
 def write_summary_json(path: os.PathLike[str] | str, summary: Summary) -> None:
     """Atomically, so a monitor polling the file never reads half of it."""
-    from pathlib import Path
-
-    target = Path(path)
-    fd, tmp = create_temp(target, "tmp", mode=0o644)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(summary.to_dict(), indent=2) + "\n")
-        tmp.replace(target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    content = json.dumps(summary.to_dict(), indent=2) + "\n"
+    write_atomically(Path(path), content.encode(), 0o644)
 
 
 def publish(

@@ -23,22 +23,19 @@ rest of the run, and the rerun sends those rows again.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import hashlib
 import itertools
 import json
 import os
-import secrets
 import zlib
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from bulklink._fs import create_temp, open_fixed
-from bulklink.models import Outcome, Result, normalise_url
+from bulklink._fs import AtomicFile, open_fixed
+from bulklink.models import Outcome, Result
+from bulklink.state.scope import Scope
 
 FORMAT = 3  # 2: the header holds the scope; 3: a CRC-32 ends each line; "t", "s", "l"
 UNREADABLE = "not attempted: its journal line could not be read back"
@@ -51,86 +48,6 @@ def journal_path(report: Path) -> Path:
 
 _BESIDE = "the journal beside the report"
 _HEADER_MAX = 1 << 16
-_KDF_ROUNDS = 100_000
-
-
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """Where a run links: a journal resumes only against the same server and organization.
-
-    Not keyed on the token or key themselves, so a rotated credential still resumes, nor
-    on the auth mode: a Bearer token and an API key for the same org link the same tickets.
-    Only an API key without ``--org-id`` decides the org by itself; the journal then
-    holds a salted, slow hash of it (never the key), and another key starts fresh.
-    """
-
-    base_url: str | None  # normalised; None for the sandbox
-    org_id: str | None
-    sandbox: bool = False
-    api_key: str | None = field(default=None, repr=False)  # only without an org ID
-
-    @classmethod
-    def build(
-        cls, base_url: str, org_id: str | None, *, sandbox: bool, api_key: str | None = None
-    ) -> Scope:
-        if sandbox:  # the embedded simulator, whatever --base-url and org say
-            return cls(None, None, sandbox=True)
-        return cls(normalise_url(base_url), org_id, api_key=None if org_id else api_key)
-
-    def header(self) -> dict[str, Any]:
-        """The scope as the journal's header records it: never a secret."""
-        key_hash = _key_hash(self.api_key, secrets.token_bytes(16)) if self.api_key else None
-        return {**self._place(), "key_hash": key_hash}
-
-    def _place(self) -> dict[str, Any]:
-        return {"base_url": self.base_url, "org_id": self.org_id, "sandbox": self.sandbox}
-
-    def mismatch(self, found: Any) -> str:
-        """What differs between the journal's recorded scope and this one ('' if nothing)."""
-        if not isinstance(found, dict):
-            return f"{_BESIDE} does not say where it was written"
-        mine = self._place()
-        if any(found.get(k) != v for k, v in mine.items()):
-            mine["key_hash"] = self.api_key is not None
-            return (
-                f"{_BESIDE} was written against {_describe(found)}; "
-                f"this run targets {_describe(mine)}"
-            )
-        recorded = found.get("key_hash")
-        if recorded is None and self.api_key is None:
-            return ""
-        if isinstance(recorded, str) and self.api_key and recorded.count("$") == 3:
-            with contextlib.suppress(ValueError):
-                salt = bytes.fromhex(recorded.split("$")[2])
-                if secrets.compare_digest(_key_hash(self.api_key, salt), recorded):
-                    return ""
-        return (
-            f"{_BESIDE} was written against {_describe(found)} with another API key and no "
-            "org ID, so maybe for another org (give --org-id to resume across a key change)"
-        )
-
-
-def _key_hash(api_key: str, salt: bytes) -> str:
-    digest = hashlib.pbkdf2_hmac("sha256", api_key.encode(), salt, _KDF_ROUNDS, dklen=16)
-    return f"pbkdf2-sha256${_KDF_ROUNDS}${salt.hex()}${digest.hex()}"
-
-
-def _describe(scope: dict[str, Any]) -> str:
-    """A recorded scope for a message (values from a file: printable characters only)."""
-    if scope.get("sandbox") is True:
-        return "the sandbox"
-    url = _printable(scope.get("base_url"))
-    org = scope.get("org_id")
-    if org:
-        return f"{url} (org {_printable(org)})"
-    if scope.get("key_hash"):
-        return f"{url} (no org ID: the API key's own org)"
-    return f"{url} (no org ID)"
-
-
-def _printable(value: Any) -> str:
-    text = str(value)[:200]
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 class Journal:
@@ -423,18 +340,15 @@ def checked_row(line: bytes) -> int:
 
 
 def _create(path: Path, header: bytes) -> int:
-    """A new journal holding ``header``, renamed over ``path`` (which replaces a file or a
-    link there, never writes through one); the fd appends to it."""
-    fd, tmp = create_temp(path, "tmp", 0o600, os.O_APPEND)
+    """A new journal holding ``header``, installed over ``path``; the fd appends to it."""
+    new = AtomicFile(path, mode=0o600, flags=os.O_APPEND)
     try:
-        os.write(fd, header)
-        os.fsync(fd)
-        tmp.replace(path)
+        os.write(new.fd, header)
+        new.install()
     except OSError:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
+        new.discard()
         raise  # a full disk: the job reports it as such (exit 74)
-    return fd
+    return new.fd
 
 
 def _load(

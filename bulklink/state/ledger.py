@@ -15,16 +15,15 @@ and records them then.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 from bulklink.models import Summary
 from bulklink.options import Connection, StateOptions
-from bulklink.state.store import RunRecord, Scope, Store
+from bulklink.state.scope import Scope
+from bulklink.state.store import RunRecord, Store
 
-SANDBOX_SCOPE = "sandbox:"
 # A killed run's pairs since the last flush are in its journal, so these bound only the
 # work of the next run's recovery and how late ``bulklink runs`` and a concurrent run on
 # another report see them. Per pair, a batch of 300 costs 13.7k instructions, one of
@@ -34,27 +33,11 @@ FLUSH_EVERY = 30.0  # seconds, for a paced run: 300 pairs at --rate 10
 
 
 def scope_of(connection: Connection) -> Scope:
-    """Links count per (base URL, org); the simulator is a scope of its own."""
+    """Where this connection's links count."""
     auth = connection.auth
-    return scope_for(
+    return Scope.build(
         connection.base_url, auth.org_id, sandbox=connection.sandbox, api_key=auth.api_key
     )
-
-
-def scope_for(
-    base_url: str, org_id: str | None, *, sandbox: bool, api_key: str | None = None
-) -> Scope:
-    """The simulator is one scope whatever org it is told: it checks none.
-
-    An API key without an org ID decides the org by itself, so the key stands in for the
-    org: as a slow hash (the store is not a place for the key), fixed so it can be found.
-    """
-    if sandbox:
-        return Scope(SANDBOX_SCOPE, "")
-    if not org_id and api_key:
-        digest = hashlib.pbkdf2_hmac("sha256", api_key.encode(), b"bulklink-scope", 200_000)
-        org_id = "api-key:" + digest.hex()[:24]
-    return Scope(base_url, org_id or "")
 
 
 class Ledger:

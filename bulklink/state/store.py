@@ -88,14 +88,15 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from itertools import chain, islice
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from bulklink.errors import UsageError
-from bulklink.models import normalise_url
+from bulklink.state.scope import Scope
+from bulklink.text import parse_stamp, utc_stamp
 
 APPLICATION_ID = 0x626C6E6B  # "blnk"
 SCHEMA_VERSION = 1
@@ -183,39 +184,6 @@ def resolve_state_path(state: str | os.PathLike[str] | None, env: Mapping[str, s
     """``--state`` beats ``BULKLINK_STATE``, which beats the default location."""
     chosen = os.fspath(state) if state is not None else env.get("BULKLINK_STATE", "")
     return Path(chosen).expanduser() if chosen else default_state_path(env)
-
-
-def utc_stamp(when: datetime | None = None) -> str:
-    """The one time format of the store (and of the report's ``linked_at``): seconds, ``Z``."""
-    when = datetime.now(UTC) if when is None else when
-    if when.tzinfo is None:
-        raise ValueError("utc_stamp needs an aware datetime")
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_stamp(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
-def normalise_base_url(base_url: str) -> str:
-    """One spelling per server, so ``https://X.ai/`` and ``https://x.ai`` share a scope
-    (``sandbox:`` and other names without a scheme are kept as they are)."""
-    text = base_url.strip()
-    if "://" not in text:
-        return text.rstrip("/") or text
-    return normalise_url(text)
-
-
-@dataclass(frozen=True)
-class Scope:
-    """Where links count: a base URL (normalised on construction) and an org ID."""
-
-    base_url: str
-    org_id: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "base_url", normalise_base_url(self.base_url))
-        object.__setattr__(self, "org_id", self.org_id or "")
 
 
 @dataclass(frozen=True)

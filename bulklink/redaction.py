@@ -1,0 +1,159 @@
+"""The one redactor: every spelling of every secret bulklink holds, out of every text,
+decoded JSON value and raw body before it is shown, logged, journaled or sent on.
+
+The secrets are the credentials (token, API key) and the secret parts of a webhook URL
+(its path and query: the URL is the key). Servers and libraries echo them back re-spelled:
+JSON-escaped, percent-encoded either way (aiohttp's yarl turns ``%2F`` into ``/`` and
+``%7E`` into ``~`` before a URL reaches an error message), HTML-escaped, base64. Each
+secret is expanded once into all those forms; redacting is then plain substring work.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
+
+import yarl
+
+MASK = "***"
+MIN_SECRET = 4  # a shorter secret would mangle ordinary words when redacted
+_MIN_QUERY_VALUE = 8  # a webhook's ``sig=`` or ``key=``; ``sv=1.0`` is not a secret
+_MIN_PATH_SEGMENT = 16  # a Slack or Teams key segment; ``services`` or ``invoke`` is not
+_PERCENT = re.compile(r"%[0-9A-F]{2}")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def secret_forms(secret: str) -> set[str]:
+    """Every spelling of ``secret`` a server is known to echo it back in.
+
+    Raw, JSON-escaped (minimal and ``ensure_ascii``), URL-encoded (``quote`` and
+    ``quote_plus``, upper- and lower-case hex) and decoded, HTML-escaped and base64
+    (standard and URL-safe, with and without padding). JSON with arbitrary ``\\uXXXX``
+    escapes has infinitely many spellings: :meth:`Redactor.body` decodes such bodies first.
+    """
+    if len(secret) < MIN_SECRET:
+        return set()
+    raw = secret.encode("utf-8", "surrogatepass")
+    b64 = base64.b64encode(raw).decode()
+    b64url = base64.urlsafe_b64encode(raw).decode()
+    forms = {
+        secret,
+        unquote(secret),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        quote(secret, safe=""),
+        quote(secret),
+        quote_plus(secret),
+        html.escape(secret),
+        html.escape(secret, quote=False),
+        b64,
+        b64.rstrip("="),
+        b64url,
+        b64url.rstrip("="),
+    }
+    forms |= {_PERCENT.sub(lambda m: m.group().lower(), form) for form in list(forms)}
+    return {form for form in forms if len(form) >= MIN_SECRET}
+
+
+def url_secrets(url: str) -> set[str]:
+    """The parts of a webhook URL that may be its key, as written and as aiohttp re-spells
+    them: the whole URL, its path and query, each long query value and path segment."""
+    text = url.strip()
+    spellings = {text, unquote(text)}
+    with contextlib.suppress(ValueError, TypeError):  # else what was written is all there is
+        spellings.add(str(yarl.URL(text)))
+    secrets: set[str] = set()
+    for spelling in spellings:
+        try:
+            parts = urlsplit(spelling)
+        except ValueError:
+            secrets.add(spelling)
+            continue
+        query = f"?{parts.query}" if parts.query else ""
+        secrets |= {spelling, parts.path + query, parts.query}
+        if len(parts.path) > 1:
+            secrets.add(parts.path)
+        secrets |= {v for _, v in parse_qsl(parts.query) if len(v) >= _MIN_QUERY_VALUE}
+        secrets |= {s for s in parts.path.split("/") if len(s) >= _MIN_PATH_SEGMENT}
+    return secrets
+
+
+def redact_value(value: Any, redact: Callable[[str], str]) -> Any:
+    """A decoded JSON value (or a summary) with every string, keys included, redacted.
+
+    A lone surrogate (``"\\ud800"`` is valid JSON, but no text) becomes U+FFFD: no file
+    could hold it, and the report must still be written.
+    """
+    if isinstance(value, str):
+        if _LONE_SURROGATE.search(value):
+            value = _LONE_SURROGATE.sub("\ufffd", value)
+        return redact(value)
+    if isinstance(value, list | tuple):
+        return [redact_value(item, redact) for item in value]
+    if isinstance(value, Mapping):
+        return {redact_value(k, redact): redact_value(v, redact) for k, v in value.items()}
+    return value
+
+
+class Redactor:
+    """Replaces every known spelling of the secrets with ``***``; callable on text."""
+
+    def __init__(self, secrets: Iterable[str | None] = (), *, urls: Iterable[str | None] = ()):
+        found = {s for s in secrets if s}
+        for url in urls:
+            if url:
+                found |= url_secrets(url)
+        self._secrets = frozenset(found)
+        forms = {form for secret in found for form in secret_forms(secret)}
+        self.forms: tuple[str, ...] = tuple(sorted(forms, key=len, reverse=True))
+        self._forms_bytes = [form.encode("utf-8", "surrogatepass") for form in self.forms]
+        # The forms to look for first: one contains another (base64 with and without
+        # padding, say), so when no shortest one is in a body, none of the rest is.
+        self._probes: list[bytes] = []
+        for form in sorted(self._forms_bytes, key=len):
+            if not any(probe in form for probe in self._probes):
+                self._probes.append(form)
+
+    def __or__(self, other: Redactor) -> Redactor:
+        """Both redactors' secrets: the run's credentials and its webhook, say."""
+        return Redactor(self._secrets | other._secrets)
+
+    def __call__(self, text: str) -> str:
+        """``text`` with every form of every secret replaced by ``***``."""
+        for form in self.forms:
+            if form in text:
+                text = text.replace(form, MASK)
+        return text
+
+    def value(self, value: Any) -> Any:
+        return redact_value(value, self)
+
+    def body(self, body: bytes) -> bytes:
+        """A raw answer without the secrets, as bytes and, for JSON, once decoded.
+
+        JSON can spell a string many ways (``\\u0074ok``, ``\\/``): a body with any
+        backslash is decoded, redacted string by string and encoded again, so that neither
+        the ticket nor the journal can hold the secret.
+        """
+        if b"\\" in body:
+            try:
+                obj = json.loads(body)
+                clean = redact_value(obj, self)
+                if clean != obj:
+                    body = json.dumps(clean, ensure_ascii=False).encode()
+            except (ValueError, UnicodeDecodeError):
+                pass  # not JSON: its bytes are all there is, redacted below
+            except RecursionError:  # nested too deeply to check: not kept at all
+                return b"answer nested too deeply to read"
+        if not any(probe in body for probe in self._probes):
+            return body
+        for form in self._forms_bytes:
+            if form in body:
+                body = body.replace(form, MASK.encode())
+        return body

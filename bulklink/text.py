@@ -1,0 +1,65 @@
+"""How bulklink writes times, durations and untrusted text: one spelling for each.
+
+Every timestamp in every output (summary, store, journal, report, log) is UTC to the
+second with a ``Z``; every duration reads the way the duration options take it; every
+line that reaches a terminal, a log or a notice has its control characters made visible.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+# What a terminal acts on instead of showing: C0 controls (newline and tab included: a
+# server's message must not start a line of its own), DEL, C1 (0x9b is a CSI on some
+# terminals), and the bidi overrides and isolates that reorder what is shown.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+
+
+def utc_stamp(when: datetime | None = None) -> str:
+    """``when`` (default now) as ``2026-12-01T02:30:00Z``; a naive datetime is refused,
+    since guessing its zone would shift every stamp by hours."""
+    when = datetime.now(UTC) if when is None else when
+    if when.tzinfo is None:
+        raise ValueError("utc_stamp needs an aware datetime")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_stamp(text: str) -> datetime:
+    """A stamp back as an aware datetime (``Z`` or an offset, as older files wrote it)."""
+    when = datetime.fromisoformat(text)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def format_duration(seconds: float) -> str:
+    """``4.2s``, ``1m02s``, ``10m``, ``2h``, ``1h30m``: what ``--deadline`` would accept.
+
+    Under a minute a tenth of a second still matters (a notice's run time); above it,
+    whole seconds, and units that are all zero are left out.
+    """
+    if seconds < 60:
+        return f"{round(seconds, 1):g}s"
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    if not hours:
+        return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
+    if not (minutes or secs):
+        return f"{hours}h"
+    return f"{hours}h{minutes:02d}m" + (f"{secs:02d}s" if secs else "")
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` safe for a terminal, a log or a notice: each control character as a
+    visible escape, so ``\\x1b[2J`` stays text and a server's newline cannot start a line
+    of its own. The report keeps the data as it came."""
+    return _CONTROLS.sub(_visible, text)
+
+
+def has_controls(text: str) -> bool:
+    """Whether ``text`` holds a character :func:`escape_controls` would escape."""
+    return _CONTROLS.search(text) is not None
