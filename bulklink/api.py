@@ -36,7 +36,6 @@ from bulklink.options import (
     StateOptions,
     job_args,
 )
-from bulklink.run.assembly import Layout
 from bulklink.run.job import Job, execute, recover_links, resolve_report, signals_raise
 from bulklink.run.publish import publish
 from bulklink.state.ledger import Ledger, scope_for
@@ -53,6 +52,7 @@ from bulklink.tables.inputs import (
     scan,
 )
 from bulklink.tables.report.reader import kept_rows, open_report
+from bulklink.tables.report.schema import Layout
 
 
 @dataclass(slots=True)

@@ -20,7 +20,8 @@ from openpyxl.workbook.workbook import Workbook
 
 from bulklink.models import TICKET_FIELDS
 from bulklink.sandbox import FORMULA_TITLE, Reply, Sandbox, success_body
-from bulklink.tables.report.xlsx import MAX_WIDTH, MIN_WIDTH, RunInfo, write_workbook
+from bulklink.tables.report.schema import RunInfo
+from bulklink.tables.report.xlsx import MAX_WIDTH, MIN_WIDTH, write_workbook
 from tests.conftest import (
     FAST,
     FAST_UNPACED,

@@ -36,14 +36,14 @@ from bulklink.errors import (
 from bulklink.models import Outcome, Pair, Summary, build
 from bulklink.net.client import Client
 from bulklink.options import Connection, Control, Output, RunSettings, format_duration
-from bulklink.run.assembly import Assembler, Layout
+from bulklink.run.assembly import Assembler
 from bulklink.run.publish import write_summary_json
 from bulklink.run.runner import CREDENTIALS_REJECTED, INTERNAL_ERROR, Runner, describe_refusals
 from bulklink.state.journal import Journal, Scope, hand_over_links, journal_path
 from bulklink.state.ledger import Ledger
 from bulklink.tables.inputs import SEND, Chunk, Plan
+from bulklink.tables.report.schema import Layout, RunInfo
 from bulklink.tables.report.writers import ReportWriter, open_writer
-from bulklink.tables.report.xlsx import RunInfo
 
 _T = TypeVar("_T")
 MAX_LEAD_ROWS = 200_000  # input rows read ahead of the report cursor before the feed waits
@@ -99,7 +99,7 @@ def execute(job: Job) -> Summary:
     t0 = time.monotonic()
     journal = _open_journal(job)
     try:
-        writer = open_writer(job.report, job.layout.extra_fields, job.layout.passthrough)
+        writer = open_writer(job.report, job.layout)
     except BaseException as exc:
         journal.close()
         if isinstance(exc, OSError):
