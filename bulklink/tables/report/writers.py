@@ -21,6 +21,7 @@ import csv
 import json
 import os
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -56,7 +57,7 @@ def report_format(path: Path) -> str:
     return suffix
 
 
-class ReportWriter:
+class ReportWriter(ABC):
     """Streams rows to a temporary file; :meth:`commit` renames it into place."""
 
     def __init__(self, path: Path, schema: Schema) -> None:
@@ -68,13 +69,13 @@ class ReportWriter:
         # a killed run's leftover is swept by the next run to take the report's lock.
         self._tmp_fd, self.tmp = create_temp(path, "tmp")
 
+    @abstractmethod
     def write(self, cells: Sequence[Any], late: Late) -> None:
         """One row: its cells as :meth:`Schema.cells` gives them."""
-        raise NotImplementedError
 
+    @abstractmethod
     def commit(self, run: RunInfo | None = None) -> None:
         """Install the finished report; ``run`` is what the xlsx Summary sheet tells of the run."""
-        raise NotImplementedError
 
     def discard(self) -> None:
         self.close()
@@ -231,5 +232,9 @@ class XlsxWriter(ReportWriter):
 
 def open_writer(path: Path, layout: Layout) -> ReportWriter:
     """The writer for the report's format (its suffix), with the report's schema."""
-    kind = {".csv": CsvWriter, ".jsonl": JsonlWriter, ".xlsx": XlsxWriter}[report_format(path)]
-    return kind(path, Schema(layout))
+    kinds: dict[str, type[CsvWriter | JsonlWriter | XlsxWriter]] = {
+        ".csv": CsvWriter,
+        ".jsonl": JsonlWriter,
+        ".xlsx": XlsxWriter,
+    }
+    return kinds[report_format(path)](path, Schema(layout))
