@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bulklink.models import TICKET_COLUMNS, Outcome, ReportRow
+from bulklink.models import Outcome
 from bulklink.sandbox import success_body
-from bulklink.tables.report.writers import open_writer, split_ticket
+from bulklink.tables.report.schema import TICKET_COLUMNS, Layout, ReportRow, split_ticket
+from bulklink.tables.report.writers import open_writer
 
 
 def peak_mb() -> float:
@@ -69,10 +70,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.xlsx"
-        writer = open_writer(out, [], ["note"])
+        writer = open_writer(out, Layout(["note"]))
         t0 = time.perf_counter()
         for head, ticket, extras, others in rows(args.rows):
-            writer.write(head, ticket, extras, others)
+            writer.write(*writer.schema.cells(head, ticket, extras, others))
         t1 = time.perf_counter()
         before = peak_mb()
         writer.commit()

@@ -35,7 +35,6 @@ from bulklink.options import (
     job_args,
 )
 from bulklink.redaction import Redactor
-from bulklink.run.assembly import Layout
 from bulklink.run.job import Job, execute, recover_links, resolve_report, signals_raise
 from bulklink.run.publish import publish
 from bulklink.state.ledger import Ledger
@@ -53,6 +52,7 @@ from bulklink.tables.inputs import (
     scan,
 )
 from bulklink.tables.report.reader import kept_rows, open_report
+from bulklink.tables.report.schema import Layout
 from bulklink.text import utc_stamp
 from bulklink.urls import DEFAULT_BASE_URL
 

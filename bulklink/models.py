@@ -14,9 +14,8 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     VERSION = "0+unknown"
 
-#: The ticket fields Thena documents for the link endpoint's answer, in its order. The
-#: report always has a ``ticket.<field>`` column for each, so its shape never depends on
-#: which rows succeeded.
+#: The ticket fields Thena documents for the link endpoint's answer, in its order (the
+#: report has a ``ticket.<field>`` column for each).
 TICKET_FIELDS: tuple[str, ...] = (
     "id",
     "title",
@@ -53,8 +52,6 @@ TICKET_FIELDS: tuple[str, ...] = (
     "aiGeneratedSummary",
 )
 
-TICKET_COLUMNS: tuple[str, ...] = tuple(f"ticket.{name}" for name in TICKET_FIELDS)
-
 
 class Outcome(enum.StrEnum):
     """What became of one input row."""
@@ -72,31 +69,6 @@ class Outcome(enum.StrEnum):
 #: row (a pair, an answer, a result, a report row), 1.8k instructions fewer each
 #: (callgrind); everywhere else the class is called as usual.
 build = tuple.__new__
-
-
-class ReportRow(NamedTuple):
-    """A report row's own cells, typed, in column order: the one definition of them.
-
-    :data:`RESULT_COLUMNS` names them; every writer and reader goes by these names, so
-    a new column is one field here (and its value where rows are built). A named tuple:
-    one is built per row.
-    """
-
-    row: int | str  # an int, except a kept row whose cell was not a number
-    source: str
-    linked: str
-    success: bool
-    outcome: Outcome
-    http_status: int | None
-    error: str
-    attempts: int
-    linked_at: str  # UTC, ISO 8601: when this run or an earlier one linked the pair
-
-
-#: Report column names of :class:`ReportRow`'s fields, where they differ.
-_COLUMN_NAMES = {"source": "sourceTicketId", "linked": "linkedTicketId"}
-#: The report's leading columns, before the ``ticket.*`` ones.
-RESULT_COLUMNS: tuple[str, ...] = tuple(_COLUMN_NAMES.get(f, f) for f in ReportRow._fields)
 
 
 class Pair(NamedTuple):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import openpyxl
+import pandas as pd
 import pytest
 from openpyxl import load_workbook
 from openpyxl.chart import BarChart
@@ -20,7 +21,8 @@ from openpyxl.workbook.workbook import Workbook
 
 from bulklink.models import TICKET_FIELDS
 from bulklink.sandbox import FORMULA_TITLE, Reply, Sandbox, success_body
-from bulklink.tables.report.xlsx import MAX_WIDTH, MIN_WIDTH, RunInfo, write_workbook
+from bulklink.tables.report.schema import RunInfo, carried_names
+from bulklink.tables.report.xlsx import MAX_WIDTH, MIN_WIDTH, write_workbook
 from tests.conftest import (
     FAST,
     FAST_UNPACED,
@@ -161,6 +163,93 @@ def test_undocumented_field_becomes_a_column_after_the_documented_ones(
     assert rows[1]["ticket.title"] == "Custom title S2"
     assert as_text(rows[1]["ticket.ticketId"]) == "4242"
     assert rows[0]["ticket.title"] == "Ticket S1"
+
+
+# -- the input's own columns beside bulklink's ------------------------------------------------
+
+
+#: Input columns named like bulklink's; the last is what the first is carried as.
+CLASHING = ["outcome", "success", "error", "ticket.title", "input.outcome"]
+CARRIED = ["input.outcome", "input.success", "input.error", "input.ticket.title"]
+
+
+def test_only_bulklinks_names_are_prefixed_when_carried() -> None:
+    names = ["note", "outcome", "input.outcome", "ticket.x", "row", "tickets", "Outcome"]
+    assert carried_names(names) == [
+        "note",
+        "input.outcome",
+        "input.input.outcome",  # input.outcome was taken by the one before
+        "input.ticket.x",
+        "input.row",
+        "tickets",
+        "Outcome",
+    ]
+
+
+@pytest.mark.parametrize("fmt", [".csv", ".xlsx", ".jsonl"])
+def test_an_input_column_named_like_bulklinks_is_carried_as_input_dot_name(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path, fmt: str
+) -> None:
+    # S2's answer adds a ticket field: the late column is placed by the same rule.
+    ticket = custom_ticket("S2", extraField="x")
+    server = start_sandbox(script={"S2": [Reply(200, body=answer_with(ticket))]})
+    mine = [["mine1", "no", "my error 1", "my title 1", "old1"], ["mine2", "", "", "t2", "old2"]]
+    inp = write_csv(
+        tmp_path / "in.csv",
+        [
+            ["sourceTicketId", *CLASHING, "linkedTicketId"],
+            ["S1", *mine[0], "L1"],
+            ["MISSING2", *mine[1], "L2"],
+            ["S2", *mine[0], "L3"],
+        ],
+    )
+    out = tmp_path / f"out{fmt}"
+    result = run_against(server, "run", inp, "-o", out, "--concurrency", "1", *FAST_UNPACED)
+    assert result.exit_code == 1, result.stderr
+    carried = [*CARRIED, "input.input.outcome"]
+    expected = [*REPORT_HEAD, *TICKET_COLS, "ticket.extraField", *carried]
+
+    def check(out: Path, late: bool) -> None:
+        header, rows = read_any(out)
+        if fmt == ".jsonl":  # a key per value: a field first seen late only where it is
+            known = [c for c in expected if late or c != "ticket.extraField"]
+            assert [list(r) for r in rows] == [known, known, expected]
+        else:
+            assert header == expected
+        assert [r["outcome"] for r in rows] == ["linked", "failed", "linked"]
+        assert [as_text(r["success"]) for r in rows] == ["true", "false", "true"]
+        assert as_text(rows[0]["error"]) == "" and as_text(rows[1]["error"]) != ""
+        assert as_text(rows[1]["http_status"]) == "404"
+        assert [rows[0]["ticket.title"], rows[2]["ticket.title"]] == [
+            "Ticket S1",
+            "Custom title S2",
+        ]
+        assert as_text(rows[2]["ticket.extraField"]) == "x"
+        assert [[as_text(r[c]) for c in carried] for r in rows] == [mine[0], mine[1], mine[0]]
+
+    check(out, late=False)
+    # retry reads the columns apart by the same rule: the carried ones keep their names
+    # (and the field the run found late is one the retry knows from the start).
+    result = run_against(server, "retry", out, "--max-retries", "0", *FAST_UNPACED)
+    assert result.exit_code == 1, result.stderr
+    check(out, late=True)
+
+
+def test_a_huge_carried_cell_survives_the_pass_that_adds_late_csv_columns(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    """The late ticket field makes the CSV writer read its file back: with the reader run
+    uses, which has no 131,072-character field limit (the csv module's has)."""
+    huge = "x" * 150_000 + ',\n"end'
+    ticket = custom_ticket("S2", extraField="x")
+    server = start_sandbox(script={"S2": [Reply(200, body=answer_with(ticket))]})
+    inp = write_csv(tmp_path / "in.csv", [[*HEAD, "note"], ["S1", "L1", huge], ["S2", "L2", "n2"]])
+    result = run(server, inp)
+    assert result.exit_code == 0, result.stderr
+    report = pd.read_csv(inp.with_name("in.results.csv"), dtype=str, keep_default_na=False)
+    assert list(report.columns[-2:]) == ["ticket.extraField", "note"]
+    assert report["note"].tolist() == [huge, "n2"]
+    assert report["ticket.extraField"].tolist() == ["", "x"]
 
 
 # -- csv, xlsx and jsonl hold the same rows ---------------------------------------------------

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import openpyxl
 import pytest
 
 from bulklink.sandbox import Reply, Sandbox
@@ -23,13 +24,17 @@ from tests.conftest import (
     write_csv,
 )
 from tests.helpers import (
+    HEAD,
     KEY,
     answer_with,
     assert_rows_once,
     custom_ticket,
     load_rows,
+    make_xlsx,
     no_secret_anywhere,
+    one_line_error,
     read_any,
+    report_of,
     sent,
     spawn,
     wait_until,
@@ -118,6 +123,40 @@ def test_retry_resends_only_failed_and_skipped_rows(
     }  # fmt: skip
     assert changed == {row: {} for row in KEPT_ROWS}, "kept rows changed (before, after)"
     assert [list(r) for r in after] == [list(r) for r in before], "columns changed"
+
+
+def test_retry_refuses_an_xlsx_report_whose_id_excel_turned_into_a_cut_number(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox]
+) -> None:
+    """As ``run`` refuses that cell in an input, with the same words; nothing is sent and
+    the report is left as it is (retry would rewrite every row of it)."""
+    report = tmp_path / "report.xlsx"
+    server = retry_fixture(tmp_path, start_sandbox, report)
+    # Saved from Excel with a failed row's ID typed in as a number: 15 digits kept.
+    cut = 1.2345678901234567e19
+    book = openpyxl.load_workbook(report)
+    sheet = book["report"]
+    header = [cell.value for cell in sheet[1]]
+    sheet.cell(row=3, column=header.index("sourceTicketId") + 1, value=cut)
+    book.save(report)
+    edited = report.read_bytes()
+    since = len(server.requests)
+
+    result = run_against(server, "retry", report, *FAST)
+    assert result.exit_code == 2, result.stderr
+    line = one_line_error(result)
+    assert sent(server, since) == []
+    assert report.read_bytes() == edited
+    summary = invoke("report", report)
+    assert summary.exit_code == 2 and one_line_error(summary) == line
+
+    src = make_xlsx(tmp_path / "cut.xlsx", {"Sheet": [HEAD, [cut, "B0002"]]})
+    ran = run_against(server, "run", src, *FAST)
+    assert ran.exit_code == 1, ran.stderr
+    assert sent(server, since) == []
+    words = report_of(src)[0]["error"]
+    assert "lost digits" in words
+    assert line.endswith(f"{report}: row 2: {words}"), line
 
 
 def test_retry_output_elsewhere_leaves_report_untouched(

@@ -12,34 +12,26 @@ import asyncio
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from bulklink.models import TICKET_COLUMNS, ErrorTally, Outcome, ReportRow, Result, build
+from bulklink.models import ErrorTally, Outcome, Result
 from bulklink.state.journal import Journal
 from bulklink.tables.ids import invalid_text
 from bulklink.tables.inputs import ALREADY, DUPLICATE, KEEP, SEND, Chunk, Plan
-from bulklink.tables.report.writers import ReportWriter, RowReader, split_ticket
+from bulklink.tables.report.reader import RowReader
+from bulklink.tables.report.schema import TICKET_COLUMNS, Layout, ReportRow, split_ticket
+from bulklink.tables.report.writers import ReportWriter
 from bulklink.text import utc_stamp
 
 PENDING_IN_MEMORY = 4096  # out-of-order results kept whole; beyond it, re-read from journal
 #: Rows ready to write (read back from the journal on a resume, kept by ``retry``) are
 #: written for at most SLICE_SECONDS per event-loop turn, so dispatch never stalls; the
-#: clock is read once per SLICE_ROWS rows, and never on the usual one-row path.
+#: clock is read once per SLICE_ROWS rows.
 SLICE_SECONDS = 0.005
 SLICE_ROWS = 16
-_LINKED, _FAILED = Outcome.LINKED, Outcome.FAILED  # module constants: read on every row
-
-
-@dataclass(slots=True)
-class Layout:
-    """Which input columns are copied through, and (for ``retry``) where old results live."""
-
-    passthrough: list[str]
-    extra_fields: list[str] = field(default_factory=list)
-    retry: bool = False
-    escaped: bool = False  # the old report is a CSV: its API text carries formula escapes
+_NO_TICKET: list[Any] = [None] * len(TICKET_COLUMNS)
 
 
 @dataclass(slots=True)
@@ -49,7 +41,7 @@ class _First:
     success: bool
     http_status: Any
     error: str
-    ticket: list[Any]
+    ticket: Sequence[Any]
     extras: dict[str, Any] | None
 
 
@@ -105,23 +97,13 @@ class Assembler:
     def accept(self, result: Result) -> None:
         """Journal a finished row (before it counts as done), then write what can be."""
         index = result.row - 1
-        outcome = result.outcome
-        if outcome is _LINKED or outcome is _FAILED:
+        if result.outcome in (Outcome.LINKED, Outcome.FAILED):
             self.journal.record(result)
             self.done_this_run += 1
-            if index != self._cursor:
-                if len(self._pending) < PENDING_IN_MEMORY:
-                    self._pending[index] = result
-                return
-        elif index != self._cursor:
-            self._pending[index] = result
-            return
-        # The row the report is waiting for (the usual case): write it straight away.
-        chunk = self._chunks[0]
-        self._write_result(chunk, index - chunk.start, result)
-        self._step(chunk)
-        if not self._next_is_awaited():
-            self._advance()
+            if index != self._cursor and len(self._pending) >= PENDING_IN_MEMORY:
+                return  # read back from the journal when the cursor gets there
+        self._pending[index] = result
+        self._advance()
 
     def finish(self) -> None:
         """Everything still without a result is ``skipped``; called once no request runs."""
@@ -163,17 +145,6 @@ class Assembler:
             if not self._write_next():
                 return
 
-    def _next_is_awaited(self) -> bool:
-        """The row at the cursor is one still being sent (the usual case after a write):
-        nothing more to write yet, found without the slicing loop of :meth:`_advance`."""
-        index = self._cursor
-        return (
-            index < self._loaded
-            and self.codes[index] == SEND
-            and index not in self._pending
-            and not self.journal.done(index + 1)
-        )
-
     def _write_next(self) -> bool:
         """Write the row at the cursor; False when its result has not come yet."""
         index = self._cursor
@@ -209,45 +180,37 @@ class Assembler:
             self._chunks.popleft()
             self.moved.set()
 
-    def _others(self, chunk: Chunk, at: int) -> list[Any]:
-        if not self.layout.passthrough:
-            return []
-        cols = chunk.columns
-        return [cols[name][at] for name in self.layout.passthrough]
-
-    def _kept_row_number(self, chunk: Chunk, at: int) -> int | str:
-        """``retry``: the row number the old report gave the row."""
-        return RowReader(chunk.columns, self.layout.escaped).row_number(at)
-
-    def _prior_attempts(self, chunk: Chunk, at: int) -> int:
-        value = str(chunk.columns["attempts"][at]).strip()
-        return int(value) if value.isdigit() else 0
-
-    def _emit(
+    def _head(
         self,
         chunk: Chunk,
         at: int,
-        success: bool,
         outcome: Outcome,
-        status: Any,
-        error: str,
-        attempts: int,
-        ticket: Sequence[Any],
-        extras: dict[str, Any] | None,
+        *,
+        success: bool,
+        status: int | None = None,
+        error: str = "",
+        attempts: int = 0,
         linked_at: str = "",
-    ) -> None:
-        head = ReportRow(
-            self._kept_row_number(chunk, at) if self.layout.retry else chunk.start + at + 1,
-            chunk.source[at],
-            chunk.linked[at],
-            success,
-            outcome,
-            status,
-            error,
-            attempts,
-            linked_at,
+    ) -> ReportRow:
+        """A row's own cells; ``retry`` keeps the row number the old report gave it."""
+        number: int | str = chunk.start + at + 1
+        if self.layout.retry:
+            number = self._reader(chunk).row_number(at)
+        source, linked = chunk.source[at], chunk.linked[at]
+        return ReportRow(
+            number, source, linked, success, outcome, status, error, attempts, linked_at
         )
-        self._put(chunk, at, head, ticket, extras)
+
+    def _reader(self, chunk: Chunk) -> RowReader:
+        """``retry``: the old report's cells of the chunk."""
+        return RowReader(chunk.columns, self.layout.escaped)
+
+    def _prior_attempts(self, chunk: Chunk, at: int) -> int:
+        """``retry``: the attempts the old report counted for the row."""
+        if not self.layout.retry:
+            return 0
+        value = str(chunk.columns["attempts"][at]).strip()
+        return int(value) if value.isdigit() else 0
 
     def _put(
         self,
@@ -257,86 +220,72 @@ class Assembler:
         ticket: Sequence[Any],
         extras: dict[str, Any] | None,
     ) -> None:
-        """Write one row and count it."""
-        self.writer.write(head, ticket, extras, self._others(chunk, at))
+        """Write one row, count it, and keep what its duplicates will share."""
+        carried = [chunk.columns[name][at] for name in self.layout.passthrough]
+        self.writer.write(*self.writer.schema.cells(head, ticket, extras, carried))
         self.counts[head.outcome] += 1  # keyed by the text: an Outcome is a str
         if not head.success:
             self.unsuccessful += 1
             if head.outcome is not Outcome.DUPLICATE:
                 self.errors.add(head.row, head.error, head.source, head.linked)
-
-    def _write_result(self, chunk: Chunk, at: int, result: Result) -> None:
-        """A row sent this run or read back from the journal: the per-row path, so the
-        row is built here rather than through :meth:`_emit`'s ten arguments."""
-        ticket, extras = split_ticket(result.ticket)
-        source, linked = chunk.source[at], chunk.linked[at]
-        outcome = result.outcome
-        success = outcome is _LINKED
-        if success and self.on_linked is not None:
-            self.on_linked((source, linked, result.linked_at))
-        retry = self.layout.retry
-        head = build(
-            ReportRow,
-            (
-                self._kept_row_number(chunk, at) if retry else chunk.start + at + 1,
-                source,
-                linked,
-                success,
-                outcome,
-                result.http_status,
-                result.error,
-                result.attempts + self._prior_attempts(chunk, at) if retry else result.attempts,
-                result.linked_at,
-            ),
-        )
-        self._put(chunk, at, head, ticket, extras)
         index = chunk.start + at
         if index in self._targets:
-            self._firsts[index] = _First(success, result.http_status, result.error, ticket, extras)
+            self._firsts[index] = _First(head.success, head.http_status, head.error, ticket, extras)
+
+    def _write_result(self, chunk: Chunk, at: int, result: Result) -> None:
+        """A row sent this run or read back from the journal."""
+        ticket, extras = split_ticket(result.ticket)
+        success = result.outcome is Outcome.LINKED
+        if success and self.on_linked is not None:
+            self.on_linked((chunk.source[at], chunk.linked[at], result.linked_at))
+        head = self._head(
+            chunk,
+            at,
+            result.outcome,
+            success=success,
+            status=result.http_status,
+            error=result.error,
+            attempts=result.attempts + self._prior_attempts(chunk, at),
+            linked_at=result.linked_at,
+        )
+        self._put(chunk, at, head, ticket, extras)
 
     def _write_duplicate(self, chunk: Chunk, at: int, first: int) -> None:
         base = self._firsts.get(first)
         if base is None:  # the first row was kept from an earlier report (retry)
-            base = _First(False, None, "", [None] * len(TICKET_COLUMNS), None)
+            base = _First(False, None, "", _NO_TICKET, None)
         note = f"duplicate of row {first + 1}"
         if not base.success and base.error:
             note += f": {base.error}"
-        self._emit(
+        head = self._head(
             chunk,
             at,
-            base.success,
             Outcome.DUPLICATE,
-            base.http_status,
-            note,
-            self._prior_attempts(chunk, at) if self.layout.retry else 0,
-            base.ticket,
-            base.extras,
+            success=base.success,
+            status=base.http_status,
+            error=note,
+            attempts=self._prior_attempts(chunk, at),
         )
+        self._put(chunk, at, head, base.ticket, base.extras)
 
     def _write_already(self, chunk: Chunk, at: int) -> None:
         """A pair the store says an earlier run linked: not sent, and a success."""
-        index = chunk.start + at
         assert self.plan.linked_at is not None  # ALREADY rows come with their times
-        when = utc_stamp(datetime.fromtimestamp(int(self.plan.linked_at[index]), UTC))
-        empty = [None] * len(TICKET_COLUMNS)
-        self._emit(chunk, at, True, Outcome.ALREADY_LINKED, None, "", 0, empty, None, when)
-        if index in self._targets:
-            self._firsts[index] = _First(True, None, "", empty, None)
+        stamp = int(self.plan.linked_at[chunk.start + at])
+        when = utc_stamp(datetime.fromtimestamp(stamp, UTC))
+        head = self._head(chunk, at, Outcome.ALREADY_LINKED, success=True, linked_at=when)
+        self._put(chunk, at, head, _NO_TICKET, None)
 
     def _write_invalid(self, chunk: Chunk, at: int, reason: str) -> None:
-        self._emit(
-            chunk, at, False, Outcome.INVALID, None, reason, 0, [None] * len(TICKET_COLUMNS), None
-        )
+        head = self._head(chunk, at, Outcome.INVALID, success=False, error=reason)
+        self._put(chunk, at, head, _NO_TICKET, None)
 
     def _write_kept(self, chunk: Chunk, at: int) -> None:
         """A row ``retry`` leaves alone: its old cells, exactly as read."""
-        reader = RowReader(chunk.columns, self.layout.escaped)
+        reader = self._reader(chunk)
         ticket = [reader.cell(name, at) for name in TICKET_COLUMNS]
         extras = {
             name: reader.cell(f"ticket.{name}", at) for name in self.layout.extra_fields
         } or None
         head = reader.head(at, chunk.source[at], chunk.linked[at])
         self._put(chunk, at, head, ticket, extras)
-        index = chunk.start + at
-        if index in self._targets:
-            self._firsts[index] = _First(head.success, head.http_status, head.error, ticket, extras)

@@ -36,14 +36,14 @@ from bulklink.errors import (
 from bulklink.models import Outcome, Pair, Summary, build
 from bulklink.net.client import Client
 from bulklink.options import Connection, Control, Output, RunSettings
-from bulklink.run.assembly import Assembler, Layout
+from bulklink.run.assembly import Assembler
 from bulklink.run.publish import write_summary_json
 from bulklink.run.runner import CREDENTIALS_REJECTED, INTERNAL_ERROR, Runner, describe_refusals
 from bulklink.state.journal import Journal, hand_over_links, journal_path
 from bulklink.state.ledger import Ledger, scope_of
 from bulklink.tables.inputs import SEND, Chunk, Plan
+from bulklink.tables.report.schema import Layout, RunInfo
 from bulklink.tables.report.writers import ReportWriter, open_writer
-from bulklink.tables.report.xlsx import RunInfo
 from bulklink.text import format_duration, utc_stamp
 
 _T = TypeVar("_T")
@@ -100,7 +100,7 @@ def execute(job: Job) -> Summary:
     t0 = time.monotonic()
     journal = _open_journal(job)
     try:
-        writer = open_writer(job.report, job.layout.extra_fields, job.layout.passthrough)
+        writer = open_writer(job.report, job.layout)
     except BaseException as exc:
         journal.close()
         if isinstance(exc, OSError):

@@ -18,10 +18,10 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from bulklink.errors import InputError
-from bulklink.models import RESULT_COLUMNS, Pair
+from bulklink.models import Pair
 from bulklink.tables.ids import ALREADY as ALREADY
 from bulklink.tables.ids import BLANK_BOTH as BLANK_BOTH
 from bulklink.tables.ids import BLANK_LINKED as BLANK_LINKED
@@ -45,6 +45,7 @@ from bulklink.tables.ids import INVALID_REASONS as INVALID_REASONS
 from bulklink.tables.ids import KEEP as KEEP
 from bulklink.tables.ids import SELF_LINK as SELF_LINK
 from bulklink.tables.ids import SEND as SEND
+from bulklink.tables.report.schema import RESULT_COLUMNS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -323,6 +324,11 @@ class Table:
         self._frame = frame
         return self._resolve(columns)
 
+    @property
+    def has_lost_digits(self) -> bool:
+        """Some ID cell is a number Excel cut short (only an .xlsx file can hold one)."""
+        return bool(self._lost)
+
     def lost_digits(self, start: int, stop: int) -> tuple[np.ndarray[Any, Any] | None, ...]:
         """Which source and linked cells of rows ``start:stop`` are numbers Excel cut short."""
         return tuple(
@@ -335,34 +341,9 @@ class Table:
             for start in range(0, len(self._frame), chunk_rows):
                 yield self._frame.iloc[start : start + chunk_rows]
             return
-        import pandas as pd
-
-        try:
-            # names + usecols: the header decides the columns. A trailing delimiter on
-            # every row (a common export quirk) or a stray extra cell can then neither
-            # turn the first column into an index nor shift the IDs.
-            with pd.read_csv(
-                self.path,
-                sep=self.delimiter,
-                header=0,
-                names=self.columns,
-                usecols=range(len(self.columns)),
-                dtype=str,
-                keep_default_na=False,
-                na_filter=False,
-                encoding=self.encoding,
-                encoding_errors="replace",
-                chunksize=chunk_rows,
-                engine="c",
-                skip_blank_lines=True,
-            ) as reader:
-                yield from reader
-        except (ValueError, csv.Error, UnicodeError, OverflowError, MemoryError) as exc:
-            # ParserError, EmptyDataError and UnicodeDecodeError are ValueErrors.
-            reason = str(exc).strip() or type(exc).__name__
-            raise InputError(f"{self.path} is not valid CSV: {reason}") from None
-        except OSError as exc:
-            raise InputError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        yield from read_csv(
+            self.path, self.columns, self.delimiter, self.encoding, chunk_rows, self.path
+        )
 
     def chunks(self, chunk_rows: int | None = None) -> Iterator[Chunk]:
         """Yield the table in order, IDs trimmed; other columns exactly as read."""
@@ -374,6 +355,49 @@ class Table:
             columns = {c: frame[c].tolist() for c in self.other_cols}
             yield Chunk(start, source, linked, columns)
             start += len(source)
+
+
+def read_csv(
+    source: Path | IO[bytes],
+    columns: list[str],
+    delimiter: str,
+    encoding: str,
+    chunk_rows: int,
+    name: Path,
+) -> Iterator[pd.DataFrame]:
+    """A CSV file's rows after its header, in chunks, every cell the text as written.
+
+    The one CSV parser for rows (an input, a report, the report writer's own file): one
+    set of rules and no field-size limit. ``name`` is the file as errors call it.
+    """
+    import pandas as pd
+
+    try:
+        # names + usecols: the header decides the columns. A trailing delimiter on
+        # every row (a common export quirk) or a stray extra cell can then neither
+        # turn the first column into an index nor shift the IDs.
+        with pd.read_csv(
+            source,
+            sep=delimiter,
+            header=0,
+            names=columns,
+            usecols=range(len(columns)),
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            encoding=encoding,
+            encoding_errors="replace",
+            chunksize=chunk_rows,
+            engine="c",
+            skip_blank_lines=True,
+        ) as reader:
+            yield from reader
+    except (ValueError, csv.Error, UnicodeError, OverflowError, MemoryError) as exc:
+        # ParserError, EmptyDataError and UnicodeDecodeError are ValueErrors.
+        reason = str(exc).strip() or type(exc).__name__
+        raise InputError(f"{name} is not valid CSV: {reason}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {name}: {exc.strerror or exc}") from None
 
 
 def _json_kind(value: object) -> str:

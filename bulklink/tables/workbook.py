@@ -157,9 +157,7 @@ def _collect(
             value = row[index] if index < len(row) else None
             if index not in ids:
                 column.append(_plain(value) if report else _text(value))
-            elif report:
-                column.append(str(_plain(value)))
-            else:
+            else:  # an ID, in a report too: as ``run`` reads it, flagged when cut short
                 text, cut = id_text(value)
                 column.append(text)
                 lost[index].append(cut)

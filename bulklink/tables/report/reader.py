@@ -1,14 +1,26 @@
-"""Reading back a report written by ``run``: what ``retry`` resends and ``report`` counts."""
+"""Reading back a report written by ``run``: the one reader that ``retry`` and ``report`` use.
+
+A report is read as ``run`` reads an input (:class:`~bulklink.tables.inputs.Table`, the
+same ID rules), and its columns are told apart by the schema's rule: bulklink's own,
+the ticket's, and the ones carried from the input.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from bulklink.errors import InputError
-from bulklink.models import RESULT_COLUMNS, TICKET_COLUMNS, ErrorTally, Outcome, Summary
-from bulklink.run.assembly import Layout
+from bulklink.models import ErrorTally, Outcome, Summary
+from bulklink.tables.ids import LOST_DIGITS_LINKED, LOST_DIGITS_SOURCE, invalid_text
 from bulklink.tables.inputs import Chunk, ReadOptions, Table
-from bulklink.tables.report.writers import RowReader
+from bulklink.tables.report.schema import (
+    TICKET_COLUMNS,
+    Layout,
+    ReportRow,
+    is_ours,
+    unneutralize,
+)
 
 _OUTCOMES = frozenset(o.value for o in Outcome)
 REQUIRED = ("row", "sourceTicketId", "linkedTicketId", "success", "outcome", "attempts")
@@ -20,15 +32,30 @@ def open_report(path: Path) -> tuple[Table, Layout]:
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise InputError(f"{path} is not a bulklink report: no column {', '.join(missing)}")
-    ours = set(RESULT_COLUMNS) | set(TICKET_COLUMNS)
+    if table.has_lost_digits:
+        _refuse_lost_digits(path, table)
     extra = [
         c.removeprefix("ticket.")
         for c in table.columns
-        if c.startswith("ticket.") and c not in ours
+        if c.startswith("ticket.") and c not in TICKET_COLUMNS
     ]
-    passthrough = [c for c in table.other_cols if c not in ours and not c.startswith("ticket.")]
+    passthrough = [c for c in table.other_cols if not is_ours(c)]
     layout = Layout(passthrough, extra, retry=True, escaped=table.kind == "csv")
     return table, layout
+
+
+def _refuse_lost_digits(path: Path, table: Table) -> None:
+    """An ID cell that became a number Excel cut short (someone saved the report from
+    Excel) is refused with the words ``run`` gives such a row: every row of the report
+    is rewritten by ``retry``, and no digits are made up for it."""
+    codes = (LOST_DIGITS_SOURCE, LOST_DIGITS_LINKED)
+    for chunk in table.chunks():
+        flags = table.lost_digits(chunk.start, chunk.end)
+        for at in range(len(chunk)):
+            for code, lost in zip(codes, flags, strict=True):  # the source speaks first
+                if lost is not None and lost[at]:
+                    reason = invalid_text(code, chunk.source[at], chunk.linked[at])
+                    raise InputError(f"{path}: row {chunk.start + at + 1}: {reason}")
 
 
 def kept_rows(chunk: Chunk) -> list[bool]:
@@ -72,3 +99,69 @@ def read_report(report: str | Path) -> Summary:
     summary.retryable_rows = summary.counts["failed"] + summary.counts["skipped"]
     summary.exit_code = 1 if unsuccessful else 0
     return summary
+
+
+class RowReader:
+    """A report's cells back as the typed row written.
+
+    A CSV holds everything as text, with formula escapes on the API's text; xlsx and
+    jsonl hold numbers, booleans and text as they came, so a leading quote there is data.
+    ``retry`` writes kept rows from this, and ``report`` counts with it.
+    """
+
+    def __init__(self, columns: dict[str, list[Any]], escaped: bool) -> None:
+        self.cols = columns
+        self.escaped = escaped
+
+    def outcome(self, at: int) -> str:
+        return str(self.cols["outcome"][at]).strip()
+
+    def success(self, at: int) -> bool:
+        return str(self.cols["success"][at]).strip().lower() == "true"
+
+    def error(self, at: int) -> str:
+        """The error cell as written (``""`` stays ``""``)."""
+        value = self.cols["error"][at] if "error" in self.cols else None
+        if value is None:
+            return ""
+        return unneutralize(str(value)) if self.escaped else str(value)
+
+    def row_number(self, at: int) -> int | str:
+        value = self.cols["row"][at]
+        return int(value) if str(value).isdigit() else value
+
+    def head(self, at: int, source: str, linked: str) -> ReportRow:
+        return ReportRow(
+            self.row_number(at),
+            source,
+            linked,
+            self.success(at),
+            Outcome(self.outcome(at)),
+            _number(self.cols["http_status"][at]),
+            self.error(at),
+            _number(self.cols["attempts"][at]),
+            self.text("linked_at", at),
+        )
+
+    def text(self, name: str, at: int) -> str:
+        """A text cell of ours, or "" when the report predates its column."""
+        column = self.cols.get(name)
+        value = column[at] if column is not None else None
+        return "" if value is None else str(value)
+
+    def cell(self, name: str, at: int) -> Any:
+        """An API cell: empty is nothing; a CSV's formula escape undone."""
+        value = self.cols[name][at]
+        if isinstance(value, str):
+            if not value:
+                return None
+            return unneutralize(value) if self.escaped else value
+        return value
+
+
+def _number(value: Any) -> Any:
+    """A number cell read back (``3``, ``"3"``, ``3.0``); empty is None; else as it was."""
+    text = str(value).strip() if value is not None else ""
+    if text.endswith(".0"):
+        text = text[:-2]
+    return int(text) if text.isdigit() else (None if text in ("", "None", "nan") else value)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from bulklink.models import ErrorGroup, ErrorTally, Outcome, Summary
-from bulklink.tables.report.writers import text_cell
+from bulklink.models import ErrorGroup, ErrorTally, Outcome
+from bulklink.tables.report.schema import RunInfo, text_cell
 
 ROWS_SHEET = "report"
 SUMMARY_SHEET = "Summary"
@@ -42,31 +42,6 @@ Rows = Callable[[], Iterable[Sequence[Any]]]
 #: A write-only worksheet; openpyxl's stubs lack the layout attributes it does have
 #: (column_dimensions, auto_filter, add_chart), so it is typed loosely.
 _Sheet = Any
-
-
-@dataclass(frozen=True, slots=True)
-class RunInfo:
-    """What the Summary sheet says about the run itself; the counts come from the rows."""
-
-    started: str = ""
-    finished: str = ""
-    duration: float | None = None
-    input: str = ""
-    report: str = ""
-    exit_code: int | None = None
-    stopped: str = ""
-
-    @classmethod
-    def from_summary(cls, summary: Summary, input: str | Path) -> RunInfo:
-        return cls(
-            started=summary.started,
-            finished=summary.finished,
-            duration=round(summary.elapsed, 3),
-            input=str(input),
-            report=summary.report,
-            exit_code=summary.exit_code,
-            stopped=summary.stopped,
-        )
 
 
 @dataclass(slots=True)
@@ -155,11 +130,7 @@ def _first_pass(columns: Sequence[str], rows: Rows) -> _Tally:
         for i, value in enumerate(row):
             if value is None:
                 continue
-            kind = kinds[i]
-            if value.__class__ is str and kind == "any":  # most cells: skip the conversion
-                width = max(map(len, value.split("\n"))) if "\n" in value else len(value)
-            else:
-                width = _shown_width(_typed(value, kind))
+            width = _shown_width(_typed(value, kinds[i]))
             if width > longest[i]:
                 longest[i] = width
         if outcome_at is None or success_at is None:
@@ -205,21 +176,17 @@ def _write_rows_sheet(sheet: _Sheet, columns: Sequence[str], rows: Rows, tally: 
     sheet.auto_filter.ref = f"A1:{get_column_letter(len(columns))}{tally.rows + 1}"
     sheet.append([_text_cell(sheet, name, bold=True) for name in columns])
     kinds = _kinds(columns)
-    illegal = ILLEGAL_CHARACTERS_RE.search
     for row in rows():
         cells = []
         for value, kind in zip(row, kinds, strict=True):
-            if value.__class__ is not str or kind != "any":
-                value = _typed(value, kind)
-            elif not value:
-                value = None
+            cell = _typed(value, kind)
             # Plain text goes as it is (openpyxl makes it a text cell); only text that
             # openpyxl would turn into a formula or an error, or cannot store, is wrapped.
-            if value.__class__ is str and (
-                value[:1] == "=" or value in ERROR_CODES or illegal(value) is not None
+            if isinstance(cell, str) and (
+                cell.startswith("=") or cell in ERROR_CODES or ILLEGAL_CHARACTERS_RE.search(cell)
             ):
-                value = _text_cell(sheet, value)
-            cells.append(value)
+                cell = _text_cell(sheet, cell)
+            cells.append(cell)
         sheet.append(cells)
 
 
