@@ -97,9 +97,9 @@ class AtomicFile:
         self.tmp.replace(self.target)  # replaces a link at the target; never follows it
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        fd, self.fd = self.fd, -1  # closed even when close() fails (EIO, a full NFS disk)
+        if fd >= 0:
+            os.close(fd)
 
     def discard(self) -> None:
         self.close()

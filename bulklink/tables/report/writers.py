@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from bulklink._fs import create_temp, open_fixed
+from bulklink._fs import AtomicFile
 from bulklink.errors import UsageError
 from bulklink.tables.inputs import CHUNK_ROWS, read_csv
 from bulklink.tables.report.schema import (
@@ -67,7 +67,11 @@ class ReportWriter(ABC):
         self._spool: IO[str] | None = None
         # Created now, so a full disk or an unwritable folder shows before anything is sent;
         # a killed run's leftover is swept by the next run to take the report's lock.
-        self._tmp_fd, self.tmp = create_temp(path, "tmp")
+        self._file = AtomicFile(path)
+
+    @property
+    def tmp(self) -> Path:
+        return self._file.tmp
 
     @abstractmethod
     def write(self, cells: Sequence[Any], late: Late) -> None:
@@ -79,39 +83,25 @@ class ReportWriter(ABC):
 
     def discard(self) -> None:
         self.close()
-        self.tmp.unlink(missing_ok=True)
+        self._file.discard()
 
     def close(self) -> None:
         if self._spool is not None:
             self._spool.close()
-        if self._tmp_fd >= 0:
-            os.close(self._take_tmp_fd())
+        self._file.close()
 
-    def _take_tmp_fd(self) -> int:
-        """The temporary file's fd, handed over once to whoever writes it."""
-        fd, self._tmp_fd = self._tmp_fd, -1
-        return fd
+    def _text(self) -> IO[str]:
+        """The temporary report as text; closing it leaves the fd to :meth:`close`."""
+        return os.fdopen(self._file.fd, "w", encoding="utf-8", newline="", closefd=False)
 
     def _open_spool(self) -> IO[str]:
         if self._spool is None:
             self._spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 - closed by close()
         return self._spool
 
-    def _install(self, tmp: Path) -> None:
-        fd = _open_tmp(tmp)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.replace(self.path)  # replaces a link at the report's path, never follows it
-
-
-def _open_tmp(tmp: Path) -> int:
-    """Our temporary report, read back by fd, never through a link swapped in for it."""
-    fd = open_fixed(tmp, os.O_RDONLY, "the temporary report")
-    if fd is None:
-        raise UsageError(f"the temporary report {tmp} disappeared before it was complete")
-    return fd
+    def _install(self) -> None:
+        self._file.install()
+        self.close()
 
 
 def _api_cell(value: Any) -> Any:
@@ -129,7 +119,7 @@ class CsvWriter(ReportWriter):
 
     def __init__(self, path: Path, schema: Schema) -> None:
         super().__init__(path, schema)
-        self._fh = os.fdopen(self._take_tmp_fd(), "w", encoding="utf-8", newline="")
+        self._fh = self._text()
         self._csv = csv.writer(self._fh)
         self._header = schema.columns()
         self._csv.writerow(self._header)
@@ -148,10 +138,11 @@ class CsvWriter(ReportWriter):
 
     def commit(self, run: RunInfo | None = None) -> None:
         self._fh.close()
-        if self._spool is not None:
-            self._add_late_columns(self._spool)
-        self.close()
-        self._install(self.tmp)
+        if self._spool is None:
+            self._install()
+            return
+        self._add_late_columns(self._spool)
+        self.discard()
 
     def close(self) -> None:
         self._fh.close()
@@ -163,11 +154,12 @@ class CsvWriter(ReportWriter):
         spool.seek(0)
         spilled = (line.split("\t", 1) for line in spool)
         pending = next(spilled, None)
-        dst_fd, merged = create_temp(self.path, "merge")
+        merged = AtomicFile(self.path, kind="merge")
+        os.lseek(self._file.fd, 0, os.SEEK_SET)
         try:
             with (
-                os.fdopen(_open_tmp(self.tmp), "rb") as src,
-                os.fdopen(dst_fd, "w", encoding="utf-8", newline="") as dst,
+                os.fdopen(self._file.fd, "rb", closefd=False) as src,
+                os.fdopen(merged.fd, "w", encoding="utf-8", newline="", closefd=False) as dst,
             ):
                 writer = csv.writer(dst)
                 writer.writerow(self.schema.columns())
@@ -180,10 +172,11 @@ class CsvWriter(ReportWriter):
                             pending = next(spilled, None)
                         writer.writerow(self.schema.complete(cells, late))
                         index += 1
-            merged.replace(self.tmp)
+            merged.install()
         except BaseException:
-            merged.unlink(missing_ok=True)
+            merged.discard()
             raise
+        merged.close()
 
 
 class JsonlWriter(ReportWriter):
@@ -191,7 +184,7 @@ class JsonlWriter(ReportWriter):
 
     def __init__(self, path: Path, schema: Schema) -> None:
         super().__init__(path, schema)
-        self._fh = os.fdopen(self._take_tmp_fd(), "w", encoding="utf-8")
+        self._fh = self._text()
 
     def write(self, cells: Sequence[Any], late: Late) -> None:
         row = list(cells)
@@ -202,10 +195,11 @@ class JsonlWriter(ReportWriter):
 
     def commit(self, run: RunInfo | None = None) -> None:
         self._fh.close()
-        self._install(self.tmp)
+        self._install()
 
     def close(self) -> None:
         self._fh.close()
+        super().close()
 
 
 class XlsxWriter(ReportWriter):
@@ -224,10 +218,9 @@ class XlsxWriter(ReportWriter):
                 cells, late = json.loads(line)
                 yield self.schema.complete(cells, late)
 
-        with os.fdopen(self._take_tmp_fd(), "wb") as fh:
+        with os.fdopen(self._file.fd, "wb", closefd=False) as fh:
             write_workbook(fh, self.schema.columns(), rows, run)
-        self.close()
-        self._install(self.tmp)
+        self._install()
 
 
 def open_writer(path: Path, layout: Layout) -> ReportWriter:
