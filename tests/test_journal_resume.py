@@ -26,9 +26,10 @@ import bulklink.run.job
 import bulklink.state.journal
 import bulklink.tables.inputs
 from bulklink.models import Outcome, Result, normalise_url
+from bulklink.options import ReadOptions
 from bulklink.sandbox import Reply, Sandbox, success_body
 from bulklink.state.journal import Journal, Scope, checked_row, journal_path, parse_line
-from bulklink.tables.inputs import ReadOptions, Table, scan
+from bulklink.tables.inputs import Table, scan
 from tests.conftest import (
     FAST,
     FAST_UNPACED,

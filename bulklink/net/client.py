@@ -30,7 +30,6 @@ from bulklink.models import build
 from bulklink.net.credentials import Auth
 
 LINK_PATH = "/v1/tickets/link"
-DEFAULT_BASE_URL = "https://platform.thena.ai"
 MAX_SERVER_WAIT = 300.0  # seconds; a longer Retry-After is capped so a nightly run still ends
 MAX_ANSWER = 8 * 1024 * 1024  # decompressed bytes; a ticket is about 2 KB
 TOO_LARGE = "answer larger than 8 MB"

@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 from bulklink.errors import TokenExpiredError, UsageError
+from bulklink.options import ConnectionOptions
 
 MIN_SECRET = 4  # a shorter secret would mangle ordinary words when redacted
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
@@ -209,16 +210,7 @@ def _check(secret: Secret | None, what: str) -> None:
             )
 
 
-def resolve_auth(
-    *,
-    token: str | None = None,
-    token_file: str | Path | None = None,
-    api_key: str | None = None,
-    api_key_file: str | Path | None = None,
-    org_id: str | None = None,
-    sandbox: bool = False,
-    env: Mapping[str, str] | None = None,
-) -> Auth:
+def resolve_auth(options: ConnectionOptions, env: Mapping[str, str] | None = None) -> Auth:
     """Pick the auth mode; each credential from its option, else its THENA_* variable.
 
     ``--token-file`` overrides an exported THENA_TOKEN (and ``--api-key-file``
@@ -226,11 +218,14 @@ def resolve_auth(
     which one was meant cannot be guessed.
     """
     env = os.environ if env is None else env
-    bearer = _pick(token, token_file, "--token") or _from_env(env, "THENA_TOKEN")
-    key = _pick(api_key, api_key_file, "--api-key") or _from_env(env, "THENA_API_KEY")
+    sandbox = options.sandbox
+    bearer = _pick(options.token, options.token_file, "--token") or _from_env(env, "THENA_TOKEN")
+    key = _pick(options.api_key, options.api_key_file, "--api-key") or _from_env(
+        env, "THENA_API_KEY"
+    )
     _check(bearer, "token")
     _check(key, "API key")
-    org = (org_id or env.get("THENA_ORG_ID", "")).strip() or None
+    org = (options.org_id or env.get("THENA_ORG_ID", "")).strip() or None
     if bearer and key:
         raise UsageError(
             f"both a Bearer token ({bearer.origin}) and an API key ({key.origin}) are set; "

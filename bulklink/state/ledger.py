@@ -21,7 +21,6 @@ from datetime import datetime
 from pathlib import Path
 
 from bulklink.models import Summary
-from bulklink.options import Connection, StateOptions
 from bulklink.state.store import RunRecord, Scope, Store
 
 SANDBOX_SCOPE = "sandbox:"
@@ -31,14 +30,6 @@ SANDBOX_SCOPE = "sandbox:"
 # 2,500 12.6k, and one at the end 9.1k (benchmarks/store_instructions.py).
 FLUSH_PAIRS = 5_000  # about 2.5 s of an unpaced run against a fast server
 FLUSH_EVERY = 30.0  # seconds, for a paced run: 300 pairs at --rate 10
-
-
-def scope_of(connection: Connection) -> Scope:
-    """Links count per (base URL, org); the simulator is a scope of its own."""
-    auth = connection.auth
-    return scope_for(
-        connection.base_url, auth.org_id, sandbox=connection.sandbox, api_key=auth.api_key
-    )
 
 
 def scope_for(
@@ -68,10 +59,10 @@ class Ledger:
         self._batch: list[tuple[str, str, str]] = []
 
     @classmethod
-    def open(cls, options: StateOptions, connection: Connection) -> Ledger:
-        """Open the store the options name (raises :class:`~bulklink.state.store.StoreError`)."""
-        store = Store.open(options.path) if options.path is not None else None
-        return cls(store, scope_of(connection), relink=options.relink)
+    def open(cls, path: Path | None, scope: Scope, *, relink: bool = False) -> Ledger:
+        """Open the store at ``path``, if any (raises :class:`~bulklink.state.store.StoreError`)."""
+        store = Store.open(path) if path is not None else None
+        return cls(store, scope, relink=relink)
 
     @property
     def active(self) -> bool:

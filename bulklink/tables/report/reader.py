@@ -6,8 +6,9 @@ from pathlib import Path
 
 from bulklink.errors import InputError
 from bulklink.models import RESULT_COLUMNS, TICKET_COLUMNS, ErrorTally, Outcome, Summary
+from bulklink.options import ReadOptions
 from bulklink.run.assembly import Layout
-from bulklink.tables.inputs import Chunk, ReadOptions, Table
+from bulklink.tables.inputs import Chunk, Table
 from bulklink.tables.report.writers import RowReader
 
 _OUTCOMES = frozenset(o.value for o in Outcome)
@@ -16,7 +17,9 @@ REQUIRED = ("row", "sourceTicketId", "linkedTicketId", "success", "outcome", "at
 
 def open_report(path: Path) -> tuple[Table, Layout]:
     """A report written by ``run`` as a table, with its result columns told apart."""
-    table = Table(path, ReadOptions("sourceTicketId", "linkedTicketId"), report=True)
+    table = Table(
+        path, ReadOptions(source_col="sourceTicketId", linked_col="linkedTicketId"), report=True
+    )
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise InputError(f"{path} is not a bulklink report: no column {', '.join(missing)}")
