@@ -3,8 +3,9 @@
 ``link_pairs`` (pairs in, results out) lives in :mod:`bulklink.stream` and
 ``read_report`` in :mod:`bulklink.tables.report.reader`; all are exported by :mod:`bulklink`.
 The CLI is a thin layer over these. They take the CLI's options as keyword arguments
-(snake_case), never call ``sys.exit`` and print nothing unless given a console; failures
-are exceptions from :mod:`bulklink.errors`.
+(snake_case: the fields of :mod:`bulklink.options`' classes), never call ``sys.exit``
+and print nothing unless given a console; failures are exceptions from
+:mod:`bulklink.errors`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from bulklink.console import Console
 from bulklink.errors import BulklinkError, DiskError, InputError, LockedError, UsageError
 from bulklink.models import Pair, Summary
 from bulklink.net.connection import Connection, chosen_base_url, connect
-from bulklink.net.credentials import preflight, resolve_auth
+from bulklink.net.credentials import chosen_org_id, preflight, resolve_auth
 from bulklink.options import (
     ConnectionOptions,
     JobOptions,
@@ -114,7 +115,7 @@ def run_job(input: str | Path, output: str | Path | None, options: JobOptions) -
 def retry_job(report: str | Path, output: str | Path | None, options: RetryOptions) -> Summary:
     """Resend a report's ``failed`` and ``skipped`` rows; rewrite it (or ``output``) in place.
 
-    The keyword arguments are those of :func:`run_job` but the input ones.
+    The options are :func:`run_job`'s but the input ones.
     """
     source = Path(report)
     target = resolve_report(None, Path(output) if output is not None else source)
@@ -348,7 +349,7 @@ def dry_run(input: str | Path, options: JobOptions) -> DryRun:
     sandbox = options.sandbox
     path = store_path(options, sandbox=sandbox)
     url = chosen_base_url(options)
-    org = options.org_id or os.environ.get("THENA_ORG_ID", "").strip()
+    org = chosen_org_id(options)
     with contextlib.ExitStack() as stack:
         store = Store.open_existing(path) if path is not None else None
         if store is not None:

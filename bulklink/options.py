@@ -266,6 +266,7 @@ Opts = TypeVar("Opts", bound=_Checked)
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 T = TypeVar("T")
+C = TypeVar("C", bound=Callable[..., object])
 A = TypeVar("A")
 A_contra = TypeVar("A_contra", contravariant=True)
 Where = str | Path
@@ -335,30 +336,32 @@ def streams_with_options(
     return decorate
 
 
-def _described(wrapper: T, func: Callable[..., object], options: Callable[..., object]) -> T:
+def _described(wrapper: C, func: Callable[..., object], options: Callable[..., object]) -> C:
     """``wrapper`` with the signature ``help()``, IDEs and ``inspect`` read: the positional
-    parameters of ``func``, then every field of ``options`` as a keyword argument."""
+    parameters of ``func`` (named as there, passed as ``wrapper`` takes them), then every
+    field of ``options`` as a keyword argument."""
     hints = typing.get_type_hints(func)
     fields = typing.get_type_hints(options)
     *own, _ = inspect.signature(func).parameters.values()
-    first, *rest = (p.replace(annotation=hints[p.name]) for p in own)
+    taken = inspect.signature(wrapper, follow_wrapped=False).parameters.values()
     parameters = [
-        first.replace(kind=inspect.Parameter.POSITIONAL_ONLY),
-        *rest,
+        *(
+            mine.replace(annotation=hints[mine.name], kind=as_taken.kind, default=as_taken.default)
+            for mine, as_taken in zip(own, taken, strict=False)
+        ),
         *(
             p.replace(annotation=fields[p.name])
             for p in inspect.signature(options).parameters.values()
         ),
     ]
-    signature = inspect.Signature(parameters, return_annotation=hints["return"])
     described: Any = wrapper  # the attributes below are not in any type's stubs
-    described.__signature__ = signature
+    described.__signature__ = inspect.Signature(parameters, return_annotation=hints["return"])
     described.__annotations__ = {p.name: p.annotation for p in parameters} | {
         "return": hints["return"]
     }
     name = getattr(options, "__name__", "")
     described.__doc__ = (
-        f"{func.__doc__ or ''}\n\nThe keyword arguments are the fields of "
-        f"bulklink.options.{name}, and have its defaults."
+        f"{inspect.cleandoc(func.__doc__ or '')}\n\nThe keyword arguments are the fields "
+        f"of bulklink.options.{name}, with its defaults."
     )
     return wrapper

@@ -225,7 +225,7 @@ def resolve_auth(options: ConnectionOptions, env: Mapping[str, str] | None = Non
     )
     _check(bearer, "token")
     _check(key, "API key")
-    org = (options.org_id or env.get("THENA_ORG_ID", "")).strip() or None
+    org = chosen_org_id(options, env)
     if bearer and key:
         raise UsageError(
             f"both a Bearer token ({bearer.origin}) and an API key ({key.origin}) are set; "
@@ -245,6 +245,12 @@ def resolve_auth(options: ConnectionOptions, env: Mapping[str, str] | None = Non
     if not org:
         raise UsageError("missing organization ID: set THENA_ORG_ID or pass --org-id")
     return Auth(token=bearer.value, org_id=org, warnings=_warnings(bearer))
+
+
+def chosen_org_id(options: ConnectionOptions, env: Mapping[str, str] | None = None) -> str | None:
+    """``--org-id``, else ``THENA_ORG_ID``; None when neither is set."""
+    env = os.environ if env is None else env
+    return (options.org_id or env.get("THENA_ORG_ID", "")).strip() or None
 
 
 def _warnings(secret: Secret) -> tuple[str, ...]:
