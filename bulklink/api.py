@@ -33,8 +33,8 @@ from bulklink.options import (
     JobOptions,
     RetryOptions,
     StateOptions,
-    takes_options,
-    takes_options_only,
+    entry,
+    file_entry,
 )
 from bulklink.run.assembly import Layout
 from bulklink.run.job import Job, execute, recover_links, resolve_report, signals_raise
@@ -80,7 +80,7 @@ def _spool_stdin(beside: Path) -> Path:
     return spool
 
 
-@takes_options(JobOptions)
+@file_entry(JobOptions)
 def run_job(input: str | Path, output: str | Path | None, options: JobOptions) -> Summary:
     """Link every pair in ``input`` and write the report; what ``bulklink run`` does.
 
@@ -111,7 +111,7 @@ def run_job(input: str | Path, output: str | Path | None, options: JobOptions) -
     return _published(prepared, [report], work)
 
 
-@takes_options(RetryOptions)
+@file_entry(RetryOptions)
 def retry_job(report: str | Path, output: str | Path | None, options: RetryOptions) -> Summary:
     """Resend a report's ``failed`` and ``skipped`` rows; rewrite it (or ``output``) in place.
 
@@ -337,7 +337,7 @@ def list_runs(state: str | Path | None = None, limit: int | None = 20) -> list[R
         return store.runs(limit)
 
 
-@takes_options_only(JobOptions)
+@entry(JobOptions)
 def dry_run(input: str | Path, options: JobOptions) -> DryRun:
     """Read and validate ``input`` and say what a run would send; sends and writes nothing.
 

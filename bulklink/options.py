@@ -4,7 +4,7 @@ Each group is a dataclass (:class:`ReadOptions`, :class:`ConnectionOptions`,
 :class:`TrafficOptions`, :class:`ControlOptions`, :class:`StateOptions`,
 :class:`OutputOptions`); what a public function takes is their combination by
 inheritance (:class:`StreamOptions`, :class:`RetryOptions`, :class:`JobOptions`), and
-:func:`takes_options` turns a combination's fields into that function's keyword
+:func:`entry` and its kin turn a combination's fields into that function's keyword
 arguments, for the type checker and for ``help()`` alike. So an option is one field
 here, one ``click.option`` in the CLI and one README row.
 
@@ -53,7 +53,10 @@ class _Checked:
 
 def _finite(value: float, option: str) -> float:
     """A number option as a float; NaN and infinity are never meant."""
-    number = float(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{option} must be a number, got {value!r}") from None
     if not math.isfinite(number):
         raise UsageError(f"{option} must be a finite number, got {value!r}")
     return number
@@ -111,23 +114,36 @@ class TrafficOptions(_Checked):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if _finite(self.rate, "--rate") < 0:
+        # Numbers as their field says (the CLI and callers may give "20" or 0 for 0.0).
+        rate, timeout = _finite(self.rate, "--rate"), _finite(self.timeout, "--timeout")
+        backoff, max_retries = _finite(self.backoff, "--backoff"), _whole(self.max_retries)
+        if rate < 0:
             raise UsageError("--rate must be 0 (no limit) or more")
-        if not 0 <= self.max_retries <= self.MAX_RETRIES:
+        if not 0 <= max_retries <= self.MAX_RETRIES:
             raise UsageError(
                 "--max-retries must be 0 or more"
-                if self.max_retries < 0
+                if max_retries < 0
                 else f"--max-retries must be at most {self.MAX_RETRIES}"
             )
-        if _finite(self.timeout, "--timeout") <= 0:
+        if timeout <= 0:
             raise UsageError("--timeout must be more than 0 seconds")
-        if _finite(self.backoff, "--backoff") < 0:
+        if backoff < 0:
             raise UsageError("--backoff must be 0 or more seconds")
+        for name, value in (("rate", rate), ("timeout", timeout), ("backoff", backoff)):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "max_retries", max_retries)
         object.__setattr__(self, "workers", _workers(self.concurrency))
 
     def delay(self, attempt: int) -> float:
         """Full-jitter exponential backoff: spreads retries so they don't arrive together."""
         return random.uniform(0, min(self.BACKOFF_CAP, self.backoff * 2 ** (attempt - 1)))
+
+
+def _whole(max_retries: int) -> int:
+    try:
+        return int(max_retries)
+    except (TypeError, ValueError):
+        raise UsageError(f"--max-retries must be a number, got {max_retries!r}") from None
 
 
 def _workers(concurrency: int | str | None) -> int | None:
@@ -286,7 +302,7 @@ class FileEntry(Protocol[P, R_co]):
     ) -> R_co: ...
 
 
-def takes_options(
+def file_entry(
     options: Callable[P, Opts],
 ) -> Callable[[Callable[[Where, Where | None, Opts], R]], FileEntry[P, R]]:
     """``func(path, output, options)`` as ``func(path, output=None, **fields of options)``."""
@@ -303,7 +319,7 @@ def takes_options(
     return decorate
 
 
-def takes_options_only(
+def entry(
     options: Callable[P, Opts],
 ) -> Callable[[Callable[[A, Opts], R]], Entry[A, P, R]]:
     """``func(first, options)`` as ``func(first, **fields of options)``."""
@@ -318,10 +334,10 @@ def takes_options_only(
     return decorate
 
 
-def streams_with_options(
+def streaming_entry(
     options: Callable[P, Opts],
 ) -> Callable[[Callable[[A, Opts], AsyncGenerator[T]]], Entry[A, P, AsyncGenerator[T]]]:
-    """As :func:`takes_options_only` for an async generator, which stays one (and whose
+    """As :func:`entry` for an async generator, which stays one (and whose
     ``aclose`` reaches the wrapped generator's ``finally``)."""
 
     def decorate(func: Callable[[A, Opts], AsyncGenerator[T]]) -> Entry[A, P, AsyncGenerator[T]]:

@@ -10,7 +10,7 @@ from bulklink.errors import CredentialsRejected
 from bulklink.models import LinkResult, Outcome, Pair, Result
 from bulklink.net.client import Client
 from bulklink.net.connection import Connection, connect
-from bulklink.options import StreamOptions, streams_with_options
+from bulklink.options import StreamOptions, streaming_entry
 from bulklink.run.runner import AUTO_CAP, CREDENTIALS_REJECTED, Runner
 from bulklink.tables.inputs import clean_id, invalid_reason
 
@@ -45,7 +45,7 @@ async def endpoint(connection: Connection) -> AsyncGenerator[str]:
         yield sandbox.url
 
 
-@streams_with_options(StreamOptions)
+@streaming_entry(StreamOptions)
 async def link_pairs(
     pairs: Iterable[PairLike] | AsyncIterable[PairLike], options: StreamOptions
 ) -> AsyncGenerator[LinkResult]:

@@ -112,6 +112,7 @@ def test_a_wrong_option_is_refused_by_mypy_and_at_run_time(tmp_path: Path) -> No
     [
         ({"rate": -1}, "--rate must be 0 (no limit) or more"),
         ({"rate": float("inf")}, "--rate must be a finite number, got inf"),
+        ({"rate": "fast"}, "--rate must be a number, got 'fast'"),
         ({"timeout": 0}, "--timeout must be more than 0 seconds"),
         ({"timeout": float("nan")}, "--timeout must be a finite number, got nan"),
         ({"backoff": float("-inf")}, "--backoff must be a finite number, got -inf"),
@@ -138,6 +139,9 @@ def test_options_hold_what_the_run_takes() -> None:
     assert (options.workers, options.give_up_seconds, options.deadline_seconds) == (16, 5400, None)
     assert options.delimiter == "\t"
     assert JobOptions().workers is None and JobOptions().give_up_seconds == 600
+    numbers = JobOptions(rate="20", timeout=1, max_retries=2.0)  # type: ignore[arg-type]
+    assert (numbers.rate, numbers.timeout, numbers.max_retries) == (20.0, 1.0, 2)
+    assert isinstance(numbers.rate, float) and isinstance(numbers.max_retries, int)
 
 
 # -- run_job ----------------------------------------------------------------------------------
