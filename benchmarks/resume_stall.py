@@ -25,10 +25,11 @@ from typing import Any
 import bulklink.run.job
 from bulklink.api import run_job
 from bulklink.models import Outcome, Result
+from bulklink.options import ReadOptions
 from bulklink.sandbox import success_body
 from bulklink.state.journal import Journal, journal_path
 from bulklink.state.scope import Scope
-from bulklink.tables.inputs import ReadOptions, Table, scan
+from bulklink.tables.inputs import Table, scan
 
 sys.path.insert(0, str(Path(__file__).parent))
 

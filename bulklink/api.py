@@ -3,8 +3,9 @@
 ``link_pairs`` (pairs in, results out) lives in :mod:`bulklink.stream` and
 ``read_report`` in :mod:`bulklink.tables.report.reader`; all are exported by :mod:`bulklink`.
 The CLI is a thin layer over these. They take the CLI's options as keyword arguments
-(snake_case), never call ``sys.exit`` and print nothing unless given a console; failures
-are exceptions from :mod:`bulklink.errors`.
+(snake_case: the fields of :mod:`bulklink.options`' classes), never call ``sys.exit``
+and print nothing unless given a console; failures are exceptions from
+:mod:`bulklink.errors`.
 """
 
 from __future__ import annotations
@@ -24,37 +25,35 @@ from bulklink._fs import create_temp
 from bulklink.console import Console
 from bulklink.errors import BulklinkError, DiskError, InputError, LockedError, UsageError
 from bulklink.models import Pair, Summary
-from bulklink.net.credentials import preflight, resolve_auth
+from bulklink.net.connection import Connection, chosen_base_url, connect
+from bulklink.net.credentials import chosen_org_id, preflight, resolve_auth
 from bulklink.options import (
-    Connection,
-    Control,
-    JobArgs,
-    Output,
-    RunSettings,
+    ConnectionOptions,
+    JobOptions,
+    RetryOptions,
     StateOptions,
-    job_args,
+    entry,
+    file_entry,
 )
 from bulklink.redaction import Redactor
-from bulklink.run.job import Job, execute, recover_links, resolve_report, signals_raise
-from bulklink.run.publish import publish
+from bulklink.run.job import (
+    Job,
+    execute,
+    recover_links,
+    resolve_report,
+    scope_of,
+    signals_raise,
+)
+from bulklink.run.publish import Output, output_for, publish
 from bulklink.state.ledger import Ledger
 from bulklink.state.lock import hold
 from bulklink.state.scope import Scope
-from bulklink.state.store import RunRecord, Store
-from bulklink.tables.inputs import (
-    ALREADY,
-    DUPLICATE,
-    INVALID_REASONS,
-    SEND,
-    Plan,
-    ReadOptions,
-    Table,
-    scan,
-)
+from bulklink.state.store import RunRecord, Store, store_path
+from bulklink.stream import endpoint
+from bulklink.tables.inputs import ALREADY, DUPLICATE, INVALID_REASONS, SEND, Plan, Table, scan
 from bulklink.tables.report.reader import kept_rows, open_report
 from bulklink.tables.report.schema import Layout
 from bulklink.text import utc_stamp
-from bulklink.urls import DEFAULT_BASE_URL
 
 
 @dataclass(slots=True)
@@ -90,65 +89,26 @@ def _spool_stdin(beside: Path) -> Path:
     return spool
 
 
-def run_job(
-    input: str | Path,
-    output: str | Path | None = None,
-    *,
-    source_col: str | None = None,
-    linked_col: str | None = None,
-    sheet: str | None = None,
-    encoding: str | None = None,
-    delimiter: str | None = None,
-    base_url: str | None = None,
-    token: str | None = None,
-    token_file: str | Path | None = None,
-    api_key: str | None = None,
-    api_key_file: str | Path | None = None,
-    org_id: str | None = None,
-    sandbox: bool = False,
-    allow_http: bool = False,
-    rate: float = 10.0,
-    concurrency: int | str | None = "auto",
-    max_retries: int = 5,
-    timeout: float = 30.0,
-    backoff: float = 0.5,
-    limit: int | None = None,
-    fresh: bool = False,
-    handle_signals: bool = False,
-    state: str | Path | None = None,
-    no_state: bool = False,
-    relink: bool = False,
-    give_up_after: float | str | None = "10m",
-    deadline: float | str | None = None,
-    summary_json: str | Path | None = None,
-    metrics_file: str | Path | None = None,
-    notify: str | None = None,
-    notify_on: str = "problems",
-    job: str | None = None,
-    console: Console | None = None,
-) -> Summary:
+@file_entry(JobOptions)
+def run_job(input: str | Path, output: str | Path | None, options: JobOptions) -> Summary:
     """Link every pair in ``input`` and write the report; what ``bulklink run`` does.
 
-    The keyword arguments are the CLI's options in snake_case (see
-    :class:`~bulklink.options.JobArgs`); unset credentials and base URL come from the
-    same ``THENA_*`` variables as in the CLI. ``give_up_after`` (default ``"10m"``) and
-    ``deadline`` (default off) take seconds or ``"90s"``, ``"10m"``, ``"2h"``; ``0``,
-    ``"off"`` or None turn them off.
-    Resumes from the journal of an interrupted run on the same input and report, holds
-    the report's lock, and raises :class:`~bulklink.errors.BulklinkError` subclasses
-    (after writing the report when the run had started).
+    The keyword arguments are the CLI's options in snake_case; unset credentials and
+    base URL come from the same ``THENA_*`` variables as in the CLI. Resumes from the
+    journal of an interrupted run on the same input and report, holds the report's lock,
+    and raises :class:`~bulklink.errors.BulklinkError` subclasses (after writing the
+    report when the run had started).
     """
-    read = ReadOptions(source_col, linked_col, sheet, encoding, _delimiter(delimiter))
     stdin = str(input) == "-"
     if stdin and output is None:
         raise UsageError("reading from standard input ('-') needs -o/--output")
     report = resolve_report(None if stdin else Path(input), Path(output) if output else None)
-    prepared = _Prepared.build(report, f"bulklink run {input}", console, job_args(locals()))
+    prepared = _prepare(report, f"bulklink run {input}", options)
 
     def work(ledger: Ledger) -> Summary:
         spool = _spool_stdin(report) if stdin else None
         try:
-            table = Table(spool or Path(input), read)
+            table = Table(spool or Path(input), options)
             recover_links(report, prepared.connection, ledger)
             plan = scan(table, linked_times=ledger.lookup)
             layout = Layout(passthrough=list(table.other_cols))
@@ -160,42 +120,15 @@ def run_job(
     return _published(prepared, [report], work)
 
 
-def retry_job(
-    report: str | Path,
-    output: str | Path | None = None,
-    *,
-    base_url: str | None = None,
-    token: str | None = None,
-    token_file: str | Path | None = None,
-    api_key: str | None = None,
-    api_key_file: str | Path | None = None,
-    org_id: str | None = None,
-    sandbox: bool = False,
-    allow_http: bool = False,
-    rate: float = 10.0,
-    concurrency: int | str | None = "auto",
-    max_retries: int = 5,
-    timeout: float = 30.0,
-    backoff: float = 0.5,
-    limit: int | None = None,
-    fresh: bool = False,
-    handle_signals: bool = False,
-    state: str | Path | None = None,
-    no_state: bool = False,
-    relink: bool = False,
-    give_up_after: float | str | None = "10m",
-    deadline: float | str | None = None,
-    summary_json: str | Path | None = None,
-    metrics_file: str | Path | None = None,
-    notify: str | None = None,
-    notify_on: str = "problems",
-    job: str | None = None,
-    console: Console | None = None,
-) -> Summary:
-    """Resend a report's ``failed`` and ``skipped`` rows; rewrite it (or ``output``) in place."""
+@file_entry(RetryOptions)
+def retry_job(report: str | Path, output: str | Path | None, options: RetryOptions) -> Summary:
+    """Resend a report's ``failed`` and ``skipped`` rows; rewrite it (or ``output``) in place.
+
+    The options are :func:`run_job`'s but the input ones.
+    """
     source = Path(report)
     target = resolve_report(None, Path(output) if output is not None else source)
-    prepared = _Prepared.build(target, f"bulklink retry {report}", console, job_args(locals()))
+    prepared = _prepare(target, f"bulklink retry {report}", options)
 
     def work(ledger: Ledger) -> Summary:
         table, layout = open_report(source)
@@ -228,9 +161,13 @@ def _published(
         except LockedError as exc:
             _publish_refusal(prepared, exc)
             raise
-        stack.enter_context(signals_raise(prepared.control.handle_signals))
+        stack.enter_context(signals_raise(prepared.options.handle_signals))
         try:
-            ledger = Ledger.open(prepared.state, prepared.connection)
+            ledger = Ledger.open(
+                prepared.store_path,
+                scope_of(prepared.connection),
+                relink=prepared.options.relink,
+            )
         except BulklinkError as exc:  # a store that cannot be used: as bad input is
             _publish_refusal(prepared, exc, files=True)
             raise
@@ -320,58 +257,46 @@ def command_line(default: str) -> str:
     return shlex.join(words)
 
 
-def _delimiter(value: str | None) -> str | None:
-    if value is None:
-        return None
-    value = {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(value, value)
-    if len(value) != 1:
-        raise UsageError("--delimiter must be one character (or 'tab')")
-    return value
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Prepared:
-    """A run's options turned into checked value objects, before the input is read."""
+    """A run's options and what they resolve to, checked before the input is read."""
 
+    options: RetryOptions
     connection: Connection
-    settings: RunSettings
-    control: Control
-    state: StateOptions
+    store_path: Path | None
     output: Output
     console: Console
     command: str
     command_line: str  # for the run history: credentials and the webhook removed
 
-    @classmethod
-    def build(
-        cls, report: Path, command: str, console: Console | None, options: JobArgs
-    ) -> _Prepared:
-        """The one place ``run`` and ``retry`` check their options."""
-        console = console or Console.silent()
-        connection = Connection.build(options)
-        output = Output.build(report, options, allow_http=connection.allow_http)
-        # The webhook URL is a secret too: aiohttp's messages may quote it.
-        console.redact = connection.auth.redact | Redactor(urls=[output.notify_url])
-        for warning in connection.auth.warnings:  # shown even with -q, as ssh does
-            console.error(warning)
-        return cls(
-            connection=connection,
-            settings=RunSettings.build(options),
-            control=Control.build(options),
-            state=StateOptions.build(options, sandbox=connection.sandbox),
-            output=output,
-            console=console,
-            command=command,
-            command_line=connection.auth.redact(command_line(command)),
-        )
+
+def _prepare(report: Path, command: str, options: RetryOptions) -> _Prepared:
+    """The one place ``run`` and ``retry`` resolve their options."""
+    console = options.console or Console.silent()
+    connection = connect(options)
+    output = output_for(report, options, allow_http=connection.allow_http)
+    # The webhook URL is a secret too: aiohttp's messages may quote it.
+    console.redact = connection.auth.redact | Redactor(urls=[output.notify_url])
+    for warning in connection.auth.warnings:  # shown even with -q, as ssh does
+        console.error(warning)
+    return _Prepared(
+        options=options,
+        connection=connection,
+        store_path=store_path(options, sandbox=connection.sandbox),
+        output=output,
+        console=console,
+        command=command,
+        command_line=connection.auth.redact(command_line(command)),
+    )
 
 
 def _execute(
     plan: Plan, layout: Layout, prepared: _Prepared, ledger: Ledger, kind: str, input_name: str
 ) -> Summary:
-    settings, limit = prepared.settings, prepared.control.limit
+    options = prepared.options
+    limit = options.limit
     to_send = plan.to_send if limit is None else min(plan.to_send, limit)
-    seconds = to_send / settings.rate if settings.rate > 0 else 0.0
+    seconds = to_send / options.rate if options.rate > 0 else 0.0
     connection = prepared.connection
     warning = preflight(connection.auth, seconds) if not connection.sandbox else ""
     if warning:
@@ -392,9 +317,9 @@ def _execute(
     job = Job(
         plan=plan,
         layout=layout,
+        options=options,
         connection=connection,
-        settings=settings,
-        control=prepared.control,
+        endpoint=lambda: endpoint(connection),
         output=prepared.output,
         console=prepared.console,
         command=prepared.command,
@@ -406,7 +331,7 @@ def _execute(
 
 def list_runs(state: str | Path | None = None, limit: int | None = 20) -> list[RunRecord]:
     """Recent runs from the state store, newest first; an empty list when there is none."""
-    path = StateOptions.build({"state": state}, sandbox=False).path
+    path = store_path(StateOptions(state=state), sandbox=False)
     assert path is not None  # no --no-state here
     store = Store.open_existing(path)
     if store is None:
@@ -415,56 +340,41 @@ def list_runs(state: str | Path | None = None, limit: int | None = 20) -> list[R
         return store.runs(limit)
 
 
-def dry_run(
-    input: str | Path,
-    *,
-    base_url: str | None = None,
-    org_id: str | None = None,
-    api_key: str | None = None,
-    api_key_file: str | Path | None = None,
-    sandbox: bool = False,
-    state: str | Path | None = None,
-    no_state: bool = False,
-    relink: bool = False,
-    source_col: str | None = None,
-    linked_col: str | None = None,
-    sheet: str | None = None,
-    encoding: str | None = None,
-    delimiter: str | None = None,
-    limit: int | None = None,
-) -> DryRun:
+@entry(JobOptions)
+def dry_run(input: str | Path, options: JobOptions) -> DryRun:
     """Read and validate ``input`` and say what a run would send; sends and writes nothing.
 
-    With a state store (as a run would use it), pairs it holds as linked in the run's
-    scope are counted as ``already linked``; the store is only read, never created.
+    It takes :func:`run_job`'s options, so the same ones can be tried first; it uses the
+    read, state and scope options and ``limit``. With a state store (as a run would use
+    it), pairs it holds as linked in the run's scope are counted as ``already linked``;
+    the store is only read, never created.
     """
-    read = ReadOptions(source_col, linked_col, sheet, encoding, _delimiter(delimiter))
-    options = StateOptions.build(
-        {"state": state, "no_state": no_state, "relink": relink}, sandbox=sandbox
-    )
-    url = base_url or os.environ.get("THENA_BASE_URL", "").strip() or DEFAULT_BASE_URL
-    org = org_id or os.environ.get("THENA_ORG_ID", "").strip()
+    sandbox = options.sandbox
+    path = store_path(options, sandbox=sandbox)
+    url = chosen_base_url(options)
+    org = chosen_org_id(options)
     with contextlib.ExitStack() as stack:
-        store = Store.open_existing(options.path) if options.path is not None else None
+        store = Store.open_existing(path) if path is not None else None
         if store is not None:
             stack.enter_context(store)
-        key = _scope_key(api_key, api_key_file) if not (org or sandbox) else None
+        key = _scope_key(options) if not (org or sandbox) else None
         scope = Scope.build(url, org, sandbox=sandbox, api_key=key)
         ledger = Ledger(store, scope, relink=options.relink)
         if str(input) == "-":
             tmp = stack.enter_context(tempfile.TemporaryDirectory())
-            path, name = _spool_stdin(Path(tmp) / "stdin"), "-"
+            spool, name = _spool_stdin(Path(tmp) / "stdin"), "-"
         else:
-            path, name = Path(input), str(input)
-        plan = scan(Table(path, read), linked_times=ledger.lookup)
-        return _describe(plan, name, "<sandbox>" if sandbox else url, limit)
+            spool, name = Path(input), str(input)
+        plan = scan(Table(spool, options), linked_times=ledger.lookup)
+        return _describe(plan, name, "<sandbox>" if sandbox else url, options.limit)
 
 
-def _scope_key(api_key: str | None, api_key_file: str | Path | None) -> str | None:
+def _scope_key(options: ConnectionOptions) -> str | None:
     """The API key a run would send: without an org ID it scopes the store. A dry run
     needs no credentials, so none (or a token) is no error here."""
+    key_only = dataclasses.replace(options, token=None, token_file=None, sandbox=False)
     try:
-        return resolve_auth(api_key=api_key, api_key_file=api_key_file).api_key
+        return resolve_auth(key_only).api_key
     except UsageError:
         return None
 

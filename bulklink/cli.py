@@ -430,7 +430,6 @@ def run(
     progress: bool | None,
     quiet: bool,
     log_file: Path | None,
-    summary_json: Path | None,
     **options: Any,
 ) -> None:
     """Link every (source, linked) pair in INPUT (.csv, .tsv or .xlsx; '-' = CSV on stdin).
@@ -443,15 +442,8 @@ def run(
     if dry_run:
         from bulklink.api import dry_run as plan
 
-        read = {
-            k: options[k]
-            for k in ("source_col", "linked_col", "sheet", "encoding", "delimiter", "limit")
-        }
         try:
-            keys = ("base_url", "org_id", "api_key", "api_key_file", "sandbox")
-            scope = {k: options[k] for k in keys}
-            state = {k: options[k] for k in ("state", "no_state", "relink")}
-            info = plan(input, **scope, **state, **read)
+            info = plan(input, **options)
         except BulklinkError as exc:
             _fail(str(exc), exc.exit_code)
         _print_dry_run(info)
@@ -461,14 +453,7 @@ def run(
     console = _console(quiet, progress, log_file)
     _run_and_report(
         console,
-        lambda: run_job(
-            input,
-            output,
-            console=console,
-            handle_signals=True,
-            summary_json=summary_json,
-            **options,
-        ),
+        lambda: run_job(input, output, console=console, handle_signals=True, **options),
     )
 
 
@@ -523,7 +508,6 @@ def retry(
     progress: bool | None,
     quiet: bool,
     log_file: Path | None,
-    summary_json: Path | None,
     **options: Any,
 ) -> None:
     """Resend the failed and skipped rows of REPORT (written by `run`, any format).
@@ -536,14 +520,7 @@ def retry(
     console = _console(quiet, progress, log_file)
     _run_and_report(
         console,
-        lambda: retry_job(
-            report,
-            output,
-            console=console,
-            handle_signals=True,
-            summary_json=summary_json,
-            **options,
-        ),
+        lambda: retry_job(report, output, console=console, handle_signals=True, **options),
     )
 
 

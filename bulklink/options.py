@@ -1,28 +1,35 @@
-"""Options as small typed value objects, each built and checked once, with library names.
+"""Every option of bulklink, once: frozen value objects that check their values when built.
 
-A run is described by four of them: where and as whom to call (:class:`Connection`), how
-hard to push (:class:`RunSettings`), what drives and ends the run (:class:`Control`) and
-where its results go besides the report (:class:`Output`). The public functions take
-keyword arguments typed by the ``TypedDict``\\ s below, so a new option is one field
-here, one line in its ``build`` and one click option, not four signatures.
+Each group is a dataclass (:class:`ReadOptions`, :class:`ConnectionOptions`,
+:class:`TrafficOptions`, :class:`ControlOptions`, :class:`StateOptions`,
+:class:`OutputOptions`); what a public function takes is their combination by
+inheritance (:class:`StreamOptions`, :class:`RetryOptions`, :class:`JobOptions`), and
+:func:`entry` and its kin turn a combination's fields into that function's keyword
+arguments, for the type checker and for ``help()`` alike. So an option is one field
+here, one ``click.option`` in the CLI and one README row.
 
-Every ``THENA_*`` and ``BULKLINK_*`` variable is read here, so the CLI and the Python
-API give them the same meaning (the CLI adds no ``envvar=`` of its own).
+The values are the user's, checked but not resolved: what needs the environment or a
+file (credentials, the store's path, the webhook) is resolved by the part that owns it
+(:mod:`bulklink.net.connection`, :mod:`bulklink.state.store`, :mod:`bulklink.run.publish`).
+This module is a leaf: it imports nothing that sends, stores or reads a table.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import functools
+import inspect
+import math
 import random
-from collections.abc import AsyncGenerator, Mapping
+import re
+import typing
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, ClassVar, ParamSpec, Protocol, TypeVar
 
+from bulklink.console import Console
 from bulklink.errors import UsageError
-from bulklink.net.credentials import Auth, resolve_auth
-from bulklink.urls import DEFAULT_BASE_URL, check_url
 
 #: The environment variables bulklink reads, and what each means (the README's table).
 ENVIRONMENT = {
@@ -36,202 +43,150 @@ ENVIRONMENT = {
 }
 
 
-class ConnectionArgs(TypedDict, total=False):
-    """Where to send and with which credentials (see :meth:`Connection.build`)."""
+class _Checked:
+    """The root of every group: each group's ``__post_init__`` checks its own fields and
+    calls ``super()``, so a combination checks all of them."""
 
-    base_url: str | None
-    token: str | None
-    token_file: str | Path | None
-    api_key: str | None
-    api_key_file: str | Path | None
-    org_id: str | None
-    sandbox: bool
-    allow_http: bool
+    def __post_init__(self) -> None:
+        pass
 
 
-class TrafficArgs(TypedDict, total=False):
-    """How hard to push (see :meth:`RunSettings.build`)."""
-
-    rate: float
-    concurrency: int | str | None
-    max_retries: int
-    timeout: float
-    backoff: float
-
-
-class ControlArgs(TypedDict, total=False):
-    """What drives and bounds a run over a file (see :meth:`Control.build`)."""
-
-    limit: int | None
-    fresh: bool
-    handle_signals: bool
-    give_up_after: float | str | None
-    deadline: float | str | None
+def _finite(value: float, option: str) -> float:
+    """A number option as a float; NaN and infinity are never meant."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{option} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise UsageError(f"{option} must be a finite number, got {value!r}")
+    return number
 
 
-class StateArgs(TypedDict, total=False):
-    """The cross-run state store (see :meth:`StateOptions.build`)."""
+@dataclass(frozen=True, kw_only=True)
+class ReadOptions(_Checked):
+    """How to read the input; the defaults detect everything."""
 
-    state: str | Path | None
-    no_state: bool
-    relink: bool
+    source_col: str | None = None
+    linked_col: str | None = None
+    sheet: str | None = None
+    encoding: str | None = None
+    delimiter: str | None = None  # one character; "tab" (or "\t" typed as two) for a tab
 
-
-class OutputArgs(TypedDict, total=False):
-    """Where a run's results go besides the report (see :meth:`Output.build`)."""
-
-    summary_json: str | Path | None
-    metrics_file: str | Path | None
-    notify: str | None
-    notify_on: str
-    job: str | None
-
-
-class StreamArgs(ConnectionArgs, TrafficArgs, total=False):
-    """Everything :func:`bulklink.link_pairs` takes."""
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.delimiter is not None:
+            delimiter = {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(self.delimiter, self.delimiter)
+            if len(delimiter) != 1:
+                raise UsageError("--delimiter must be one character (or 'tab')")
+            object.__setattr__(self, "delimiter", delimiter)
 
 
-class JobArgs(StreamArgs, ControlArgs, StateArgs, OutputArgs, total=False):
-    """Everything :func:`bulklink.run_job` and :func:`bulklink.retry_job` take."""
+@dataclass(frozen=True, kw_only=True)
+class ConnectionOptions(_Checked):
+    """Where to send and with which credentials; unset values come from ``THENA_*``."""
 
-
-_JOB_KEYS = frozenset(JobArgs.__annotations__)
-
-
-def job_args(values: Mapping[str, Any]) -> JobArgs:
-    """The options among a public function's arguments (its ``locals()``), as one typed dict.
-
-    The public functions keep explicit keyword arguments (for ``help()`` and IDEs); this
-    keeps them from re-listing each one to pass it on.
-    """
-    return cast(JobArgs, {k: v for k, v in values.items() if k in _JOB_KEYS})
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Connection:
-    """The API to call and the credentials to call it with."""
-
-    base_url: str
-    auth: Auth
+    base_url: str | None = None
+    token: str | None = field(default=None, repr=False)
+    token_file: str | Path | None = None
+    api_key: str | None = field(default=None, repr=False)
+    api_key_file: str | Path | None = None
+    org_id: str | None = None
     sandbox: bool = False
     allow_http: bool = False
 
-    @classmethod
-    def build(cls, args: ConnectionArgs, env: Mapping[str, str] | None = None) -> Connection:
-        """Options first, then their ``THENA_*`` variables; checked before anything is sent."""
-        env = os.environ if env is None else env
-        sandbox = bool(args.get("sandbox", False))
-        base_url = args.get("base_url") or env.get("THENA_BASE_URL", "").strip() or DEFAULT_BASE_URL
-        auth = resolve_auth(
-            token=args.get("token"),
-            token_file=args.get("token_file"),
-            api_key=args.get("api_key"),
-            api_key_file=args.get("api_key_file"),
-            org_id=args.get("org_id"),
-            sandbox=sandbox,
-            env=env,
-        )
-        allow_http = bool(args.get("allow_http", False))
-        if not sandbox:
-            base_url = check_url(base_url, what="--base-url", allow_http=allow_http)
-        return cls(base_url=base_url.rstrip("/"), auth=auth, sandbox=sandbox, allow_http=allow_http)
 
-    @contextlib.asynccontextmanager
-    async def endpoint(self) -> AsyncGenerator[str]:
-        """The base URL to call: the embedded sandbox's when asked for, else the configured one."""
-        if not self.sandbox:
-            yield self.base_url
-            return
-        from bulklink.sandbox import Sandbox, SandboxConfig
-
-        async with Sandbox(SandboxConfig(record=False)) as sandbox:
-            yield sandbox.url
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunSettings:
+@dataclass(frozen=True, kw_only=True)
+class TrafficOptions(_Checked):
     """How hard to push: the knobs that shape traffic."""
 
     rate: float = 10.0
-    concurrency: int | None = None  # None: auto
+    concurrency: int | str | None = "auto"  # a number, or "auto"/None
     max_retries: int = 5
     timeout: float = 30.0
     backoff: float = 0.5  # first retry delay in seconds; doubles each time, with jitter
-    backoff_cap: float = 30.0
+    #: ``concurrency`` as the runner takes it: a number of workers, None for auto.
+    workers: int | None = field(init=False, repr=False)
+
+    BACKOFF_CAP: ClassVar[float] = 30.0
+    MAX_WORKERS: ClassVar[int] = 10_000
+    #: Beyond it the doubling backoff overflows a float; nobody means a thousand retries.
+    MAX_RETRIES: ClassVar[int] = 1000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # Numbers as their field says (the CLI and callers may give "20" or 0 for 0.0).
+        rate, timeout = _finite(self.rate, "--rate"), _finite(self.timeout, "--timeout")
+        backoff, max_retries = _finite(self.backoff, "--backoff"), _whole(self.max_retries)
+        if rate < 0:
+            raise UsageError("--rate must be 0 (no limit) or more")
+        if not 0 <= max_retries <= self.MAX_RETRIES:
+            raise UsageError(
+                "--max-retries must be 0 or more"
+                if max_retries < 0
+                else f"--max-retries must be at most {self.MAX_RETRIES}"
+            )
+        if timeout <= 0:
+            raise UsageError("--timeout must be more than 0 seconds")
+        if backoff < 0:
+            raise UsageError("--backoff must be 0 or more seconds")
+        for name, value in (("rate", rate), ("timeout", timeout), ("backoff", backoff)):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "max_retries", max_retries)
+        object.__setattr__(self, "workers", _workers(self.concurrency))
 
     def delay(self, attempt: int) -> float:
         """Full-jitter exponential backoff: spreads retries so they don't arrive together."""
-        return random.uniform(0, min(self.backoff_cap, self.backoff * 2 ** (attempt - 1)))
-
-    @classmethod
-    def build(cls, args: TrafficArgs) -> RunSettings:
-        """Each value checked with a message naming its option."""
-        rate = float(args.get("rate", 10.0))
-        if rate < 0:
-            raise UsageError("--rate must be 0 (no limit) or more")
-        concurrency = args.get("concurrency", "auto")
-        if concurrency is None or concurrency == "auto":
-            workers = None
-        else:
-            try:
-                workers = int(concurrency)
-            except ValueError:
-                raise UsageError("--concurrency must be a number or 'auto'") from None
-            if not 1 <= workers <= 10_000:
-                raise UsageError("--concurrency must be between 1 and 10000")
-        max_retries = int(args.get("max_retries", 5))
-        if max_retries < 0:
-            raise UsageError("--max-retries must be 0 or more")
-        timeout = float(args.get("timeout", 30.0))
-        if timeout <= 0:
-            raise UsageError("--timeout must be more than 0 seconds")
-        backoff = float(args.get("backoff", 0.5))
-        if backoff < 0:
-            raise UsageError("--backoff must be 0 or more seconds")
-        return cls(
-            rate=rate,
-            concurrency=workers,
-            max_retries=max_retries,
-            timeout=timeout,
-            backoff=backoff,
-        )
+        return random.uniform(0, min(self.BACKOFF_CAP, self.backoff * 2 ** (attempt - 1)))
 
 
-DEFAULT_GIVE_UP_AFTER = 600.0
+def _whole(max_retries: int) -> int:
+    try:
+        return int(max_retries)
+    except (TypeError, ValueError):
+        raise UsageError(f"--max-retries must be a number, got {max_retries!r}") from None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Control:
+def _workers(concurrency: int | str | None) -> int | None:
+    if concurrency is None or concurrency == "auto":
+        return None
+    try:
+        workers = int(concurrency)
+    except ValueError:
+        raise UsageError("--concurrency must be a number or 'auto'") from None
+    if not 1 <= workers <= TrafficOptions.MAX_WORKERS:
+        raise UsageError(f"--concurrency must be between 1 and {TrafficOptions.MAX_WORKERS}")
+    return workers
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlOptions(_Checked):
     """What drives and bounds a run over a file: canary size, resume, signals, time.
 
-    ``give_up_after`` and ``deadline`` live here, not in :class:`RunSettings`: they do
-    not shape traffic, they end a run over a file (as ``--limit`` does), and the job,
-    which owns the run's lifetime, enforces them. ``None`` turns either off.
+    ``give_up_after`` and ``deadline`` are here, not in :class:`TrafficOptions`: they do
+    not shape traffic, they end a run over a file (as ``limit`` does), and the job, which
+    owns the run's lifetime, enforces them. Both take seconds or ``"90s"``, ``"10m"``,
+    ``"2h"``; ``0``, ``"off"`` or None turn them off.
     """
 
     limit: int | None = None
     fresh: bool = False
-    handle_signals: bool = False
-    #: Seconds without an answer that settles a row (only 429s, 5xx, timeouts...) after
+    handle_signals: bool = False  # the CLI's SIGINT/SIGTERM/SIGHUP handling (main thread)
+    #: Time without an answer that settles a row (only 429s, 5xx, timeouts...) after
     #: which the run stops as SIGTERM stops it.
-    give_up_after: float | None = DEFAULT_GIVE_UP_AFTER
-    #: Seconds from the start after which nothing more is sent (a wall-clock budget).
-    deadline: float | None = None
+    give_up_after: float | str | None = "10m"
+    #: Time from the start after which nothing more is sent (a wall-clock budget).
+    deadline: float | str | None = None
+    #: The two durations in seconds (None: off), as the job takes them.
+    give_up_seconds: float | None = field(init=False, repr=False)
+    deadline_seconds: float | None = field(init=False, repr=False)
 
-    @classmethod
-    def build(cls, args: ControlArgs) -> Control:
-        limit = args.get("limit")
-        if limit is not None and limit < 0:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.limit is not None and self.limit < 0:
             raise UsageError("--limit must be 0 or more")
-        return cls(
-            limit=limit,
-            fresh=bool(args.get("fresh", False)),
-            handle_signals=bool(args.get("handle_signals", False)),
-            give_up_after=parse_duration(
-                args.get("give_up_after", DEFAULT_GIVE_UP_AFTER), "--give-up-after"
-            ),
-            deadline=parse_duration(args.get("deadline"), "--deadline"),
-        )
+        give_up = parse_duration(self.give_up_after, "--give-up-after")
+        object.__setattr__(self, "give_up_seconds", give_up)
+        object.__setattr__(self, "deadline_seconds", parse_duration(self.deadline, "--deadline"))
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -239,8 +194,6 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 def parse_duration(value: float | str | None, option: str) -> float | None:
     """``90s``, ``10m``, ``2h``, ``1h30m`` or plain seconds; ``0``, ``off`` or None: no limit."""
-    import re
-
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -260,88 +213,162 @@ def parse_duration(value: float | str | None, option: str) -> float | None:
             seconds = sum(float(n) * _UNITS[unit] for n, unit in found)
         else:
             seconds = float(text)
-    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+    if seconds < 0 or not math.isfinite(seconds):
         raise UsageError(f"{option} must be 0 (off) or more")
     return seconds or None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StateOptions:
-    """Which state store a run reads and writes (``path`` None: none at all)."""
+@dataclass(frozen=True, kw_only=True)
+class StateOptions(_Checked):
+    """Which state store a run reads and writes (see :func:`bulklink.state.store.store_path`)."""
 
-    path: Path | None = None
+    state: str | Path | None = None  # else BULKLINK_STATE, else the platform's state folder
+    no_state: bool = False
     relink: bool = False
 
-    @classmethod
-    def build(
-        cls, args: StateArgs, *, sandbox: bool, env: Mapping[str, str] | None = None
-    ) -> StateOptions:
-        """``--state``, else ``BULKLINK_STATE``, else the platform's state folder.
-
-        ``--no-state`` uses none; a ``--sandbox`` run uses none unless ``--state`` names
-        one, so trying the tool never mixes simulated links into the real record.
-        """
-        env = os.environ if env is None else env
-        relink = bool(args.get("relink", False))
-        state = args.get("state")
-        if args.get("no_state", False):
-            if state is not None:
-                raise UsageError("give --state or --no-state, not both")
-            return cls(path=None, relink=relink)
-        if state is not None:
-            return cls(path=Path(state).expanduser(), relink=relink)
-        if sandbox:
-            return cls(path=None, relink=relink)
-        from bulklink.state.store import resolve_state_path
-
-        return cls(path=resolve_state_path(None, env), relink=relink)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.no_state and self.state is not None:
+            raise UsageError("give --state or --no-state, not both")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Output:
-    """The report and what is written or sent beside it for people and monitoring."""
+@dataclass(frozen=True, kw_only=True)
+class OutputOptions(_Checked):
+    """What is written or sent beside the report, and where the run's words go."""
 
-    report: Path
-    summary_json: Path | None = None
-    metrics_file: Path | None = None
-    notify_url: str | None = field(default=None, repr=False)  # a secret: only its host shows
+    summary_json: str | Path | None = None
+    metrics_file: str | Path | None = None
+    notify: str | None = field(default=None, repr=False)  # a secret: only its host shows
     notify_on: str = "problems"
-    job: str = ""
+    job: str | None = None  # the job's name in notices and metrics; default: report's stem
+    console: Console | None = field(default=None, repr=False, compare=False)  # None: silent
 
-    @classmethod
-    def build(
-        cls,
-        report: Path,
-        args: OutputArgs,
-        *,
-        allow_http: bool = False,
-        env: Mapping[str, str] | None = None,
-    ) -> Output:
-        from bulklink.tables.report.writers import report_format
-
-        env = os.environ if env is None else env
-        report_format(report)
-        summary_json = _in_existing_folder(args.get("summary_json"), "--summary-json")
-        metrics_file = _in_existing_folder(args.get("metrics_file"), "--metrics-file")
-        notify_url = (args.get("notify") or env.get("BULKLINK_NOTIFY_URL", "")).strip() or None
-        notify_on = args.get("notify_on", "problems")
-        if notify_on not in ("problems", "always"):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.notify_on not in ("problems", "always"):
             raise UsageError("--notify-on must be 'problems' or 'always'")
-        if notify_url is not None:
-            check_url(notify_url, what="--notify", allow_http=allow_http, secret=True)
-        job = (args.get("job") or "").strip() or report.stem
-        return cls(
-            report=report,
-            summary_json=summary_json,
-            metrics_file=metrics_file,
-            notify_url=notify_url,
-            notify_on=notify_on,
-            job=job,
-        )
 
 
-def _in_existing_folder(value: str | Path | None, flag: str) -> Path | None:
-    path = Path(value) if value is not None else None
-    if path is not None and not path.parent.is_dir():
-        raise UsageError(f"{flag}: no such folder {path.parent}")
-    return path
+@dataclass(frozen=True, kw_only=True)
+class StreamOptions(TrafficOptions, ConnectionOptions):
+    """Everything :func:`bulklink.link_pairs` takes."""
+
+
+# Bases in reverse order: a dataclass lists the fields of its last base first, and this
+# order is the one ``help()`` shows.
+@dataclass(frozen=True, kw_only=True)
+class RetryOptions(OutputOptions, StateOptions, ControlOptions, StreamOptions):
+    """Everything :func:`bulklink.retry_job` takes."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobOptions(RetryOptions, ReadOptions):
+    """Everything :func:`bulklink.run_job` and :func:`bulklink.dry_run` take."""
+
+
+# -- public functions whose keyword arguments are an options class's fields -----------------
+
+P = ParamSpec("P")
+Opts = TypeVar("Opts", bound=_Checked)
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+T = TypeVar("T")
+C = TypeVar("C", bound=Callable[..., object])
+A = TypeVar("A")
+A_contra = TypeVar("A_contra", contravariant=True)
+Where = str | Path
+
+
+class Entry(Protocol[A_contra, P, R_co]):
+    """A public function of one positional argument and the options ``P``."""
+
+    def __call__(self, first: A_contra, /, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+
+class FileEntry(Protocol[P, R_co]):
+    """A public function from a file to a report (``output`` None: beside the input)."""
+
+    def __call__(
+        self, path: Where, /, output: Where | None = None, *args: P.args, **kwargs: P.kwargs
+    ) -> R_co: ...
+
+
+def file_entry(
+    options: Callable[P, Opts],
+) -> Callable[[Callable[[Where, Where | None, Opts], R]], FileEntry[P, R]]:
+    """``func(path, output, options)`` as ``func(path, output=None, **fields of options)``."""
+
+    def decorate(func: Callable[[Where, Where | None, Opts], R]) -> FileEntry[P, R]:
+        @functools.wraps(func)
+        def wrapper(
+            path: Where, /, output: Where | None = None, *args: P.args, **kwargs: P.kwargs
+        ) -> R:
+            return func(path, output, options(*args, **kwargs))
+
+        return _described(wrapper, func, options)
+
+    return decorate
+
+
+def entry(
+    options: Callable[P, Opts],
+) -> Callable[[Callable[[A, Opts], R]], Entry[A, P, R]]:
+    """``func(first, options)`` as ``func(first, **fields of options)``."""
+
+    def decorate(func: Callable[[A, Opts], R]) -> Entry[A, P, R]:
+        @functools.wraps(func)
+        def wrapper(first: A, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            return func(first, options(*args, **kwargs))
+
+        return _described(wrapper, func, options)
+
+    return decorate
+
+
+def streaming_entry(
+    options: Callable[P, Opts],
+) -> Callable[[Callable[[A, Opts], AsyncGenerator[T]]], Entry[A, P, AsyncGenerator[T]]]:
+    """As :func:`entry` for an async generator, which stays one (and whose
+    ``aclose`` reaches the wrapped generator's ``finally``)."""
+
+    def decorate(func: Callable[[A, Opts], AsyncGenerator[T]]) -> Entry[A, P, AsyncGenerator[T]]:
+        @functools.wraps(func)
+        async def wrapper(first: A, /, *args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[T]:
+            async with contextlib.aclosing(func(first, options(*args, **kwargs))) as results:
+                async for result in results:
+                    yield result
+
+        return _described(wrapper, func, options)
+
+    return decorate
+
+
+def _described(wrapper: C, func: Callable[..., object], options: Callable[..., object]) -> C:
+    """``wrapper`` with the signature ``help()``, IDEs and ``inspect`` read: the positional
+    parameters of ``func`` (named as there, passed as ``wrapper`` takes them), then every
+    field of ``options`` as a keyword argument."""
+    hints = typing.get_type_hints(func)
+    fields = typing.get_type_hints(options)
+    *own, _ = inspect.signature(func).parameters.values()
+    taken = inspect.signature(wrapper, follow_wrapped=False).parameters.values()
+    parameters = [
+        *(
+            mine.replace(annotation=hints[mine.name], kind=as_taken.kind, default=as_taken.default)
+            for mine, as_taken in zip(own, taken, strict=False)
+        ),
+        *(
+            p.replace(annotation=fields[p.name])
+            for p in inspect.signature(options).parameters.values()
+        ),
+    ]
+    described: Any = wrapper  # the attributes below are not in any type's stubs
+    described.__signature__ = inspect.Signature(parameters, return_annotation=hints["return"])
+    described.__annotations__ = {p.name: p.annotation for p in parameters} | {
+        "return": hints["return"]
+    }
+    name = getattr(options, "__name__", "")
+    described.__doc__ = (
+        f"{inspect.cleandoc(func.__doc__ or '')}\n\nThe keyword arguments are the fields "
+        f"of bulklink.options.{name}, with its defaults."
+    )
+    return wrapper

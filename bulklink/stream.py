@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable
-from pathlib import Path
 
 from bulklink.errors import CredentialsRejected
 from bulklink.models import LinkResult, Outcome, Pair, Result
 from bulklink.net.client import Client
-from bulklink.options import Connection, RunSettings, job_args
+from bulklink.net.connection import Connection, connect
+from bulklink.options import StreamOptions, streaming_entry
 from bulklink.run.runner import AUTO_CAP, CREDENTIALS_REJECTED, Runner
 from bulklink.tables.inputs import clean_id, invalid_reason
 
@@ -29,22 +30,24 @@ async def _each(
             yield pair
 
 
+@contextlib.asynccontextmanager
+async def endpoint(connection: Connection) -> AsyncGenerator[str]:
+    """The base URL to call: the embedded sandbox's when asked for, else the configured one.
+
+    Here, in the public surface, because only it may import the simulator.
+    """
+    if not connection.sandbox:
+        yield connection.base_url
+        return
+    from bulklink.sandbox import Sandbox, SandboxConfig  # aiohttp.web: only when asked for
+
+    async with Sandbox(SandboxConfig(record=False)) as sandbox:
+        yield sandbox.url
+
+
+@streaming_entry(StreamOptions)
 async def link_pairs(
-    pairs: Iterable[PairLike] | AsyncIterable[PairLike],
-    *,
-    base_url: str | None = None,
-    token: str | None = None,
-    token_file: str | Path | None = None,
-    api_key: str | None = None,
-    api_key_file: str | Path | None = None,
-    org_id: str | None = None,
-    sandbox: bool = False,
-    allow_http: bool = False,
-    rate: float = 10.0,
-    concurrency: int | str | None = "auto",
-    max_retries: int = 5,
-    timeout: float = 30.0,
-    backoff: float = 0.5,
+    pairs: Iterable[PairLike] | AsyncIterable[PairLike], options: StreamOptions
 ) -> AsyncGenerator[LinkResult]:
     """Link ``(source, linked)`` pairs in the caller's event loop, yielding each result.
 
@@ -56,21 +59,19 @@ async def link_pairs(
     :class:`~bulklink.errors.CredentialsRejected` is raised. No journal, report or
     lock: the caller owns the results.
     """
-    options = job_args(locals())
-    settings = RunSettings.build(options)
-    connection = Connection.build(options)
+    connection = connect(options)
     stream = _Stream(_each(pairs))
     async with (
-        connection.endpoint() as base_url,
+        endpoint(connection) as base_url,
         Client(
             base_url,
             connection.auth,
             allow_http=connection.allow_http or connection.sandbox,
-            timeout=settings.timeout,
-            max_connections=settings.concurrency or AUTO_CAP,
+            timeout=options.timeout,
+            max_connections=options.workers or AUTO_CAP,
         ) as client,
     ):
-        runner = Runner(client, settings, stream.done.put_nowait)
+        runner = Runner(client, options, stream.done.put_nowait)
         task = asyncio.create_task(runner.run(stream.feed()))
         task.add_done_callback(lambda _: stream.done.put_nowait(None))
         try:

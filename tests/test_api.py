@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import gc
 import inspect
@@ -20,6 +21,7 @@ import pytest
 
 import bulklink
 from bulklink.cli import cli
+from bulklink.options import JobOptions, RetryOptions
 from bulklink.sandbox import Sandbox
 from tests.conftest import ORG, TOKEN, pairs_csv, read_report, write_csv
 from tests.helpers import KEY, make_jwt, sent
@@ -76,6 +78,70 @@ def test_run_job_takes_the_cli_options_in_snake_case() -> None:
     assert wanted <= set(params), wanted - set(params)
     for name in wanted:
         assert params[name].kind is inspect.Parameter.KEYWORD_ONLY or name == "output"
+
+
+#: The CLI's options that shape what it prints (its console), not the run itself.
+CLI_ONLY = {"output", "dry_run", "progress", "quiet", "log_file"}
+#: The library's options that the CLI sets itself.
+LIBRARY_ONLY = {"console", "handle_signals"}
+
+
+@pytest.mark.parametrize(("command", "options"), [("run", JobOptions), ("retry", RetryOptions)])
+def test_each_option_is_one_field_and_one_click_option(command: str, options: type) -> None:
+    """The dataclass is the truth: the CLI has an option for each field and no other."""
+    in_cli = {p.name for p in cli.commands[command].params if isinstance(p, click.Option)}
+    fields = {f.name for f in dataclasses.fields(options) if f.init}
+    assert in_cli - CLI_ONLY == fields - LIBRARY_ONLY
+
+
+def test_a_wrong_option_is_refused_by_mypy_and_at_run_time(tmp_path: Path) -> None:
+    def wrong() -> None:  # never called: mypy's verdict on it is the test (warn_unused_ignores)
+        bulklink.run_job("in.csv", ratee=1)  # type: ignore[call-arg]
+        bulklink.run_job("in.csv", rate="fast")  # type: ignore[arg-type]
+        bulklink.link_pairs([], limit=1)  # type: ignore[call-arg]
+
+    assert wrong is not None
+    with pytest.raises(TypeError, match="ratee"):
+        bulklink.run_job(tmp_path / "in.csv", ratee=1)  # type: ignore[call-arg]
+    with pytest.raises(bulklink.UsageError, match="--rate must be a finite number"):
+        bulklink.run_job(tmp_path / "in.csv", rate=float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"rate": -1}, "--rate must be 0 (no limit) or more"),
+        ({"rate": float("inf")}, "--rate must be a finite number, got inf"),
+        ({"rate": "fast"}, "--rate must be a number, got 'fast'"),
+        ({"timeout": 0}, "--timeout must be more than 0 seconds"),
+        ({"timeout": float("nan")}, "--timeout must be a finite number, got nan"),
+        ({"backoff": float("-inf")}, "--backoff must be a finite number, got -inf"),
+        ({"max_retries": -1}, "--max-retries must be 0 or more"),
+        ({"max_retries": 10**6}, "--max-retries must be at most 1000"),
+        ({"concurrency": "many"}, "--concurrency must be a number or 'auto'"),
+        ({"concurrency": 0}, "--concurrency must be between 1 and 10000"),
+        ({"limit": -1}, "--limit must be 0 or more"),
+        ({"deadline": "inf"}, "--deadline must be a duration"),
+        ({"give_up_after": float("nan")}, "--give-up-after must be 0 (off) or more"),
+        ({"state": "s.sqlite3", "no_state": True}, "give --state or --no-state, not both"),
+        ({"notify_on": "never"}, "--notify-on must be 'problems' or 'always'"),
+        ({"delimiter": ";;"}, "--delimiter must be one character (or 'tab')"),
+    ],
+)
+def test_options_are_checked_when_built(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(bulklink.UsageError) as refused:
+        JobOptions(**values)
+    assert str(refused.value).startswith(message)
+
+
+def test_options_hold_what_the_run_takes() -> None:
+    options = JobOptions(concurrency="16", give_up_after="1h30m", deadline=0, delimiter="tab")
+    assert (options.workers, options.give_up_seconds, options.deadline_seconds) == (16, 5400, None)
+    assert options.delimiter == "\t"
+    assert JobOptions().workers is None and JobOptions().give_up_seconds == 600
+    numbers = JobOptions(rate="20", timeout=1, max_retries=2.0)  # type: ignore[arg-type]
+    assert (numbers.rate, numbers.timeout, numbers.max_retries) == (20.0, 1.0, 2)
+    assert isinstance(numbers.rate, float) and isinstance(numbers.max_retries, int)
 
 
 # -- run_job ----------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from bulklink.net.client import (
     server_wait,
 )
 from bulklink.net.credentials import resolve_auth
+from bulklink.options import ConnectionOptions
 from bulklink.sandbox import Reply, Sandbox
 from tests.conftest import (
     FAST,
@@ -184,7 +185,9 @@ def test_nothing_any_server_said_crashes_a_json_parse() -> None:
 
 @pytest.mark.parametrize("depth", [10, 900, 990, 5000])
 def test_a_deeply_nested_answer_is_scrubbed_or_refused(depth: int) -> None:
-    client = Client("https://api.example", resolve_auth(token=ODD_TOKEN, org_id=ORG))
+    client = Client(
+        "https://api.example", resolve_auth(ConnectionOptions(token=ODD_TOKEN, org_id=ORG))
+    )
     echo = "".join(f"\\u{ord(c):04x}" for c in ODD_TOKEN)
     body = ("[" * depth + f'"{echo}"' + "]" * depth).encode()
     scrubbed = client.scrub(body)

@@ -23,6 +23,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from bulklink.net.credentials import resolve_auth
+from bulklink.options import ConnectionOptions
 from bulklink.redaction import secret_forms
 from bulklink.sandbox import Reply, Sandbox
 from tests.conftest import (
@@ -277,9 +278,9 @@ def test_a_credential_file_others_can_read_gives_a_warning(
         path.write_text(TOKEN)
         path.chmod(mode)
         if option == "--token-file":
-            auth = resolve_auth(token_file=path, org_id=ORG)
+            auth = resolve_auth(ConnectionOptions(token_file=path, org_id=ORG))
         else:
-            auth = resolve_auth(api_key_file=path)
+            auth = resolve_auth(ConnectionOptions(api_key_file=path))
         if warned:
             assert auth.warnings == (
                 f"warning: {option} {path} is {warned} by others; chmod 600 it",
@@ -569,7 +570,7 @@ def test_an_echoed_token_never_reaches_any_output(
 
 
 def test_every_spelling_of_a_secret_is_redacted() -> None:
-    auth = resolve_auth(token=ODD_TOKEN, org_id=ORG)
+    auth = resolve_auth(ConnectionOptions(token=ODD_TOKEN, org_id=ORG))
     for form in secret_forms(ODD_TOKEN):
         assert auth.redact(f"a {form} b") == "a *** b", form
     assert auth.redact("ordinary words") == "ordinary words"

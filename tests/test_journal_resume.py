@@ -26,10 +26,11 @@ import bulklink.run.job
 import bulklink.state.journal
 import bulklink.tables.inputs
 from bulklink.models import Outcome, Result
+from bulklink.options import ReadOptions
 from bulklink.sandbox import Reply, Sandbox, success_body
 from bulklink.state.journal import Journal, checked_row, journal_path, parse_line
 from bulklink.state.scope import Scope
-from bulklink.tables.inputs import ReadOptions, Table, scan
+from bulklink.tables.inputs import Table, scan
 from bulklink.urls import normalise_url
 from tests.conftest import (
     FAST,

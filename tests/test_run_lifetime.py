@@ -21,7 +21,7 @@ import pytest
 from bulklink.errors import UsageError
 from bulklink.models import Outcome, Pair, Result
 from bulklink.net.client import Answer, Verdict
-from bulklink.options import RunSettings, parse_duration
+from bulklink.options import TrafficOptions, parse_duration
 from bulklink.run.runner import Runner, describe_refusals
 from bulklink.sandbox import Reply, Sandbox
 from tests.conftest import FAST, FAST_UNPACED, TOKEN, pairs_csv, read_report, run_against
@@ -289,7 +289,7 @@ def test_runner_stops_everyone_on_a_bug_and_raises_it_after_in_flight_finish() -
         yield [Pair(i, f"S{i}", f"L{i}") for i in range(1, 50)]
 
     async def main() -> None:
-        runner = Runner(linker, RunSettings(rate=0, concurrency=4), results.append)
+        runner = Runner(linker, TrafficOptions(rate=0, concurrency=4), results.append)
         with pytest.raises(ZeroDivisionError):
             await runner.run(feed())
         assert runner.stop_reason == "internal error"
@@ -323,7 +323,7 @@ def test_runner_counts_refusals_since_the_last_answer_that_settled_a_row() -> No
     async def feed() -> Any:
         yield [Pair(1, "a", "b"), Pair(2, "c", "d"), Pair(3, "e", "f")]
 
-    settings = RunSettings(rate=0, concurrency=1, backoff=0, max_retries=2)
+    settings = TrafficOptions(rate=0, concurrency=1, backoff=0, max_retries=2)
     runner = Runner(Scripted(), settings, note)
     asyncio.run(runner.run(feed()))
     assert seen == [

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bulklink.errors import TokenExpiredError, UsageError
+from bulklink.options import ConnectionOptions
 from bulklink.redaction import Redactor
 
 
@@ -166,16 +167,7 @@ def _check(secret: Secret | None, what: str) -> None:
             )
 
 
-def resolve_auth(
-    *,
-    token: str | None = None,
-    token_file: str | Path | None = None,
-    api_key: str | None = None,
-    api_key_file: str | Path | None = None,
-    org_id: str | None = None,
-    sandbox: bool = False,
-    env: Mapping[str, str] | None = None,
-) -> Auth:
+def resolve_auth(options: ConnectionOptions, env: Mapping[str, str] | None = None) -> Auth:
     """Pick the auth mode; each credential from its option, else its THENA_* variable.
 
     ``--token-file`` overrides an exported THENA_TOKEN (and ``--api-key-file``
@@ -183,11 +175,14 @@ def resolve_auth(
     which one was meant cannot be guessed.
     """
     env = os.environ if env is None else env
-    bearer = _pick(token, token_file, "--token") or _from_env(env, "THENA_TOKEN")
-    key = _pick(api_key, api_key_file, "--api-key") or _from_env(env, "THENA_API_KEY")
+    sandbox = options.sandbox
+    bearer = _pick(options.token, options.token_file, "--token") or _from_env(env, "THENA_TOKEN")
+    key = _pick(options.api_key, options.api_key_file, "--api-key") or _from_env(
+        env, "THENA_API_KEY"
+    )
     _check(bearer, "token")
     _check(key, "API key")
-    org = (org_id or env.get("THENA_ORG_ID", "")).strip() or None
+    org = chosen_org_id(options, env)
     if bearer and key:
         raise UsageError(
             f"both a Bearer token ({bearer.origin}) and an API key ({key.origin}) are set; "
@@ -207,6 +202,12 @@ def resolve_auth(
     if not org:
         raise UsageError("missing organization ID: set THENA_ORG_ID or pass --org-id")
     return Auth(token=bearer.value, org_id=org, warnings=_warnings(bearer))
+
+
+def chosen_org_id(options: ConnectionOptions, env: Mapping[str, str] | None = None) -> str | None:
+    """``--org-id``, else ``THENA_ORG_ID``; None when neither is set."""
+    env = os.environ if env is None else env
+    return (options.org_id or env.get("THENA_ORG_ID", "")).strip() or None
 
 
 def _warnings(secret: Secret) -> tuple[str, ...]:

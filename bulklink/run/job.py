@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,12 +36,14 @@ from bulklink.errors import (
 )
 from bulklink.models import Outcome, Pair, Summary, build
 from bulklink.net.client import Client
-from bulklink.options import Connection, Control, Output, RunSettings
+from bulklink.net.connection import Connection
+from bulklink.options import RetryOptions
 from bulklink.run.assembly import Assembler
-from bulklink.run.publish import write_summary_json
+from bulklink.run.publish import Output, write_summary_json
 from bulklink.run.runner import CREDENTIALS_REJECTED, INTERNAL_ERROR, Runner, describe_refusals
 from bulklink.state.journal import Journal, hand_over_links, journal_path
-from bulklink.state.ledger import Ledger, scope_of
+from bulklink.state.ledger import Ledger
+from bulklink.state.scope import Scope
 from bulklink.tables.inputs import SEND, Chunk, Plan
 from bulklink.tables.report.schema import Layout, RunInfo
 from bulklink.tables.report.writers import ReportWriter, open_writer
@@ -55,13 +58,18 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Job:
-    """Everything a run needs, resolved and checked; built by :mod:`bulklink.api`."""
+    """Everything a run needs, resolved and checked; built by :mod:`bulklink.api`.
+
+    ``options`` are the run's own (traffic, control); ``connection`` and ``output`` are
+    what its connection and output options resolved to. ``endpoint`` yields the base URL
+    to call for the run's duration (the public surface's: it may start the sandbox).
+    """
 
     plan: Plan
     layout: Layout
+    options: RetryOptions
     connection: Connection
-    settings: RunSettings
-    control: Control
+    endpoint: Callable[[], AbstractAsyncContextManager[str]]
     output: Output
     console: Console
     command: str
@@ -74,7 +82,7 @@ class Job:
 
     @property
     def limit(self) -> int | None:
-        return self.control.limit
+        return self.options.limit
 
 
 @dataclass(slots=True)
@@ -149,13 +157,21 @@ def _open_journal(job: Job) -> Journal:
     path = journal_path(job.report)
     try:
         journal, note = Journal.open(
-            path, job.plan.key, job.plan.rows, scope=scope, fresh=job.control.fresh
+            path, job.plan.key, job.plan.rows, scope=scope, fresh=job.options.fresh
         )
     except OSError as exc:
         raise DiskError(exc, path) from exc
     if note:
         job.console.info(note)
     return journal
+
+
+def scope_of(connection: Connection) -> Scope:
+    """Where this connection's links count, for the journal and the store alike."""
+    auth = connection.auth
+    return Scope.build(
+        connection.base_url, auth.org_id, sandbox=connection.sandbox, api_key=auth.api_key
+    )
 
 
 def recover_links(report: Path, connection: Connection, ledger: Ledger) -> None:
@@ -273,13 +289,13 @@ async def _run(
     job: Job, journal: Journal, assembler: Assembler, ending: _Ending, t0: float
 ) -> None:
     async with (
-        job.connection.endpoint() as base_url,
+        job.endpoint() as base_url,
         Client(
             base_url,
             job.connection.auth,
             allow_http=job.connection.allow_http or job.connection.sandbox,
-            timeout=job.settings.timeout,
-            max_connections=job.settings.concurrency or 256,
+            timeout=job.options.timeout,
+            max_connections=job.options.workers or 256,
         ) as client,
     ):
         await _Run(job, journal, assembler, ending, client).go(t0)
@@ -292,7 +308,7 @@ class _Run:
         self, job: Job, journal: Journal, assembler: Assembler, ending: _Ending, client: Client
     ) -> None:
         self.job, self.journal, self.assembler, self.ending = job, journal, assembler, ending
-        self.runner = Runner(client, job.settings, assembler.accept)
+        self.runner = Runner(client, job.options, assembler.accept)
         self.loop = asyncio.get_running_loop()
         journal.attach(self.loop.call_soon, lambda error: self.disk_failed(error, journal.path))
         self.flushed = time.monotonic()  # when the store's batch was last committed
@@ -318,12 +334,12 @@ class _Run:
             self.runner.stop(f"interrupted by {name}")
 
     async def go(self, t0: float) -> None:
-        job, control, loop, runner = self.job, self.job.control, self.loop, self.runner
-        handled = _install_signals(loop, self.on_signal) if control.handle_signals else []
+        job, options, loop, runner = self.job, self.job.options, self.loop, self.runner
+        handled = _install_signals(loop, self.on_signal) if options.handle_signals else []
         deadline = None
-        if control.deadline is not None:
-            left = max(0.0, control.deadline - (time.monotonic() - t0))
-            reason = f"--deadline {format_duration(control.deadline)} reached"
+        if options.deadline_seconds is not None:
+            left = max(0.0, options.deadline_seconds - (time.monotonic() - t0))
+            reason = f"--deadline {format_duration(options.deadline_seconds)} reached"
             deadline = loop.call_later(left, runner.stop, reason)
         ticker = asyncio.create_task(self.tick())
         stream = _ChunkStream(job.plan.table.chunks())
@@ -404,7 +420,7 @@ class _Run:
         console, runner = self.job.console, self.runner
         if console.log_failure is not None:
             self.disk_failed(console.log_failure, console.log_path or Path("--log-file"))
-        give_up = self.job.control.give_up_after
+        give_up = self.job.options.give_up_seconds
         quiet = runner.clock() - runner.last_progress
         if give_up is not None and runner.refusals and quiet >= give_up:
             runner.stop(

@@ -12,15 +12,62 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from bulklink._fs import write_atomically
 from bulklink.console import Console
-from bulklink.errors import BulklinkError
+from bulklink.errors import BulklinkError, UsageError
 from bulklink.models import Summary
-from bulklink.options import Output
+from bulklink.options import OutputOptions
+from bulklink.tables.report.writers import report_format
+from bulklink.urls import check_url
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Output:
+    """The report and what is written or sent beside it, resolved and checked."""
+
+    report: Path
+    summary_json: Path | None = None
+    metrics_file: Path | None = None
+    notify_url: str | None = field(default=None, repr=False)  # a secret: only its host shows
+    notify_on: str = "problems"
+    job: str = ""
+
+
+def output_for(
+    report: Path,
+    options: OutputOptions,
+    *,
+    allow_http: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> Output:
+    """The options' paths checked and the webhook from ``BULKLINK_NOTIFY_URL`` when unset."""
+    env = os.environ if env is None else env
+    report_format(report)
+    summary_json = _in_existing_folder(options.summary_json, "--summary-json")
+    metrics_file = _in_existing_folder(options.metrics_file, "--metrics-file")
+    notify_url = (options.notify or env.get("BULKLINK_NOTIFY_URL", "")).strip() or None
+    if notify_url is not None:
+        check_url(notify_url, what="--notify", allow_http=allow_http, secret=True)
+    return Output(
+        report=report,
+        summary_json=summary_json,
+        metrics_file=metrics_file,
+        notify_url=notify_url,
+        notify_on=options.notify_on,
+        job=(options.job or "").strip() or report.stem,
+    )
+
+
+def _in_existing_folder(value: str | Path | None, flag: str) -> Path | None:
+    path = Path(value) if value is not None else None
+    if path is not None and not path.parent.is_dir():
+        raise UsageError(f"{flag}: no such folder {path.parent}")
+    return path
 
 
 def write_summary_json(path: os.PathLike[str] | str, summary: Summary) -> None:

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from bulklink.models import Outcome, Pair, Result, build, utc_stamp
 from bulklink.net.client import Answer, Verdict
-from bulklink.options import RunSettings
+from bulklink.options import TrafficOptions
 from bulklink.run.pacing import Pacer
 
 CREDENTIALS_REJECTED = "credentials rejected"
@@ -51,7 +51,7 @@ class Runner:
     def __init__(
         self,
         client: Linker,
-        settings: RunSettings,
+        settings: TrafficOptions,
         on_result: Callable[[Result], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -94,11 +94,11 @@ class Runner:
         """
         self._feed = feed
         self.last_progress = self.clock()
-        size = self.settings.concurrency or AUTO_START
+        size = self.settings.workers or AUTO_START
         for _ in range(size):
             self._spawn()
         sizer = None
-        if self.settings.concurrency is None:
+        if self.settings.workers is None:
             sizer = asyncio.create_task(self._autosize())
         try:
             while self._workers:
@@ -308,7 +308,7 @@ def last_throttled(answer: Answer | None) -> bool:
     return answer is not None and answer.throttled
 
 
-def wait_before_retry(answer: Answer | None, attempts: int, settings: RunSettings) -> float:
+def wait_before_retry(answer: Answer | None, attempts: int, settings: TrafficOptions) -> float:
     """The server's Retry-After when it gave one, else the backoff for this attempt."""
     if answer is not None and answer.wait is not None:
         return answer.wait

@@ -20,7 +20,6 @@ from datetime import datetime
 from pathlib import Path
 
 from bulklink.models import Summary
-from bulklink.options import Connection, StateOptions
 from bulklink.state.scope import Scope
 from bulklink.state.store import RunRecord, Store
 
@@ -30,14 +29,6 @@ from bulklink.state.store import RunRecord, Store
 # 2,500 12.6k, and one at the end 9.1k (benchmarks/store_instructions.py).
 FLUSH_PAIRS = 5_000  # about 2.5 s of an unpaced run against a fast server
 FLUSH_EVERY = 30.0  # seconds, for a paced run: 300 pairs at --rate 10
-
-
-def scope_of(connection: Connection) -> Scope:
-    """Where this connection's links count."""
-    auth = connection.auth
-    return Scope.build(
-        connection.base_url, auth.org_id, sandbox=connection.sandbox, api_key=auth.api_key
-    )
 
 
 class Ledger:
@@ -51,10 +42,10 @@ class Ledger:
         self._batch: list[tuple[str, str, str]] = []
 
     @classmethod
-    def open(cls, options: StateOptions, connection: Connection) -> Ledger:
-        """Open the store the options name (raises :class:`~bulklink.state.store.StoreError`)."""
-        store = Store.open(options.path) if options.path is not None else None
-        return cls(store, scope_of(connection), relink=options.relink)
+    def open(cls, path: Path | None, scope: Scope, *, relink: bool = False) -> Ledger:
+        """Open the store at ``path``, if any (raises :class:`~bulklink.state.store.StoreError`)."""
+        store = Store.open(path) if path is not None else None
+        return cls(store, scope, relink=relink)
 
     @property
     def active(self) -> bool:

@@ -95,6 +95,7 @@ from pathlib import Path
 from typing import Any
 
 from bulklink.errors import UsageError
+from bulklink.options import StateOptions
 from bulklink.state.scope import Scope
 from bulklink.text import parse_stamp, utc_stamp
 
@@ -184,6 +185,19 @@ def resolve_state_path(state: str | os.PathLike[str] | None, env: Mapping[str, s
     """``--state`` beats ``BULKLINK_STATE``, which beats the default location."""
     chosen = os.fspath(state) if state is not None else env.get("BULKLINK_STATE", "")
     return Path(chosen).expanduser() if chosen else default_state_path(env)
+
+
+def store_path(
+    options: StateOptions, *, sandbox: bool, env: Mapping[str, str] | None = None
+) -> Path | None:
+    """The store a run uses; None: none at all.
+
+    ``--no-state`` uses none; a ``--sandbox`` run uses none unless ``--state`` names one,
+    so trying the tool never mixes simulated links into the real record.
+    """
+    if options.no_state or (sandbox and options.state is None):
+        return None
+    return resolve_state_path(options.state, os.environ if env is None else env)
 
 
 @dataclass(frozen=True)

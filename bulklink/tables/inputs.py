@@ -22,6 +22,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from bulklink.errors import InputError
 from bulklink.models import Pair
+from bulklink.options import ReadOptions
 from bulklink.tables.ids import ALREADY as ALREADY
 from bulklink.tables.ids import BLANK_BOTH as BLANK_BOTH
 from bulklink.tables.ids import BLANK_LINKED as BLANK_LINKED
@@ -104,15 +105,7 @@ def _norm(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", name.strip().lower())
 
 
-@dataclass(frozen=True, slots=True)
-class ReadOptions:
-    """How to read the input; the defaults detect everything."""
-
-    source_col: str | None = None
-    linked_col: str | None = None
-    sheet: str | None = None
-    encoding: str | None = None
-    delimiter: str | None = None
+_DETECT = ReadOptions()  # every column, encoding and delimiter detected
 
 
 @dataclass(slots=True)
@@ -144,9 +137,7 @@ def _trimmed(cells: list[str]) -> list[str]:
 class Table:
     """An input file opened for (repeated) chunked reading, with its columns resolved."""
 
-    def __init__(
-        self, path: Path, options: ReadOptions = ReadOptions(), *, report: bool = False
-    ) -> None:
+    def __init__(self, path: Path, options: ReadOptions = _DETECT, *, report: bool = False) -> None:
         self.path = path
         self.options = options
         self.kind = _kind(path, report)

@@ -12,8 +12,9 @@ from typing import Any
 
 from bulklink.errors import InputError
 from bulklink.models import ErrorTally, Outcome, Summary
+from bulklink.options import ReadOptions
 from bulklink.tables.ids import LOST_DIGITS_LINKED, LOST_DIGITS_SOURCE, invalid_text
-from bulklink.tables.inputs import Chunk, ReadOptions, Table
+from bulklink.tables.inputs import Chunk, Table
 from bulklink.tables.report.schema import (
     TICKET_COLUMNS,
     Layout,
@@ -28,7 +29,9 @@ REQUIRED = ("row", "sourceTicketId", "linkedTicketId", "success", "outcome", "at
 
 def open_report(path: Path) -> tuple[Table, Layout]:
     """A report written by ``run`` as a table, with its result columns told apart."""
-    table = Table(path, ReadOptions("sourceTicketId", "linkedTicketId"), report=True)
+    table = Table(
+        path, ReadOptions(source_col="sourceTicketId", linked_col="linkedTicketId"), report=True
+    )
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise InputError(f"{path} is not a bulklink report: no column {', '.join(missing)}")
