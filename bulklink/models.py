@@ -62,19 +62,11 @@ class Outcome(enum.StrEnum):
     ALREADY_LINKED = "already-linked"  # linked by an earlier run (the state store): not sent
 
 
-#: ``build(Cls, (every field, in order))``: a named tuple made by ``tuple.__new__`` itself,
-#: without the class's generated ``__new__`` (a Python function). For the four built per
-#: row (a pair, an answer, a result, a report row), 1.8k instructions fewer each
-#: (callgrind); everywhere else the class is called as usual.
-build = tuple.__new__
-
-
 class ReportRow(NamedTuple):
     """A report row's own cells, typed, in column order: the one definition of them.
 
     :data:`RESULT_COLUMNS` names them; every writer and reader goes by these names, so
-    a new column is one field here (and its value where rows are built). A named tuple:
-    one is built per row.
+    a new column is one field here (and its value where rows are built).
     """
 
     row: int | str  # an int, except a kept row whose cell was not a number
@@ -95,7 +87,7 @@ RESULT_COLUMNS: tuple[str, ...] = tuple(_COLUMN_NAMES.get(f, f) for f in ReportR
 
 
 class Pair(NamedTuple):
-    """One link to make; ``row`` is the 1-based data row it came from (one per row: cheap)."""
+    """One link to make; ``row`` is the 1-based data row it came from."""
 
     row: int
     source: str
@@ -103,10 +95,7 @@ class Pair(NamedTuple):
 
 
 class Result(NamedTuple):
-    """What happened to one pair. ``body`` is the raw 2xx answer, kept for the journal.
-
-    A named tuple: one is built per row, for half the bytecode of a dataclass ``__init__``.
-    """
+    """What happened to one pair. ``body`` is the raw 2xx answer, kept for the journal."""
 
     row: int
     outcome: Outcome
@@ -120,18 +109,9 @@ class Result(NamedTuple):
     linked: str = ""
 
 
-_stamp_second = 0
-_stamp_text = ""
-
-
 def utc_stamp() -> str:
-    """Now in UTC as ``2026-12-01T02:30:00Z``; computed once a second (it is per row)."""
-    global _stamp_second, _stamp_text
-    now = int(time.time())
-    if now != _stamp_second:
-        _stamp_second = now
-        _stamp_text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-    return _stamp_text
+    """Now in UTC as ``2026-12-01T02:30:00Z``: the form every output uses."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 @dataclass(frozen=True, slots=True)

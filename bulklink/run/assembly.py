@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bulklink.models import TICKET_COLUMNS, ErrorTally, Outcome, ReportRow, Result, build
+from bulklink.models import TICKET_COLUMNS, ErrorTally, Outcome, ReportRow, Result
 from bulklink.state.journal import Journal
 from bulklink.tables.ids import invalid_text
 from bulklink.tables.inputs import ALREADY, DUPLICATE, KEEP, SEND, Chunk, Plan
@@ -273,19 +273,16 @@ class Assembler:
         if success and self.on_linked is not None:
             self.on_linked((source, linked, result.linked_at))
         retry = self.layout.retry
-        head = build(
-            ReportRow,
-            (
-                self._kept_row_number(chunk, at) if retry else chunk.start + at + 1,
-                source,
-                linked,
-                success,
-                outcome,
-                result.http_status,
-                result.error,
-                result.attempts + self._prior_attempts(chunk, at) if retry else result.attempts,
-                result.linked_at,
-            ),
+        head = ReportRow(
+            self._kept_row_number(chunk, at) if retry else chunk.start + at + 1,
+            source,
+            linked,
+            success,
+            outcome,
+            result.http_status,
+            result.error,
+            result.attempts + self._prior_attempts(chunk, at) if retry else result.attempts,
+            result.linked_at,
         )
         self._put(chunk, at, head, ticket, extras)
         index = chunk.start + at

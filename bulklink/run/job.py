@@ -33,7 +33,7 @@ from bulklink.errors import (
     Interrupted,
     UsageError,
 )
-from bulklink.models import Outcome, Pair, Summary, build
+from bulklink.models import Outcome, Pair, Summary
 from bulklink.net.client import Client
 from bulklink.options import Connection, Control, Output, RunSettings, format_duration
 from bulklink.run.assembly import Assembler, Layout
@@ -527,7 +527,7 @@ async def _batches(
         budget[0] = left - len(ats)
     source, linked, first = chunk.source, chunk.linked, chunk.start + 1
     for i in range(0, len(ats), BATCH):
-        yield [build(Pair, (first + at, source[at], linked[at])) for at in ats[i : i + BATCH]]
+        yield [Pair(first + at, source[at], linked[at]) for at in ats[i : i + BATCH]]
 
 
 def resolve_report(input_path: Path | None, output: Path | None) -> Path:
