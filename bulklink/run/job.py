@@ -428,7 +428,7 @@ class _Run:
         if ledger.active and ledger.due(now - self.flushed):
             self.flushed = now
             try:
-                await asyncio.to_thread(ledger.flush)
+                await asyncio.to_thread(ledger.commit, ledger.take())
             except (OSError, BulklinkError) as exc:
                 self.disk_failed(_as_os_error(exc), ledger.path or Path("the state store"))
 
