@@ -27,7 +27,6 @@ PENDING_IN_MEMORY = 4096  # out-of-order results kept whole; beyond it, re-read 
 #: clock is read once per SLICE_ROWS rows, and never on the usual one-row path.
 SLICE_SECONDS = 0.005
 SLICE_ROWS = 16
-_LINKED, _FAILED = Outcome.LINKED, Outcome.FAILED  # module constants: read on every row
 
 
 @dataclass(slots=True)
@@ -63,8 +62,7 @@ class Assembler:
         on_linked: Callable[[tuple[str, str, str]], None] | None = None,
     ) -> None:
         self.plan = plan
-        #: Each pair the API linked, as ``(source, linked, linked_at)``, as it is written
-        #: (the store's batch: a tuple, so that a list's ``append`` will do).
+        #: Each pair the API linked, as ``(source, linked, linked_at)``, as it is written.
         self.on_linked = on_linked
         self.layout = layout
         self.journal = journal
@@ -103,23 +101,14 @@ class Assembler:
     def accept(self, result: Result) -> None:
         """Journal a finished row (before it counts as done), then write what can be."""
         index = result.row - 1
-        outcome = result.outcome
-        if outcome is _LINKED or outcome is _FAILED:
+        journaled = result.outcome in (Outcome.LINKED, Outcome.FAILED)
+        if journaled:
             self.journal.record(result)
             self.done_this_run += 1
-            if index != self._cursor:
-                if len(self._pending) < PENDING_IN_MEMORY:
-                    self._pending[index] = result
-                return
-        elif index != self._cursor:
+        # A journaled result far ahead of the cursor is read back when its turn comes.
+        if not journaled or index == self._cursor or len(self._pending) < PENDING_IN_MEMORY:
             self._pending[index] = result
-            return
-        # The row the report is waiting for (the usual case): write it straight away.
-        chunk = self._chunks[0]
-        self._write_result(chunk, index - chunk.start, result)
-        self._step(chunk)
-        if not self._next_is_awaited():
-            self._advance()
+        self._advance()
 
     def finish(self) -> None:
         """Everything still without a result is ``skipped``; called once no request runs."""
@@ -160,17 +149,6 @@ class Assembler:
             budget -= 1
             if not self._write_next():
                 return
-
-    def _next_is_awaited(self) -> bool:
-        """The row at the cursor is one still being sent (the usual case after a write):
-        nothing more to write yet, found without the slicing loop of :meth:`_advance`."""
-        index = self._cursor
-        return (
-            index < self._loaded
-            and self.codes[index] == SEND
-            and index not in self._pending
-            and not self.journal.done(index + 1)
-        )
 
     def _write_next(self) -> bool:
         """Write the row at the cursor; False when its result has not come yet."""
@@ -264,27 +242,26 @@ class Assembler:
                 self.errors.add(head.row, head.error, head.source, head.linked)
 
     def _write_result(self, chunk: Chunk, at: int, result: Result) -> None:
-        """A row sent this run or read back from the journal: the per-row path, so the
-        row is built here rather than through :meth:`_emit`'s ten arguments."""
+        """A row sent this run or read back from the journal."""
         ticket, extras = split_ticket(result.ticket)
-        source, linked = chunk.source[at], chunk.linked[at]
-        outcome = result.outcome
-        success = outcome is _LINKED
+        success = result.outcome is Outcome.LINKED
         if success and self.on_linked is not None:
-            self.on_linked((source, linked, result.linked_at))
-        retry = self.layout.retry
-        head = ReportRow(
-            self._kept_row_number(chunk, at) if retry else chunk.start + at + 1,
-            source,
-            linked,
+            self.on_linked((chunk.source[at], chunk.linked[at], result.linked_at))
+        attempts = result.attempts
+        if self.layout.retry:
+            attempts += self._prior_attempts(chunk, at)
+        self._emit(
+            chunk,
+            at,
             success,
-            outcome,
+            result.outcome,
             result.http_status,
             result.error,
-            result.attempts + self._prior_attempts(chunk, at) if retry else result.attempts,
+            attempts,
+            ticket,
+            extras,
             result.linked_at,
         )
-        self._put(chunk, at, head, ticket, extras)
         index = chunk.start + at
         if index in self._targets:
             self._firsts[index] = _First(success, result.http_status, result.error, ticket, extras)
