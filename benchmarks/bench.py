@@ -560,7 +560,7 @@ class Bench:
                 f"{rows / wall:,.0f} rows/s, wall {wall:.2f} s ({walls[0]:.2f}-{walls[-1]:.2f}), "
                 f"CPU {cpu:.2f} s, peak RSS {_mb(int(rss))}",
             )
-        for what, key, goal in (("wall", "wall", 1.10), ("CPU", "cpu", 1.25)):
+        for what, key, goal in (("wall", "wall", 1.25), ("CPU", "cpu", 1.25)):
             ratio = _median([getattr(p, key) for p in a]) / _median([getattr(p, key) for p in b])
             rounds = ", ".join(
                 f"{getattr(x, key) / getattr(y, key):.2f}" for x, y in zip(a, b, strict=True)

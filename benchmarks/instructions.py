@@ -116,7 +116,7 @@ def main(argv: list[str]) -> int:
         print(f"{name:9}: {per_row[name] / 1e3:6.1f}k instructions/row, "
               f"fixed {fixed[name] / 1e9:.2f}G")  # fmt: skip
     ratio = per_row["bulklink"] / per_row["bare loop"]
-    print(f"per-row ratio bulklink/bare: {ratio:.3f} (goal <= 1.10)")
+    print(f"per-row ratio bulklink/bare: {ratio:.3f} (goal <= 1.25)")
     if "no-state" in programs:
         bare = per_row["bare loop"]
         store = per_row["bulklink"] - per_row["no-state"]

@@ -57,8 +57,7 @@ class Assembler:
         on_linked: Callable[[tuple[str, str, str]], None] | None = None,
     ) -> None:
         self.plan = plan
-        #: Each pair the API linked, as ``(source, linked, linked_at)``, as it is written
-        #: (the store's batch: a tuple, so that a list's ``append`` will do).
+        #: Each pair the API linked, as ``(source, linked, linked_at)``, as it is written.
         self.on_linked = on_linked
         self.layout = layout
         self.journal = journal
@@ -97,12 +96,13 @@ class Assembler:
     def accept(self, result: Result) -> None:
         """Journal a finished row (before it counts as done), then write what can be."""
         index = result.row - 1
-        if result.outcome in (Outcome.LINKED, Outcome.FAILED):
+        journaled = result.outcome in (Outcome.LINKED, Outcome.FAILED)
+        if journaled:
             self.journal.record(result)
             self.done_this_run += 1
-            if index != self._cursor and len(self._pending) >= PENDING_IN_MEMORY:
-                return  # read back from the journal when the cursor gets there
-        self._pending[index] = result
+        # A journaled result far ahead of the cursor is read back when its turn comes.
+        if not journaled or index == self._cursor or len(self._pending) < PENDING_IN_MEMORY:
+            self._pending[index] = result
         self._advance()
 
     def finish(self) -> None:

@@ -34,7 +34,7 @@ from bulklink.errors import (
     Interrupted,
     UsageError,
 )
-from bulklink.models import Outcome, Pair, Summary, build
+from bulklink.models import Outcome, Pair, Summary
 from bulklink.net.client import Client
 from bulklink.net.connection import Connection
 from bulklink.options import RetryOptions
@@ -435,7 +435,7 @@ class _Run:
         if ledger.active and ledger.due(now - self.flushed):
             self.flushed = now
             try:
-                await asyncio.to_thread(ledger.flush)
+                await asyncio.to_thread(ledger.commit, ledger.take())
             except (OSError, BulklinkError) as exc:
                 self.disk_failed(_as_os_error(exc), ledger.path or Path("the state store"))
 
@@ -534,7 +534,7 @@ async def _batches(
         budget[0] = left - len(ats)
     source, linked, first = chunk.source, chunk.linked, chunk.start + 1
     for i in range(0, len(ats), BATCH):
-        yield [build(Pair, (first + at, source[at], linked[at])) for at in ats[i : i + BATCH]]
+        yield [Pair(first + at, source[at], linked[at]) for at in ats[i : i + BATCH]]
 
 
 def resolve_report(input_path: Path | None, output: Path | None) -> Path:

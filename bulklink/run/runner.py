@@ -20,7 +20,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-from bulklink.models import Outcome, Pair, Result, build, utc_stamp
+from bulklink.models import Outcome, Pair, Result, utc_stamp
 from bulklink.net.client import Answer, Verdict
 from bulklink.options import TrafficOptions
 from bulklink.run.pacing import Pacer
@@ -34,8 +34,6 @@ FORBIDDEN_STREAK = 3
 AUTO_START = 16
 AUTO_CAP = 256
 INTERNAL_ERROR = "internal error"
-_LINKED = Verdict.LINKED  # module constants: read on every row
-_LINKED_OUTCOME = Outcome.LINKED
 
 
 class Linker(Protocol):
@@ -153,52 +151,34 @@ class Runner:
         return self._queue.popleft() if self._queue and not self.stop_reason else None
 
     async def _worker(self) -> None:
-        """Pairs one after another, each to its end: paced attempts until a verdict.
-
-        The attempts run here rather than in a coroutine of their own per pair: that
-        costs 3k instructions a row (callgrind, an unpaced run).
-        """
+        """Pairs one after another, each to its end."""
         task = asyncio.current_task()
         assert task is not None
-        queue, on_result, pacer, clock = self._queue, self.on_result, self.pacer, self.clock
         while not self.stop_reason:
-            # The queue is rarely empty: take from it without creating a coroutine.
-            pair = queue.popleft() if queue else await self._next()
+            pair = await self._next()
             if pair is None:
                 return
-            attempts = 0
-            last: Answer | None = None
-            result: Result | None = None
-            while result is None:
-                sent = clock()
-                # The fast path (--rate 0, no retry) awaits nothing before sending.
-                if attempts or not pacer.idle_at(sent):
-                    ready = await self._wait_turn(task, attempts, last)
-                    sent = clock()
-                    if not ready:
-                        result = self._unsent(pair, attempts, last)
-                        break
-                if self.stop_reason:
-                    result = self._unsent(pair, attempts, last)
-                    break
-                attempts += 1
-                proven = self.linked > 0  # the credentials had linked a row before this
-                self.in_flight += 1
-                try:
-                    last = await self.client.link(pair.source, pair.linked)
-                finally:
-                    self.in_flight -= 1
-                result = self._answered(pair, last, attempts, sent, proven)
-            on_result(result)
+            self.on_result(await self._attempts(task, pair))
 
-    def _answered(
-        self, pair: Pair, answer: Answer, attempts: int, sent: float, proven: bool
-    ) -> Result | None:
-        """What an answer teaches, and the row's result, or None to try again."""
-        if answer.verdict is _LINKED:
-            return self._linked(pair, answer, attempts, sent)
-        self._observe(answer, sent, self.clock())
-        return self._settle(pair, answer, attempts, proven)
+    async def _attempts(self, task: asyncio.Task[None], pair: Pair) -> Result:
+        """Paced attempts at one pair until an answer settles it, or a stop."""
+        attempts = 0
+        last: Answer | None = None
+        while True:
+            if not await self._wait_turn(task, attempts, last) or self.stop_reason:
+                return self._unsent(pair, attempts, last)
+            attempts += 1
+            proven = self.linked > 0  # the credentials had linked a row before this
+            sent = self.clock()
+            self.in_flight += 1
+            try:
+                last = await self.client.link(pair.source, pair.linked)
+            finally:
+                self.in_flight -= 1
+            self._observe(last, sent, self.clock())
+            result = self._settle(pair, last, attempts, proven)
+            if result is not None:
+                return result
 
     async def _wait_turn(
         self, task: asyncio.Task[None], attempts: int, last: Answer | None
@@ -208,8 +188,7 @@ class Runner:
         try:
             if attempts and not last_throttled(last):
                 await asyncio.sleep(wait_before_retry(last, attempts, self.settings))
-            if not self.pacer.idle_at(self.clock()):
-                await self.pacer.wait()
+            await self.pacer.wait()
         except asyncio.CancelledError:
             if not self.stop_reason:
                 raise
@@ -233,32 +212,24 @@ class Runner:
             if self.refusals:
                 self.refusals.clear()
 
-    def _linked(self, pair: Pair, answer: Answer, attempts: int, sent: float) -> Result:
-        """A linked row: :meth:`_observe` and :meth:`_settle` for the answer nearly every
-        row gets, in one call."""
-        self._observe(answer, sent, self.clock())
-        self.linked += 1
-        self._forbidden_streak = 0
-        row, source, linked = pair
-        return build(
-            Result,
-            (
-                row,
-                _LINKED_OUTCOME,
+    def _settle(self, pair: Pair, answer: Answer, attempts: int, proven: bool) -> Result | None:
+        """The row's result for an answer, or None to try again."""
+        verdict = answer.verdict
+        if verdict is Verdict.LINKED:
+            self.linked += 1
+            self._forbidden_streak = 0
+            return Result(
+                pair.row,
+                Outcome.LINKED,
                 answer.http_status,
                 "",
                 attempts,
                 answer.ticket,
                 answer.body,
                 utc_stamp(),
-                source,
-                linked,
-            ),
-        )
-
-    def _settle(self, pair: Pair, answer: Answer, attempts: int, proven: bool) -> Result | None:
-        """The row's result for any answer but a link, or None to try again."""
-        verdict = answer.verdict
+                pair.source,
+                pair.linked,
+            )
         if verdict is Verdict.FORBIDDEN:
             # After the same credentials linked others, a lone 403 is about this ticket.
             self._forbidden_streak += 1

@@ -24,7 +24,6 @@ rest of the run, and the rerun sends those rows again.
 from __future__ import annotations
 
 import errno
-import itertools
 import json
 import os
 import zlib
@@ -39,7 +38,6 @@ from bulklink.state.scope import Scope
 
 FORMAT = 3  # 2: the header holds the scope; 3: a CRC-32 ends each line; "t", "s", "l"
 UNREADABLE = "not attempted: its journal line could not be read back"
-_json_string = json.encoder.encode_basestring_ascii  # str -> a JSON string literal, ASCII
 
 
 def journal_path(report: Path) -> Path:
@@ -60,7 +58,7 @@ class Journal:
         self.resumed = resumed
         self._end = end
         self._reader: Any = None
-        self._lines: list[tuple[bytes, bytes, bytes]] = []  # rows not yet handed to the OS
+        self._lines: list[bytes] = []  # rows not yet handed to the OS
         self.dirty = False
         #: How to run :meth:`flush` soon after a record: ``loop.call_soon`` inside a run,
         #: so all the rows finished in one event-loop turn cost one system call.
@@ -110,26 +108,9 @@ class Journal:
         if self.failure is not None:
             self._unwritten[result.row] = result
             return
-        body = result.body
-        if body is None:
-            body = b"null"
-        elif body[:2] == b'{"':  # decoded as UTF-8 by json (no BOM, not UTF-16): embeddable
-            if body.find(b"\n") >= 0:  # not ``in``: see client.scrub
-                body = body.replace(b"\n", b" ")  # a newline can only be whitespace here
-        else:
-            body = json.dumps({"data": result.ticket}).encode()
-        # Formatted as text and encoded once; the IDs through json's C string encoder.
-        source, linked = _json_string(result.source), _json_string(result.linked)
-        status = "null" if result.http_status is None else result.http_status
-        error = json.dumps(result.error) if result.error else '""'
-        head = (
-            f'{{"r":{result.row},"o":"{result.outcome}","h":{status},"a":{result.attempts},'
-            f'"t":"{result.linked_at}","s":{source},"l":{linked},"e":{error},"b":'
-        ).encode()
-        tail = b',"k":%d}\n' % zlib.crc32(body, zlib.crc32(head))
-        # The three parts, not one line: the body (2 KB) is copied once, by flush's join.
-        self._end += len(head) + len(body) + len(tail)
-        self._lines.append((head, body, tail))
+        line = journal_line(result)
+        self._end += len(line)
+        self._lines.append(line)
         if len(self._lines) == 1:
             self.defer(self.flush)
 
@@ -151,7 +132,7 @@ class Journal:
     def flush(self) -> None:
         """Hand buffered lines to the OS: one ``write`` per event-loop turn, not per row."""
         if self._lines:
-            data = b"".join(itertools.chain.from_iterable(self._lines))
+            data = b"".join(self._lines)
             try:
                 while data:
                     data = data[os.write(self._fd, data) :]
@@ -170,8 +151,8 @@ class Journal:
         if self.failure is not None:
             return
         self.failure = error
-        for parts in self._lines:
-            result = parse_line(b"".join(parts))
+        for line in self._lines:
+            result = parse_line(line)
             if result is not None:
                 self._unwritten[result.row] = result
         self._lines.clear()
@@ -294,6 +275,34 @@ def _hand_over(
             batch = []
     if batch:
         keep_linked(batch)
+
+
+def journal_line(result: Result) -> bytes:
+    """The line that records ``result``: its fields, the 2xx body as ``"b"``, the CRC-32.
+
+    The body is embedded as it came when it is the plain UTF-8 JSON object a line can
+    hold (the usual answer), so a ticket is neither decoded nor encoded again here.
+    """
+    body = result.body
+    if body is None:
+        body = b"null"
+    elif body.startswith(b'{"'):  # decoded as UTF-8 by json (no BOM, not UTF-16)
+        body = body.replace(b"\n", b" ")  # a newline can only be whitespace here
+    else:
+        body = json.dumps({"data": result.ticket}).encode()
+    fields = {
+        "r": result.row,
+        "o": result.outcome,
+        "h": result.http_status,
+        "a": result.attempts,
+        "t": result.linked_at,
+        "s": result.source,
+        "l": result.linked,
+        "e": result.error,
+    }
+    head = json.dumps(fields, separators=(",", ":"))[:-1].encode()
+    line = head + b',"b":' + body
+    return line + b',"k":%d}\n' % zlib.crc32(line)
 
 
 def parse_line(line: bytes) -> Result | None:

@@ -25,8 +25,7 @@ from bulklink.state.store import RunRecord, Store
 
 # A killed run's pairs since the last flush are in its journal, so these bound only the
 # work of the next run's recovery and how late ``bulklink runs`` and a concurrent run on
-# another report see them. Per pair, a batch of 300 costs 13.7k instructions, one of
-# 2,500 12.6k, and one at the end 9.1k (benchmarks/store_instructions.py).
+# another report see them; larger batches cost less a pair (benchmarks/NOTES.md).
 FLUSH_PAIRS = 5_000  # about 2.5 s of an unpaced run against a fast server
 FLUSH_EVERY = 30.0  # seconds, for a paced run: 300 pairs at --rate 10
 
@@ -114,12 +113,12 @@ class Ledger:
     @property
     def on_linked(self) -> Callable[[tuple[str, str, str]], None] | None:
         """What to call with ``(source, linked, linked_at)`` for each pair the API linked
-        (committed by the next :meth:`flush`); None without a store.
+        (committed by the next :meth:`flush`); None without a store."""
+        return self.add if self._store is not None else None
 
-        It is the batch's own ``list.append``: per row, so no lock and no Python frame;
-        :meth:`flush` takes the batch's first rows off without replacing the list.
-        """
-        return self._batch.append if self._store is not None else None
+    def add(self, pair: tuple[str, str, str]) -> None:
+        """One linked pair for the next batch (on the event loop)."""
+        self._batch.append(pair)
 
     def keep_linked(self, pairs: list[tuple[str, str, str]]) -> None:
         """Pairs an earlier, killed run linked (from its journal): recorded unless known, so
@@ -132,17 +131,23 @@ class Ledger:
         waiting = len(self._batch)
         return waiting >= FLUSH_PAIRS or (waiting > 0 and seconds_since_flush >= FLUSH_EVERY)
 
-    def flush(self) -> None:
-        """Commit the pairs added so far: one transaction for the batch."""
-        if self._store is None:
-            return
-        # Appends racing this (the event loop, while a thread flushes) only ever add at
-        # the end: they stay for the next flush.
-        taken = len(self._batch)
-        batch = self._batch[:taken]
-        del self._batch[:taken]
-        if batch:
+    def take(self) -> list[tuple[str, str, str]]:
+        """The pairs added so far, for :meth:`commit`; later ones start a new batch.
+
+        Called on the event loop, so the batch a worker thread commits is never the list
+        the loop appends to.
+        """
+        batch, self._batch = self._batch, []
+        return batch
+
+    def commit(self, batch: list[tuple[str, str, str]]) -> None:
+        """Record a batch from :meth:`take`: one transaction (safe in a worker thread)."""
+        if self._store is not None and batch:
             self._store.record_linked(self.scope, batch, self.run_id)
+
+    def flush(self) -> None:
+        """Commit the pairs added so far, here and now."""
+        self.commit(self.take())
 
     def finish(self, counts: dict[str, int], exit_code: int) -> None:
         if self._store is not None and self.run_id is not None:

@@ -29,52 +29,10 @@ The path is checked with ``O_NOFOLLOW`` before SQLite opens it; SQLite itself op
 by name, so keep the store's folder writable only by its owner (the default folder is
 created 0700).
 
-README section (Markdown, to copy as it is)
-------------------------------------------
-
-### The state store
-
-The state store is one SQLite file, by default `$XDG_STATE_HOME/bulklink/state.sqlite3`
-(`~/.local/state/bulklink/state.sqlite3` when `XDG_STATE_HOME` is unset; the platform's
-state folder on macOS and Windows). It is created mode 0600, in a folder created 0700 when
-missing. The `sqlite3` shell can read it while runs are going on. All times are UTC,
-`YYYY-MM-DDTHH:MM:SSZ`.
-
-| column | meaning |
-|---|---|
-| **`scopes`** | one row per server and organisation |
-| `id` | the scope |
-| `base_url` | lower-case scheme and host, no trailing `/`; `sandbox:` for the simulator |
-| `org_id` | the organisation ID (empty when none was given) |
-| **`linked_pairs`** | one row per pair the API linked (2xx, `"status": true`), per scope |
-| `scope_id` | a `scopes.id` |
-| `source`, `linked` | the ticket IDs as sent |
-| `linked_at` | the latest time the API linked the pair (`--relink` updates it) |
-| `run_id` | the `runs.id` of the run that linked it |
-| **`runs`** | one row per `run` or `retry` |
-| `id`, `command` | the run, and `run` or `retry` |
-| `started`, `finished` | `finished` is empty for a run that was killed |
-| `input`, `input_hash` | the input file and the SHA-256 of its content |
-| `report`, `job` | the report path and the job name |
-| `scope_id` | a `scopes.id` |
-| `counts`, `exit_code` | JSON (outcome to rows) and the exit code |
-| `command_line` | the command, credentials removed |
-
-A pair linked in one scope never counts for another. When was this pair linked, and by
-which run:
-
-```sh
-sqlite3 ~/.local/state/bulklink/state.sqlite3 "
-  SELECT p.linked_at, p.run_id, r.started, r.report, r.command_line, s.base_url, s.org_id
-  FROM linked_pairs p
-  JOIN scopes s ON s.id = p.scope_id
-  LEFT JOIN runs r ON r.id = p.run_id
-  WHERE p.source = 'CT4NVX0K10YJQ3X0185THN9R6H9M3'
-    AND p.linked = 'CT4NVX0K10YJQ3X0185THN9R6H9M4'"
-```
+The tables and what each column means are in the README ("The store's file and tables").
 
 The file identifies itself with ``PRAGMA application_id`` (0x626C6E6B, "blnk") and
-versions its schema with ``PRAGMA user_version`` (1). It takes about 100 bytes a pair.
+versions its schema with ``PRAGMA user_version`` (1).
 """
 
 from __future__ import annotations
@@ -145,11 +103,9 @@ PRAGMA user_version = {SCHEMA_VERSION};
 # Pairs are written by a multi-row upsert, _ROWS_PER_INSERT rows a statement, so the
 # per-statement work (Python's executemany step, SQLite's statement start and halt) is paid
 # once per 250 rows, not per row; and sorted by source ID alone (a str compare, not a tuple
-# compare), which keeps the B-tree walk in order (without the sort store_bench.py's CPU
-# time rose 20% at 100,000 pairs) for a quarter of the sort's former cost. Callgrind
-# (benchmarks/store_instructions.py), instructions a pair: 16.2k -> 9.0k with one batch
-# at the end, 17.6k -> 12.6k with batches of 2,500. 250 rows are 750 parameters, under
-# the 999 of SQLite builds before 3.32 (SQLITE_MAX_VARIABLE_NUMBER).
+# compare), which keeps the B-tree walk in order for less than a tuple sort costs (the
+# figures: benchmarks/NOTES.md). 250 rows are 750 parameters, under the 999 of SQLite
+# builds before 3.32 (SQLITE_MAX_VARIABLE_NUMBER).
 _ROWS_PER_INSERT = 250
 _INSERT = "INSERT INTO linked_pairs (scope_id, source, linked, linked_at, run_id) VALUES "
 _ROW = "({scope}, ?, ?, ?, {run})"
@@ -357,7 +313,7 @@ class Store:
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA temp_store = MEMORY")
         # Random IDs touch pages all over the tree: a 32 MB cache and checkpoints every
-        # 40 MB of WAL (not 4 MB) halve the cost of a batch (benchmarks/store_bench.py).
+        # 40 MB of WAL (not 4 MB) make a batch cheaper (benchmarks/NOTES.md).
         db.execute("PRAGMA cache_size = -32768")
         db.execute("PRAGMA wal_autocheckpoint = 10000")
         db.execute("PRAGMA journal_size_limit = 67108864")
@@ -381,8 +337,7 @@ class Store:
         """``linked_at`` of each pair already linked in ``scope``, None for the others.
 
         The pairs go into a temporary table 20,000 at a time, joined against the primary
-        key (``CROSS JOIN`` keeps the probe as the outer loop), so memory stays flat:
-        about 8 us of CPU a pair (benchmarks/store_bench.py).
+        key (``CROSS JOIN`` keeps the probe as the outer loop), so memory stays flat.
         """
         out: list[str | None] = []
         it = iter(pairs)
@@ -429,9 +384,8 @@ class Store:
         ``linked_at`` is :func:`utc_stamp` text. A pair already recorded takes the new time
         and run (``--relink``, or two runs linking the same pair): the latest link wins;
         with ``replace=False`` it is kept as it is (pairs recovered from a journal).
-        Returns the number of rows written. Larger batches cost less a pair (random IDs):
-        about 18 us of CPU a pair at 1,000 a batch, 15 us at 2,500 (200,000 pairs,
-        benchmarks/store_bench.py).
+        Returns the number of rows written. Larger batches cost less a pair (random IDs;
+        benchmarks/NOTES.md).
         """
         ordered: list[tuple[str, str, str]] = sorted(rows, key=itemgetter(0))
         if ordered and set(map(len, ordered)) != {3}:  # any other size would shift the rest

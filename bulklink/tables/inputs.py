@@ -129,7 +129,7 @@ def _trimmed(cells: list[str]) -> list[str]:
     """ID cells (always text: every reader makes them so) without surrounding blanks.
 
     ``map`` of ``str.strip`` rather than pandas' ``.str.strip``, which calls a Python
-    lambda per cell (about 2k instructions a row of two IDs, measured with callgrind).
+    lambda per cell (the cost: benchmarks/NOTES.md).
     """
     return list(map(str.strip, cells, itertools.repeat(TRIM, len(cells))))
 
