@@ -1,5 +1,8 @@
-"""Helpers shared by several test modules: subprocess runs, what the server received,
-the files beside a report, input files and one-line errors, credentials, reports read back.
+"""Helpers shared by several test modules: CLI runs in-process and in a subprocess, what the
+server received, input files and the one pair generator, the one report reader, one-line
+errors, credentials, a webhook receiver, a scripted linker and fake time for the runner.
+
+Fixtures that hand these out live in ``conftest.py``; everything else is here.
 """
 
 from __future__ import annotations
@@ -13,25 +16,96 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import (
-    Callable,
-    Mapping,
-    Sequence,
-)
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import openpyxl
 import pytest
-from click.testing import Result
-from openpyxl import load_workbook
+from click.testing import CliRunner, Result
 
+from bulklink.cli import cli
 from bulklink.models import TICKET_FIELDS
 from bulklink.sandbox import Reply, Sandbox
-from tests.conftest import FAST_UNPACED, ORG, TOKEN, invoke, read_report, run_against
 
+TOKEN = "tok-SECRET-abc123"
+ORG = "org_test"
+# Options for CLI runs in tests: retries after 10 ms, no progress bar on stderr.
+FAST = ("--backoff", "0.01", "--no-progress")
+# The same without the rate limit, where pacing is not what the test is about.
+FAST_UNPACED = (*FAST, "--rate", "0")
 ROOT = Path(__file__).resolve().parent.parent
 SIGKILLED = -signal.SIGKILL  # a subprocess's returncode after kill -9
+
+
+# -- the CLI in-process; input files and the one pair generator --------------------------------
+
+
+def invoke(
+    *args: str | Path, env: dict[str, str] | None = None, input: str | None = None
+) -> Result:
+    """Run the CLI in-process, as a user would type it; stdout and stderr kept apart."""
+    return CliRunner().invoke(
+        cli, [str(a) for a in args], env=env, input=input, catch_exceptions=False
+    )
+
+
+def env_for(url: str, **extra: str) -> dict[str, str]:
+    """Valid credentials for the server at ``url``, as the environment gives them."""
+    return {"THENA_TOKEN": TOKEN, "THENA_ORG_ID": ORG, "THENA_BASE_URL": url, **extra}
+
+
+def run_against(server: Sandbox, *args: str | Path, **kwargs: Any) -> Result:
+    """``bulklink run ...`` against a sandbox with valid credentials from the environment."""
+    env = env_for(server.url, **(kwargs.pop("env", {}) or {}))
+    return invoke(*args, env=env, **kwargs)
+
+
+def write_csv(
+    path: Path, rows: Sequence[Sequence[str]], delimiter: str = ",", encoding: str = "utf-8"
+) -> Path:
+    with path.open("w", newline="", encoding=encoding) as fh:
+        csv.writer(fh, delimiter=delimiter).writerows(rows)
+    return path
+
+
+def input_pairs(n: int, prefix: str = "T") -> list[tuple[str, str]]:
+    """``n`` distinct valid pairs: ``(T00001, TL00001)`` and on."""
+    return [(f"{prefix}{i:05d}", f"{prefix}L{i:05d}") for i in range(1, n + 1)]
+
+
+def pairs_csv(path: Path, n: int, prefix: str = "T") -> Path:
+    """A CSV input of :func:`input_pairs`."""
+    return write_csv(path, [["sourceTicketId", "linkedTicketId"], *input_pairs(n, prefix)])
+
+
+# -- the one report reader ---------------------------------------------------------------------
+
+
+def read_any(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """Header and rows of a report in any format, cells as the file holds them (an empty
+    xlsx cell reads back as None)."""
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader)
+            return header, [dict(zip(header, row, strict=True)) for row in reader]
+    if path.suffix == ".xlsx":
+        book = openpyxl.load_workbook(path)
+        try:
+            lines = list(book.worksheets[0].iter_rows(values_only=True))
+        finally:
+            book.close()
+        header = [str(c) for c in lines[0]]
+        return header, [dict(zip(header, row, strict=True)) for row in lines[1:]]
+    text = path.read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return list(rows[0]), rows
+
+
+def read_report(path: Path) -> list[dict[str, Any]]:
+    """The rows of a report in any format (see :func:`read_any`)."""
+    return read_any(path)[1]
 
 
 # -- runs in a subprocess; what the server received; the files beside a report ----------------
@@ -81,10 +155,6 @@ def lock_of(report: Path) -> Path:
     return report.with_name(report.name + ".lock")
 
 
-def input_pairs(n: int, prefix: str = "T") -> list[tuple[str, str]]:
-    return [(f"{prefix}{i:05d}", f"{prefix}L{i:05d}") for i in range(1, n + 1)]
-
-
 def sent(server: Sandbox, since: int = 0) -> list[tuple[str, str]]:
     """(source, linked) of every request the server received from index ``since`` on."""
     out = []
@@ -92,22 +162,6 @@ def sent(server: Sandbox, since: int = 0) -> list[tuple[str, str]]:
         body = json.loads(rec.body)
         out.append((body["sourceTicketId"], body["linkedTicketId"]))
     return out
-
-
-def load_rows(path: Path) -> list[dict[str, Any]]:
-    """A report in any format as a list of dicts (cell values as the format holds them)."""
-    if path.suffix == ".csv":
-        return list(read_report(path))
-    if path.suffix == ".jsonl":
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
-    wb = load_workbook(path)
-    try:
-        values = list(wb.worksheets[0].iter_rows(values_only=True))
-    finally:
-        wb.close()
-    header = [str(h) for h in values[0]]
-    return [dict(zip(header, row, strict=True)) for row in values[1:]]
 
 
 def assert_rows_once(rows: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> None:
@@ -133,26 +187,18 @@ def done_earlier(stderr: str) -> list[int]:
 N = 50
 
 
-def pairs(n: int = N) -> list[tuple[str, str]]:
-    return [(f"T{i:05d}", f"TL{i:05d}") for i in range(1, n + 1)]
-
-
-def env_for(url: str, **extra: str) -> dict[str, str]:
-    return {"THENA_TOKEN": TOKEN, "THENA_ORG_ID": ORG, "THENA_BASE_URL": url, **extra}
-
-
 def interrupt_at_row_11(server: Sandbox, src: Path, report: Path, env: dict[str, str]) -> None:
     """Rows 1-10 linked and journaled, then a 401: exit 3, the journal kept for a resume."""
     server.config.script["T00011"] = [Reply(status=401)]
     result = invoke("run", src, "-o", report, "--concurrency", "1", *FAST_UNPACED, env=env)
     assert result.exit_code == 3, result.stderr
-    assert sent(server) == pairs()[:11]
+    assert sent(server) == input_pairs(N)[:11]
     assert journal_of(report).exists()
 
 
 def assert_all_linked(report: Path, n: int = N) -> None:
     rows = read_report(report)
-    assert [(r["sourceTicketId"], r["linkedTicketId"]) for r in rows] == pairs(n)
+    assert [(r["sourceTicketId"], r["linkedTicketId"]) for r in rows] == input_pairs(n)
     assert {r["outcome"] for r in rows} == {"linked"}
 
 
@@ -228,14 +274,13 @@ def sent_checked(server: Sandbox) -> list[tuple[str, str]]:
     return pairs
 
 
-def report_of(path: Path) -> list[dict[str, str]]:
+def report_of(path: Path) -> list[dict[str, Any]]:
+    """The rows of the CSV report beside the input ``path``."""
     return read_report(path.with_name(f"{path.stem}.results.csv"))
 
 
 def report_header(path: Path) -> list[str]:
-    report = path.with_name(f"{path.stem}.results.csv")
-    with report.open(newline="", encoding="utf-8") as fh:
-        return next(csv.reader(fh))
+    return read_any(path.with_name(f"{path.stem}.results.csv"))[0]
 
 
 def ids(rows: list[dict[str, str]]) -> list[tuple[str, str]]:
@@ -311,7 +356,7 @@ def no_secret_anywhere(secret: str, *texts: str, files: tuple[Path, ...] = ()) -
             assert secret.encode() not in path.read_bytes(), path
 
 
-# -- answers holding custom tickets; a report in any format read back -------------------------
+# -- answers holding custom tickets -------------------------
 
 
 CUSTOM_FIELDS = [{"id": "CF1", "name": "Region", "value": 'EMEA, "north"'}, {"id": "CF2"}]
@@ -341,19 +386,3 @@ def answer_with(ticket: dict[str, Any]) -> dict[str, Any]:
         "timestamp": "2024-05-01T12:00:00.000Z",
         "data": ticket,
     }
-
-
-def read_any(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    """Header and rows of a report in any format, cells as the file holds them."""
-    if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
-            header = next(reader)
-            return header, [dict(zip(header, row, strict=True)) for row in reader]
-    if path.suffix == ".xlsx":
-        sheet = openpyxl.load_workbook(path).worksheets[0]
-        lines = list(sheet.iter_rows(values_only=True))
-        header = [str(c) for c in lines[0]]
-        return header, [dict(zip(header, row, strict=True)) for row in lines[1:]]
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    return list(rows[0]), rows

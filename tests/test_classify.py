@@ -37,16 +37,8 @@ from bulklink.net.client import (
 )
 from bulklink.net.credentials import resolve_auth
 from bulklink.sandbox import Reply, Sandbox
-from tests.conftest import (
-    FAST,
-    ORG,
-    TOKEN,
-    invoke,
-    pairs_csv,
-    read_report,
-    run_against,
-)
 from tests.helpers import (
+    FAST,
     NEST_400,
     NEST_404,
     NEST_409,
@@ -54,7 +46,13 @@ from tests.helpers import (
     NGINX_502,
     ODD_SECONDS,
     ODD_TOKEN,
+    ORG,
     ROOT,
+    TOKEN,
+    invoke,
+    pairs_csv,
+    read_report,
+    run_against,
 )
 
 # -- status, body and header tables -----------------------------------------------------------

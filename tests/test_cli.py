@@ -22,18 +22,21 @@ import pytest
 from bulklink.cli import cli
 from bulklink.console import escape_controls
 from bulklink.sandbox import Reply, Sandbox
-from tests.conftest import (
+from tests.helpers import (
     FAST,
     FAST_UNPACED,
+    HEAD,
     ORG,
+    ROOT,
     TOKEN,
     invoke,
     pairs_csv,
     read_report,
+    run,
     run_against,
+    spawn,
     write_csv,
 )
-from tests.helpers import HEAD, ROOT, run, spawn
 
 # -- exit codes and the summary ---------------------------------------------------------------
 

@@ -24,27 +24,24 @@ import pytest
 
 from bulklink.net.credentials import resolve_auth, secret_forms
 from bulklink.sandbox import Reply, Sandbox
-from tests.conftest import (
+from tests.helpers import (
     FAST,
     FAST_UNPACED,
-    ORG,
-    TOKEN,
-    invoke,
-    pairs_csv,
-    read_report,
-    run_against,
-    write_csv,
-)
-from tests.helpers import (
     HEAD,
     KEY,
     ODD_TOKEN,
+    ORG,
+    TOKEN,
+    invoke,
     journal_of,
-    load_rows,
     lock_of,
     make_jwt,
     no_secret_anywhere,
+    pairs_csv,
+    read_report,
     run,
+    run_against,
+    write_csv,
 )
 
 # -- both auth modes --------------------------------------------------------------------------
@@ -500,7 +497,7 @@ def test_token_absent_from_everything_in_failing_runs(
         env={"THENA_ORG_ID": ORG, "THENA_BASE_URL": other.url},
     )  # fmt: skip
     assert wrong.exit_code == 3, wrong.stderr
-    assert {r["outcome"] for r in load_rows(report_c)} <= {"skipped", "failed"}
+    assert {r["outcome"] for r in read_report(report_c)} <= {"skipped", "failed"}
     assert json.loads(summary.read_text())["exit_code"] == 3
     found["wrong token"] = leaks(
         {"stdout": wrong.stdout, "stderr": wrong.stderr},

@@ -26,24 +26,22 @@ from bulklink.net.client import (
     server_wait,
 )
 from bulklink.sandbox import Reply, RequestRecord, Sandbox
-from tests.conftest import (
-    FAST,
-    ORG,
-    TOKEN,
-    invoke,
-    pairs_csv,
-    read_report,
-    run_against,
-    write_csv,
-)
 from tests.helpers import (
+    FAST,
     NEST_400,
     NEST_404,
     NEST_409,
     NEST_422,
     NGINX_502,
     ODD_SECONDS,
+    ORG,
+    TOKEN,
     input_pairs,
+    invoke,
+    pairs_csv,
+    read_report,
+    run_against,
+    write_csv,
 )
 
 # -- retries and failures ---------------------------------------------------------------------

@@ -22,28 +22,26 @@ from click.testing import CliRunner
 
 from bulklink.cli import cli
 from bulklink.sandbox import Sandbox
-from tests.conftest import (
-    FAST_UNPACED,
-    ORG,
-    TOKEN,
-    invoke,
-    read_report,
-    run_against,
-    write_csv,
-)
 from tests.helpers import (
+    FAST_UNPACED,
     HEAD,
+    ORG,
     RESULT_COLUMNS,
+    TOKEN,
     files_in,
     ids,
+    invoke,
     make_xlsx,
     one_line_error,
     one_line_usage_error,
+    read_report,
     report_header,
     report_of,
     run,
+    run_against,
     sent,
     sent_checked,
+    write_csv,
 )
 
 # -- CSV dialects, encodings and line ends ----------------------------------------------------

@@ -32,9 +32,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bulklink.sandbox import Reply, Sandbox
 from bulklink.state.lock import hold
-from tests.conftest import FAST_UNPACED as FAST
-from tests.conftest import invoke, pairs_csv, run_against, write_csv
-from tests.helpers import spawn, wait_until
+from tests.helpers import FAST_UNPACED as FAST
+from tests.helpers import invoke, pairs_csv, run_against, spawn, wait_until, write_csv
 
 HEADER = ["sourceTicketId", "linkedTicketId"]
 HOOK_PATH = "/services/T0001/B0002/hook-SECRET-path"

@@ -24,9 +24,11 @@ from bulklink.net.client import Answer, Verdict
 from bulklink.options import RunSettings, parse_duration
 from bulklink.run.runner import Runner, describe_refusals
 from bulklink.sandbox import Reply, Sandbox
-from tests.conftest import FAST, FAST_UNPACED, TOKEN, pairs_csv, read_report, run_against
 from tests.helpers import (
+    FAST,
+    FAST_UNPACED,
     ROOT,
+    TOKEN,
     assert_rows_once,
     child_env,
     done_earlier,
@@ -35,6 +37,9 @@ from tests.helpers import (
     line_count,
     lock_of,
     no_traceback,
+    pairs_csv,
+    read_report,
+    run_against,
     sent,
     spawn,
     wait_until,

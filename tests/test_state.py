@@ -25,19 +25,24 @@ from typing import Any
 import pytest
 
 from bulklink.sandbox import Reply, Sandbox
-from tests.conftest import FAST_UNPACED as FAST
-from tests.conftest import TOKEN, invoke, pairs_csv, read_report, run_against, write_csv
+from tests.helpers import FAST_UNPACED as FAST
 from tests.helpers import (
     ROOT,
     SIGKILLED,
+    TOKEN,
     assert_rows_once,
     child_env,
     input_pairs,
+    invoke,
     journal_of,
     line_count,
+    pairs_csv,
+    read_report,
+    run_against,
     sent,
     spawn,
     wait_until,
+    write_csv,
 )
 
 HEADER = ["sourceTicketId", "linkedTicketId"]
