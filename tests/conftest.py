@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bulklink.sandbox import Sandbox, SandboxConfig, serve_in_thread
-from tests.helpers import ORG, TOKEN
+from tests.helpers import ORG, TOKEN, Receiver, serve_receiver
 
 
 @pytest.fixture(autouse=True)
@@ -49,3 +49,10 @@ def start_sandbox() -> Iterator[Callable[..., Sandbox]]:
 @pytest.fixture
 def sandbox(start_sandbox: Callable[..., Sandbox]) -> Sandbox:
     return start_sandbox()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on 127.0.0.1 (:class:`tests.helpers.Receiver`)."""
+    with serve_receiver() as hook:
+        yield hook

@@ -7,7 +7,9 @@ Fixtures that hand these out live in ``conftest.py``; everything else is here.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import csv
 import json
 import os
@@ -15,13 +17,16 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import openpyxl
 import pytest
+from aiohttp import web
 from click.testing import CliRunner, Result
 
 from bulklink.cli import cli
@@ -386,3 +391,74 @@ def answer_with(ticket: dict[str, Any]) -> dict[str, Any]:
         "timestamp": "2024-05-01T12:00:00.000Z",
         "data": ticket,
     }
+
+
+# -- a webhook receiver ------------------------------------------------------------------------
+
+
+HOOK_PATH = "/services/T0001/B0002/hook-SECRET-path"
+HOOK_QUERY = "sig=qs-SECRET-value"
+
+
+@dataclass
+class Receiver:
+    """A webhook on 127.0.0.1: records every POST, answers ``answers`` in turn, then 200.
+
+    An answer is a status, or ``(status, seconds)`` to hold it first (a slow receiver). The
+    answer's text is ``text``, or else echoes the URL called, which no warning may repeat.
+    """
+
+    url: str = ""
+    raw: list[bytes] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    answers: list[int | tuple[int, float]] = field(default_factory=list)
+    text: str = ""
+    release: asyncio.Event | None = None
+
+    @property
+    def bodies(self) -> list[Any]:
+        return [json.loads(raw) for raw in self.raw]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.paths.append(request.path_qs)
+        self.raw.append(await request.read())
+        answer = self.answers.pop(0) if self.answers else 200
+        status, delay = answer if isinstance(answer, tuple) else (answer, 0.0)
+        if delay and self.release is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.release.wait(), delay)
+        return web.Response(status=status, text=self.text or f"oops at {request.path_qs}")
+
+
+@contextlib.contextmanager
+def serve_receiver() -> Iterator[Receiver]:
+    """A :class:`Receiver` served from a thread of its own (so the CLI can be run here), its
+    URL carrying secrets in path and query; held answers are let go at the end."""
+    receiver = Receiver()
+    ready = threading.Event()
+    control: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", receiver.handle)
+        runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        receiver.url = f"http://127.0.0.1:{runner.addresses[0][1]}{HOOK_PATH}?{HOOK_QUERY}"
+        stop = asyncio.Event()
+        receiver.release = asyncio.Event()
+        control.append((asyncio.get_running_loop(), stop))
+        ready.set()
+        await stop.wait()
+        receiver.release.set()
+        await runner.cleanup()
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), name="receiver", daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield receiver
+    finally:
+        loop, stop = control[0]
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
