@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bulklink.sandbox import Sandbox, SandboxConfig, serve_in_thread
-from tests.helpers import ORG, TOKEN, Receiver, serve_receiver
+from tests.helpers import ORG, TOKEN, Receiver, ScriptedLinker, serve_receiver
 
 
 @pytest.fixture(autouse=True)
@@ -56,3 +56,10 @@ def receiver() -> Iterator[Receiver]:
     """A webhook receiver on 127.0.0.1 (:class:`tests.helpers.Receiver`)."""
     with serve_receiver() as hook:
         yield hook
+
+
+@pytest.fixture
+def linker() -> ScriptedLinker:
+    """The runner's edge without HTTP (:class:`tests.helpers.ScriptedLinker`): set its
+    ``script`` per source ID; every source not scripted is linked at once."""
+    return ScriptedLinker()

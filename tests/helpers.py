@@ -14,23 +14,28 @@ import csv
 import json
 import os
 import re
+import selectors
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import openpyxl
 import pytest
 from aiohttp import web
 from click.testing import CliRunner, Result
 
+from bulklink import models
 from bulklink.cli import cli
-from bulklink.models import TICKET_FIELDS
+from bulklink.models import TICKET_FIELDS, Pair
+from bulklink.net.client import Answer, Verdict
+from bulklink.options import RunSettings
+from bulklink.run.runner import Runner
 from bulklink.sandbox import Reply, Sandbox
 
 TOKEN = "tok-SECRET-abc123"
@@ -462,3 +467,118 @@ def serve_receiver() -> Iterator[Receiver]:
         loop, stop = control[0]
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
+
+
+# -- fake time: an event loop whose clock jumps to the next timer --------------------------------
+
+
+T = TypeVar("T")
+START = 100.0  # fake time at which every test starts (not 0, as time.monotonic is not)
+
+
+class Clock:
+    """The fake time, shared by the pacer and the event loop."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _JumpingSelector(selectors.DefaultSelector):
+    """Never blocks: where the loop would wait ``timeout`` seconds, time jumps instead.
+
+    ``late`` is added to every such wait, as a busy machine wakes timers late. Every pass
+    of the loop also takes a nanosecond, as real ones do: aiolimiter re-arms its timer for
+    a float-rounding remainder of a token, which frozen time would never pay off.
+    """
+
+    def __init__(self, clock: Clock, late: float) -> None:
+        super().__init__()
+        self.clock, self.late = clock, late
+
+    def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
+        if timeout is None:
+            raise RuntimeError("deadlock: nothing scheduled and nothing ready")
+        self.clock.now += (timeout + self.late if timeout > 0 else 0.0) + 1e-9
+        result: list[tuple[Any, int]] = super().select(0)
+        return result
+
+
+class _FakeTimeLoop(asyncio.SelectorEventLoop):
+    def __init__(self, clock: Clock, late: float) -> None:
+        self.clock = clock
+        super().__init__(_JumpingSelector(clock, late))
+
+    def time(self) -> float:
+        return self.clock.now
+
+
+def run_in_fake_time(main: Callable[[Clock], Coroutine[Any, Any, T]], *, late: float = 0.0) -> T:
+    clock = Clock()
+    loop = _FakeTimeLoop(clock, late)
+    try:
+        return loop.run_until_complete(main(clock))
+    finally:
+        loop.close()
+
+
+# -- the runner without HTTP: a scripted linker --------------------------------------------------
+
+
+class ScriptedLinker:
+    """A :class:`~bulklink.run.runner.Linker` without HTTP: each source ID gets the answers
+    in ``script`` in turn (an exception is raised instead), then ``Answer(LINKED, 200)``.
+
+    Every call is recorded with the ``clock``'s time; an answer comes ``latency`` seconds
+    after it was asked for, as a server's would.
+    """
+
+    def __init__(
+        self,
+        script: Mapping[str, Sequence[Answer | BaseException]] | None = None,
+        *,
+        latency: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.script = {source: list(answers) for source, answers in (script or {}).items()}
+        self.latency, self.clock = latency, clock
+        self.calls: list[tuple[str, float]] = []  # (source, when) of every attempt
+        self.answered: list[str] = []  # the source of every attempt that got an answer
+
+    async def link(self, source: str, linked: str) -> Answer:
+        self.calls.append((source, self.clock()))
+        queued = self.script.get(source)
+        answer = queued.pop(0) if queued else Answer(Verdict.LINKED, 200)
+        if isinstance(answer, BaseException):
+            raise answer
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        self.answered.append(source)
+        return answer
+
+    def sources(self) -> list[str]:
+        """The source ID of every attempt, in the order they were made."""
+        return [source for source, _ in self.calls]
+
+
+async def run_runner(
+    linker: ScriptedLinker, n: int, clock: Callable[[], float] = time.monotonic, **settings: Any
+) -> tuple[Runner, dict[int, models.Result]]:
+    """Run :func:`input_pairs` (n) through a :class:`Runner` on ``linker``: the runner and
+    its results by row. ``settings`` are :class:`RunSettings` fields (unpaced, no backoff
+    and one worker unless given)."""
+    settings = {"rate": 0, "backoff": 0, "concurrency": 1, **settings}
+    results: dict[int, models.Result] = {}
+
+    def note(result: models.Result) -> None:
+        assert result.row not in results, f"row {result.row} reported twice"
+        results[result.row] = result
+
+    async def feed() -> Any:
+        yield [Pair(row, *pair) for row, pair in enumerate(input_pairs(n), start=1)]
+
+    runner = Runner(linker, RunSettings(**settings), note, clock=clock)
+    await runner.run(feed())
+    return runner, results

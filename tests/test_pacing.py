@@ -1,73 +1,20 @@
 """Pacing in fake time: the R+1 bound, throughput, 429 pauses and the adaptive rate.
 
-Every test runs on an event loop whose clock is fake: when the loop would sleep, the clock
-jumps to the next timer instead, so ten seconds of traffic take milliseconds. The pacer's
-``clock`` and the loop's ``time()`` (which aiolimiter reads) are the same fake clock.
+Every test runs on an event loop whose clock is fake (``run_in_fake_time``, helpers.py):
+ten seconds of traffic take milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import selectors
 from bisect import bisect_right
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable
 
 import pytest
 
 from bulklink.run.pacing import MIN_RATE, Pacer, bucket_capacity
-
-T = TypeVar("T")
-START = 100.0  # fake time at which every test starts (not 0, as time.monotonic is not)
-
-
-class Clock:
-    """The fake time, shared by the pacer and the event loop."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class _JumpingSelector(selectors.DefaultSelector):
-    """Never blocks: where the loop would wait ``timeout`` seconds, time jumps instead.
-
-    ``late`` is added to every such wait, as a busy machine wakes timers late. Every pass
-    of the loop also takes a nanosecond, as real ones do: aiolimiter re-arms its timer for
-    a float-rounding remainder of a token, which frozen time would never pay off.
-    """
-
-    def __init__(self, clock: Clock, late: float) -> None:
-        super().__init__()
-        self.clock, self.late = clock, late
-
-    def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
-        if timeout is None:
-            raise RuntimeError("deadlock: nothing scheduled and nothing ready")
-        self.clock.now += (timeout + self.late if timeout > 0 else 0.0) + 1e-9
-        result: list[tuple[Any, int]] = super().select(0)
-        return result
-
-
-class _FakeTimeLoop(asyncio.SelectorEventLoop):
-    def __init__(self, clock: Clock, late: float) -> None:
-        self.clock = clock
-        super().__init__(_JumpingSelector(clock, late))
-
-    def time(self) -> float:
-        return self.clock.now
-
-
-def run_in_fake_time(main: Callable[[Clock], Coroutine[Any, Any, T]], *, late: float = 0.0) -> T:
-    clock = Clock()
-    loop = _FakeTimeLoop(clock, late)
-    try:
-        return loop.run_until_complete(main(clock))
-    finally:
-        loop.close()
+from tests.helpers import START, Clock, run_in_fake_time
 
 
 class Traffic:

@@ -29,6 +29,7 @@ from tests.helpers import (
     FAST_UNPACED,
     ROOT,
     TOKEN,
+    ScriptedLinker,
     assert_rows_once,
     child_env,
     done_earlier,
@@ -270,28 +271,15 @@ def test_junk_lock_file_held_by_nobody_does_not_block(tmp_path: Path, sandbox: S
 # -- a bug inside a worker --------------------------------------------------------------------
 
 
-class _Flaky:
-    """A :class:`~bulklink.run.runner.Linker` whose third call raises (a bug, not the network)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.finished: list[str] = []
-
-    async def link(self, source: str, linked: str) -> Answer:
-        self.calls += 1
-        if self.calls == 3:
-            raise ZeroDivisionError("a bug")
-        await asyncio.sleep(0.01)
-        self.finished.append(source)
-        return Answer(Verdict.LINKED, 200)
-
-
-def test_runner_stops_everyone_on_a_bug_and_raises_it_after_in_flight_finish() -> None:
-    linker = _Flaky()
+def test_runner_stops_everyone_on_a_bug_and_raises_it_after_in_flight_finish(
+    linker: ScriptedLinker,
+) -> None:
+    linker.latency = 0.01
+    linker.script["T00003"] = [ZeroDivisionError("a bug")]  # the third call: a bug
     results: list[Result] = []
 
     async def feed() -> Any:
-        yield [Pair(i, f"S{i}", f"L{i}") for i in range(1, 50)]
+        yield [Pair(row, *pair) for row, pair in enumerate(input_pairs(49), start=1)]
 
     async def main() -> None:
         runner = Runner(linker, RunSettings(rate=0, concurrency=4), results.append)
@@ -301,35 +289,30 @@ def test_runner_stops_everyone_on_a_bug_and_raises_it_after_in_flight_finish() -
 
     asyncio.run(main())
     # The other three requests in flight finished and were reported; nothing more was sent.
-    assert len(linker.finished) == 3
+    assert len(linker.answered) == 3
     assert sorted(r.row for r in results if r.outcome is Outcome.LINKED) == [1, 2, 4]
-    assert linker.calls == 4
+    assert len(linker.calls) == 4
 
 
-def test_runner_counts_refusals_since_the_last_answer_that_settled_a_row() -> None:
+def test_runner_counts_refusals_since_the_last_answer_that_settled_a_row(
+    linker: ScriptedLinker,
+) -> None:
     timeout = Answer(Verdict.RETRY, None, "timeout after 1s")
-    answers = iter(
-        [
-            *(Answer(Verdict.RETRY, 503), timeout, Answer(Verdict.LINKED, 200)),  # row 1
-            *(Answer(Verdict.RETRY, 503), timeout, Answer(Verdict.RETRY, 503)),  # row 2: gives up
-            Answer(Verdict.FAIL, 404, "gone"),  # row 3: failed, but the API answered
-        ]
-    )
-
-    class Scripted:
-        async def link(self, source: str, linked: str) -> Answer:
-            return next(answers)
-
+    linker.script = {
+        "T00001": [Answer(Verdict.RETRY, 503), timeout, Answer(Verdict.LINKED, 200)],
+        "T00002": [Answer(Verdict.RETRY, 503), timeout, Answer(Verdict.RETRY, 503)],  # gives up
+        "T00003": [Answer(Verdict.FAIL, 404, "gone")],  # failed, but the API answered
+    }
     seen: list[tuple[str, str]] = []
 
     def note(result: Result) -> None:
         seen.append((result.outcome.value, describe_refusals(runner.refusals)))
 
     async def feed() -> Any:
-        yield [Pair(1, "a", "b"), Pair(2, "c", "d"), Pair(3, "e", "f")]
+        yield [Pair(row, *pair) for row, pair in enumerate(input_pairs(3), start=1)]
 
     settings = RunSettings(rate=0, concurrency=1, backoff=0, max_retries=2)
-    runner = Runner(Scripted(), settings, note)
+    runner = Runner(linker, settings, note)
     asyncio.run(runner.run(feed()))
     assert seen == [
         ("linked", ""),
