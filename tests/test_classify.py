@@ -494,6 +494,7 @@ def test_a_compressed_answer_is_read(
     assert server.requests[0].header("accept-encoding") == "gzip, deflate"
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_with_bombs_in_flight(
     start_sandbox: Callable[..., Sandbox], tmp_path: Path
 ) -> None:

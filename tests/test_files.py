@@ -215,6 +215,7 @@ def test_files_we_create_are_private_where_they_hold_input_or_state(
 
 
 @pytest.mark.parametrize(("fmt", "earlier"), [(".csv", True), (".xlsx", False)])
+@pytest.mark.slow
 def test_report_is_written_atomically(
     start_sandbox: Callable[..., Sandbox], tmp_path: Path, fmt: str, earlier: bool
 ) -> None:

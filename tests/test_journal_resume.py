@@ -75,6 +75,7 @@ def kill_when_journal_has(
     assert proc.returncode == SIGKILLED
 
 
+@pytest.mark.slow
 def test_kill9_then_same_command_resumes_without_relinking(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
@@ -170,6 +171,7 @@ def test_rerun_after_rejected_credentials_links_every_row(tmp_path: Path, sandbo
     assert {r["outcome"] for r in read_report(report)} == {"linked"}
 
 
+@pytest.mark.slow
 def test_a_resumed_canary_sends_only_what_is_left_of_its_limit(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:

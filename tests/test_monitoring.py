@@ -191,6 +191,7 @@ def test_the_variable_works_like_the_option(
 # -- a receiver that fails -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_dead_and_slow_webhooks_warn_once_keep_the_exit_code_and_end(
     tmp_path: Path, sandbox: Sandbox, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:

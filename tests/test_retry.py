@@ -167,6 +167,7 @@ def test_retry_keeps_the_kept_rows_exactly_in_every_format(
         assert after[0]["ticket.ticketId"] == 12345678901234567891
 
 
+@pytest.mark.slow
 def test_a_second_retry_of_the_same_report_refuses_even_to_another_output(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:

@@ -50,6 +50,7 @@ from tests.helpers import (
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.slow
 def test_signal_writes_report_with_skipped_rows_then_rerun_completes(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox], signum: int, code: int
 ) -> None:
@@ -88,6 +89,7 @@ def test_signal_writes_report_with_skipped_rows_then_rerun_completes(
     assert server.link_counts == dict.fromkeys(pairs, 1), "a pair was linked twice"
 
 
+@pytest.mark.slow
 def test_sigterm_waits_for_in_flight_requests_at_most_timeout(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
@@ -110,6 +112,7 @@ def test_sigterm_waits_for_in_flight_requests_at_most_timeout(
     assert len(server.requests) == 2, "requests were sent after SIGTERM"
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_exits_at_once_and_journal_resumes(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
@@ -146,6 +149,7 @@ def test_second_ctrl_c_exits_at_once_and_journal_resumes(
     assert all(server.link_counts[p] == 1 for p in pairs[:quick])
 
 
+@pytest.mark.slow
 def test_sighup_is_handled_as_sigterm(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
@@ -168,6 +172,7 @@ def test_sighup_is_handled_as_sigterm(
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+@pytest.mark.slow
 def test_a_signal_while_reading_stdin_leaves_no_copy_of_it(
     tmp_path: Path, sandbox: Sandbox, signum: int, code: int
 ) -> None:
@@ -200,6 +205,7 @@ def test_a_signal_while_reading_stdin_leaves_no_copy_of_it(
 # -- one run per report -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_second_run_refuses_fast_names_the_holder_and_changes_nothing(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
@@ -394,6 +400,7 @@ def test_a_bad_duration_is_a_usage_error(tmp_path: Path, sandbox: Sandbox) -> No
     assert sandbox.requests == []
 
 
+@pytest.mark.slow
 def test_gives_up_when_the_api_refuses_everything(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
@@ -418,6 +425,7 @@ def test_gives_up_when_the_api_refuses_everything(
     assert journal_of(report).exists(), "the journal is kept for a rerun"
 
 
+@pytest.mark.slow
 def test_deadline_stops_dispatch_and_the_rerun_resumes(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
@@ -445,6 +453,7 @@ def test_deadline_stops_dispatch_and_the_rerun_resumes(
 # -- a closed output pipe ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_changes_neither_the_report_nor_the_exit_code(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
