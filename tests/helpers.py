@@ -306,8 +306,12 @@ def one_line_error(result: Result) -> str:
 
 
 def make_xlsx(
-    path: Path, sheets: Mapping[str, Sequence[Sequence[object]]], active: int = 0
+    path: Path,
+    sheets: Mapping[str, Sequence[Sequence[object]]],
+    active: int = 0,
+    hidden: Sequence[str] = (),
 ) -> Path:
+    """A workbook of ``sheets`` (name: rows) in order, those named in ``hidden`` hidden."""
     wb = openpyxl.Workbook()
     for sheet in list(wb.worksheets):
         wb.remove(sheet)
@@ -315,6 +319,8 @@ def make_xlsx(
         ws = wb.create_sheet(name)
         for row in rows:
             ws.append(row)
+        if name in hidden:
+            ws.sheet_state = "hidden"
     wb.active = active
     wb.save(path)
     return path

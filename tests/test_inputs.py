@@ -420,18 +420,8 @@ def test_xlsx_missing_sheet_is_an_input_error(sandbox: Sandbox, tmp_path: Path) 
 def test_hidden_first_sheet_is_passed_over_for_the_first_visible(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    wb = openpyxl.Workbook()
-    lookup = wb.active
-    assert lookup is not None
-    lookup.title = "Lookup"
-    lookup.append(["sourceTicketId", "linkedTicketId"])
-    lookup.append(["HIDDEN1", "HIDDEN2"])
-    lookup.sheet_state = "hidden"
-    links = wb.create_sheet("Links")
-    links.append(HEAD)
-    links.append(["K1", "M1"])
-    path = tmp_path / "book.xlsx"
-    wb.save(path)
+    sheets = {"Lookup": [HEAD, ["HIDDEN1", "HIDDEN2"]], "Links": [HEAD, ["K1", "M1"]]}
+    path = make_xlsx(tmp_path / "book.xlsx", sheets, hidden=["Lookup"])
     result = run(sandbox, path)
     assert result.exit_code == 0, result.output
     assert sorted(sent(sandbox)) == [("K1", "M1")]
@@ -453,15 +443,8 @@ def test_empty_first_sheet_is_named_with_the_others(
 def test_first_sheet_without_id_columns_names_it_and_lists_hidden_ones(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    wb = openpyxl.Workbook()
-    notes = wb.active
-    assert notes is not None
-    notes.title = "Notes"
-    notes.append(["when", "what"])
-    wb.create_sheet("Links").append(HEAD)
-    wb.create_sheet("Old").sheet_state = "hidden"
-    path = tmp_path / "b.xlsx"
-    wb.save(path)
+    sheets = {"Notes": [["when", "what"]], "Links": [HEAD], "Old": []}
+    path = make_xlsx(tmp_path / "b.xlsx", sheets, hidden=["Old"])
     line = one_line_usage_error(run(sandbox, path))
     assert "sheet 'Notes'" in line and "'when'" in line
     assert "'Links'" in line and "'Old' (hidden)" in line and "--sheet" in line
@@ -483,22 +466,15 @@ def _directory(tmp_path: Path) -> Path:
     return path
 
 
-def _xls(tmp_path: Path) -> Path:
-    path = tmp_path / "pairs.xls"
-    path.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 504)
-    return path
+def _file(name: str, content: bytes) -> Callable[[Path], Path]:
+    """A maker of the file ``name`` holding ``content``."""
 
+    def make(tmp_path: Path) -> Path:
+        path = tmp_path / name
+        path.write_bytes(content)
+        return path
 
-def _json(tmp_path: Path) -> Path:
-    path = tmp_path / "pairs.json"
-    path.write_text('[{"sourceTicketId": "A", "linkedTicketId": "B"}]')
-    return path
-
-
-def _corrupt_xlsx(tmp_path: Path) -> Path:
-    path = tmp_path / "pairs.xlsx"
-    path.write_bytes(bytes(range(256)) * 8)
-    return path
+    return make
 
 
 def _zip_not_xlsx(tmp_path: Path) -> Path:
@@ -508,22 +484,12 @@ def _zip_not_xlsx(tmp_path: Path) -> Path:
     return path
 
 
-def _csv_named_xlsx(tmp_path: Path) -> Path:
-    path = tmp_path / "pairs.xlsx"
-    path.write_text("sourceTicketId,linkedTicketId\nA,B\n")
-    return path
-
-
-def _empty_csv(tmp_path: Path) -> Path:
-    path = tmp_path / "pairs.csv"
-    path.write_bytes(b"")
-    return path
-
-
-def _empty_xlsx(tmp_path: Path) -> Path:
-    path = tmp_path / "pairs.xlsx"
-    path.write_bytes(b"")
-    return path
+_xls = _file("pairs.xls", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 504)
+_json = _file("pairs.json", b'[{"sourceTicketId": "A", "linkedTicketId": "B"}]')
+_corrupt_xlsx = _file("pairs.xlsx", bytes(range(256)) * 8)
+_csv_named_xlsx = _file("pairs.xlsx", b"sourceTicketId,linkedTicketId\nA,B\n")
+_empty_csv = _file("pairs.csv", b"")
+_empty_xlsx = _file("pairs.xlsx", b"")
 
 
 @pytest.mark.parametrize(
