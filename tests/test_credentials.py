@@ -140,29 +140,30 @@ def test_token_file_overrides_an_exported_token(tmp_path: Path, sandbox: Sandbox
     assert {r.header("authorization") for r in sandbox.requests} == {f"Bearer {TOKEN}"}
 
 
-def test_an_exported_token_and_an_api_key_file_name_their_sources(
-    tmp_path: Path, sandbox: Sandbox
+@pytest.mark.parametrize(
+    ("flag", "content", "said", "unsaid"),
+    [
+        pytest.param(
+            "--api-key-file", "some-api-key", ["THENA_TOKEN", "--api-key-file"], [],
+            id="an-exported-token-and-an-api-key-file-name-their-sources",
+        ),
+        pytest.param(
+            "--token-file", "tok\ren-123", ["control character"], ["Traceback", "tok\ren-123"],
+            id="a-credential-with-a-control-character",
+        ),
+    ],
+)  # fmt: skip
+def test_a_credential_file_that_cannot_be_used_is_refused_up_front(
+    tmp_path: Path, sandbox: Sandbox, flag: str, content: str, said: list[str], unsaid: list[str]
 ) -> None:
     data = pairs_csv(tmp_path / "in.csv", 3)
-    key_file = tmp_path / "key"
-    key_file.write_text("some-api-key")
-    result = run_against(sandbox, "run", data, "--api-key-file", key_file, *FAST)
+    credential = tmp_path / "credential"
+    credential.write_text(content)
+    result = run_against(sandbox, "run", data, flag, credential, *FAST)
     assert result.exit_code == 2
-    assert "THENA_TOKEN" in result.stderr and "--api-key-file" in result.stderr
+    assert all(text in result.stderr for text in said), result.stderr
+    assert not [text for text in unsaid if text in result.stderr], result.stderr
     assert sandbox.requests == []
-
-
-def test_a_credential_with_a_control_character_is_refused_up_front(
-    tmp_path: Path, sandbox: Sandbox
-) -> None:
-    data = pairs_csv(tmp_path / "in.csv", 3)
-    token_file = tmp_path / "token"
-    token_file.write_text("tok\ren-123")
-    result = run_against(sandbox, "run", data, "--token-file", token_file, *FAST)
-    assert result.exit_code == 2
-    assert "control character" in result.stderr and "Traceback" not in result.stderr
-    assert sandbox.requests == []
-    assert "tok\ren-123" not in result.stderr
 
 
 @pytest.mark.parametrize(
