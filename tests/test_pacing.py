@@ -164,6 +164,15 @@ def answers(pacer: Pacer, clock: Clock, times: list[float], *, throttled: bool =
         pacer.on_answer(t - 1 / 16, throttled)
 
 
+def rates_after(pacer: Pacer, clock: Clock, times: list[float]) -> list[float]:
+    """The pacer's rate after each of accepted answers arriving at ``times``."""
+    seen = []
+    for t in times:
+        answers(pacer, clock, [t])
+        seen.append(pacer.current)
+    return seen
+
+
 def spread(n: int, start: float, step: float = 1 / 32) -> list[float]:
     return [start + i * step for i in range(n)]
 
@@ -228,10 +237,9 @@ def test_recovery_creeps_by_a_twentieth_of_what_the_server_took_once_a_second() 
     answers(pacer, clock, spread(20, START))
     answers(pacer, clock, [START + 0.75], throttled=True)
     assert pacer.current == 18.0
-    seen = []
-    for t in spread(16, START + 1, 0.25):  # an accepted answer every 1/4 s for 4 s
-        answers(pacer, clock, [t])
-        seen.append(pacer.current)
+    seen = rates_after(
+        pacer, clock, spread(16, START + 1, 0.25)
+    )  # an accepted answer every 1/4 s for 4 s
     # nothing within a second of the decrease, then +1 (0.05 x 20 accepted) per second
     assert seen == [18.0] * 3 + [19.0] * 4 + [20.0] * 4 + [21.0] * 4 + [22.0]
 
@@ -255,10 +263,7 @@ def test_recovery_doubles_while_far_below_what_the_server_took_then_creeps() -> 
     for t in [START + 2.5, START + 4, START + 5.5]:  # a storm: 429s, nothing accepted
         answers(pacer, clock, [t], throttled=True)
     assert pacer.current == 4.5
-    seen = []
-    for t in spread(6, START + 6.5, 1.0):
-        answers(pacer, clock, [t])
-        seen.append(pacer.current)
+    seen = rates_after(pacer, clock, spread(6, START + 6.5, 1.0))
     # doubling while under half of the 40/s the server took, then +2 (0.05 x 40) a second
     assert seen == [9.0, 18.0, 36.0, 38.0, 40.0, 42.0]
 
@@ -268,10 +273,7 @@ def test_recovery_never_goes_above_the_ceiling() -> None:
     pacer = Pacer(20, clock=clock)
     answers(pacer, clock, spread(20, START))
     answers(pacer, clock, [START + 0.75], throttled=True)
-    seen = [pacer.current]
-    for t in spread(5, START + 2, 1.0):
-        answers(pacer, clock, [t])
-        seen.append(pacer.current)
+    seen = [pacer.current, *rates_after(pacer, clock, spread(5, START + 2, 1.0))]
     assert seen == [18.0, 19.0, 20.0, 20.0, 20.0, 20.0]
 
 
@@ -279,10 +281,7 @@ def test_recovery_with_no_ceiling_doubles_back_to_unlimited() -> None:
     clock = Clock()
     pacer = Pacer(0, clock=clock)
     answers(pacer, clock, [START], throttled=True)
-    seen = []
-    for t in spread(15, START + 1, 1.0):
-        answers(pacer, clock, [t])
-        seen.append(pacer.current)
+    seen = rates_after(pacer, clock, spread(15, START + 1, 1.0))
     assert seen == [MIN_RATE * 2**i for i in range(1, 15)] + [0.0]
     assert pacer.idle  # back on the fast path
 
