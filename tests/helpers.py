@@ -289,6 +289,15 @@ def report_of(path: Path) -> list[dict[str, Any]]:
     return read_report(path.with_name(f"{path.stem}.results.csv"))
 
 
+def linked_from(server: Sandbox, path: Path, expected: list[tuple[str, str]]) -> list[Any]:
+    """Run the input ``path``: exit 0, the server got exactly ``expected`` (in any order);
+    the rows of the report beside it."""
+    result = run(server, path)
+    assert result.exit_code == 0, result.output
+    assert sorted(sent_checked(server)) == expected
+    return report_of(path)
+
+
 def report_header(path: Path) -> list[str]:
     return read_any(path.with_name(f"{path.stem}.results.csv"))[0]
 

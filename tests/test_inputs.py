@@ -31,6 +31,7 @@ from tests.helpers import (
     files_in,
     ids,
     invoke,
+    linked_from,
     make_xlsx,
     one_line_error,
     one_line_usage_error,
@@ -51,10 +52,7 @@ from tests.helpers import (
 def test_csv_delimiter_is_detected(sandbox: Sandbox, tmp_path: Path, delimiter: str) -> None:
     rows = [[*HEAD, "note"], ["A1", "B1", "hello, world"], ["A2", "B2", "x; y"]]
     path = write_csv(tmp_path / "pairs.csv", rows, delimiter=delimiter)
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sorted(sent_checked(sandbox)) == [("A1", "B1"), ("A2", "B2")]
-    report = report_of(path)
+    report = linked_from(sandbox, path, [("A1", "B1"), ("A2", "B2")])
     assert ids(report) == [("A1", "B1"), ("A2", "B2")]
     assert [r["note"] for r in report] == ["hello, world", "x; y"]
 
@@ -62,10 +60,7 @@ def test_csv_delimiter_is_detected(sandbox: Sandbox, tmp_path: Path, delimiter: 
 def test_tsv_extension(sandbox: Sandbox, tmp_path: Path) -> None:
     rows = [[*HEAD, "note"], ["A1", "B1", "a,b;c|d"], ["A2", "B2", ""]]
     path = write_csv(tmp_path / "pairs.tsv", rows, delimiter="\t")
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sorted(sent_checked(sandbox)) == [("A1", "B1"), ("A2", "B2")]
-    report = report_of(path)
+    report = linked_from(sandbox, path, [("A1", "B1"), ("A2", "B2")])
     assert [r["note"] for r in report] == ["a,b;c|d", ""]
 
 
@@ -92,9 +87,7 @@ def test_cp1252_bytes_fall_back_and_run(sandbox: Sandbox, tmp_path: Path) -> Non
     path = write_csv(tmp_path / "legacy.csv", rows, encoding="cp1252")
     with pytest.raises(UnicodeDecodeError):
         path.read_bytes().decode("utf-8")
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sorted(sent_checked(sandbox)) == [("A1", "B1"), ("A2", "B2")]
+    linked_from(sandbox, path, [("A1", "B1"), ("A2", "B2")])
     assert [r["note"] for r in report_of(path)] == ["café", "naïve \u2013 5€"]
 
 
@@ -130,10 +123,7 @@ def test_cp1252_byte_far_into_a_large_file_still_falls_back(
     assert data.index(b"\xe9") > 65536
     path = tmp_path / "big.csv"
     path.write_bytes(data)
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sorted(sent_checked(sandbox)) == [("A1", "B1"), ("A2", "B2")]
-    report = report_of(path)
+    report = linked_from(sandbox, path, [("A1", "B1"), ("A2", "B2")])
     assert len(report) == 4001
     assert report[-1]["note"] == "café"
     assert report[-1]["row"] == "4001"
@@ -148,10 +138,7 @@ def test_windows_excel_export(sandbox: Sandbox, tmp_path: Path) -> None:
     )
     path = tmp_path / "EXPORT.CSV"
     path.write_bytes(text.encode("utf-8"))
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sorted(sent_checked(sandbox)) == [("A1", "B1"), ("A2", "B2")]
-    report = report_of(path)
+    report = linked_from(sandbox, path, [("A1", "B1"), ("A2", "B2")])
     assert ids(report) == [("A1", "B1"), ("A2", "B2")]
     assert [r["Note"] for r in report] == ["first line\r\nsecond; line", "plain"]
 
@@ -162,9 +149,7 @@ def test_trailing_delimiter_on_every_row_keeps_the_columns(
     # Some exporters end every data row with the delimiter; the IDs must not shift a column.
     path = tmp_path / "pairs.csv"
     path.write_text("sourceTicketId,linkedTicketId\nA1,B1,\nA2,B2,\n")
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sorted(sent_checked(sandbox)) == [("A1", "B1"), ("A2", "B2")]
+    linked_from(sandbox, path, [("A1", "B1"), ("A2", "B2")])
     assert ids(report_of(path)) == [("A1", "B1"), ("A2", "B2")]
 
 
@@ -392,9 +377,7 @@ def two_sheets(tmp_path: Path) -> Path:
 
 def test_xlsx_default_is_the_first_sheet(sandbox: Sandbox, tmp_path: Path) -> None:
     path = two_sheets(tmp_path)
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sorted(sent_checked(sandbox)) == [("S1", "L1"), ("S2", "L2")]
+    linked_from(sandbox, path, [("S1", "L1"), ("S2", "L2")])
     assert ids(report_of(path)) == [("S1", "L1"), ("S2", "L2")]
 
 
