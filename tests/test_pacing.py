@@ -164,6 +164,15 @@ def answers(pacer: Pacer, clock: Clock, times: list[float], *, throttled: bool =
         pacer.on_answer(t - 1 / 16, throttled)
 
 
+def throttled_after(rate: float, accepted: list[float]) -> tuple[Pacer, Clock]:
+    """A pacer at ``rate`` that had answers accepted at ``accepted``, then a 429 at 0.75 s."""
+    clock = Clock()
+    pacer = Pacer(rate, clock=clock)
+    answers(pacer, clock, accepted)
+    answers(pacer, clock, [START + 0.75], throttled=True)
+    return pacer, clock
+
+
 def rates_after(pacer: Pacer, clock: Clock, times: list[float]) -> list[float]:
     """The pacer's rate after each of accepted answers arriving at ``times``."""
     seen = []
@@ -232,33 +241,23 @@ def test_429_with_no_limit_sets_one(accepted: int, expected: float) -> None:
 
 
 def test_recovery_creeps_by_a_twentieth_of_what_the_server_took_once_a_second() -> None:
-    clock = Clock()
-    pacer = Pacer(100, clock=clock)
-    answers(pacer, clock, spread(20, START))
-    answers(pacer, clock, [START + 0.75], throttled=True)
+    pacer, clock = throttled_after(100, spread(20, START))
     assert pacer.current == 18.0
-    seen = rates_after(
-        pacer, clock, spread(16, START + 1, 0.25)
-    )  # an accepted answer every 1/4 s for 4 s
+    # an accepted answer every 1/4 s for 4 s
+    seen = rates_after(pacer, clock, spread(16, START + 1, 0.25))
     # nothing within a second of the decrease, then +1 (0.05 x 20 accepted) per second
     assert seen == [18.0] * 3 + [19.0] * 4 + [20.0] * 4 + [21.0] * 4 + [22.0]
 
 
 def test_recovery_step_grows_with_what_the_server_takes() -> None:
-    clock = Clock()
-    pacer = Pacer(1000, clock=clock)
-    answers(pacer, clock, spread(400, START, 1 / 1024))
-    answers(pacer, clock, [START + 0.75], throttled=True)
+    pacer, clock = throttled_after(1000, spread(400, START, 1 / 1024))
     assert pacer.current == 360.0
     answers(pacer, clock, [START + 2, START + 3, START + 4])
     assert pacer.current == 420.0  # +20 a second: 0.05 x 400
 
 
 def test_recovery_doubles_while_far_below_what_the_server_took_then_creeps() -> None:
-    clock = Clock()
-    pacer = Pacer(100, clock=clock)
-    answers(pacer, clock, spread(40, START, 1 / 64))
-    answers(pacer, clock, [START + 0.75], throttled=True)
+    pacer, clock = throttled_after(100, spread(40, START, 1 / 64))
     assert pacer.current == 36.0
     for t in [START + 2.5, START + 4, START + 5.5]:  # a storm: 429s, nothing accepted
         answers(pacer, clock, [t], throttled=True)
@@ -269,10 +268,7 @@ def test_recovery_doubles_while_far_below_what_the_server_took_then_creeps() -> 
 
 
 def test_recovery_never_goes_above_the_ceiling() -> None:
-    clock = Clock()
-    pacer = Pacer(20, clock=clock)
-    answers(pacer, clock, spread(20, START))
-    answers(pacer, clock, [START + 0.75], throttled=True)
+    pacer, clock = throttled_after(20, spread(20, START))
     seen = [pacer.current, *rates_after(pacer, clock, spread(5, START + 2, 1.0))]
     assert seen == [18.0, 19.0, 20.0, 20.0, 20.0, 20.0]
 
