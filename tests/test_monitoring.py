@@ -29,6 +29,7 @@ from bulklink.sandbox import Reply, Sandbox
 from bulklink.state.lock import hold
 from tests.helpers import FAST_UNPACED as FAST
 from tests.helpers import (
+    HEAD,
     HOOK_PATH,
     HOOK_QUERY,
     Receiver,
@@ -40,7 +41,6 @@ from tests.helpers import (
     write_csv,
 )
 
-HEADER = ["sourceTicketId", "linkedTicketId"]
 OUTCOMES = {"linked", "failed", "invalid", "duplicate", "skipped", "already-linked"}
 
 
@@ -55,7 +55,7 @@ def closed_port() -> int:
 
 def mixed_csv(path: Path) -> Path:
     """Two pairs that link and one the server does not know (404)."""
-    return write_csv(path, [HEADER, ["A1", "B1"], ["MISSING2", "B2"], ["A3", "B3"]])
+    return write_csv(path, [HEAD, ["A1", "B1"], ["MISSING2", "B2"], ["A3", "B3"]])
 
 
 def metric_values(path: Path) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -109,7 +109,7 @@ def test_problem_recovery_then_silence_per_report(
     tmp_path: Path, sandbox: Sandbox, receiver: Receiver
 ) -> None:
     src = mixed_csv(tmp_path / "nightly.csv")
-    other = write_csv(tmp_path / "other.csv", [HEADER, ["O1", "P1"], ["MISSING8", "P8"]])
+    other = write_csv(tmp_path / "other.csv", [HEAD, ["O1", "P1"], ["MISSING8", "P8"]])
     common = ("--notify", receiver.url, "--max-retries", "0", *FAST)
 
     def night(path: Path) -> int:
@@ -120,7 +120,7 @@ def test_problem_recovery_then_silence_per_report(
     assert receiver.raw == [], "an ordinary good night sent a notice"
 
     sandbox.config.unknown_prefix = "MISSING"
-    write_csv(src, [HEADER, ["A1", "B1"], ["MISSING9", "B9"]])
+    write_csv(src, [HEAD, ["A1", "B1"], ["MISSING9", "B9"]])
     assert night(src) == 1
     assert night(src) == 1  # still failing: still needs a human
     assert night(other) == 1
@@ -255,7 +255,7 @@ def test_no_secret_in_any_body_and_the_webhook_url_in_no_file(
         token=ODD_TOKEN, script={f"E{i}": [reply] for i, reply in enumerate(echoes)}
     )
     src = write_csv(
-        tmp_path / "in.csv", [HEADER, ["A1", "B1"], ["E0", "F0"], ["E1", "F1"], ["E2", "F2"]]
+        tmp_path / "in.csv", [HEAD, ["A1", "B1"], ["E0", "F0"], ["E1", "F1"], ["E2", "F2"]]
     )
     state = tmp_path / "state.sqlite3"
     files = {
@@ -317,7 +317,7 @@ def test_metrics_file_after_real_runs(
 ) -> None:
     server = start_sandbox(script={"N2": [Reply(429)]})  # one 429, then linked
     metrics = tmp_path / "bulklink.prom"
-    src = write_csv(tmp_path / "in.csv", [HEADER, ["A1", "B1"]])
+    src = write_csv(tmp_path / "in.csv", [HEAD, ["A1", "B1"]])
     args = ("--metrics-file", metrics, "--job", "links", "--max-retries", "2", *FAST)
     first = run_against(server, "run", src, *args)
     assert first.exit_code == 0, first.stderr
@@ -331,7 +331,7 @@ def test_metrics_file_after_real_runs(
     write_csv(
         src,
         [
-            HEADER,
+            HEAD,
             ["A1", "B1"],  # already-linked
             ["N1", "M1"],  # linked
             ["N2", "M2"],  # linked after a 429
