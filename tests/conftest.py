@@ -1,24 +1,15 @@
-"""Shared fixtures: a real sandbox on 127.0.0.1 and a way to run the CLI against it."""
+"""Fixtures only (helpers are in ``tests/helpers.py``): a clean environment, real sandboxes
+on 127.0.0.1, a webhook receiver and a scripted linker."""
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
-from bulklink.cli import cli
 from bulklink.sandbox import Sandbox, SandboxConfig, serve_in_thread
-
-TOKEN = "tok-SECRET-abc123"
-ORG = "org_test"
-# Options for CLI runs in tests: retries after 10 ms, no progress bar on stderr.
-FAST = ("--backoff", "0.01", "--no-progress")
-# The same without the rate limit, where pacing is not what the test is about.
-FAST_UNPACED = (*FAST, "--rate", "0")
+from tests.helpers import ORG, TOKEN, Receiver, ScriptedLinker, serve_receiver
 
 
 @pytest.fixture(autouse=True)
@@ -60,37 +51,15 @@ def sandbox(start_sandbox: Callable[..., Sandbox]) -> Sandbox:
     return start_sandbox()
 
 
-def invoke(
-    *args: str | Path, env: dict[str, str] | None = None, input: str | None = None
-) -> Result:
-    """Run the CLI in-process, as a user would type it; stdout and stderr kept apart."""
-    return CliRunner().invoke(
-        cli, [str(a) for a in args], env=env, input=input, catch_exceptions=False
-    )
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on 127.0.0.1 (:class:`tests.helpers.Receiver`)."""
+    with serve_receiver() as hook:
+        yield hook
 
 
-def run_against(server: Sandbox, *args: str | Path, **kwargs: Any) -> Result:
-    """``bulklink run ...`` against a sandbox with valid credentials from the environment."""
-    env = {"THENA_TOKEN": TOKEN, "THENA_ORG_ID": ORG, "THENA_BASE_URL": server.url}
-    env.update(kwargs.pop("env", {}) or {})
-    return invoke(*args, env=env, **kwargs)
-
-
-def write_csv(
-    path: Path, rows: Sequence[Sequence[str]], delimiter: str = ",", encoding: str = "utf-8"
-) -> Path:
-    with path.open("w", newline="", encoding=encoding) as fh:
-        csv.writer(fh, delimiter=delimiter).writerows(rows)
-    return path
-
-
-def read_report(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-def pairs_csv(path: Path, n: int, prefix: str = "T") -> Path:
-    """``n`` distinct valid pairs."""
-    rows = [["sourceTicketId", "linkedTicketId"]]
-    rows += [[f"{prefix}{i:05d}", f"{prefix}L{i:05d}"] for i in range(1, n + 1)]
-    return write_csv(path, rows)
+@pytest.fixture
+def linker() -> ScriptedLinker:
+    """The runner's edge without HTTP (:class:`tests.helpers.ScriptedLinker`): set its
+    ``script`` per source ID; every source not scripted is linked at once."""
+    return ScriptedLinker()

@@ -1,37 +1,121 @@
-"""Helpers shared by several test modules: subprocess runs, what the server received,
-the files beside a report, input files and one-line errors, credentials, reports read back.
+"""Helpers shared by several test modules: CLI runs in-process and in a subprocess, what the
+server received, input files and the one pair generator, the one report reader, one-line
+errors, credentials, a webhook receiver, a scripted linker and fake time for the runner.
+
+Fixtures that hand these out live in ``conftest.py``; everything else is here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import csv
 import json
 import os
 import re
+import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import (
-    Callable,
-    Mapping,
-    Sequence,
-)
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import openpyxl
 import pytest
-from click.testing import Result
-from openpyxl import load_workbook
+from aiohttp import web
+from click.testing import CliRunner, Result
 
-from bulklink.models import TICKET_FIELDS
+from bulklink import models
+from bulklink.cli import cli
+from bulklink.models import TICKET_FIELDS, Pair
+from bulklink.net.client import Answer, Verdict
+from bulklink.options import TrafficOptions
+from bulklink.run.runner import Runner
 from bulklink.sandbox import Reply, Sandbox
-from tests.conftest import FAST_UNPACED, ORG, TOKEN, invoke, read_report, run_against
 
+TOKEN = "tok-SECRET-abc123"
+ORG = "org_test"
+# Options for CLI runs in tests: retries after 10 ms, no progress bar on stderr.
+FAST = ("--backoff", "0.01", "--no-progress")
+# The same without the rate limit, where pacing is not what the test is about.
+FAST_UNPACED = (*FAST, "--rate", "0")
 ROOT = Path(__file__).resolve().parent.parent
 SIGKILLED = -signal.SIGKILL  # a subprocess's returncode after kill -9
+
+
+# -- the CLI in-process; input files and the one pair generator --------------------------------
+
+
+def invoke(
+    *args: str | Path, env: dict[str, str] | None = None, input: str | None = None
+) -> Result:
+    """Run the CLI in-process, as a user would type it; stdout and stderr kept apart."""
+    return CliRunner().invoke(
+        cli, [str(a) for a in args], env=env, input=input, catch_exceptions=False
+    )
+
+
+def env_for(url: str, **extra: str) -> dict[str, str]:
+    """Valid credentials for the server at ``url``, as the environment gives them."""
+    return {"THENA_TOKEN": TOKEN, "THENA_ORG_ID": ORG, "THENA_BASE_URL": url, **extra}
+
+
+def run_against(server: Sandbox, *args: str | Path, **kwargs: Any) -> Result:
+    """``bulklink run ...`` against a sandbox with valid credentials from the environment."""
+    env = env_for(server.url, **(kwargs.pop("env", {}) or {}))
+    return invoke(*args, env=env, **kwargs)
+
+
+def write_csv(
+    path: Path, rows: Sequence[Sequence[str]], delimiter: str = ",", encoding: str = "utf-8"
+) -> Path:
+    with path.open("w", newline="", encoding=encoding) as fh:
+        csv.writer(fh, delimiter=delimiter).writerows(rows)
+    return path
+
+
+def input_pairs(n: int, prefix: str = "T") -> list[tuple[str, str]]:
+    """``n`` distinct valid pairs: ``(T00001, TL00001)`` and on."""
+    return [(f"{prefix}{i:05d}", f"{prefix}L{i:05d}") for i in range(1, n + 1)]
+
+
+def pairs_csv(path: Path, n: int, prefix: str = "T") -> Path:
+    """A CSV input of :func:`input_pairs`."""
+    return write_csv(path, [["sourceTicketId", "linkedTicketId"], *input_pairs(n, prefix)])
+
+
+# -- the one report reader ---------------------------------------------------------------------
+
+
+def read_any(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """Header and rows of a report in any format, cells as the file holds them (an empty
+    xlsx cell reads back as None)."""
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader)
+            return header, [dict(zip(header, row, strict=True)) for row in reader]
+    if path.suffix == ".xlsx":
+        book = openpyxl.load_workbook(path)
+        try:
+            lines = list(book.worksheets[0].iter_rows(values_only=True))
+        finally:
+            book.close()
+        header = [str(c) for c in lines[0]]
+        return header, [dict(zip(header, row, strict=True)) for row in lines[1:]]
+    text = path.read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return list(rows[0]), rows
+
+
+def read_report(path: Path) -> list[dict[str, Any]]:
+    """The rows of a report in any format (see :func:`read_any`)."""
+    return read_any(path)[1]
 
 
 # -- runs in a subprocess; what the server received; the files beside a report ----------------
@@ -81,10 +165,6 @@ def lock_of(report: Path) -> Path:
     return report.with_name(report.name + ".lock")
 
 
-def input_pairs(n: int, prefix: str = "T") -> list[tuple[str, str]]:
-    return [(f"{prefix}{i:05d}", f"{prefix}L{i:05d}") for i in range(1, n + 1)]
-
-
 def sent(server: Sandbox, since: int = 0) -> list[tuple[str, str]]:
     """(source, linked) of every request the server received from index ``since`` on."""
     out = []
@@ -92,22 +172,6 @@ def sent(server: Sandbox, since: int = 0) -> list[tuple[str, str]]:
         body = json.loads(rec.body)
         out.append((body["sourceTicketId"], body["linkedTicketId"]))
     return out
-
-
-def load_rows(path: Path) -> list[dict[str, Any]]:
-    """A report in any format as a list of dicts (cell values as the format holds them)."""
-    if path.suffix == ".csv":
-        return list(read_report(path))
-    if path.suffix == ".jsonl":
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
-    wb = load_workbook(path)
-    try:
-        values = list(wb.worksheets[0].iter_rows(values_only=True))
-    finally:
-        wb.close()
-    header = [str(h) for h in values[0]]
-    return [dict(zip(header, row, strict=True)) for row in values[1:]]
 
 
 def assert_rows_once(rows: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> None:
@@ -133,26 +197,18 @@ def done_earlier(stderr: str) -> list[int]:
 N = 50
 
 
-def pairs(n: int = N) -> list[tuple[str, str]]:
-    return [(f"T{i:05d}", f"TL{i:05d}") for i in range(1, n + 1)]
-
-
-def env_for(url: str, **extra: str) -> dict[str, str]:
-    return {"THENA_TOKEN": TOKEN, "THENA_ORG_ID": ORG, "THENA_BASE_URL": url, **extra}
-
-
 def interrupt_at_row_11(server: Sandbox, src: Path, report: Path, env: dict[str, str]) -> None:
     """Rows 1-10 linked and journaled, then a 401: exit 3, the journal kept for a resume."""
     server.config.script["T00011"] = [Reply(status=401)]
     result = invoke("run", src, "-o", report, "--concurrency", "1", *FAST_UNPACED, env=env)
     assert result.exit_code == 3, result.stderr
-    assert sent(server) == pairs()[:11]
+    assert sent(server) == input_pairs(N)[:11]
     assert journal_of(report).exists()
 
 
 def assert_all_linked(report: Path, n: int = N) -> None:
     rows = read_report(report)
-    assert [(r["sourceTicketId"], r["linkedTicketId"]) for r in rows] == pairs(n)
+    assert [(r["sourceTicketId"], r["linkedTicketId"]) for r in rows] == input_pairs(n)
     assert {r["outcome"] for r in rows} == {"linked"}
 
 
@@ -228,14 +284,22 @@ def sent_checked(server: Sandbox) -> list[tuple[str, str]]:
     return pairs
 
 
-def report_of(path: Path) -> list[dict[str, str]]:
+def report_of(path: Path) -> list[dict[str, Any]]:
+    """The rows of the CSV report beside the input ``path``."""
     return read_report(path.with_name(f"{path.stem}.results.csv"))
 
 
+def linked_from(server: Sandbox, path: Path, expected: list[tuple[str, str]]) -> list[Any]:
+    """Run the input ``path``: exit 0, the server got exactly ``expected`` (in any order);
+    the rows of the report beside it."""
+    result = run(server, path)
+    assert result.exit_code == 0, result.output
+    assert sorted(sent_checked(server)) == expected
+    return report_of(path)
+
+
 def report_header(path: Path) -> list[str]:
-    report = path.with_name(f"{path.stem}.results.csv")
-    with report.open(newline="", encoding="utf-8") as fh:
-        return next(csv.reader(fh))
+    return read_any(path.with_name(f"{path.stem}.results.csv"))[0]
 
 
 def ids(rows: list[dict[str, str]]) -> list[tuple[str, str]]:
@@ -251,8 +315,12 @@ def one_line_error(result: Result) -> str:
 
 
 def make_xlsx(
-    path: Path, sheets: Mapping[str, Sequence[Sequence[object]]], active: int = 0
+    path: Path,
+    sheets: Mapping[str, Sequence[Sequence[object]]],
+    active: int = 0,
+    hidden: Sequence[str] = (),
 ) -> Path:
+    """A workbook of ``sheets`` (name: rows) in order, those named in ``hidden`` hidden."""
     wb = openpyxl.Workbook()
     for sheet in list(wb.worksheets):
         wb.remove(sheet)
@@ -260,6 +328,8 @@ def make_xlsx(
         ws = wb.create_sheet(name)
         for row in rows:
             ws.append(row)
+        if name in hidden:
+            ws.sheet_state = "hidden"
     wb.active = active
     wb.save(path)
     return path
@@ -311,7 +381,7 @@ def no_secret_anywhere(secret: str, *texts: str, files: tuple[Path, ...] = ()) -
             assert secret.encode() not in path.read_bytes(), path
 
 
-# -- answers holding custom tickets; a report in any format read back -------------------------
+# -- answers holding custom tickets -------------------------
 
 
 CUSTOM_FIELDS = [{"id": "CF1", "name": "Region", "value": 'EMEA, "north"'}, {"id": "CF2"}]
@@ -343,17 +413,187 @@ def answer_with(ticket: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def read_any(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    """Header and rows of a report in any format, cells as the file holds them."""
-    if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
-            header = next(reader)
-            return header, [dict(zip(header, row, strict=True)) for row in reader]
-    if path.suffix == ".xlsx":
-        sheet = openpyxl.load_workbook(path).worksheets[0]
-        lines = list(sheet.iter_rows(values_only=True))
-        header = [str(c) for c in lines[0]]
-        return header, [dict(zip(header, row, strict=True)) for row in lines[1:]]
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    return list(rows[0]), rows
+# -- a webhook receiver ------------------------------------------------------------------------
+
+
+HOOK_PATH = "/services/T0001/B0002/hook-SECRET-path"
+HOOK_QUERY = "sig=qs-SECRET-value"
+
+
+@dataclass
+class Receiver:
+    """A webhook on 127.0.0.1: records every POST, answers ``answers`` in turn, then 200.
+
+    An answer is a status, or ``(status, seconds)`` to hold it first (a slow receiver). The
+    answer's text is ``text``, or else echoes the URL called, which no warning may repeat.
+    """
+
+    url: str = ""
+    raw: list[bytes] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    answers: list[int | tuple[int, float]] = field(default_factory=list)
+    text: str = ""
+    release: asyncio.Event | None = None
+
+    @property
+    def bodies(self) -> list[Any]:
+        return [json.loads(raw) for raw in self.raw]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.paths.append(request.path_qs)
+        self.raw.append(await request.read())
+        answer = self.answers.pop(0) if self.answers else 200
+        status, delay = answer if isinstance(answer, tuple) else (answer, 0.0)
+        if delay and self.release is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.release.wait(), delay)
+        return web.Response(status=status, text=self.text or f"oops at {request.path_qs}")
+
+
+@contextlib.contextmanager
+def serve_receiver() -> Iterator[Receiver]:
+    """A :class:`Receiver` served from a thread of its own (so the CLI can be run here), its
+    URL carrying secrets in path and query; held answers are let go at the end."""
+    receiver = Receiver()
+    ready = threading.Event()
+    control: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", receiver.handle)
+        runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        receiver.url = f"http://127.0.0.1:{runner.addresses[0][1]}{HOOK_PATH}?{HOOK_QUERY}"
+        stop = asyncio.Event()
+        receiver.release = asyncio.Event()
+        control.append((asyncio.get_running_loop(), stop))
+        ready.set()
+        await stop.wait()
+        receiver.release.set()
+        await runner.cleanup()
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), name="receiver", daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield receiver
+    finally:
+        loop, stop = control[0]
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+
+
+# -- fake time: an event loop whose clock jumps to the next timer --------------------------------
+
+
+T = TypeVar("T")
+START = 100.0  # fake time at which every test starts (not 0, as time.monotonic is not)
+
+
+class Clock:
+    """The fake time, shared by the pacer and the event loop."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _JumpingSelector(selectors.DefaultSelector):
+    """Never blocks: where the loop would wait ``timeout`` seconds, time jumps instead.
+
+    ``late`` is added to every such wait, as a busy machine wakes timers late. Every pass
+    of the loop also takes a nanosecond, as real ones do: aiolimiter re-arms its timer for
+    a float-rounding remainder of a token, which frozen time would never pay off.
+    """
+
+    def __init__(self, clock: Clock, late: float) -> None:
+        super().__init__()
+        self.clock, self.late = clock, late
+
+    def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
+        if timeout is None:
+            raise RuntimeError("deadlock: nothing scheduled and nothing ready")
+        self.clock.now += (timeout + self.late if timeout > 0 else 0.0) + 1e-9
+        result: list[tuple[Any, int]] = super().select(0)
+        return result
+
+
+class _FakeTimeLoop(asyncio.SelectorEventLoop):
+    def __init__(self, clock: Clock, late: float) -> None:
+        self.clock = clock
+        super().__init__(_JumpingSelector(clock, late))
+
+    def time(self) -> float:
+        return self.clock.now
+
+
+def run_in_fake_time(main: Callable[[Clock], Coroutine[Any, Any, T]], *, late: float = 0.0) -> T:
+    clock = Clock()
+    loop = _FakeTimeLoop(clock, late)
+    try:
+        return loop.run_until_complete(main(clock))
+    finally:
+        loop.close()
+
+
+# -- the runner without HTTP: a scripted linker --------------------------------------------------
+
+
+class ScriptedLinker:
+    """A :class:`~bulklink.run.runner.Linker` without HTTP: each source ID gets the answers
+    in ``script`` in turn (an exception is raised instead), then ``Answer(LINKED, 200)``.
+
+    Every call is recorded with the ``clock``'s time; an answer comes ``latency`` seconds
+    after it was asked for, as a server's would.
+    """
+
+    def __init__(
+        self,
+        script: Mapping[str, Sequence[Answer | BaseException]] | None = None,
+        *,
+        latency: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.script = {source: list(answers) for source, answers in (script or {}).items()}
+        self.latency, self.clock = latency, clock
+        self.calls: list[tuple[str, float]] = []  # (source, when) of every attempt
+        self.answered: list[str] = []  # the source of every attempt that got an answer
+
+    async def link(self, source: str, linked: str) -> Answer:
+        self.calls.append((source, self.clock()))
+        queued = self.script.get(source)
+        answer = queued.pop(0) if queued else Answer(Verdict.LINKED, 200)
+        if isinstance(answer, BaseException):
+            raise answer
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        self.answered.append(source)
+        return answer
+
+    def sources(self) -> list[str]:
+        """The source ID of every attempt, in the order they were made."""
+        return [source for source, _ in self.calls]
+
+
+async def run_runner(
+    linker: ScriptedLinker, n: int, clock: Callable[[], float] = time.monotonic, **settings: Any
+) -> tuple[Runner, dict[int, models.Result]]:
+    """Run :func:`input_pairs` (n) through a :class:`Runner` on ``linker``: the runner and
+    its results by row. ``settings`` are :class:`TrafficOptions` fields (unpaced, no backoff
+    and one worker unless given)."""
+    settings = {"rate": 0, "backoff": 0, "concurrency": 1, **settings}
+    results: dict[int, models.Result] = {}
+
+    def note(result: models.Result) -> None:
+        assert result.row not in results, f"row {result.row} reported twice"
+        results[result.row] = result
+
+    async def feed() -> Any:
+        yield [Pair(row, *pair) for row, pair in enumerate(input_pairs(n), start=1)]
+
+    runner = Runner(linker, TrafficOptions(**settings), note, clock=clock)
+    await runner.run(feed())
+    return runner, results

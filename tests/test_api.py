@@ -23,8 +23,7 @@ import bulklink
 from bulklink.cli import cli
 from bulklink.options import JobOptions, RetryOptions
 from bulklink.sandbox import Sandbox
-from tests.conftest import ORG, TOKEN, pairs_csv, read_report, write_csv
-from tests.helpers import KEY, make_jwt, sent
+from tests.helpers import KEY, ORG, TOKEN, make_jwt, pairs_csv, read_report, sent, write_csv
 
 # -- the public surface -----------------------------------------------------------------------
 

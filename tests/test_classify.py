@@ -38,16 +38,8 @@ from bulklink.net.client import (
 from bulklink.net.credentials import resolve_auth
 from bulklink.options import ConnectionOptions
 from bulklink.sandbox import Reply, Sandbox
-from tests.conftest import (
-    FAST,
-    ORG,
-    TOKEN,
-    invoke,
-    pairs_csv,
-    read_report,
-    run_against,
-)
 from tests.helpers import (
+    FAST,
     NEST_400,
     NEST_404,
     NEST_409,
@@ -55,7 +47,13 @@ from tests.helpers import (
     NGINX_502,
     ODD_SECONDS,
     ODD_TOKEN,
+    ORG,
     ROOT,
+    TOKEN,
+    invoke,
+    pairs_csv,
+    read_report,
+    run_against,
 )
 
 # -- status, body and header tables -----------------------------------------------------------
@@ -499,6 +497,7 @@ def test_a_compressed_answer_is_read(
     assert server.requests[0].header("accept-encoding") == "gzip, deflate"
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_with_bombs_in_flight(
     start_sandbox: Callable[..., Sandbox], tmp_path: Path
 ) -> None:

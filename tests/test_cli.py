@@ -22,18 +22,21 @@ import pytest
 from bulklink.cli import cli
 from bulklink.sandbox import Reply, Sandbox
 from bulklink.text import escape_controls
-from tests.conftest import (
+from tests.helpers import (
     FAST,
     FAST_UNPACED,
+    HEAD,
     ORG,
+    ROOT,
     TOKEN,
     invoke,
     pairs_csv,
     read_report,
+    run,
     run_against,
+    spawn,
     write_csv,
 )
-from tests.helpers import HEAD, ROOT, run, spawn
 
 # -- exit codes and the summary ---------------------------------------------------------------
 
@@ -176,6 +179,7 @@ def test_no_terminal_no_carriage_returns_quiet_and_log_file(
     assert "bad.results.csv" in log.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_a_terminal_gets_a_progress_bar_even_when_it_reports_no_size(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:

@@ -26,27 +26,24 @@ from bulklink.net.credentials import resolve_auth
 from bulklink.options import ConnectionOptions
 from bulklink.redaction import secret_forms
 from bulklink.sandbox import Reply, Sandbox
-from tests.conftest import (
+from tests.helpers import (
     FAST,
     FAST_UNPACED,
-    ORG,
-    TOKEN,
-    invoke,
-    pairs_csv,
-    read_report,
-    run_against,
-    write_csv,
-)
-from tests.helpers import (
     HEAD,
     KEY,
     ODD_TOKEN,
+    ORG,
+    TOKEN,
+    invoke,
     journal_of,
-    load_rows,
     lock_of,
     make_jwt,
     no_secret_anywhere,
+    pairs_csv,
+    read_report,
     run,
+    run_against,
+    write_csv,
 )
 
 # -- both auth modes --------------------------------------------------------------------------
@@ -145,29 +142,30 @@ def test_token_file_overrides_an_exported_token(tmp_path: Path, sandbox: Sandbox
     assert {r.header("authorization") for r in sandbox.requests} == {f"Bearer {TOKEN}"}
 
 
-def test_an_exported_token_and_an_api_key_file_name_their_sources(
-    tmp_path: Path, sandbox: Sandbox
+@pytest.mark.parametrize(
+    ("flag", "content", "said", "unsaid"),
+    [
+        pytest.param(
+            "--api-key-file", "some-api-key", ["THENA_TOKEN", "--api-key-file"], [],
+            id="an-exported-token-and-an-api-key-file-name-their-sources",
+        ),
+        pytest.param(
+            "--token-file", "tok\ren-123", ["control character"], ["Traceback", "tok\ren-123"],
+            id="a-credential-with-a-control-character",
+        ),
+    ],
+)  # fmt: skip
+def test_a_credential_file_that_cannot_be_used_is_refused_up_front(
+    tmp_path: Path, sandbox: Sandbox, flag: str, content: str, said: list[str], unsaid: list[str]
 ) -> None:
     data = pairs_csv(tmp_path / "in.csv", 3)
-    key_file = tmp_path / "key"
-    key_file.write_text("some-api-key")
-    result = run_against(sandbox, "run", data, "--api-key-file", key_file, *FAST)
+    credential = tmp_path / "credential"
+    credential.write_text(content)
+    result = run_against(sandbox, "run", data, flag, credential, *FAST)
     assert result.exit_code == 2
-    assert "THENA_TOKEN" in result.stderr and "--api-key-file" in result.stderr
+    assert all(text in result.stderr for text in said), result.stderr
+    assert not [text for text in unsaid if text in result.stderr], result.stderr
     assert sandbox.requests == []
-
-
-def test_a_credential_with_a_control_character_is_refused_up_front(
-    tmp_path: Path, sandbox: Sandbox
-) -> None:
-    data = pairs_csv(tmp_path / "in.csv", 3)
-    token_file = tmp_path / "token"
-    token_file.write_text("tok\ren-123")
-    result = run_against(sandbox, "run", data, "--token-file", token_file, *FAST)
-    assert result.exit_code == 2
-    assert "control character" in result.stderr and "Traceback" not in result.stderr
-    assert sandbox.requests == []
-    assert "tok\ren-123" not in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -502,7 +500,7 @@ def test_token_absent_from_everything_in_failing_runs(
         env={"THENA_ORG_ID": ORG, "THENA_BASE_URL": other.url},
     )  # fmt: skip
     assert wrong.exit_code == 3, wrong.stderr
-    assert {r["outcome"] for r in load_rows(report_c)} <= {"skipped", "failed"}
+    assert {r["outcome"] for r in read_report(report_c)} <= {"skipped", "failed"}
     assert json.loads(summary.read_text())["exit_code"] == 3
     found["wrong token"] = leaks(
         {"stdout": wrong.stdout, "stderr": wrong.stderr},

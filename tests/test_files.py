@@ -15,25 +15,23 @@ from pathlib import Path
 import pytest
 
 from bulklink.sandbox import Reply, Sandbox
-from tests.conftest import (
+from tests.helpers import (
     FAST,
     FAST_UNPACED,
     ORG,
-    TOKEN,
-    pairs_csv,
-    read_report,
-    run_against,
-    write_csv,
-)
-from tests.helpers import (
     ROOT,
+    TOKEN,
     N,
     assert_all_linked,
     env_for,
+    input_pairs,
     interrupt_at_row_11,
     journal_of,
-    pairs,
+    pairs_csv,
     read_any,
+    read_report,
+    run_against,
+    write_csv,
 )
 
 # -- never write outside our own files --------------------------------------------------------
@@ -129,7 +127,7 @@ def test_link_at_a_temporary_name_is_never_written_through(
     planted = folder / name.format(report="out.csv")
     planted.symlink_to(victim)
     sandbox.config.script["T00002"] = [Reply(body={"status": True, "data": {"extraField": "x"}})]
-    text = "sourceTicketId,linkedTicketId\n" + "".join(f"{s},{d}\n" for s, d in pairs(5))
+    text = "sourceTicketId,linkedTicketId\n" + "".join(f"{s},{d}\n" for s, d in input_pairs(5))
     summary = folder / "summary.json"
     result = run_against(
         sandbox,
@@ -217,6 +215,7 @@ def test_files_we_create_are_private_where_they_hold_input_or_state(
 
 
 @pytest.mark.parametrize(("fmt", "earlier"), [(".csv", True), (".xlsx", False)])
+@pytest.mark.slow
 def test_report_is_written_atomically(
     start_sandbox: Callable[..., Sandbox], tmp_path: Path, fmt: str, earlier: bool
 ) -> None:

@@ -24,24 +24,22 @@ from bulklink.errors import UsageError
 from bulklink.net.client import server_wait
 from bulklink.sandbox import Reply, RequestRecord, Sandbox
 from bulklink.urls import check_url
-from tests.conftest import (
-    FAST,
-    ORG,
-    TOKEN,
-    invoke,
-    pairs_csv,
-    read_report,
-    run_against,
-    write_csv,
-)
 from tests.helpers import (
+    FAST,
     NEST_400,
     NEST_404,
     NEST_409,
     NEST_422,
     NGINX_502,
     ODD_SECONDS,
+    ORG,
+    TOKEN,
     input_pairs,
+    invoke,
+    pairs_csv,
+    read_report,
+    run_against,
+    write_csv,
 )
 
 # -- retries and failures ---------------------------------------------------------------------
@@ -197,6 +195,7 @@ def test_200_without_status_true_fails_after_one_attempt(
 # -- 429 pauses all dispatch ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_429_pauses_all_dispatch_until_x_ratelimit_reset(
     start_sandbox: Callable[..., Sandbox], tmp_path: Path
 ) -> None:
@@ -240,6 +239,7 @@ def test_429_pauses_all_dispatch_until_x_ratelimit_reset(
     assert retried[1].t >= hit.t + pause - 0.1
 
 
+@pytest.mark.slow
 def test_server_rate_limit_is_waited_out(
     start_sandbox: Callable[..., Sandbox], tmp_path: Path
 ) -> None:
@@ -291,6 +291,7 @@ def test_odd_wait_headers_do_not_crash_a_run(
     assert {(r["outcome"], r["attempts"]) for r in read_report(out)} == {("linked", "2")}
 
 
+@pytest.mark.slow
 def test_rate_adapts_to_429s(tmp_path: Path, start_sandbox: Callable[..., Sandbox]) -> None:
     server = start_sandbox(rate_limit=20)
     # 5 s at the server's 20/s: the first 429, the slower rate and a probe back up to it.
@@ -451,6 +452,7 @@ def max_in_window(times: list[float], width: float = 1.0) -> int:
         pytest.param(20, 40, 0.3, id="20/s-retries-included"),
     ],
 )
+@pytest.mark.slow
 def test_rate_bound(
     start_sandbox: Callable[..., Sandbox], tmp_path: Path, rate: int, n: int, error_rate: float
 ) -> None:

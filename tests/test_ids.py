@@ -20,10 +20,11 @@ from bulklink import link_pairs
 from bulklink.models import Outcome
 from bulklink.sandbox import Sandbox
 from bulklink.tables.inputs import invalid_reason
-from tests.conftest import ORG, TOKEN, write_csv
 from tests.helpers import (
     HEAD,
+    ORG,
     TICKET_COLUMNS,
+    TOKEN,
     files_in,
     ids,
     make_xlsx,
@@ -33,6 +34,7 @@ from tests.helpers import (
     run,
     sent,
     sent_checked,
+    write_csv,
 )
 
 # -- which columns hold the IDs ---------------------------------------------------------------

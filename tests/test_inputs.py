@@ -22,28 +22,27 @@ from click.testing import CliRunner
 
 from bulklink.cli import cli
 from bulklink.sandbox import Sandbox
-from tests.conftest import (
-    FAST_UNPACED,
-    ORG,
-    TOKEN,
-    invoke,
-    read_report,
-    run_against,
-    write_csv,
-)
 from tests.helpers import (
+    FAST_UNPACED,
     HEAD,
+    ORG,
     RESULT_COLUMNS,
+    TOKEN,
     files_in,
     ids,
+    invoke,
+    linked_from,
     make_xlsx,
     one_line_error,
     one_line_usage_error,
+    read_report,
     report_header,
     report_of,
     run,
+    run_against,
     sent,
     sent_checked,
+    write_csv,
 )
 
 # -- CSV dialects, encodings and line ends ----------------------------------------------------
@@ -53,10 +52,7 @@ from tests.helpers import (
 def test_csv_delimiter_is_detected(sandbox: Sandbox, tmp_path: Path, delimiter: str) -> None:
     rows = [[*HEAD, "note"], ["A1", "B1", "hello, world"], ["A2", "B2", "x; y"]]
     path = write_csv(tmp_path / "pairs.csv", rows, delimiter=delimiter)
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sorted(sent_checked(sandbox)) == [("A1", "B1"), ("A2", "B2")]
-    report = report_of(path)
+    report = linked_from(sandbox, path, [("A1", "B1"), ("A2", "B2")])
     assert ids(report) == [("A1", "B1"), ("A2", "B2")]
     assert [r["note"] for r in report] == ["hello, world", "x; y"]
 
@@ -64,10 +60,7 @@ def test_csv_delimiter_is_detected(sandbox: Sandbox, tmp_path: Path, delimiter: 
 def test_tsv_extension(sandbox: Sandbox, tmp_path: Path) -> None:
     rows = [[*HEAD, "note"], ["A1", "B1", "a,b;c|d"], ["A2", "B2", ""]]
     path = write_csv(tmp_path / "pairs.tsv", rows, delimiter="\t")
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sorted(sent_checked(sandbox)) == [("A1", "B1"), ("A2", "B2")]
-    report = report_of(path)
+    report = linked_from(sandbox, path, [("A1", "B1"), ("A2", "B2")])
     assert [r["note"] for r in report] == ["a,b;c|d", ""]
 
 
@@ -94,9 +87,7 @@ def test_cp1252_bytes_fall_back_and_run(sandbox: Sandbox, tmp_path: Path) -> Non
     path = write_csv(tmp_path / "legacy.csv", rows, encoding="cp1252")
     with pytest.raises(UnicodeDecodeError):
         path.read_bytes().decode("utf-8")
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sorted(sent_checked(sandbox)) == [("A1", "B1"), ("A2", "B2")]
+    linked_from(sandbox, path, [("A1", "B1"), ("A2", "B2")])
     assert [r["note"] for r in report_of(path)] == ["café", "naïve \u2013 5€"]
 
 
@@ -132,10 +123,7 @@ def test_cp1252_byte_far_into_a_large_file_still_falls_back(
     assert data.index(b"\xe9") > 65536
     path = tmp_path / "big.csv"
     path.write_bytes(data)
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sorted(sent_checked(sandbox)) == [("A1", "B1"), ("A2", "B2")]
-    report = report_of(path)
+    report = linked_from(sandbox, path, [("A1", "B1"), ("A2", "B2")])
     assert len(report) == 4001
     assert report[-1]["note"] == "café"
     assert report[-1]["row"] == "4001"
@@ -150,10 +138,7 @@ def test_windows_excel_export(sandbox: Sandbox, tmp_path: Path) -> None:
     )
     path = tmp_path / "EXPORT.CSV"
     path.write_bytes(text.encode("utf-8"))
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sorted(sent_checked(sandbox)) == [("A1", "B1"), ("A2", "B2")]
-    report = report_of(path)
+    report = linked_from(sandbox, path, [("A1", "B1"), ("A2", "B2")])
     assert ids(report) == [("A1", "B1"), ("A2", "B2")]
     assert [r["Note"] for r in report] == ["first line\r\nsecond; line", "plain"]
 
@@ -164,9 +149,7 @@ def test_trailing_delimiter_on_every_row_keeps_the_columns(
     # Some exporters end every data row with the delimiter; the IDs must not shift a column.
     path = tmp_path / "pairs.csv"
     path.write_text("sourceTicketId,linkedTicketId\nA1,B1,\nA2,B2,\n")
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sorted(sent_checked(sandbox)) == [("A1", "B1"), ("A2", "B2")]
+    linked_from(sandbox, path, [("A1", "B1"), ("A2", "B2")])
     assert ids(report_of(path)) == [("A1", "B1"), ("A2", "B2")]
 
 
@@ -394,9 +377,7 @@ def two_sheets(tmp_path: Path) -> Path:
 
 def test_xlsx_default_is_the_first_sheet(sandbox: Sandbox, tmp_path: Path) -> None:
     path = two_sheets(tmp_path)
-    result = run(sandbox, path)
-    assert result.exit_code == 0, result.output
-    assert sorted(sent_checked(sandbox)) == [("S1", "L1"), ("S2", "L2")]
+    linked_from(sandbox, path, [("S1", "L1"), ("S2", "L2")])
     assert ids(report_of(path)) == [("S1", "L1"), ("S2", "L2")]
 
 
@@ -422,18 +403,8 @@ def test_xlsx_missing_sheet_is_an_input_error(sandbox: Sandbox, tmp_path: Path) 
 def test_hidden_first_sheet_is_passed_over_for_the_first_visible(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    wb = openpyxl.Workbook()
-    lookup = wb.active
-    assert lookup is not None
-    lookup.title = "Lookup"
-    lookup.append(["sourceTicketId", "linkedTicketId"])
-    lookup.append(["HIDDEN1", "HIDDEN2"])
-    lookup.sheet_state = "hidden"
-    links = wb.create_sheet("Links")
-    links.append(HEAD)
-    links.append(["K1", "M1"])
-    path = tmp_path / "book.xlsx"
-    wb.save(path)
+    sheets = {"Lookup": [HEAD, ["HIDDEN1", "HIDDEN2"]], "Links": [HEAD, ["K1", "M1"]]}
+    path = make_xlsx(tmp_path / "book.xlsx", sheets, hidden=["Lookup"])
     result = run(sandbox, path)
     assert result.exit_code == 0, result.output
     assert sorted(sent(sandbox)) == [("K1", "M1")]
@@ -455,15 +426,8 @@ def test_empty_first_sheet_is_named_with_the_others(
 def test_first_sheet_without_id_columns_names_it_and_lists_hidden_ones(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    wb = openpyxl.Workbook()
-    notes = wb.active
-    assert notes is not None
-    notes.title = "Notes"
-    notes.append(["when", "what"])
-    wb.create_sheet("Links").append(HEAD)
-    wb.create_sheet("Old").sheet_state = "hidden"
-    path = tmp_path / "b.xlsx"
-    wb.save(path)
+    sheets = {"Notes": [["when", "what"]], "Links": [HEAD], "Old": []}
+    path = make_xlsx(tmp_path / "b.xlsx", sheets, hidden=["Old"])
     line = one_line_usage_error(run(sandbox, path))
     assert "sheet 'Notes'" in line and "'when'" in line
     assert "'Links'" in line and "'Old' (hidden)" in line and "--sheet" in line
@@ -485,22 +449,15 @@ def _directory(tmp_path: Path) -> Path:
     return path
 
 
-def _xls(tmp_path: Path) -> Path:
-    path = tmp_path / "pairs.xls"
-    path.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 504)
-    return path
+def _file(name: str, content: bytes) -> Callable[[Path], Path]:
+    """A maker of the file ``name`` holding ``content``."""
 
+    def make(tmp_path: Path) -> Path:
+        path = tmp_path / name
+        path.write_bytes(content)
+        return path
 
-def _json(tmp_path: Path) -> Path:
-    path = tmp_path / "pairs.json"
-    path.write_text('[{"sourceTicketId": "A", "linkedTicketId": "B"}]')
-    return path
-
-
-def _corrupt_xlsx(tmp_path: Path) -> Path:
-    path = tmp_path / "pairs.xlsx"
-    path.write_bytes(bytes(range(256)) * 8)
-    return path
+    return make
 
 
 def _zip_not_xlsx(tmp_path: Path) -> Path:
@@ -510,22 +467,12 @@ def _zip_not_xlsx(tmp_path: Path) -> Path:
     return path
 
 
-def _csv_named_xlsx(tmp_path: Path) -> Path:
-    path = tmp_path / "pairs.xlsx"
-    path.write_text("sourceTicketId,linkedTicketId\nA,B\n")
-    return path
-
-
-def _empty_csv(tmp_path: Path) -> Path:
-    path = tmp_path / "pairs.csv"
-    path.write_bytes(b"")
-    return path
-
-
-def _empty_xlsx(tmp_path: Path) -> Path:
-    path = tmp_path / "pairs.xlsx"
-    path.write_bytes(b"")
-    return path
+_xls = _file("pairs.xls", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 504)
+_json = _file("pairs.json", b'[{"sourceTicketId": "A", "linkedTicketId": "B"}]')
+_corrupt_xlsx = _file("pairs.xlsx", bytes(range(256)) * 8)
+_csv_named_xlsx = _file("pairs.xlsx", b"sourceTicketId,linkedTicketId\nA,B\n")
+_empty_csv = _file("pairs.csv", b"")
+_empty_xlsx = _file("pairs.xlsx", b"")
 
 
 @pytest.mark.parametrize(

@@ -32,20 +32,13 @@ from bulklink.state.journal import Journal, checked_row, journal_path, parse_lin
 from bulklink.state.scope import Scope
 from bulklink.tables.inputs import Table, scan
 from bulklink.urls import normalise_url
-from tests.conftest import (
+from tests.helpers import (
     FAST,
     FAST_UNPACED,
     ORG,
-    TOKEN,
-    invoke,
-    pairs_csv,
-    read_report,
-    run_against,
-    write_csv,
-)
-from tests.helpers import (
     ROOT,
     SIGKILLED,
+    TOKEN,
     N,
     assert_all_linked,
     assert_rows_once,
@@ -53,13 +46,17 @@ from tests.helpers import (
     env_for,
     input_pairs,
     interrupt_at_row_11,
+    invoke,
     journal_of,
     line_count,
     no_traceback,
-    pairs,
+    pairs_csv,
+    read_report,
+    run_against,
     sent,
     spawn,
     wait_until,
+    write_csv,
 )
 
 # -- kill -9 and resume -----------------------------------------------------------------------
@@ -81,6 +78,7 @@ def kill_when_journal_has(
     assert proc.returncode == SIGKILLED
 
 
+@pytest.mark.slow
 def test_kill9_then_same_command_resumes_without_relinking(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
@@ -176,6 +174,7 @@ def test_rerun_after_rejected_credentials_links_every_row(tmp_path: Path, sandbo
     assert {r["outcome"] for r in read_report(report)} == {"linked"}
 
 
+@pytest.mark.slow
 def test_a_resumed_canary_sends_only_what_is_left_of_its_limit(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
@@ -279,7 +278,7 @@ def test_base_url_a_then_b_sends_every_row_to_b(
 
     result = run_against(b, "run", src, *FAST_UNPACED)
     assert result.exit_code == 0, result.stderr
-    assert sorted(sent(b)) == pairs(), "B did not receive every row"
+    assert sorted(sent(b)) == input_pairs(N), "B did not receive every row"
     assert_all_linked(report)
     assert_fresh_start(result.stderr, f"{a.url} (org {ORG})", f"{b.url} (org {ORG})")
     assert TOKEN not in result.stderr + result.stdout
@@ -296,7 +295,7 @@ def test_org_a_then_org_b_sends_every_row_again(
 
     result = invoke("run", src, *FAST_UNPACED, env=env_for(server.url, THENA_ORG_ID="org_b"))
     assert result.exit_code == 0, result.stderr
-    assert sorted(sent(server, since)) == pairs()
+    assert sorted(sent(server, since)) == input_pairs(N)
     assert {r.header("x-org-id") for r in server.requests[since:]} == {"org_b"}
     assert_all_linked(report)
     assert_fresh_start(result.stderr, "(org org_a)", "(org org_b)")
@@ -318,7 +317,7 @@ def test_same_scope_resumes_and_sends_only_the_rest(
         env["THENA_TOKEN"] = "new-token-5678"
     result = invoke("run", src, *FAST_UNPACED, env=env)
     assert result.exit_code == 0, result.stderr
-    assert sorted(sent(server, since)) == pairs()[10:], "rows done earlier were sent again"
+    assert sorted(sent(server, since)) == input_pairs(N)[10:], "rows done earlier were sent again"
     assert "resuming: 10 rows were already done" in result.stderr
     assert "starting fresh" not in result.stderr
     assert_all_linked(report)
@@ -352,7 +351,7 @@ def test_sandbox_then_real_server_sends_every_row_and_sweeps_the_killed_runs_tem
 
     result = run_against(server, "run", src, *FAST_UNPACED)
     assert result.exit_code == 0, result.stderr
-    assert sorted(sent(server)) == pairs(), "the real server did not receive every row"
+    assert sorted(sent(server)) == input_pairs(N), "the real server did not receive every row"
     assert_all_linked(report)
     assert_fresh_start(result.stderr, "the sandbox", server.url)
     assert not any(p.exists() for p in leftovers), "the killed run's temporary file was kept"
@@ -375,7 +374,7 @@ def test_api_key_without_org_resumes_with_the_same_key_only(
         "run", src, "--concurrency", "1", *FAST_UNPACED, env={**env, "THENA_API_KEY": key_2}
     )
     assert other.exit_code == 3, other.stderr
-    assert sent(server, since) == pairs()[:11]
+    assert sent(server, since) == input_pairs(N)[:11]
     assert_fresh_start(other.stderr, "another API key", "--org-id")
     assert key_1 not in other.stderr and key_2 not in other.stderr
 
@@ -383,7 +382,7 @@ def test_api_key_without_org_resumes_with_the_same_key_only(
     since = len(server.requests)
     same = invoke("run", src, *FAST_UNPACED, env={**env, "THENA_API_KEY": key_2})
     assert same.exit_code == 0, same.stderr
-    assert sorted(sent(server, since)) == pairs()[10:]
+    assert sorted(sent(server, since)) == input_pairs(N)[10:]
     assert "resuming: 10 rows" in same.stderr
     assert_all_linked(report)
 
@@ -403,7 +402,7 @@ def test_journal_of_the_previous_format_starts_fresh_with_a_note(
     # The journal alone decides here: the state store would skip the 10 rows linked.
     result = run_against(sandbox, "run", src, "--no-state", *FAST_UNPACED)
     assert result.exit_code == 0, result.stderr
-    assert sorted(sent(sandbox, since)) == pairs()
+    assert sorted(sent(sandbox, since)) == input_pairs(N)
     assert_fresh_start(result.stderr, "older bulklink")
     assert_all_linked(report)
 

@@ -1,30 +1,25 @@
 """Webhook notices and the metrics file: what is sent when, what a receiver gets, what a
 failure looks like; and a metrics file a Prometheus parser reads back whole.
 
-The receiver is a small aiohttp.web app on 127.0.0.1 in a thread of its own, scripted per
-test to answer slowly, with errors, or not at all.
+The receiver (the ``receiver`` fixture) is a small aiohttp.web app on 127.0.0.1 in a
+thread of its own, scripted per test to answer slowly, with errors, or not at all.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
 import socket
 import stat
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from bulklink.errors import UsageError
@@ -37,64 +32,9 @@ from bulklink.net.notify import (
 )
 from bulklink.run.metrics import render_metrics, write_metrics
 from bulklink.urls import check_url
+from tests.helpers import HOOK_PATH, HOOK_QUERY, Receiver
 
-SECRET_PATH = "/services/T0001/B0002/hook-SECRET-xyz"
 TOKEN = 'tok"SE\\CRET&<x>'
-
-
-@dataclass
-class Receiver:
-    """What the webhook got, and how it answers: ``statuses`` in turn, then 200."""
-
-    url: str = ""
-    statuses: list[int] = field(default_factory=list)
-    delay: float = 0.0
-    bodies: list[Any] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)
-    release: asyncio.Event | None = None
-    answer: str = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.paths.append(request.path_qs)
-        self.bodies.append(await request.json())
-        if self.delay and self.release is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.release.wait(), self.delay)
-        status = self.statuses.pop(0) if self.statuses else 200
-        # a receiver that echoes the URL it was called on must not leak it into the warning
-        return web.Response(status=status, text=self.answer or f"oops at {request.path_qs}")
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    hook = Receiver()
-    ready = threading.Event()
-    control: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", hook.handle)
-        runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        hook.url = f"http://127.0.0.1:{port}{SECRET_PATH}?key=qs-SECRET"
-        stop = asyncio.Event()
-        hook.release = asyncio.Event()
-        control.append((asyncio.get_running_loop(), stop))
-        ready.set()
-        await stop.wait()
-        hook.release.set()
-        await runner.cleanup()
-
-    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
-    thread.start()
-    ready.wait(10)
-    yield hook
-    loop, stop = control[0]
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(10)
 
 
 def summary(exit_code: int = 1, **extra: Any) -> dict[str, Any]:
@@ -176,7 +116,7 @@ def test_failure_notice_reaches_the_receiver(receiver: Receiver) -> None:
     assert "  2 x blank ID" in lines
     assert "duration: 1m02s" in lines
     assert lines[-1] == "report: /srv/bulklink/reports/nightly.results.csv"
-    assert receiver.paths == [f"{SECRET_PATH}?key=qs-SECRET"]
+    assert receiver.paths == [f"{HOOK_PATH}?{HOOK_QUERY}"]
 
 
 def test_recovery_notice_says_so(receiver: Receiver) -> None:
@@ -235,14 +175,14 @@ def test_no_secret_in_any_form_in_the_body(receiver: Receiver) -> None:
 
 
 def test_500_then_200_is_delivered_on_the_second_try(receiver: Receiver) -> None:
-    receiver.statuses = [500]
+    receiver.answers = [500]
     outcome, _ = send(receiver.url, {"text": "t"}, backoff=0.01)
     assert outcome is None
     assert len(receiver.bodies) == 2
 
 
 def test_persistent_500_gives_one_warning_naming_only_the_host(receiver: Receiver) -> None:
-    receiver.statuses = [500, 503, 500, 500]
+    receiver.answers = [500, 503, 500, 500]
     outcome, _ = send(receiver.url, {"text": "t"}, backoff=0.01)
     assert len(receiver.bodies) == 3  # tries, no more
     assert outcome is not None
@@ -255,7 +195,7 @@ def test_persistent_500_gives_one_warning_naming_only_the_host(receiver: Receive
 
 
 def test_a_4xx_is_not_retried(receiver: Receiver) -> None:
-    receiver.statuses = [404]
+    receiver.answers = [404]
     outcome, _ = send(receiver.url, {"text": "t"}, backoff=0.01)
     assert len(receiver.bodies) == 1
     assert outcome is not None
@@ -273,19 +213,19 @@ def test_a_4xx_is_not_retried(receiver: Receiver) -> None:
 def test_a_secret_query_respelled_by_aiohttp_is_redacted_when_echoed(
     receiver: Receiver, query: str
 ) -> None:
-    receiver.statuses = [404]
+    receiver.answers = [404]
     url = receiver.url.split("?")[0] + "?" + query
     outcome, _ = send(url, {"text": "t"}, backoff=0.01)
     assert outcome is not None and outcome.startswith("warning: the notice to 127.0.0.1")
     [echoed] = receiver.paths  # what the receiver saw: aiohttp's spelling, not ours
-    assert echoed != SECRET_PATH + "?" + query
+    assert echoed != HOOK_PATH + "?" + query
     for secret in ("Sig~ValAue-x9Q2", "Sig%7EVal%41ue-x9Q2", "AbC/dEf+gHi==", "AbC%2FdEf"):
         assert secret not in outcome, outcome
     assert "SECRET" not in outcome
 
 
 def test_a_redirect_is_not_followed(receiver: Receiver) -> None:
-    receiver.statuses = [307]
+    receiver.answers = [307]
     outcome, _ = send(receiver.url, {"text": "t"}, backoff=0.01)
     assert len(receiver.bodies) == 1
     assert outcome is not None
@@ -296,7 +236,7 @@ def test_dead_webhook_gives_one_warning_in_bounded_time() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}{SECRET_PATH}"
+    url = f"http://127.0.0.1:{port}{HOOK_PATH}"
     outcome, took = send(url, {"text": "t"}, timeout=0.5, backoff=0.01)
     assert outcome == (
         "warning: the notice to 127.0.0.1 was not delivered: cannot connect"
@@ -306,7 +246,7 @@ def test_dead_webhook_gives_one_warning_in_bounded_time() -> None:
 
 
 def test_slow_webhook_gives_one_warning_in_bounded_time(receiver: Receiver) -> None:
-    receiver.delay = 30.0
+    receiver.answers = [(200, 30.0)] * 3
     outcome, took = send(receiver.url, {"text": "t"}, timeout=0.2, backoff=0.01)
     assert outcome == (
         "warning: the notice to 127.0.0.1 was not delivered: no answer within 0.2s (3 tries)"
@@ -324,8 +264,8 @@ def test_sync_sending_works_inside_a_running_loop(receiver: Receiver) -> None:
 
 
 def test_a_flood_of_an_answer_is_quoted_not_read(receiver: Receiver) -> None:
-    receiver.statuses = [400]
-    receiver.answer = "x" * 5_000_000 + "\n\x1b[2J"
+    receiver.answers = [400]
+    receiver.text = "x" * 5_000_000 + "\n\x1b[2J"
     outcome, _ = send(receiver.url, {"text": "t"})
     assert outcome is not None
     assert outcome.startswith(

@@ -1,73 +1,20 @@
 """Pacing in fake time: the R+1 bound, throughput, 429 pauses and the adaptive rate.
 
-Every test runs on an event loop whose clock is fake: when the loop would sleep, the clock
-jumps to the next timer instead, so ten seconds of traffic take milliseconds. The pacer's
-``clock`` and the loop's ``time()`` (which aiolimiter reads) are the same fake clock.
+Every test runs on an event loop whose clock is fake (``run_in_fake_time``, helpers.py):
+ten seconds of traffic take milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import selectors
 from bisect import bisect_right
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable
 
 import pytest
 
 from bulklink.run.pacing import MIN_RATE, Pacer, bucket_capacity
-
-T = TypeVar("T")
-START = 100.0  # fake time at which every test starts (not 0, as time.monotonic is not)
-
-
-class Clock:
-    """The fake time, shared by the pacer and the event loop."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class _JumpingSelector(selectors.DefaultSelector):
-    """Never blocks: where the loop would wait ``timeout`` seconds, time jumps instead.
-
-    ``late`` is added to every such wait, as a busy machine wakes timers late. Every pass
-    of the loop also takes a nanosecond, as real ones do: aiolimiter re-arms its timer for
-    a float-rounding remainder of a token, which frozen time would never pay off.
-    """
-
-    def __init__(self, clock: Clock, late: float) -> None:
-        super().__init__()
-        self.clock, self.late = clock, late
-
-    def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
-        if timeout is None:
-            raise RuntimeError("deadlock: nothing scheduled and nothing ready")
-        self.clock.now += (timeout + self.late if timeout > 0 else 0.0) + 1e-9
-        result: list[tuple[Any, int]] = super().select(0)
-        return result
-
-
-class _FakeTimeLoop(asyncio.SelectorEventLoop):
-    def __init__(self, clock: Clock, late: float) -> None:
-        self.clock = clock
-        super().__init__(_JumpingSelector(clock, late))
-
-    def time(self) -> float:
-        return self.clock.now
-
-
-def run_in_fake_time(main: Callable[[Clock], Coroutine[Any, Any, T]], *, late: float = 0.0) -> T:
-    clock = Clock()
-    loop = _FakeTimeLoop(clock, late)
-    try:
-        return loop.run_until_complete(main(clock))
-    finally:
-        loop.close()
+from tests.helpers import START, Clock, run_in_fake_time
 
 
 class Traffic:
@@ -217,6 +164,24 @@ def answers(pacer: Pacer, clock: Clock, times: list[float], *, throttled: bool =
         pacer.on_answer(t - 1 / 16, throttled)
 
 
+def throttled_after(rate: float, accepted: list[float]) -> tuple[Pacer, Clock]:
+    """A pacer at ``rate`` that had answers accepted at ``accepted``, then a 429 at 0.75 s."""
+    clock = Clock()
+    pacer = Pacer(rate, clock=clock)
+    answers(pacer, clock, accepted)
+    answers(pacer, clock, [START + 0.75], throttled=True)
+    return pacer, clock
+
+
+def rates_after(pacer: Pacer, clock: Clock, times: list[float]) -> list[float]:
+    """The pacer's rate after each of accepted answers arriving at ``times``."""
+    seen = []
+    for t in times:
+        answers(pacer, clock, [t])
+        seen.append(pacer.current)
+    return seen
+
+
 def spread(n: int, start: float, step: float = 1 / 32) -> list[float]:
     return [start + i * step for i in range(n)]
 
@@ -276,55 +241,35 @@ def test_429_with_no_limit_sets_one(accepted: int, expected: float) -> None:
 
 
 def test_recovery_creeps_by_a_twentieth_of_what_the_server_took_once_a_second() -> None:
-    clock = Clock()
-    pacer = Pacer(100, clock=clock)
-    answers(pacer, clock, spread(20, START))
-    answers(pacer, clock, [START + 0.75], throttled=True)
+    pacer, clock = throttled_after(100, spread(20, START))
     assert pacer.current == 18.0
-    seen = []
-    for t in spread(16, START + 1, 0.25):  # an accepted answer every 1/4 s for 4 s
-        answers(pacer, clock, [t])
-        seen.append(pacer.current)
+    # an accepted answer every 1/4 s for 4 s
+    seen = rates_after(pacer, clock, spread(16, START + 1, 0.25))
     # nothing within a second of the decrease, then +1 (0.05 x 20 accepted) per second
     assert seen == [18.0] * 3 + [19.0] * 4 + [20.0] * 4 + [21.0] * 4 + [22.0]
 
 
 def test_recovery_step_grows_with_what_the_server_takes() -> None:
-    clock = Clock()
-    pacer = Pacer(1000, clock=clock)
-    answers(pacer, clock, spread(400, START, 1 / 1024))
-    answers(pacer, clock, [START + 0.75], throttled=True)
+    pacer, clock = throttled_after(1000, spread(400, START, 1 / 1024))
     assert pacer.current == 360.0
     answers(pacer, clock, [START + 2, START + 3, START + 4])
     assert pacer.current == 420.0  # +20 a second: 0.05 x 400
 
 
 def test_recovery_doubles_while_far_below_what_the_server_took_then_creeps() -> None:
-    clock = Clock()
-    pacer = Pacer(100, clock=clock)
-    answers(pacer, clock, spread(40, START, 1 / 64))
-    answers(pacer, clock, [START + 0.75], throttled=True)
+    pacer, clock = throttled_after(100, spread(40, START, 1 / 64))
     assert pacer.current == 36.0
     for t in [START + 2.5, START + 4, START + 5.5]:  # a storm: 429s, nothing accepted
         answers(pacer, clock, [t], throttled=True)
     assert pacer.current == 4.5
-    seen = []
-    for t in spread(6, START + 6.5, 1.0):
-        answers(pacer, clock, [t])
-        seen.append(pacer.current)
+    seen = rates_after(pacer, clock, spread(6, START + 6.5, 1.0))
     # doubling while under half of the 40/s the server took, then +2 (0.05 x 40) a second
     assert seen == [9.0, 18.0, 36.0, 38.0, 40.0, 42.0]
 
 
 def test_recovery_never_goes_above_the_ceiling() -> None:
-    clock = Clock()
-    pacer = Pacer(20, clock=clock)
-    answers(pacer, clock, spread(20, START))
-    answers(pacer, clock, [START + 0.75], throttled=True)
-    seen = [pacer.current]
-    for t in spread(5, START + 2, 1.0):
-        answers(pacer, clock, [t])
-        seen.append(pacer.current)
+    pacer, clock = throttled_after(20, spread(20, START))
+    seen = [pacer.current, *rates_after(pacer, clock, spread(5, START + 2, 1.0))]
     assert seen == [18.0, 19.0, 20.0, 20.0, 20.0, 20.0]
 
 
@@ -332,10 +277,7 @@ def test_recovery_with_no_ceiling_doubles_back_to_unlimited() -> None:
     clock = Clock()
     pacer = Pacer(0, clock=clock)
     answers(pacer, clock, [START], throttled=True)
-    seen = []
-    for t in spread(15, START + 1, 1.0):
-        answers(pacer, clock, [t])
-        seen.append(pacer.current)
+    seen = rates_after(pacer, clock, spread(15, START + 1, 1.0))
     assert seen == [MIN_RATE * 2**i for i in range(1, 15)] + [0.0]
     assert pacer.idle  # back on the fast path
 

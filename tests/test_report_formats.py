@@ -23,16 +23,10 @@ from bulklink.models import TICKET_FIELDS
 from bulklink.sandbox import FORMULA_TITLE, Reply, Sandbox, success_body
 from bulklink.tables.report.schema import RunInfo, carried_names
 from bulklink.tables.report.xlsx import MAX_WIDTH, MIN_WIDTH, write_workbook
-from tests.conftest import (
-    FAST,
-    FAST_UNPACED,
-    invoke,
-    read_report,
-    run_against,
-    write_csv,
-)
 from tests.helpers import (
     CUSTOM_FIELDS,
+    FAST,
+    FAST_UNPACED,
     HEAD,
     RESULT_COLUMNS,
     TICKET_COLUMNS,
@@ -41,13 +35,17 @@ from tests.helpers import (
     custom_ticket,
     files_in,
     ids,
+    invoke,
     one_line_usage_error,
     read_any,
+    read_report,
     report_header,
     report_of,
     run,
+    run_against,
     sent,
     sent_checked,
+    write_csv,
 )
 
 # -- columns ----------------------------------------------------------------------------------

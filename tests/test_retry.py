@@ -14,30 +14,27 @@ import openpyxl
 import pytest
 
 from bulklink.sandbox import Reply, Sandbox
-from tests.conftest import (
+from tests.helpers import (
     FAST,
     FAST_UNPACED,
-    invoke,
-    pairs_csv,
-    read_report,
-    run_against,
-    write_csv,
-)
-from tests.helpers import (
     HEAD,
     KEY,
     answer_with,
     assert_rows_once,
     custom_ticket,
-    load_rows,
+    invoke,
     make_xlsx,
     no_secret_anywhere,
     one_line_error,
+    pairs_csv,
     read_any,
+    read_report,
     report_of,
+    run_against,
     sent,
     spawn,
     wait_until,
+    write_csv,
 )
 
 # -- retry resends only failed and skipped rows, in every format ------------------------------
@@ -77,7 +74,7 @@ def retry_fixture(tmp_path: Path, start_sandbox: Callable[..., Sandbox], report:
         server, "run", src, "-o", report, "--limit", "4", "--max-retries", "1", *FAST
     )
     assert result.exit_code == 1, result.stderr
-    rows = load_rows(report)
+    rows = read_report(report)
     assert [r["outcome"] for r in rows] == [
         "linked", "failed", "failed", "invalid", "invalid",
         "duplicate", "duplicate", "linked", "skipped", "skipped",
@@ -93,7 +90,7 @@ def test_retry_resends_only_failed_and_skipped_rows(
 ) -> None:
     report = tmp_path / f"report{fmt}"
     server = retry_fixture(tmp_path, start_sandbox, report)
-    before = load_rows(report)
+    before = read_report(report)
     since = len(server.requests)
 
     result = run_against(server, "retry", report, "--max-retries", "1", *FAST)
@@ -101,7 +98,7 @@ def test_retry_resends_only_failed_and_skipped_rows(
     assert result.exit_code == 1, result.stderr
 
     assert sorted(sent(server, since)) == sorted(RESENT)
-    after = load_rows(report)
+    after = read_report(report)
     pairs = [(s, d) for s, d, _ in RETRY_INPUT]
     assert_rows_once(after, pairs)
     assert [r["note"] for r in after] == [note for _, _, note in RETRY_INPUT]
@@ -209,6 +206,7 @@ def test_retry_keeps_the_kept_rows_exactly_in_every_format(
         assert after[0]["ticket.ticketId"] == 12345678901234567891
 
 
+@pytest.mark.slow
 def test_a_second_retry_of_the_same_report_refuses_even_to_another_output(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:

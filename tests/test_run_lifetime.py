@@ -24,9 +24,12 @@ from bulklink.net.client import Answer, Verdict
 from bulklink.options import TrafficOptions, parse_duration
 from bulklink.run.runner import Runner, describe_refusals
 from bulklink.sandbox import Reply, Sandbox
-from tests.conftest import FAST, FAST_UNPACED, TOKEN, pairs_csv, read_report, run_against
 from tests.helpers import (
+    FAST,
+    FAST_UNPACED,
     ROOT,
+    TOKEN,
+    ScriptedLinker,
     assert_rows_once,
     child_env,
     done_earlier,
@@ -35,6 +38,9 @@ from tests.helpers import (
     line_count,
     lock_of,
     no_traceback,
+    pairs_csv,
+    read_report,
+    run_against,
     sent,
     spawn,
     wait_until,
@@ -44,6 +50,7 @@ from tests.helpers import (
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.slow
 def test_signal_writes_report_with_skipped_rows_then_rerun_completes(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox], signum: int, code: int
 ) -> None:
@@ -82,6 +89,7 @@ def test_signal_writes_report_with_skipped_rows_then_rerun_completes(
     assert server.link_counts == dict.fromkeys(pairs, 1), "a pair was linked twice"
 
 
+@pytest.mark.slow
 def test_sigterm_waits_for_in_flight_requests_at_most_timeout(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
@@ -104,6 +112,7 @@ def test_sigterm_waits_for_in_flight_requests_at_most_timeout(
     assert len(server.requests) == 2, "requests were sent after SIGTERM"
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_exits_at_once_and_journal_resumes(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
@@ -140,6 +149,7 @@ def test_second_ctrl_c_exits_at_once_and_journal_resumes(
     assert all(server.link_counts[p] == 1 for p in pairs[:quick])
 
 
+@pytest.mark.slow
 def test_sighup_is_handled_as_sigterm(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
@@ -162,6 +172,7 @@ def test_sighup_is_handled_as_sigterm(
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+@pytest.mark.slow
 def test_a_signal_while_reading_stdin_leaves_no_copy_of_it(
     tmp_path: Path, sandbox: Sandbox, signum: int, code: int
 ) -> None:
@@ -194,6 +205,7 @@ def test_a_signal_while_reading_stdin_leaves_no_copy_of_it(
 # -- one run per report -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_second_run_refuses_fast_names_the_holder_and_changes_nothing(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
@@ -265,28 +277,15 @@ def test_junk_lock_file_held_by_nobody_does_not_block(tmp_path: Path, sandbox: S
 # -- a bug inside a worker --------------------------------------------------------------------
 
 
-class _Flaky:
-    """A :class:`~bulklink.run.runner.Linker` whose third call raises (a bug, not the network)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.finished: list[str] = []
-
-    async def link(self, source: str, linked: str) -> Answer:
-        self.calls += 1
-        if self.calls == 3:
-            raise ZeroDivisionError("a bug")
-        await asyncio.sleep(0.01)
-        self.finished.append(source)
-        return Answer(Verdict.LINKED, 200)
-
-
-def test_runner_stops_everyone_on_a_bug_and_raises_it_after_in_flight_finish() -> None:
-    linker = _Flaky()
+def test_runner_stops_everyone_on_a_bug_and_raises_it_after_in_flight_finish(
+    linker: ScriptedLinker,
+) -> None:
+    linker.latency = 0.01
+    linker.script["T00003"] = [ZeroDivisionError("a bug")]  # the third call: a bug
     results: list[Result] = []
 
     async def feed() -> Any:
-        yield [Pair(i, f"S{i}", f"L{i}") for i in range(1, 50)]
+        yield [Pair(row, *pair) for row, pair in enumerate(input_pairs(49), start=1)]
 
     async def main() -> None:
         runner = Runner(linker, TrafficOptions(rate=0, concurrency=4), results.append)
@@ -296,35 +295,30 @@ def test_runner_stops_everyone_on_a_bug_and_raises_it_after_in_flight_finish() -
 
     asyncio.run(main())
     # The other three requests in flight finished and were reported; nothing more was sent.
-    assert len(linker.finished) == 3
+    assert len(linker.answered) == 3
     assert sorted(r.row for r in results if r.outcome is Outcome.LINKED) == [1, 2, 4]
-    assert linker.calls == 4
+    assert len(linker.calls) == 4
 
 
-def test_runner_counts_refusals_since_the_last_answer_that_settled_a_row() -> None:
+def test_runner_counts_refusals_since_the_last_answer_that_settled_a_row(
+    linker: ScriptedLinker,
+) -> None:
     timeout = Answer(Verdict.RETRY, None, "timeout after 1s")
-    answers = iter(
-        [
-            *(Answer(Verdict.RETRY, 503), timeout, Answer(Verdict.LINKED, 200)),  # row 1
-            *(Answer(Verdict.RETRY, 503), timeout, Answer(Verdict.RETRY, 503)),  # row 2: gives up
-            Answer(Verdict.FAIL, 404, "gone"),  # row 3: failed, but the API answered
-        ]
-    )
-
-    class Scripted:
-        async def link(self, source: str, linked: str) -> Answer:
-            return next(answers)
-
+    linker.script = {
+        "T00001": [Answer(Verdict.RETRY, 503), timeout, Answer(Verdict.LINKED, 200)],
+        "T00002": [Answer(Verdict.RETRY, 503), timeout, Answer(Verdict.RETRY, 503)],  # gives up
+        "T00003": [Answer(Verdict.FAIL, 404, "gone")],  # failed, but the API answered
+    }
     seen: list[tuple[str, str]] = []
 
     def note(result: Result) -> None:
         seen.append((result.outcome.value, describe_refusals(runner.refusals)))
 
     async def feed() -> Any:
-        yield [Pair(1, "a", "b"), Pair(2, "c", "d"), Pair(3, "e", "f")]
+        yield [Pair(row, *pair) for row, pair in enumerate(input_pairs(3), start=1)]
 
     settings = TrafficOptions(rate=0, concurrency=1, backoff=0, max_retries=2)
-    runner = Runner(Scripted(), settings, note)
+    runner = Runner(linker, settings, note)
     asyncio.run(runner.run(feed()))
     assert seen == [
         ("linked", ""),
@@ -406,6 +400,7 @@ def test_a_bad_duration_is_a_usage_error(tmp_path: Path, sandbox: Sandbox) -> No
     assert sandbox.requests == []
 
 
+@pytest.mark.slow
 def test_gives_up_when_the_api_refuses_everything(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
@@ -430,6 +425,7 @@ def test_gives_up_when_the_api_refuses_everything(
     assert journal_of(report).exists(), "the journal is kept for a rerun"
 
 
+@pytest.mark.slow
 def test_deadline_stops_dispatch_and_the_rerun_resumes(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
@@ -457,6 +453,7 @@ def test_deadline_stops_dispatch_and_the_rerun_resumes(
 # -- a closed output pipe ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_changes_neither_the_report_nor_the_exit_code(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:

@@ -341,6 +341,7 @@ def test_in_process_async_with_aiohttp_client() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_run_forever_stops_on_sigterm() -> None:
     code = (
         "from bulklink.sandbox import SandboxConfig, run_forever\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.conftest import invoke, read_report
+from tests.helpers import invoke, read_report
 
 SAMPLES = Path(__file__).parent.parent / "samples"
 

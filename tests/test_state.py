@@ -25,19 +25,24 @@ from typing import Any
 import pytest
 
 from bulklink.sandbox import Reply, Sandbox
-from tests.conftest import FAST_UNPACED as FAST
-from tests.conftest import TOKEN, invoke, pairs_csv, read_report, run_against, write_csv
+from tests.helpers import FAST_UNPACED as FAST
 from tests.helpers import (
     ROOT,
     SIGKILLED,
+    TOKEN,
     assert_rows_once,
     child_env,
     input_pairs,
+    invoke,
     journal_of,
     line_count,
+    pairs_csv,
+    read_report,
+    run_against,
     sent,
     spawn,
     wait_until,
+    write_csv,
 )
 
 HEADER = ["sourceTicketId", "linkedTicketId"]
@@ -332,6 +337,7 @@ def test_runs_lists_recent_runs_newest_first(tmp_path: Path, sandbox: Sandbox) -
     assert "failed 1" in lines[1]
 
 
+@pytest.mark.slow
 def test_the_history_keeps_no_token_and_no_webhook_url(tmp_path: Path, sandbox: Sandbox) -> None:
     src = pairs_csv(tmp_path / "in.csv", 3)
     hook = "http://127.0.0.1:9/hooks/SECRET-PATH-42"  # not called: a good night is silent
@@ -353,6 +359,7 @@ def test_the_history_keeps_no_token_and_no_webhook_url(tmp_path: Path, sandbox: 
 # -- several processes ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_runs_on_different_reports_share_one_store_at_once(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
@@ -380,6 +387,7 @@ def test_two_runs_on_different_reports_share_one_store_at_once(
     assert all(r["exit_code"] == 0 for r in listed)
 
 
+@pytest.mark.slow
 def test_kill9_mid_run_then_the_same_command(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
@@ -586,6 +594,7 @@ def test_exit_0_when_every_row_is_linked_already_linked_or_a_duplicate_of_one(
     assert outcomes == ["already-linked", "linked", "duplicate", "duplicate"]
 
 
+@pytest.mark.slow
 def test_kill9_then_a_changed_input_sends_nothing_the_killed_run_linked(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:

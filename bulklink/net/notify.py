@@ -25,6 +25,7 @@ from bulklink.redaction import Redactor, redact_value
 from bulklink.text import escape_controls, format_duration
 from bulklink.urls import check_url, host_of
 
+#: Seconds each try may take: a library setting, not a CLI flag, read at each send.
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_TRIES = 3
 DEFAULT_BACKOFF = 1.0  # first retry delay; doubles per retry
@@ -192,18 +193,20 @@ async def send_notice(
     url: str,
     body: Mapping[str, Any],
     *,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float | None = None,
     tries: int = DEFAULT_TRIES,
     backoff: float = DEFAULT_BACKOFF,
     allow_http: bool = False,
 ) -> str | None:
     """POST the notice; ``None`` when delivered, else one warning line naming only the host.
 
-    Each try has ``timeout`` seconds; connection failures, timeouts, 408, 429 and 5xx are
-    tried again after ``backoff`` (doubling), up to ``tries`` in all, so the whole takes at
-    most about ``tries * timeout + backoff * (2 ** (tries - 1) - 1)`` seconds. Redirects are
-    not followed: the body would go to a host nobody named.
+    Each try has ``timeout`` seconds (None: :data:`DEFAULT_TIMEOUT`); connection failures,
+    timeouts, 408, 429 and 5xx are tried again after ``backoff`` (doubling), up to ``tries``
+    in all, so the whole takes at most about
+    ``tries * timeout + backoff * (2 ** (tries - 1) - 1)`` seconds. Redirects are not
+    followed: the body would go to a host nobody named.
     """
+    timeout = DEFAULT_TIMEOUT if timeout is None else timeout
     try:
         check_url(url, what="the notice URL", allow_http=allow_http, secret=True)
     except UsageError as exc:
