@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -85,11 +84,6 @@ class Result(NamedTuple):
     linked_at: str = ""
     source: str = ""  # the pair's IDs, for a linked row's journal line
     linked: str = ""
-
-
-def utc_stamp() -> str:
-    """Now in UTC as ``2026-12-01T02:30:00Z``: the form every output uses."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,10 +20,11 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-from bulklink.models import Outcome, Pair, Result, utc_stamp
+from bulklink.models import Outcome, Pair, Result
 from bulklink.net.client import Answer, Verdict
 from bulklink.options import TrafficOptions
 from bulklink.run.pacing import Pacer
+from bulklink.text import utc_stamp
 
 CREDENTIALS_REJECTED = "credentials rejected"
 WRONG_BASE_URL = "the API answers with redirects: check --base-url"
