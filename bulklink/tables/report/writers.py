@@ -107,10 +107,15 @@ class ReportWriter(ABC):
 def _api_cell(value: Any) -> Any:
     """A cell of the API's data in a CSV: text neutralised; a number, a flag or JSON text
     (which starts with ``[`` or ``{``) cannot be a formula."""
+    # Tested in order of how common they are: this runs for every ticket cell of every row.
+    if value is None:
+        return None  # the csv module writes None as empty
+    if isinstance(value, str):
+        return neutralize(value)
     if isinstance(value, bool | dict | list):
         return text_cell(value)
-    if value is None or isinstance(value, int):
-        return value  # the csv module writes None as empty, a number as its digits
+    if isinstance(value, int):
+        return value  # its digits
     return neutralize(text_cell(value))
 
 
