@@ -1,4 +1,4 @@
-"""How bulklink writes times, durations and untrusted text: one spelling for each.
+"""How bulklink writes times, durations, compact JSON and untrusted text: one spelling each.
 
 Every timestamp in every output (summary, store, journal, report, log) is UTC to the
 second with a ``Z``; every duration reads the way the duration options take it; every
@@ -7,8 +7,15 @@ line that reaches a terminal, a log or a notice has its control characters made 
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from datetime import UTC, datetime
+
+#: Compact JSON (no spaces), as the PATCH body and the journal's lines are written: one
+#: encoder made once, since ``json.dumps`` with any option makes a new one each call.
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
+_STAMP = "%Y-%m-%dT%H:%M:%SZ"
 
 # What a terminal acts on instead of showing: C0 controls (newline and tab included: a
 # server's message must not start a line of its own), DEL, C1 (0x9b is a CSI on some
@@ -19,10 +26,11 @@ _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u20
 def utc_stamp(when: datetime | None = None) -> str:
     """``when`` (default now) as ``2026-12-01T02:30:00Z``; a naive datetime is refused,
     since guessing its zone would shift every stamp by hours."""
-    when = datetime.now(UTC) if when is None else when
+    if when is None:  # now, once per row: without making a datetime
+        return time.strftime(_STAMP, time.gmtime())
     if when.tzinfo is None:
         raise ValueError("utc_stamp needs an aware datetime")
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return when.astimezone(UTC).strftime(_STAMP)
 
 
 def parse_stamp(text: str) -> datetime:

@@ -21,7 +21,7 @@ from openpyxl.workbook.workbook import Workbook
 
 from bulklink.models import TICKET_FIELDS
 from bulklink.sandbox import FORMULA_TITLE, Reply, Sandbox, success_body
-from bulklink.tables.report.schema import RunInfo, carried_names
+from bulklink.tables.report.schema import RunInfo, carried_names, neutralize, unneutralize
 from bulklink.tables.report.xlsx import MAX_WIDTH, MIN_WIDTH, write_workbook
 from tests.helpers import (
     CUSTOM_FIELDS,
@@ -440,6 +440,17 @@ def test_formula_title_is_text_in_xlsx_and_neutralised_in_csv(
 
     (csv_row,) = read_report(csv_out)
     assert csv_row["ticket.title"] == "'" + FORMULA_TITLE
+
+
+def test_neutralize_quotes_exactly_what_a_spreadsheet_would_run() -> None:
+    """Its set test may skip the regex only where the regex cannot match."""
+    risky = re.compile(r"'*[=+\-@\t\r]")
+    for first in map(chr, range(0x10000)):
+        for text in (first, first + "1+1", first + "=1"):
+            expected = "'" + text if risky.match(text) else text
+            assert neutralize(text) == expected, repr(text)
+            assert unneutralize(neutralize(text)) == text
+    assert neutralize("") == ""
 
 
 FORMULA_INPUT = [

@@ -25,6 +25,7 @@ import aiohttp
 
 from bulklink.models import VERSION
 from bulklink.net.credentials import Auth
+from bulklink.text import compact_json
 from bulklink.urls import LINK_PATH, check_url
 
 MAX_SERVER_WAIT = 300.0  # seconds; a longer Retry-After is capped so a nightly run still ends
@@ -284,8 +285,7 @@ async def read_capped(resp: aiohttp.ClientResponse) -> bytes | str:
 
 def link_body(source: str, linked: str) -> bytes:
     """The PATCH body: compact JSON (no spaces), as bulklink has always sent it."""
-    body = {"sourceTicketId": source, "linkedTicketId": linked}
-    return json.dumps(body, separators=(",", ":")).encode()
+    return compact_json({"sourceTicketId": source, "linkedTicketId": linked}).encode()
 
 
 class Client:

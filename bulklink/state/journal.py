@@ -35,6 +35,7 @@ from typing import IO, Any
 from bulklink._fs import AtomicFile, open_fixed
 from bulklink.models import Outcome, Result
 from bulklink.state.scope import Scope
+from bulklink.text import compact_json
 
 FORMAT = 3  # 2: the header holds the scope; 3: a CRC-32 ends each line; "t", "s", "l"
 UNREADABLE = "not attempted: its journal line could not be read back"
@@ -300,7 +301,7 @@ def journal_line(result: Result) -> bytes:
         "l": result.linked,
         "e": result.error,
     }
-    head = json.dumps(fields, separators=(",", ":"))[:-1].encode()
+    head = compact_json(fields)[:-1].encode()
     line = head + b',"b":' + body
     return line + b',"k":%d}\n' % zlib.crc32(line)
 

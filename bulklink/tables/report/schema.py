@@ -27,6 +27,7 @@ from bulklink.models import TICKET_FIELDS, Outcome, Summary
 TICKET_COLUMNS: tuple[str, ...] = tuple(f"ticket.{name}" for name in TICKET_FIELDS)
 _DOCUMENTED = frozenset(TICKET_FIELDS)
 _RISKY = re.compile(r"'*[=+\-@\t\r]")
+_RISKY_FIRST = frozenset("'=+-@\t\r")  # what a match of _RISKY can start with
 
 
 class ReportRow(NamedTuple):
@@ -82,8 +83,9 @@ def split_ticket(ticket: dict[str, Any] | None) -> tuple[list[Any], dict[str, An
     if ticket is None:
         return [None] * len(TICKET_FIELDS), None
     cells = [ticket.get(name) for name in TICKET_FIELDS]
-    extras = {k: v for k, v in ticket.items() if k not in _DOCUMENTED}
-    return cells, extras or None
+    if ticket.keys() <= _DOCUMENTED:  # the usual answer: no field but the documented ones
+        return cells, None
+    return cells, {k: v for k, v in ticket.items() if k not in _DOCUMENTED}
 
 
 @dataclass(slots=True)
@@ -109,6 +111,7 @@ class Schema:
         self.carried = carried_names(layout.passthrough)
         self.late: dict[str, None] = {}  # late fields, in the order they first appeared
         self._known = frozenset(self.extra_fields)
+        self._no_extras = [None] * len(self.extra_fields)  # a row without extra fields
         extra = [f"ticket.{name}" for name in self.extra_fields]
         self._leading = [*RESULT_COLUMNS, *TICKET_COLUMNS, *extra]
         #: Where the late fields' columns go: after the ticket columns known up front.
@@ -127,9 +130,10 @@ class Schema:
         carried: Sequence[Any],
     ) -> tuple[list[Any], dict[str, Any] | None]:
         """A row's cells for the columns known up front, and its late fields (or None)."""
-        known = extras or {}
-        cells = [*head, *ticket, *(known.get(name) for name in self.extra_fields), *carried]
-        late = {k: v for k, v in known.items() if k not in self._known} or None
+        if not extras:  # the usual row: its cells only
+            return [*head, *ticket, *self._no_extras, *carried], None
+        cells = [*head, *ticket, *(extras.get(name) for name in self.extra_fields), *carried]
+        late = {k: v for k, v in extras.items() if k not in self._known} or None
         if late is not None:
             self.late.update(dict.fromkeys(late))
         return cells, late
@@ -194,7 +198,8 @@ def text_cell(value: Any) -> str:
 def neutralize(text: str) -> str:
     """Prefix a quote to text a spreadsheet would run as a formula (``= + - @``, a tab or
     a carriage return first, as OWASP advises); bijective, so a report reads back exactly."""
-    return "'" + text if _RISKY.match(text) else text
+    # The set test first: it spares the regex for nearly every cell of every row.
+    return "'" + text if text[:1] in _RISKY_FIRST and _RISKY.match(text) else text
 
 
 def unneutralize(text: str) -> str:
