@@ -13,7 +13,9 @@ from datetime import UTC, datetime
 # What a terminal acts on instead of showing: C0 controls (newline and tab included: a
 # server's message must not start a line of its own), DEL, C1 (0x9b is a CSI on some
 # terminals), and the bidi overrides and isolates that reorder what is shown.
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+# Lone surrogates too: a file name's bytes that are not UTF-8 (``caf\xe9.csv``) reach
+# us as U+DC80-U+DCFF (surrogateescape), which no UTF-8 stream or JSON encoder can write.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff]")
 
 
 def utc_stamp(when: datetime | None = None) -> str:
@@ -50,6 +52,8 @@ def format_duration(seconds: float) -> str:
 
 def _visible(match: re.Match[str]) -> str:
     code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # a byte of a name that is not UTF-8: shown as that byte
+        code -= 0xDC00
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 

@@ -508,6 +508,9 @@ async def _feed(
     budget = [None if job.limit is None else max(0, job.limit - journal.resumed)]
     while (chunk := await stream.get()) is not None:
         assembler.add_chunk(chunk)
+        if chunk.input_changed:  # what is left may not be what was validated: stop
+            runner.stop(f"the input changed while the run read it: {job.plan.table.name}")
+            return
         async for batch in _batches(chunk, codes, journal, budget):
             yield batch
         if budget[0] is not None and budget[0] <= 0:

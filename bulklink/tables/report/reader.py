@@ -14,7 +14,7 @@ from bulklink.errors import InputError
 from bulklink.models import ErrorTally, Outcome, Summary
 from bulklink.options import ReadOptions
 from bulklink.tables.ids import LOST_DIGITS_LINKED, LOST_DIGITS_SOURCE, invalid_text
-from bulklink.tables.inputs import Chunk, Table
+from bulklink.tables.inputs import Chunk, Snapshot, Table
 from bulklink.tables.report.schema import (
     TICKET_COLUMNS,
     Layout,
@@ -27,11 +27,12 @@ _OUTCOMES = frozenset(o.value for o in Outcome)
 REQUIRED = ("row", "sourceTicketId", "linkedTicketId", "success", "outcome", "attempts")
 
 
-def open_report(path: Path) -> tuple[Table, Layout]:
+def open_report(source: Path | Snapshot) -> tuple[Table, Layout]:
     """A report written by ``run`` as a table, with its result columns told apart."""
     table = Table(
-        path, ReadOptions(source_col="sourceTicketId", linked_col="linkedTicketId"), report=True
+        source, ReadOptions(source_col="sourceTicketId", linked_col="linkedTicketId"), report=True
     )
+    path = table.name
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise InputError(f"{path} is not a bulklink report: no column {', '.join(missing)}")
@@ -47,7 +48,7 @@ def open_report(path: Path) -> tuple[Table, Layout]:
     return table, layout
 
 
-def _refuse_lost_digits(path: Path, table: Table) -> None:
+def _refuse_lost_digits(path: str, table: Table) -> None:
     """An ID cell that became a number Excel cut short (someone saved the report from
     Excel) is refused with the words ``run`` gives such a row: every row of the report
     is rewritten by ``retry``, and no digits are made up for it."""
