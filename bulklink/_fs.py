@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bulklink.errors import UsageError
+from bulklink.errors import SameFileError, UsageError
 
 _SAFE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a planted FIFO never hangs us
 _KINDS = ("tmp", "merge", "stdin.csv", "input")
@@ -83,9 +83,10 @@ def refuse_same_files(files: Sequence[tuple[str, Path | None, bool]]) -> None:
         for key in _names_of(path, follows):
             other = seen.setdefault(key, role)
             if other != role:
-                raise UsageError(
+                raise SameFileError(
                     f"{role} {path} is the same file as {other}; bulklink would destroy "
-                    f"one with the other: choose another path for {role}"
+                    f"one with the other: choose another path for {role}",
+                    (other, role),
                 )
 
 

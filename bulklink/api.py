@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bulklink._fs import refuse_same_files
 from bulklink.console import Console
-from bulklink.errors import BulklinkError, LockedError, UsageError
+from bulklink.errors import BulklinkError, LockedError, SameFileError, UsageError
 from bulklink.models import Pair, Summary
 from bulklink.net.connection import Connection, chosen_base_url, connect
 from bulklink.net.credentials import chosen_org_id, preflight, resolve_auth
@@ -264,17 +264,12 @@ def _prepare(report: Path, command: str, options: RetryOptions, input: Path | No
     connection = connect(options)
     output = output_for(report, options, allow_http=connection.allow_http)
     store = store_path(options, sandbox=connection.sandbox)
-    refuse_same_files(
-        [
-            ("the input", input, True),
-            ("the report", report, False),  # written by renames, as the next two
-            ("--summary-json", output.summary_json, False),
-            ("--metrics-file", output.metrics_file, False),
-            ("--log-file", console.log_path, True),
-            ("the state store", store, True),
-            ("the journal", journal_path(report), True),
-        ]
-    )
+    try:
+        _refuse_same_files(input, report, output, console, store)
+    except SameFileError as exc:
+        if "--log-file" in exc.roles:  # not a word more into the file it would destroy
+            console.forget_log()
+        raise
     # The webhook URL is a secret too: aiohttp's messages may quote it.
     console.redact = connection.auth.redact | Redactor(urls=[output.notify_url])
     for warning in connection.auth.warnings:  # shown even with -q, as ssh does
@@ -287,6 +282,24 @@ def _prepare(report: Path, command: str, options: RetryOptions, input: Path | No
         console=console,
         command=command,
         command_line=connection.auth.redact(command_line(command)),
+    )
+
+
+def _refuse_same_files(
+    input: Path | None, report: Path, output: Output, console: Console, store: Path | None
+) -> None:
+    """Every file the run reads or writes, by how it is written (``False``: by a rename,
+    which replaces a symbolic link at the name rather than write through it)."""
+    refuse_same_files(
+        [
+            ("the input", input, True),
+            ("the report", report, False),
+            ("--summary-json", output.summary_json, False),
+            ("--metrics-file", output.metrics_file, False),
+            ("--log-file", console.log_path, True),
+            ("the state store", store, True),
+            ("the journal", journal_path(report), True),
+        ]
     )
 
 

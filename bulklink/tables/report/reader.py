@@ -24,7 +24,10 @@ from bulklink.tables.report.schema import (
 )
 
 _OUTCOMES = frozenset(o.value for o in Outcome)
-REQUIRED = ("row", "sourceTicketId", "linkedTicketId", "success", "outcome", "attempts")
+#: The columns ``retry`` cannot do without; the others of ours (``http_status``,
+#: ``error``, ``attempts``, ``linked_at``, ``ticket.*``), when someone deleted them, are
+#: rebuilt: empty on the rows kept, filled on the rows sent again.
+REQUIRED = ("row", "sourceTicketId", "linkedTicketId", "success", "outcome")
 
 
 def open_report(source: Path | Snapshot) -> tuple[Table, Layout]:
@@ -141,9 +144,9 @@ class RowReader:
             linked,
             self.success(at),
             Outcome(self.outcome(at)),
-            _number(self.cols["http_status"][at]),
+            _number(self.text("http_status", at)),
             self.error(at),
-            _number(self.cols["attempts"][at]),
+            _number(self.text("attempts", at)),
             self.text("linked_at", at),
         )
 
@@ -154,8 +157,10 @@ class RowReader:
         return "" if value is None else str(value)
 
     def cell(self, name: str, at: int) -> Any:
-        """An API cell: empty is nothing; a CSV's formula escape undone."""
-        value = self.cols[name][at]
+        """An API cell: empty (or its column deleted) is nothing; a CSV's formula escape
+        undone."""
+        column = self.cols.get(name)
+        value = column[at] if column is not None else None
         if isinstance(value, str):
             if not value:
                 return None
