@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 
 from bulklink import console as console_module
 from bulklink.console import Console
@@ -88,13 +89,21 @@ def change_in_pass(
     monkeypatch.setattr(Table, "chunks", chunks)
 
 
+def changed_run(
+    monkeypatch: pytest.MonkeyPatch, server: Sandbox, folder: Path, how: str, at: int
+) -> tuple[Path, Result]:
+    """A run of :data:`PAIRS` whose input changes ``how`` after ``at`` chunks were read."""
+    src = pairs_csv(folder / "in.csv", len(PAIRS))
+    change_in_pass(monkeypatch, src, CHANGES[how], at)
+    return src, run(server, src, "--concurrency", "1")
+
+
 @pytest.mark.parametrize("how", sorted(CHANGES))
 def test_a_file_changed_before_sending_is_refused_and_nothing_sent(
     monkeypatch: pytest.MonkeyPatch, sandbox: Sandbox, tmp_path: Path, how: str
 ) -> None:
-    src = pairs_csv(tmp_path / "in.csv", len(PAIRS))
-    change_in_pass(monkeypatch, src, CHANGES[how], at=3)  # the last chunk validated
-    line = one_line_usage_error(run(sandbox, src))
+    src, result = changed_run(monkeypatch, sandbox, tmp_path, how, at=3)  # all validated
+    line = one_line_usage_error(result)
     assert line == f"bulklink: error: input is still changing (being written?): {src}"
     assert sandbox.requests == []
     assert "in.results.csv" not in files_in(tmp_path)
@@ -104,9 +113,7 @@ def test_a_file_changed_before_sending_is_refused_and_nothing_sent(
 def test_a_file_changed_after_sending_began_stops_the_run_with_every_row_accounted(
     monkeypatch: pytest.MonkeyPatch, sandbox: Sandbox, tmp_path: Path, how: str
 ) -> None:
-    src = pairs_csv(tmp_path / "in.csv", len(PAIRS))
-    change_in_pass(monkeypatch, src, CHANGES[how], at=4)  # the first chunk sent
-    result = run(sandbox, src, "--concurrency", "1")
+    src, result = changed_run(monkeypatch, sandbox, tmp_path, how, at=4)  # 1 chunk sent
     assert result.exit_code == 1, result.stderr
     assert f"stopped: the input changed while the run read it: {src}" in result.stderr
     assert sent_checked(sandbox) == PAIRS[:2]  # validated pairs of the snapshot only

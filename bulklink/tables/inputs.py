@@ -323,7 +323,8 @@ class Table:
             text, self._skip = text[sep.end() :], 1
             self.delimiter = self.options.delimiter or sep.group(1)
         elif self.options.delimiter is None and self.kind == "csv":
-            self.delimiter = _sniff_delimiter(text)
+            # The header whole, and what else the first 64 KiB hold (never a row's huge cell).
+            self.delimiter = _sniff_delimiter(text[: max(_HEAD, text.find("\n") + 1)])
         try:
             rows = csv.reader(io.StringIO(text, newline=None), delimiter=self.delimiter)
             header = [h.strip() for h in next((row for row in rows if row), [])]
