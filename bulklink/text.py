@@ -64,6 +64,16 @@ def escape_controls(text: str) -> str:
     return _CONTROLS.sub(_visible, text)
 
 
+_NAME_BYTES = re.compile("[\udc80-\udcff]")
+
+
+def escape_name_bytes(text: str) -> str:
+    """Only the bytes of a name that are not UTF-8 (``caf\\xe9.csv`` as surrogateescape
+    gives it) made visible as ``\\xe9``: for text that must be UTF-8 but keeps its other
+    characters (a notice's summary)."""
+    return _NAME_BYTES.sub(_visible, text)
+
+
 def has_controls(text: str) -> bool:
     """Whether ``text`` holds a character :func:`escape_controls` would escape."""
     return _CONTROLS.search(text) is not None

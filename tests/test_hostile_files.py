@@ -24,6 +24,7 @@ from tests.helpers import (
     FAST_UNPACED,
     HEAD,
     ROOT,
+    Receiver,
     child_env,
     files_in,
     ids,
@@ -345,7 +346,9 @@ def test_retry_refuses_a_summary_that_is_its_report_and_a_journal_as_the_store(
 # -- names that are not UTF-8 -------------------------------------------------------------------
 
 
-def test_names_that_are_not_utf8_work_everywhere(sandbox: Sandbox, tmp_path: Path) -> None:
+def test_names_that_are_not_utf8_work_everywhere(
+    sandbox: Sandbox, receiver: Receiver, tmp_path: Path
+) -> None:
     """Bytes paths, as an old Samba share gives them: the store's history names the same
     file, and everything that must be text shows the byte escaped."""
     root = os.fsencode(tmp_path)
@@ -357,6 +360,7 @@ def test_names_that_are_not_utf8_work_everywhere(sandbox: Sandbox, tmp_path: Pat
         b"run", src, b"-o", folder + b"/r\xe9.xlsx", b"--state", root + b"/st\xe9.db",
         b"--summary-json", folder + b"/s\xe9.json", b"--metrics-file", root + b"/m\xe9.prom",
         b"--log-file", root + b"/l\xe9.log", b"--job", b"j\xe9", b"--rate", b"0",
+        b"--notify", receiver.url.encode(), b"--notify-on", b"always",
     ]  # fmt: skip
     env = child_env(sandbox)
     done = subprocess.run(
@@ -370,6 +374,9 @@ def test_names_that_are_not_utf8_work_everywhere(sandbox: Sandbox, tmp_path: Pat
     log.decode("utf-8")  # valid UTF-8
     metrics = Path(os.fsdecode(root + b"/m\xe9.prom")).read_text(encoding="utf-8")
     assert 'job="j\\\\xe9"' in metrics
+    (notice,) = receiver.bodies
+    assert "j\\xe9" in notice["text"]  # shown escaped to people ...
+    assert notice["summary"]["report"] == f"{tmp_path}/d\\xe9/r\\xe9.xlsx"  # ... to tools
     rows = read_any(Path(os.fsdecode(folder + b"/r\xe9.xlsx")))[1]
     assert [r["outcome"] for r in rows] == ["linked"] * 3
     runs = subprocess.run(

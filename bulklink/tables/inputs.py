@@ -221,11 +221,13 @@ class Snapshot:
         return info
 
     def _copy_stream(self, src: IO[bytes], out: IO[bytes]) -> int:
-        """Everything ``src`` holds into the copy; a failed write is a disk error."""
+        """Everything ``src`` holds into the copy; a failed write is a disk error. A
+        stream's bytes are copied as they come (``read1``), not once a block is full."""
+        read = getattr(src, "read1", src.read)
         total = 0
         while True:
             try:
-                block = src.read(1 << 20)
+                block = read(1 << 20)
             except OSError as exc:
                 raise InputError(f"cannot read {self.name}: {exc.strerror or exc}") from None
             if not block:
