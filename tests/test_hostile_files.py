@@ -416,6 +416,9 @@ def test_retry_rebuilds_the_columns_it_owns_when_they_were_deleted(
     gone = {"http_status", "attempts", "error", "linked_at", "ticket.title", "ticket.status"}
     keep = [c for c in header if c not in gone]
     _rewrite_report(out, keep, [{c: r[c] for c in keep} for r in rows])
+    counted = invoke("report", out)
+    assert counted.exit_code == 1, counted.output
+    assert "linked 2, failed 1, invalid 1, duplicate 1" in counted.stdout
     result = run_against(server, "retry", out, *FAST_UNPACED)
     assert result.exit_code == 1, result.stderr  # the invalid row stays unsuccessful
     header, rows = read_any(out)
