@@ -9,6 +9,8 @@ a run by the cron user (often root) would then write through it into any file. S
 - temporary files get unpredictable names, created with ``O_EXCL``
   (``.<name>.<12 hex digits>.bulklink-<kind>``), and are renamed into place: ``rename``
   replaces whatever sits at the destination, a link included, and never writes through it;
+- every side-file name is derived by :func:`fit_name`, so it fits in a file name however
+  long the report's name is;
 - :func:`sweep` removes the temporary files a killed run left behind, once the next run
   holds the report's lock, so they do not pile up.
 """

@@ -4,6 +4,7 @@ report tells the truth (issue 18)."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import subprocess
@@ -68,7 +69,17 @@ def _grow(path: Path) -> None:
         fh.write("X1,Y1\nX2,Y2\n")
 
 
-CHANGES = {"rewritten": _rewrite, "truncated": _truncate, "renamed": _replace, "grown": _grow}
+def _remove(path: Path) -> None:
+    path.unlink()
+
+
+CHANGES = {
+    "rewritten": _rewrite,
+    "truncated": _truncate,
+    "renamed": _replace,
+    "grown": _grow,
+    "removed": _remove,
+}
 
 
 def change_in_pass(
@@ -141,6 +152,22 @@ def test_a_file_still_being_written_while_copied_is_refused(
     assert "input is still changing (being written?)" in line
     assert sandbox.requests == []
     assert files_in(tmp_path) == ["in.csv"]  # no report, no snapshot left
+
+
+def test_a_full_disk_while_taking_the_snapshot_is_exit_74_and_leaves_no_copy(
+    monkeypatch: pytest.MonkeyPatch, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    def full(self: Snapshot, source: io.BufferedReader, out: io.BufferedWriter) -> int:
+        out.write(b"part of it")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Snapshot, "_copy_stream", full)
+    src = pairs_csv(tmp_path / "in.csv", 4)
+    result = run(sandbox, src)
+    assert result.exit_code == 74, result.stderr
+    assert "No space left on device" in result.stderr and "Traceback" not in result.output
+    assert sandbox.requests == []
+    assert files_in(tmp_path) == ["in.csv"]
 
 
 def test_a_report_changed_while_retry_validates_it_is_refused(

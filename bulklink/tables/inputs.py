@@ -176,8 +176,10 @@ class Snapshot:
         try:
             with os.fdopen(fd, "wb") as out:
                 size = self._copy(out)
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            if isinstance(exc, OSError):  # the copy's own writes: a full disk
+                raise DiskError(exc, self.path) from exc
             raise
         if size == 0:
             self.close()
@@ -221,8 +223,8 @@ class Snapshot:
         return info
 
     def _copy_stream(self, src: IO[bytes], out: IO[bytes]) -> int:
-        """Everything ``src`` holds into the copy; a failed write is a disk error. A
-        stream's bytes are copied as they come (``read1``), not once a block is full."""
+        """Everything ``src`` holds into the copy. A stream's bytes are copied as they
+        come (``read1``), not once a block is full."""
         read = getattr(src, "read1", src.read)
         total = 0
         while True:
@@ -232,10 +234,7 @@ class Snapshot:
                 raise InputError(f"cannot read {self.name}: {exc.strerror or exc}") from None
             if not block:
                 return total
-            try:
-                out.write(block)
-            except OSError as exc:
-                raise DiskError(exc, self.path) from exc
+            out.write(block)
             total += len(block)
 
     def _current(self) -> _Identity | None:
