@@ -181,10 +181,10 @@ class Snapshot:
             if isinstance(exc, OSError):  # the copy's own writes: a full disk
                 raise DiskError(exc, self.path) from exc
             raise
-        if size == 0:
+        if size == 0:  # a stream (a regular file of 0 bytes was refused before)
             self.close()
-            what = "standard input is empty" if self.origin is None else "input is empty"
-            raise InputError(what if self.origin is None else f"{what}: {self.name}")
+            empty = f"input is empty: {self.name}" if self.origin else "standard input is empty"
+            raise InputError(empty)
 
     def _copy(self, out: IO[bytes]) -> int:
         if self.origin is None:
@@ -202,10 +202,10 @@ class Snapshot:
             self.stream = False
             self._seen = _identity(os.fstat(fd))
             copied = self._copy_stream(src, out)
-            still = (_identity(os.fstat(fd)), self._current())
-            if self._seen != _identity(info) or still != (self._seen, self._seen):
-                raise InputError(f"{STILL_CHANGING}: {self.name}")
-            if copied != self._seen[2]:
+            # The same file, of the same size and mtime, from before we opened it to after
+            # the copy; and the copy holds as many bytes as it had.
+            seen = {_identity(info), _identity(os.fstat(fd)), self._current(), self._seen}
+            if len(seen) > 1 or copied != self._seen[2]:
                 raise InputError(f"{STILL_CHANGING}: {self.name}")
             return copied
 
