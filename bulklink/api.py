@@ -60,7 +60,7 @@ from bulklink.tables.inputs import (
     Table,
     scan,
 )
-from bulklink.tables.report.reader import kept_rows, open_report
+from bulklink.tables.report.reader import carried_columns, kept_rows, open_report
 from bulklink.tables.report.schema import Layout
 from bulklink.text import utc_stamp
 
@@ -122,6 +122,7 @@ def retry_job(report: str | Path, output: str | Path | None, options: RetryOptio
             table, layout = open_report(snapshot)
             recover_links(target, prepared.connection, ledger)
             plan = scan(table, keep=kept_rows, linked_times=ledger.lookup)
+            layout.passthrough = carried_columns(table)
             return _execute(plan, layout, prepared, ledger, "retry", os.fsdecode(report))
 
     # The report read is locked too: another run writing it, or another retry of it

@@ -257,6 +257,22 @@ def test_empty_trailing_columns_are_dropped_and_filled_ones_kept(
     assert "column4" not in rows[0] and "column7" not in rows[0]
 
 
+def test_retry_drops_empty_trailing_columns_a_spreadsheet_added_to_the_report(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    server = start_sandbox(script={"T00002": [Reply(status=503)]})
+    src = pairs_csv(tmp_path / "in.csv", 3)
+    assert run(server, src, "--max-retries", "0").exit_code == 1
+    report = tmp_path / "in.results.csv"
+    lines = report.read_text().splitlines()
+    report.write_text("".join(f"{line},,\n" for line in lines))  # saved with two more
+    result = run_against(server, "retry", report, *FAST_UNPACED)
+    assert result.exit_code == 0, result.stderr
+    header, rows = read_any(report)
+    assert header == lines[0].split(",")
+    assert [r["outcome"] for r in rows] == ["linked"] * 3
+
+
 def test_an_id_over_256_characters_is_invalid_and_never_sent(
     start_sandbox: Callable[..., Sandbox], tmp_path: Path
 ) -> None:

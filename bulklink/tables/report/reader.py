@@ -46,9 +46,14 @@ def open_report(source: Path | Snapshot) -> tuple[Table, Layout]:
         for c in table.columns
         if c.startswith("ticket.") and c not in TICKET_COLUMNS
     ]
-    passthrough = [c for c in table.other_cols if not is_ours(c)]
-    layout = Layout(passthrough, extra, retry=True, escaped=table.kind == "csv")
+    layout = Layout(carried_columns(table), extra, retry=True, escaped=table.kind == "csv")
     return table, layout
+
+
+def carried_columns(table: Table) -> list[str]:
+    """The report's columns that are the input's, not ours; once the table was read
+    through, without the empty unnamed ones it dropped."""
+    return [c for c in table.other_cols if not is_ours(c)]
 
 
 def _refuse_lost_digits(path: str, table: Table) -> None:
