@@ -364,16 +364,12 @@ class Table:
     def _cut_head(self, head: bytes) -> bytes:
         """The first 64 KiB, or more: up to the end of the third line (Excel's ``sep=``
         line, the header, a row to sniff the delimiter from), so no header is cut."""
-        end = -1
-        for _ in range(3):
-            end = head.find(b"\n", end + 1)
-            if end < 0:
-                if len(head) >= _HEADER_MAX:
-                    raise InputError(
-                        f"{self.name}: the header row is longer than {_HEADER_MAX >> 20} MiB"
-                    )
-                return head
-        return head[: max(_HEAD, end + 1)]
+        ends: list[int] = []
+        while len(ends) < 3 and (at := head.find(b"\n", ends[-1] if ends else 0)) >= 0:
+            ends.append(at + 1)
+        if not ends and len(head) >= _HEADER_MAX:
+            raise InputError(f"{self.name}: the header row is longer than {_HEADER_MAX >> 20} MiB")
+        return head[: max(_HEAD, ends[-1])] if ends else head
 
     def _head_text(self, head: bytes) -> str:
         """The start of the file as text, refusing what is no text at all."""
