@@ -240,6 +240,14 @@ def test_a_header_over_64_kib_is_read_whole(sandbox: Sandbox, tmp_path: Path) ->
     assert [r["column_name_005999"] for r in rows] == ["x"] * 3
 
 
+def test_a_header_row_over_16_mib_is_refused_in_one_line(sandbox: Sandbox, tmp_path: Path) -> None:
+    src = tmp_path / "in.csv"
+    src.write_text("sourceTicketId,linkedTicketId," + "x" * (16 << 20))
+    line = one_line_usage_error(run(sandbox, src))
+    assert line == f"bulklink: error: {src}: the header row is longer than 16 MiB"
+    assert sandbox.requests == []
+
+
 def test_empty_trailing_columns_are_dropped_and_filled_ones_kept(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
