@@ -55,7 +55,7 @@ def _rewrite(path: Path) -> None:
 
 
 def _truncate(path: Path) -> None:
-    with path.open("r+") as fh:
+    with path.open("rb+") as fh:
         fh.truncate(len(fh.readline()) + 16)
 
 
