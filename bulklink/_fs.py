@@ -9,6 +9,8 @@ a run by the cron user (often root) would then write through it into any file. S
 - temporary files get unpredictable names, created with ``O_EXCL``
   (``.<name>.<12 hex digits>.bulklink-<kind>``), and are renamed into place: ``rename``
   replaces whatever sits at the destination, a link included, and never writes through it;
+- every side-file name is derived by :func:`fit_name`, so it fits in a file name however
+  long the report's name is;
 - :func:`sweep` removes the temporary files a killed run left behind, once the next run
   holds the report's lock, so they do not pile up.
 """
@@ -16,17 +18,78 @@ a run by the cron user (often root) would then write through it into any file. S
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import secrets
 import stat
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from bulklink.errors import UsageError
+from bulklink.errors import SameFileError, UsageError
 
 _SAFE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a planted FIFO never hangs us
-_KINDS = ("tmp", "merge", "stdin.csv")
+_KINDS = ("tmp", "merge", "stdin.csv", "input")
+NAME_MAX = 255  # bytes in one file name, on every file system bulklink runs on
+#: What a temporary name adds to the name it is made from: ``.``, ``.<12 hex>.bulklink-``
+#: and the longest kind.
+_TEMP_ROOM = 1 + 1 + 12 + len(".bulklink-") + max(map(len, _KINDS))
+
+
+def fit_name(name: str, room: int = 0) -> str:
+    """``name`` itself when ``room`` more bytes still fit in a file name; else its start
+    and a hash of the whole, so that any name bulklink is given yields side-file names
+    (journal, lock, temporary files) the file system accepts, each distinct."""
+    raw = os.fsencode(name)
+    if len(raw) + room <= NAME_MAX:
+        return name
+    head = raw[: max(0, NAME_MAX - room - 13)]
+    while head and head[-1] & 0xC0 == 0x80:  # never cut a UTF-8 character in two
+        head = head[:-1]
+    if head and head[-1] >= 0xC0:
+        head = head[:-1]
+    return os.fsdecode(head) + "~" + hashlib.sha256(raw).hexdigest()[:12]
+
+
+def side_path(target: Path, suffix: str) -> Path:
+    """A fixed side file of ``target`` (``<report>.journal``, ``<report>.lock``)."""
+    return target.with_name(fit_name(target.name, len(os.fsencode(suffix))) + suffix)
+
+
+def _names_of(path: Path, follows: bool) -> set[tuple[object, ...]]:
+    """What names one file however it is spelled: the name with its folders' links
+    resolved, and the file's inode (a hard link is the same file). A file written by a
+    rename (``follows`` false) replaces a symbolic link at its name, never the file it
+    points to; one read or written in place follows it."""
+    names: set[tuple[object, ...]] = {("path", str(path.parent.resolve() / path.name))}
+    try:
+        info = path.stat() if follows else path.lstat()
+    except OSError:
+        info = None
+    if follows:
+        names.add(("path", str(path.resolve())))
+    if info is not None and stat.S_ISREG(info.st_mode):
+        names.add(("inode", info.st_dev, info.st_ino))
+    return names
+
+
+def refuse_same_files(files: Sequence[tuple[str, Path | None, bool]]) -> None:
+    """Refuse two roles (``the input``, ``--summary-json``...) given the same file, as
+    ``(role, path, follows)``: one would destroy the other (a log appended to the input
+    is read as pairs the next night). The one check of it, before anything is written."""
+    seen: dict[tuple[object, ...], str] = {}
+    for role, path, follows in files:
+        if path is None:
+            continue
+        for key in _names_of(path, follows):
+            other = seen.setdefault(key, role)
+            if other != role:
+                raise SameFileError(
+                    f"{role} {path} is the same file as {other}; bulklink would destroy "
+                    f"one with the other: choose another path for {role}",
+                    (other, role),
+                )
 
 
 def open_fixed(path: Path, flags: int, what: str, mode: int = 0o600) -> int | None:
@@ -68,8 +131,9 @@ def create_temp(beside: Path, kind: str, mode: int = 0o666, flags: int = 0) -> t
     """A new file ``.<name>.<random>.bulklink-<kind>`` in ``beside``'s folder, opened for
     reading and writing; ``mode`` is filtered by the umask as for any new file."""
     assert kind in _KINDS, kind  # sweep() must know every kind
+    base = fit_name(beside.name, _TEMP_ROOM)
     for _ in range(100):
-        tmp = beside.with_name(f".{beside.name}.{secrets.token_hex(6)}.bulklink-{kind}")
+        tmp = beside.with_name(f".{base}.{secrets.token_hex(6)}.bulklink-{kind}")
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _SAFE | flags, mode)
         except FileExistsError:
@@ -133,10 +197,11 @@ def write_atomically(target: Path, content: bytes, mode: int, *, exact_mode: boo
 def leftover_pattern(report: Path) -> re.Pattern[str]:
     """Names of the temporary files a run on ``report`` creates (its journal's included),
     and the fixed temporary name older versions used."""
-    name = re.escape(report.name)
+    journal = side_path(report, ".journal").name
+    bases = "|".join(re.escape(fit_name(n, _TEMP_ROOM)) for n in (report.name, journal))
     kinds = "|".join(re.escape(k) for k in _KINDS)
-    ours = rf"\.{name}(?:\.journal)?\.[0-9a-f]{{12}}\.bulklink-(?:{kinds})"
-    return re.compile(rf"{ours}|\.{name}\.bulklink-tmp")
+    ours = rf"\.(?:{bases})\.[0-9a-f]{{12}}\.bulklink-(?:{kinds})"
+    return re.compile(rf"{ours}|\.{re.escape(report.name)}\.bulklink-tmp")
 
 
 def sweep(report: Path, before: float) -> int:

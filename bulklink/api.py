@@ -14,16 +14,15 @@ import contextlib
 import dataclasses
 import os
 import shlex
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bulklink._fs import create_temp
+from bulklink._fs import refuse_same_files
 from bulklink.console import Console
-from bulklink.errors import BulklinkError, DiskError, InputError, LockedError, UsageError
+from bulklink.errors import BulklinkError, LockedError, SameFileError, UsageError
 from bulklink.models import Pair, Summary
 from bulklink.net.connection import Connection, chosen_base_url, connect
 from bulklink.net.credentials import chosen_org_id, preflight, resolve_auth
@@ -45,13 +44,23 @@ from bulklink.run.job import (
     signals_raise,
 )
 from bulklink.run.publish import Output, output_for, publish
+from bulklink.state.journal import journal_path
 from bulklink.state.ledger import Ledger
 from bulklink.state.lock import hold
 from bulklink.state.scope import Scope
 from bulklink.state.store import RunRecord, Store, store_path
 from bulklink.stream import endpoint
-from bulklink.tables.inputs import ALREADY, DUPLICATE, INVALID_REASONS, SEND, Plan, Table, scan
-from bulklink.tables.report.reader import kept_rows, open_report
+from bulklink.tables.inputs import (
+    ALREADY,
+    DUPLICATE,
+    INVALID_REASONS,
+    SEND,
+    Plan,
+    Snapshot,
+    Table,
+    scan,
+)
+from bulklink.tables.report.reader import carried_columns, kept_rows, open_report
 from bulklink.tables.report.schema import Layout
 from bulklink.text import utc_stamp
 
@@ -68,27 +77,6 @@ class DryRun:
     url: str = ""
 
 
-def _spool_stdin(beside: Path) -> Path:
-    """Standard input saved to a new file beside ``beside``: read twice (validation, then
-    the run), and a crashed run can be resumed by feeding the same content again (same
-    hash). The name is unpredictable and created with ``O_EXCL``, so never a planted link.
-    A signal, Ctrl-C or a full disk leaves no copy of the input behind."""
-    fd, spool = create_temp(beside, "stdin.csv", 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            shutil.copyfileobj(sys.stdin.buffer, fh)
-            empty = fh.tell() == 0
-    except BaseException as exc:
-        spool.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise DiskError(exc, spool) from exc
-        raise
-    if empty:
-        spool.unlink()
-        raise InputError("standard input is empty")
-    return spool
-
-
 @file_entry(JobOptions)
 def run_job(input: str | Path, output: str | Path | None, options: JobOptions) -> Summary:
     """Link every pair in ``input`` and write the report; what ``bulklink run`` does.
@@ -103,19 +91,16 @@ def run_job(input: str | Path, output: str | Path | None, options: JobOptions) -
     if stdin and output is None:
         raise UsageError("reading from standard input ('-') needs -o/--output")
     report = resolve_report(None if stdin else Path(input), Path(output) if output else None)
-    prepared = _prepare(report, f"bulklink run {input}", options)
+    given = None if stdin else Path(input)
+    prepared = _prepare(report, f"bulklink run {os.fsdecode(input)}", options, given)
 
     def work(ledger: Ledger) -> Summary:
-        spool = _spool_stdin(report) if stdin else None
-        try:
-            table = Table(spool or Path(input), options)
+        with Snapshot(input, beside=report) as snapshot:
+            table = Table(snapshot, options)
             recover_links(report, prepared.connection, ledger)
             plan = scan(table, linked_times=ledger.lookup)
             layout = Layout(passthrough=list(table.other_cols))
-            return _execute(plan, layout, prepared, ledger, "run", str(input))
-        finally:
-            if spool is not None:
-                spool.unlink(missing_ok=True)
+            return _execute(plan, layout, prepared, ledger, "run", os.fsdecode(input))
 
     return _published(prepared, [report], work)
 
@@ -128,17 +113,20 @@ def retry_job(report: str | Path, output: str | Path | None, options: RetryOptio
     """
     source = Path(report)
     target = resolve_report(None, Path(output) if output is not None else source)
-    prepared = _prepare(target, f"bulklink retry {report}", options)
+    same = source.resolve() == target.resolve()
+    command = f"bulklink retry {os.fsdecode(report)}"
+    prepared = _prepare(target, command, options, None if same else source)
 
     def work(ledger: Ledger) -> Summary:
-        table, layout = open_report(source)
-        recover_links(target, prepared.connection, ledger)
-        plan = scan(table, keep=kept_rows, linked_times=ledger.lookup)
-        return _execute(plan, layout, prepared, ledger, "retry", str(report))
+        with Snapshot(source, beside=target) as snapshot:
+            table, layout = open_report(snapshot)
+            recover_links(target, prepared.connection, ledger)
+            plan = scan(table, keep=kept_rows, linked_times=ledger.lookup)
+            layout.passthrough = carried_columns(table)
+            return _execute(plan, layout, prepared, ledger, "retry", os.fsdecode(report))
 
     # The report read is locked too: another run writing it, or another retry of it
     # (even to a different -o), would send the same rows twice.
-    same = source.resolve() == target.resolve()
     return _published(prepared, [target] if same else [source, target], work)
 
 
@@ -270,11 +258,19 @@ class _Prepared:
     command_line: str  # for the run history: credentials and the webhook removed
 
 
-def _prepare(report: Path, command: str, options: RetryOptions) -> _Prepared:
-    """The one place ``run`` and ``retry`` resolve their options."""
+def _prepare(report: Path, command: str, options: RetryOptions, input: Path | None) -> _Prepared:
+    """The one place ``run`` and ``retry`` resolve their options; no two of the files a
+    run reads and writes may be one file (checked before anything is written)."""
     console = options.console or Console.silent()
     connection = connect(options)
     output = output_for(report, options, allow_http=connection.allow_http)
+    store = store_path(options, sandbox=connection.sandbox)
+    try:
+        _refuse_same_files(input, report, output, console, store)
+    except SameFileError as exc:
+        if "--log-file" in exc.roles:  # not a word more into the file it would destroy
+            console.forget_log()
+        raise
     # The webhook URL is a secret too: aiohttp's messages may quote it.
     console.redact = connection.auth.redact | Redactor(urls=[output.notify_url])
     for warning in connection.auth.warnings:  # shown even with -q, as ssh does
@@ -282,11 +278,29 @@ def _prepare(report: Path, command: str, options: RetryOptions) -> _Prepared:
     return _Prepared(
         options=options,
         connection=connection,
-        store_path=store_path(options, sandbox=connection.sandbox),
+        store_path=store,
         output=output,
         console=console,
         command=command,
         command_line=connection.auth.redact(command_line(command)),
+    )
+
+
+def _refuse_same_files(
+    input: Path | None, report: Path, output: Output, console: Console, store: Path | None
+) -> None:
+    """Every file the run reads or writes, by how it is written (``False``: by a rename,
+    which replaces a symbolic link at the name rather than write through it)."""
+    refuse_same_files(
+        [
+            ("the input", input, True),
+            ("the report", report, False),
+            ("--summary-json", output.summary_json, False),
+            ("--metrics-file", output.metrics_file, False),
+            ("--log-file", console.log_path, True),
+            ("the state store", store, True),
+            ("the journal", journal_path(report), True),
+        ]
     )
 
 
@@ -360,12 +374,10 @@ def dry_run(input: str | Path, options: JobOptions) -> DryRun:
         key = _scope_key(options) if not (org or sandbox) else None
         scope = Scope.build(url, org, sandbox=sandbox, api_key=key)
         ledger = Ledger(store, scope, relink=options.relink)
-        if str(input) == "-":
-            tmp = stack.enter_context(tempfile.TemporaryDirectory())
-            spool, name = _spool_stdin(Path(tmp) / "stdin"), "-"
-        else:
-            spool, name = Path(input), str(input)
-        plan = scan(Table(spool, options), linked_times=ledger.lookup)
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        snapshot = stack.enter_context(Snapshot(input, beside=Path(tmp) / "input"))
+        plan = scan(Table(snapshot, options), linked_times=ledger.lookup)
+        name = "-" if str(input) == "-" else os.fsdecode(input)
         return _describe(plan, name, "<sandbox>" if sandbox else url, options.limit)
 
 

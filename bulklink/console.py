@@ -1,9 +1,10 @@
 """What a run says while it works: notes, a progress bar or periodic log lines, a log file.
 
-At a terminal the progress is a bar on stderr; without one (cron, CI, a pipe) it is a
-plain log line at most every ``LOG_EVERY`` seconds, never a carriage return. ``quiet``
-silences everything but errors on stderr; the log file, when given, gets every line
-with a timestamp whatever ``quiet`` says. The library default prints nothing at all.
+At a terminal the progress is a bar on stderr; without one (cron, CI, a pipe, or
+``TERM=dumb``) it is a plain log line at most every ``LOG_EVERY`` seconds, never a
+carriage return. ``quiet`` silences everything but errors on stderr; the log file, when
+given, gets every line with a timestamp whatever ``quiet`` says. The library default
+prints nothing at all.
 
 Saying things never changes a run's result: a closed pipe on stderr (``| head -1``) is
 ignored from then on, and a log file that cannot be written any more is noted in
@@ -65,7 +66,11 @@ class Console:
         self.stream = stream
         self.quiet = quiet
         tty = stream is not None and stream.isatty()
-        self.bar_wanted = (tty if progress is None else progress) and not quiet and stream
+        # A terminal that says it cannot move the cursor (TERM=dumb: Emacs' shell, some
+        # CI consoles) would show each redraw of a bar as a new line of junk.
+        dumb = os.environ.get("TERM", "") == "dumb"
+        wanted = tty if progress is None else progress
+        self.bar_wanted = wanted and not (quiet or dumb) and stream
         self.log_lines = (
             stream is not None
             and not quiet
@@ -196,6 +201,12 @@ class Console:
                 self._bar.close()
             self._bar = None
         self._done = done
+
+    def forget_log(self) -> None:
+        """Write nothing more to the log file (it is a file the run must not touch)."""
+        log, self._log = self._log, None
+        if log is not None:
+            log.close()
 
     def close(self) -> None:
         self.finish_progress(self._done)

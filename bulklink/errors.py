@@ -40,6 +40,14 @@ class UsageError(BulklinkError):
     exit_code = 2
 
 
+class SameFileError(UsageError):
+    """Two roles of a run (the input, the report, ``--log-file``...) given one file."""
+
+    def __init__(self, message: str, roles: tuple[str, str]) -> None:
+        super().__init__(message)
+        self.roles = roles
+
+
 class TokenExpiredError(UsageError):
     """The Bearer token's JWT ``exp`` claim is already past: sending would only collect 401s."""
 

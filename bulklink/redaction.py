@@ -21,6 +21,8 @@ from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 import yarl
 
+from bulklink.text import escape_name_bytes
+
 MASK = "***"
 MIN_SECRET = 4  # a shorter secret would mangle ordinary words when redacted
 _MIN_QUERY_VALUE = 8  # a webhook's ``sig=`` or ``key=``; ``sv=1.0`` is not a secret
@@ -88,11 +90,12 @@ def redact_value(value: Any, redact: Callable[[str], str]) -> Any:
     """A decoded JSON value (or a summary) with every string, keys included, redacted.
 
     A lone surrogate (``"\\ud800"`` is valid JSON, but no text) becomes U+FFFD: no file
-    could hold it, and the report must still be written.
+    could hold it, and the report must still be written. One that stands for a byte of a
+    file name that is not UTF-8 is shown as that byte (``\\xe9``).
     """
     if isinstance(value, str):
         if _LONE_SURROGATE.search(value):
-            value = _LONE_SURROGATE.sub("\ufffd", value)
+            value = _LONE_SURROGATE.sub("\ufffd", escape_name_bytes(value))
         return redact(value)
     if isinstance(value, list | tuple):
         return [redact_value(item, redact) for item in value]

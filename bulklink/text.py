@@ -20,7 +20,9 @@ _STAMP = "%Y-%m-%dT%H:%M:%SZ"
 # What a terminal acts on instead of showing: C0 controls (newline and tab included: a
 # server's message must not start a line of its own), DEL, C1 (0x9b is a CSI on some
 # terminals), and the bidi overrides and isolates that reorder what is shown.
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+# Lone surrogates too: a file name's bytes that are not UTF-8 (``caf\xe9.csv``) reach
+# us as U+DC80-U+DCFF (surrogateescape), which no UTF-8 stream or JSON encoder can write.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff]")
 
 
 def utc_stamp(when: datetime | None = None) -> str:
@@ -58,6 +60,8 @@ def format_duration(seconds: float) -> str:
 
 def _visible(match: re.Match[str]) -> str:
     code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # a byte of a name that is not UTF-8: shown as that byte
+        code -= 0xDC00
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
@@ -66,6 +70,16 @@ def escape_controls(text: str) -> str:
     visible escape, so ``\\x1b[2J`` stays text and a server's newline cannot start a line
     of its own. The report keeps the data as it came."""
     return _CONTROLS.sub(_visible, text)
+
+
+_NAME_BYTES = re.compile("[\udc80-\udcff]")
+
+
+def escape_name_bytes(text: str) -> str:
+    """Only the bytes of a name that are not UTF-8 (``caf\\xe9.csv`` as surrogateescape
+    gives it) made visible as ``\\xe9``: for text that must be UTF-8 but keeps its other
+    characters (a notice's summary)."""
+    return _NAME_BYTES.sub(_visible, text)
 
 
 def has_controls(text: str) -> bool:

@@ -180,6 +180,7 @@ def test_leftovers_of_ours_are_swept_and_nothing_else(folder: Path, sandbox: San
         ".in.results.csv.0123456789ab.bulklink-tmp",
         ".in.results.csv.abcdef012345.bulklink-merge",
         ".in.results.csv.abcdef012345.bulklink-stdin.csv",
+        ".in.results.csv.abcdef012345.bulklink-input",
         ".in.results.csv.journal.0123456789ab.bulklink-tmp",
         ".in.results.csv.bulklink-tmp",
     ]

@@ -178,8 +178,8 @@ def test_a_signal_while_reading_stdin_leaves_no_copy_of_it(
 ) -> None:
     out = tmp_path / "out.csv"
 
-    def spooled() -> bool:  # the copy has a random name: .out.csv.<hex>.bulklink-stdin.csv
-        return any(p.stat().st_size > 1000 for p in tmp_path.glob(".out.csv.*stdin.csv"))
+    def spooled() -> bool:  # the copy has a random name: .out.csv.<hex>.bulklink-input
+        return any(p.stat().st_size > 1000 for p in tmp_path.glob(".out.csv.*.bulklink-input"))
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "bulklink", "run", "-", "-o", str(out), *FAST],

@@ -43,6 +43,7 @@ class _First:
     error: str
     ticket: Sequence[Any]
     extras: dict[str, Any] | None
+    row: int | str  # its ``row`` cell: what a note cites (``retry`` keeps the old numbers)
 
 
 class Assembler:
@@ -209,7 +210,8 @@ class Assembler:
         """``retry``: the attempts the old report counted for the row."""
         if not self.layout.retry:
             return 0
-        value = str(chunk.columns["attempts"][at]).strip()
+        column = chunk.columns.get("attempts")  # a column deleted by hand counts none
+        value = str(column[at]).strip() if column is not None else ""
         return int(value) if value.isdigit() else 0
 
     def _put(
@@ -230,7 +232,9 @@ class Assembler:
                 self.errors.add(head.row, head.error, head.source, head.linked)
         index = chunk.start + at
         if index in self._targets:
-            self._firsts[index] = _First(head.success, head.http_status, head.error, ticket, extras)
+            self._firsts[index] = _First(
+                head.success, head.http_status, head.error, ticket, extras, head.row
+            )
 
     def _write_result(self, chunk: Chunk, at: int, result: Result) -> None:
         """A row sent this run or read back from the journal."""
@@ -253,8 +257,8 @@ class Assembler:
     def _write_duplicate(self, chunk: Chunk, at: int, first: int) -> None:
         base = self._firsts.get(first)
         if base is None:  # the first row was kept from an earlier report (retry)
-            base = _First(False, None, "", _NO_TICKET, None)
-        note = f"duplicate of row {first + 1}"
+            base = _First(False, None, "", _NO_TICKET, None, first + 1)
+        note = f"duplicate of row {base.row}"
         if not base.success and base.error:
             note += f": {base.error}"
         head = self._head(

@@ -25,6 +25,7 @@ from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 
+from bulklink._fs import side_path
 from bulklink.console import Console
 from bulklink.errors import (
     BulklinkError,
@@ -508,6 +509,9 @@ async def _feed(
     budget = [None if job.limit is None else max(0, job.limit - journal.resumed)]
     while (chunk := await stream.get()) is not None:
         assembler.add_chunk(chunk)
+        if chunk.input_changed:  # what is left may not be what was validated: stop
+            runner.stop(f"the input changed while the run read it: {job.plan.table.name}")
+            return
         async for batch in _batches(chunk, codes, journal, budget):
             yield batch
         if budget[0] is not None and budget[0] <= 0:
@@ -541,7 +545,7 @@ def resolve_report(input_path: Path | None, output: Path | None) -> Path:
     if output is None:
         if input_path is None:
             raise UsageError("reading from standard input needs -o/--output")
-        output = input_path.with_name(f"{input_path.stem}.results.csv")
+        output = side_path(input_path.with_name(input_path.stem), ".results.csv")
     if input_path is not None and output.resolve() == input_path.resolve():
         raise UsageError("the report would overwrite the input; choose another -o/--output")
     if not output.parent.is_dir():

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from bulklink._fs import write_atomically
 from bulklink.errors import BulklinkError
+from bulklink.text import escape_controls
 
 #: The label every series carries. Prometheus renames it to ``exported_job`` on scrape
 #: unless the scrape config says ``honor_labels: true`` (node_exporter's own ``job`` wins).
@@ -37,6 +38,7 @@ def render_metrics(
     """The file's content. ``last_success_timestamp`` None (never succeeded) is written as 0,
     so an alert on its age fires for a job that has never once linked everything."""
     registry = CollectorRegistry(auto_describe=True)
+    job = escape_controls(job)  # a label is UTF-8: a name's stray bytes shown as \xe9
 
     def gauge(name: str, doc: str, value: float) -> None:
         Gauge(name, doc, [JOB_LABEL], registry=registry).labels(job).set(value)

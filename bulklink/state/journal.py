@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from bulklink._fs import AtomicFile, open_fixed
+from bulklink._fs import AtomicFile, open_fixed, side_path
 from bulklink.models import Outcome, Result
 from bulklink.state.scope import Scope
 from bulklink.text import compact_json
@@ -42,7 +42,7 @@ UNREADABLE = "not attempted: its journal line could not be read back"
 
 
 def journal_path(report: Path) -> Path:
-    return report.with_name(report.name + ".journal")
+    return side_path(report, ".journal")
 
 
 _BESIDE = "the journal beside the report"

@@ -19,12 +19,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bulklink._fs import open_fixed, sweep
+from bulklink._fs import open_fixed, side_path, sweep
 from bulklink.errors import LockedError
 
 
 def lock_path(report: Path) -> Path:
-    return report.with_name(report.name + ".lock")
+    return side_path(report, ".lock")
 
 
 @contextlib.contextmanager

@@ -208,23 +208,40 @@ def _run_record(row: tuple[Any, ...]) -> RunRecord:
         command=command,
         started=parse_stamp(started),
         finished=parse_stamp(finished) if finished else None,
-        input=input_,
+        input=_from_db(input_),
         input_hash=input_hash,
-        report=report,
-        job=job,
+        report=_from_db(report) or "",
+        job=_from_db(job),
         base_url=base_url,
         org_id=org_id,
         counts=json.loads(counts) if counts else {},
         exit_code=exit_code,
-        command_line=command_line,
+        command_line=_from_db(command_line) or "",
     )
 
 
-def _path_text(path: str | os.PathLike[str] | None) -> str | None:
+def _path_text(path: str | os.PathLike[str] | None) -> str | bytes | None:
     if path is None:
         return None
     text = os.fspath(path)
-    return text if text == "-" else os.path.abspath(text)  # noqa: PTH100 - no symlinks resolved
+    return _db_text(text if text == "-" else os.path.abspath(text))  # noqa: PTH100 - no symlinks resolved
+
+
+def _db_text(text: str | None) -> str | bytes | None:
+    """A name as the store keeps it: text, or (a file name that is not UTF-8, such as
+    ``caf\\xe9.csv`` from a Latin-1 share) its bytes, which :func:`_from_db` decodes back
+    to the same name, so ``runs`` names the same file."""
+    if text is None:
+        return None
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")
+    return text
+
+
+def _from_db(value: str | bytes | None) -> str | None:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 class Store:
@@ -450,7 +467,7 @@ class Store:
                 "INSERT INTO runs (command, started, input, input_hash, report, job, scope_id, "
                 "command_line) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (command, utc_stamp(started), _path_text(input), input_hash,
-                 _path_text(report), job, sid, command_line),
+                 _path_text(report), _db_text(job), sid, _db_text(command_line)),
             )  # fmt: skip
             assert cur.lastrowid is not None  # an INSERT always sets it
             return cur.lastrowid
@@ -489,7 +506,7 @@ class Store:
         """When the last run of ``job`` that exited 0 finished (for metrics)."""
         with self._lock, self._errors():
             row = self._db.execute(
-                "SELECT max(finished) FROM runs WHERE job = ? AND exit_code = 0", (job,)
+                "SELECT max(finished) FROM runs WHERE job = ? AND exit_code = 0", (_db_text(job),)
             ).fetchone()
         return parse_stamp(row[0]) if row and row[0] else None
 

@@ -21,6 +21,9 @@ CONTROL_SOURCE, CONTROL_LINKED = 7, 8
 EXCEL_ERROR_SOURCE, EXCEL_ERROR_LINKED = 9, 10
 LOST_DIGITS_SOURCE, LOST_DIGITS_LINKED = 11, 12
 ALREADY = 13  # linked in this scope by an earlier run (the state store): not sent
+#: An ID longer than any ticket's (a runaway cell): never sent, so no request is huge.
+TOO_LONG_SOURCE, TOO_LONG_LINKED = 20, 21
+MAX_ID = 256
 # Generic words per code; :func:`invalid_text` names the character or error of the row.
 INVALID_REASONS = {
     BLANK_SOURCE: "blank source ticket ID",
@@ -33,6 +36,8 @@ INVALID_REASONS = {
     EXCEL_ERROR_LINKED: "Excel error in linkedTicketId",
     LOST_DIGITS_SOURCE: "Excel stored the source ID as a number and lost digits",
     LOST_DIGITS_LINKED: "Excel stored the linked ID as a number and lost digits",
+    TOO_LONG_SOURCE: f"source ticket ID is longer than {MAX_ID} characters",
+    TOO_LONG_LINKED: f"linked ticket ID is longer than {MAX_ID} characters",
 }
 _SIDES = {
     CONTROL_SOURCE: 0,
@@ -187,6 +192,14 @@ def unsafe_rows(values: list[str]) -> np.ndarray[Any, Any]:
     return np.unique(np.searchsorted(starts, hits, side="right") - 1)
 
 
+def long_rows(values: list[str]) -> np.ndarray[Any, Any]:
+    """Indices of the values longer than :data:`MAX_ID` characters."""
+    import numpy as np
+
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    return np.flatnonzero(lengths > MAX_ID)
+
+
 def excel_error_rows(values: list[str]) -> np.ndarray[Any, Any]:
     """Indices of the values that are an Excel error such as ``#N/A``."""
     import numpy as np
@@ -199,6 +212,10 @@ def excel_error_rows(values: list[str]) -> np.ndarray[Any, Any]:
 
 def row_code(source: str, linked: str) -> int:
     """The code :func:`bulklink.tables.inputs.scan` gives a row of two trimmed text IDs."""
+    if len(source) > MAX_ID:
+        return TOO_LONG_SOURCE
+    if len(linked) > MAX_ID:
+        return TOO_LONG_LINKED
     if source in EXCEL_ERRORS:
         return EXCEL_ERROR_SOURCE
     if linked in EXCEL_ERRORS:

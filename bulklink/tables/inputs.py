@@ -1,8 +1,10 @@
 """Reading the input table into pairs: formats, encodings, delimiters, columns, validation.
 
 Every cell is read as text, so an ID is sent exactly as written (``00123`` stays
-``00123``). The file is scanned once up front (validation, duplicate detection, content
-hash) keeping only a few bytes per row, and later re-read in chunks, so memory stays flat
+``00123``). A run reads a private :class:`Snapshot` of the input, taken once at the
+start, so the rows sent are the rows validated whatever happens to the file meanwhile.
+The snapshot is scanned once up front (validation, duplicate detection, content hash)
+keeping only a few bytes per row, and later re-read in chunks, so memory stays flat
 however large the file is.
 """
 
@@ -14,13 +16,17 @@ import hashlib
 import io
 import itertools
 import json
+import os
 import re
+import stat
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from bulklink.errors import InputError
+from bulklink._fs import create_temp
+from bulklink.errors import DiskError, InputError
 from bulklink.models import Pair
 from bulklink.options import ReadOptions
 from bulklink.tables.ids import ALREADY as ALREADY
@@ -34,9 +40,12 @@ from bulklink.tables.ids import (
     EXCEL_ERROR_SOURCE,
     LOST_DIGITS_LINKED,
     LOST_DIGITS_SOURCE,
+    TOO_LONG_LINKED,
+    TOO_LONG_SOURCE,
     TRIM,
     excel_error_rows,
     invalid_text,
+    long_rows,
     row_code,
     unsafe_char,
     unsafe_rows,
@@ -85,6 +94,10 @@ _MAGIC = (
     (b"SQLite format 3\x00", "an SQLite database"),
 )
 _BINARY_SHARE = 0.05  # control characters in text this share of the start: not text
+_HEAD = 1 << 16  # the start of a text file kept to sniff it, or more: its header row whole
+_HEADER_MAX = 1 << 24  # a header row longer than this is no table's
+_SEP_LINE = re.compile(r"sep=(.)[ \t]*\r?(?:\n|$)")  # Excel's delimiter line, before the header
+STILL_CHANGING = "input is still changing (being written?)"
 
 
 def clean_id(value: object) -> str:
@@ -116,6 +129,8 @@ class Chunk:
     source: list[str]
     linked: list[str]
     columns: dict[str, list[str]]
+    #: The file the snapshot was taken of changed before this chunk was read.
+    input_changed: bool = False
     end: int = field(init=False)  # one past its last row: read for every row written
 
     def __post_init__(self) -> None:
@@ -134,14 +149,131 @@ def _trimmed(cells: list[str]) -> list[str]:
     return list(map(str.strip, cells, itertools.repeat(TRIM, len(cells))))
 
 
+_Identity = tuple[int, int, int, int]
+
+
+def _identity(info: os.stat_result) -> _Identity:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+class Snapshot:
+    """A private copy of the input, taken once at the start of a run: every pass reads
+    it, so the rows sent are the rows validated however the file changes meanwhile.
+
+    Standard input, a pipe and a FIFO are copied as streams. A regular file is watched:
+    one whose size or mtime changes while it is copied is refused (a nightly export still
+    being written), and :meth:`changed` tells whether it changed since (or was replaced by
+    a rename, or removed). The copy is created like any temporary file of ours beside
+    ``beside`` (``O_EXCL``, mode 0600, swept after a kill) and removed by :meth:`close`.
+    """
+
+    def __init__(self, given: str | Path, beside: Path) -> None:
+        self.name = "standard input" if str(given) == "-" else os.fsdecode(given)
+        self.origin = None if str(given) == "-" else Path(given)
+        self.stream = True  # a stream (stdin, pipe, FIFO), not a file at rest
+        self._seen: _Identity | None = None
+        fd, self.path = create_temp(beside, "input", 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                size = self._copy(out)
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, OSError):  # the copy's own writes: a full disk
+                raise DiskError(exc, self.path) from exc
+            raise
+        if size == 0:  # a stream (a regular file of 0 bytes was refused before)
+            self.close()
+            empty = f"input is empty: {self.name}" if self.origin else "standard input is empty"
+            raise InputError(empty)
+
+    def _copy(self, out: IO[bytes]) -> int:
+        if self.origin is None:
+            if sys.stdin is None:  # started with standard input closed (``<&-``)
+                raise InputError("standard input is closed: give the input file, or pipe it in")
+            return self._copy_stream(sys.stdin.buffer, out)
+        info = self._stat(self.origin)
+        try:
+            fd = os.open(self.origin, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise InputError(f"cannot read {self.name}: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as src:
+            if not stat.S_ISREG(info.st_mode):
+                return self._copy_stream(src, out)
+            self.stream = False
+            self._seen = _identity(os.fstat(fd))
+            copied = self._copy_stream(src, out)
+            # The same file, of the same size and mtime, from before we opened it to after
+            # the copy; and the copy holds as many bytes as it had.
+            seen = {_identity(info), _identity(os.fstat(fd)), self._current(), self._seen}
+            if len(seen) > 1 or copied != self._seen[2]:
+                raise InputError(f"{STILL_CHANGING}: {self.name}")
+            return copied
+
+    def _stat(self, path: Path) -> os.stat_result:
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            raise InputError(f"input file not found: {self.name}") from None
+        except OSError as exc:
+            raise InputError(f"cannot read {self.name}: {exc.strerror}") from None
+        if stat.S_ISDIR(info.st_mode):
+            raise InputError(f"input is a directory, not a file: {self.name}")
+        if stat.S_ISREG(info.st_mode) and info.st_size == 0:
+            raise InputError(f"input file is empty (0 bytes): {self.name}")
+        return info
+
+    def _copy_stream(self, src: IO[bytes], out: IO[bytes]) -> int:
+        """Everything ``src`` holds into the copy. A stream's bytes are copied as they
+        come (``read1``), not once a block is full."""
+        read = getattr(src, "read1", src.read)
+        total = 0
+        while True:
+            try:
+                block = read(1 << 20)
+            except OSError as exc:
+                raise InputError(f"cannot read {self.name}: {exc.strerror or exc}") from None
+            if not block:
+                return total
+            out.write(block)
+            total += len(block)
+
+    def _current(self) -> _Identity | None:
+        assert self.origin is not None
+        try:
+            return _identity(self.origin.stat())
+        except OSError:
+            return None
+
+    def changed(self) -> bool:
+        """Whether the file the copy was taken of is no longer that file (a stream: never)."""
+        return self._seen is not None and self._current() != self._seen
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Table:
     """An input file opened for (repeated) chunked reading, with its columns resolved."""
 
-    def __init__(self, path: Path, options: ReadOptions = _DETECT, *, report: bool = False) -> None:
-        self.path = path
+    def __init__(
+        self, source: Path | Snapshot, options: ReadOptions = _DETECT, *, report: bool = False
+    ) -> None:
+        self.snapshot = source if isinstance(source, Snapshot) else None
+        self.path = source.path if isinstance(source, Snapshot) else source
+        #: The input as messages name it (the file given, not its snapshot).
+        self.name = source.name if isinstance(source, Snapshot) else os.fsdecode(source)
+        stream = self.snapshot is not None and self.snapshot.stream
         self.options = options
-        self.kind = _kind(path, report)
+        self.kind = _kind(Path(self.name), report, stream=stream)
         self.report = report
+        self._skip = 0  # lines before the header: Excel's ``sep=;``
+        self._unnamed: set[str] = set()  # trailing columns with no name: kept once filled
         self.digest = ""
         self._frame: pd.DataFrame | None = None
         self._lost: dict[str, np.ndarray[Any, Any]] = {}  # ID cells Excel stored as cut numbers
@@ -158,21 +290,24 @@ class Table:
             wanted = (self.options.source_col, self.options.linked_col)
             missing = [c for c in wanted if c not in columns]
             if missing:
-                raise InputError(f"{self.path} is not a bulklink report: no column {missing[0]}")
+                raise InputError(f"{self.name} is not a bulklink report: no column {missing[0]}")
         self.source_col, self.linked_col = _pick_columns(columns, header, self.options, where, hint)
+        named = [i for i, name in enumerate(header) if name.strip()]
+        tail = columns[named[-1] + 1 :] if named else []
+        self._unnamed = set(tail) - {self.source_col, self.linked_col}
         return columns
 
     def _open(self) -> list[str]:
         try:
             size = self.path.stat().st_size
         except FileNotFoundError:
-            raise InputError(f"input file not found: {self.path}") from None
+            raise InputError(f"input file not found: {self.name}") from None
         except OSError as exc:
-            raise InputError(f"cannot read {self.path}: {exc.strerror}") from None
+            raise InputError(f"cannot read {self.name}: {exc.strerror}") from None
         if self.path.is_dir():
-            raise InputError(f"input is a directory, not a file: {self.path}")
+            raise InputError(f"input is a directory, not a file: {self.name}")
         if size == 0:
-            raise InputError(f"input file is empty (0 bytes): {self.path}")
+            raise InputError(f"input file is empty (0 bytes): {self.name}")
         if self.kind == "xlsx":
             return self._open_excel()
         if self.kind == "jsonl":
@@ -184,13 +319,18 @@ class Table:
         if self.options.encoding is None:
             self.encoding = _bom_encoding(head) or ("utf-8-sig" if utf8 else "cp1252")
         text = self._head_text(head)
-        if self.options.delimiter is None and self.kind == "csv":
-            self.delimiter = _sniff_delimiter(text)
+        sep = _SEP_LINE.match(text)
+        if sep is not None:  # Excel's own line naming the delimiter: it is no header
+            text, self._skip = text[sep.end() :], 1
+            self.delimiter = self.options.delimiter or sep.group(1)
+        elif self.options.delimiter is None and self.kind == "csv":
+            # The header whole, and what else the first 64 KiB hold (never a row's huge cell).
+            self.delimiter = _sniff_delimiter(text[: max(_HEAD, text.find("\n") + 1)])
         try:
             rows = csv.reader(io.StringIO(text, newline=None), delimiter=self.delimiter)
             header = [h.strip() for h in next((row for row in rows if row), [])]
         except csv.Error as exc:
-            raise InputError(f"{self.path} is not valid CSV: {exc}") from None
+            raise InputError(f"{self.name} is not valid CSV: {exc}") from None
         hint = ""
         if _misdecoded(header):
             hint = (
@@ -200,30 +340,42 @@ class Table:
         return self._resolve(header, hint=hint)
 
     def _hash_and_check(self) -> tuple[bytes, bool]:
-        """Hash the whole file, keep its first 64 KiB, and tell whether it is all UTF-8."""
+        """Hash the whole file, keep its first 64 KiB (and on to the end of the header
+        row and the line after it, however long), and tell whether it is all UTF-8."""
         digest = hashlib.sha256()
         decoder = codecs.getincrementaldecoder("utf-8")()
         utf8 = self.options.encoding is None
-        head = b""
+        head = bytearray()
         try:
             with self.path.open("rb") as fh:
                 while block := fh.read(1 << 20):
                     digest.update(block)
                     if not head:  # a UTF-16/32 mark decides; a UTF-8 one is checked on
                         utf8 = utf8 and _bom_encoding(block) in (None, "utf-8-sig")
-                    head += block[: 65536 - len(head)]
+                    if len(head) < _HEAD or (head.count(b"\n") < 3 and len(head) < _HEADER_MAX):
+                        head += block
                     utf8 = utf8 and _decodes(decoder, block)
         except OSError as exc:
-            raise InputError(f"cannot read {self.path}: {exc.strerror}") from None
+            raise InputError(f"cannot read {self.name}: {exc.strerror}") from None
         self.digest = digest.hexdigest()
         # ... and a sequence cut off at the very end is no UTF-8 either.
-        return head, utf8 and _decodes(decoder, b"", final=True)
+        return self._cut_head(bytes(head)), utf8 and _decodes(decoder, b"", final=True)
+
+    def _cut_head(self, head: bytes) -> bytes:
+        """The first 64 KiB, or more: up to the end of the third line (Excel's ``sep=``
+        line, the header, a row to sniff the delimiter from), so no header is cut."""
+        ends: list[int] = []
+        while len(ends) < 3 and (at := head.find(b"\n", ends[-1] if ends else 0)) >= 0:
+            ends.append(at + 1)
+        if not ends and len(head) >= _HEADER_MAX:
+            raise InputError(f"{self.name}: the header row is longer than {_HEADER_MAX >> 20} MiB")
+        return head[: max(_HEAD, ends[-1])] if ends else head
 
     def _head_text(self, head: bytes) -> str:
         """The start of the file as text, refusing what is no text at all."""
         not_text = _not_text(head)
         if not_text:
-            raise InputError(f"{self.path} is not a CSV text file: it looks like {not_text}")
+            raise InputError(f"{self.name} is not a CSV text file: it looks like {not_text}")
         try:
             text = codecs.getincrementaldecoder(self.encoding)("replace").decode(head)
         except LookupError:
@@ -234,11 +386,11 @@ class Table:
         guessed = self.options.encoding is None and self.encoding == "cp1252"
         if guessed and _binary_share(text) > _BINARY_SHARE:
             raise InputError(
-                f"{self.path} is not a CSV text file: it holds binary data "
+                f"{self.name} is not a CSV text file: it holds binary data "
                 f"(read as {self.encoding}; give --encoding if it is text)"
             )
         if not text.strip():
-            raise InputError(f"input file has no header row: {self.path}")
+            raise InputError(f"input file has no header row: {self.name}")
         return text
 
     def _open_excel(self) -> list[str]:
@@ -250,14 +402,14 @@ class Table:
         try:
             data = self.path.read_bytes()
         except OSError as exc:
-            raise InputError(f"cannot read {self.path}: {exc.strerror}") from None
+            raise InputError(f"cannot read {self.name}: {exc.strerror}") from None
         self.digest = hashlib.sha256(data + b"\0" + (self.options.sheet or "").encode()).hexdigest()
 
         def pick(header: list[str], where: str, hint: str) -> list[int]:
             columns = self._resolve(header, where, hint)
             return [columns.index(self.source_col), columns.index(self.linked_col)]
 
-        sheet = read_sheet(data, self.path, self.options.sheet, pick, report=self.report)
+        sheet = read_sheet(data, Path(self.name), self.options.sheet, pick, report=self.report)
         columns = _unique(sheet.header)  # the header may have grown with cells beyond it
         self._frame = pd.DataFrame(
             {
@@ -278,7 +430,7 @@ class Table:
         try:
             data = self.path.read_bytes()
         except OSError as exc:
-            raise InputError(f"cannot read {self.path}: {exc.strerror}") from None
+            raise InputError(f"cannot read {self.name}: {exc.strerror}") from None
         self.digest = hashlib.sha256(data).hexdigest()
         scalar_fields = {*RESULT_COLUMNS, self.options.source_col, self.options.linked_col}
         records = []
@@ -289,16 +441,16 @@ class Table:
             try:
                 record = json.loads(line)
             except (ValueError, RecursionError):
-                raise InputError(f"{self.path}: line {number} is not JSON") from None
+                raise InputError(f"{self.name}: line {number} is not JSON") from None
             if not isinstance(record, dict):
                 raise InputError(
-                    f"{self.path}: line {number} is {_json_kind(record)}, not an object "
+                    f"{self.name}: line {number} is {_json_kind(record)}, not an object "
                     "(each line of a report is one row as an object)"
                 )
             for name in scalar_fields:
                 if isinstance(record.get(name), dict | list):
                     raise InputError(
-                        f"{self.path}: line {number}: {name} is "
+                        f"{self.name}: line {number}: {name} is "
                         f"{_json_kind(record[name])}, not a single value"
                     )
             records.append(record)
@@ -333,19 +485,36 @@ class Table:
                 yield self._frame.iloc[start : start + chunk_rows]
             return
         yield from read_csv(
-            self.path, self.columns, self.delimiter, self.encoding, chunk_rows, self.path
+            self.path,
+            self.columns,
+            self.delimiter,
+            self.encoding,
+            chunk_rows,
+            Path(self.name),
+            skip=self._skip,
         )
 
     def chunks(self, chunk_rows: int | None = None) -> Iterator[Chunk]:
-        """Yield the table in order, IDs trimmed; other columns exactly as read."""
+        """Yield the table in order, IDs trimmed; other columns exactly as read.
+
+        Each chunk says whether the file the snapshot was taken of has changed by the
+        time it was read. Trailing columns with no name that hold no value in any row
+        (an export padding every row with delimiters) are dropped after the first pass.
+        """
         chunk_rows = chunk_rows or CHUNK_ROWS  # read here, so a test can make chunks small
         start = 0
+        filled: set[str] = set()
         for frame in self._read_frames(chunk_rows):
             source = _trimmed(frame[self.source_col].tolist())
             linked = _trimmed(frame[self.linked_col].tolist())
             columns = {c: frame[c].tolist() for c in self.other_cols}
-            yield Chunk(start, source, linked, columns)
+            filled.update(c for c in self._unnamed if any(v not in ("", None) for v in columns[c]))
+            changed = self.snapshot is not None and self.snapshot.changed()
+            yield Chunk(start, source, linked, columns, changed)
             start += len(source)
+        if self._unnamed:
+            empty, self._unnamed = self._unnamed - filled, set()
+            self.other_cols = [c for c in self.other_cols if c not in empty]
 
 
 def read_csv(
@@ -355,6 +524,8 @@ def read_csv(
     encoding: str,
     chunk_rows: int,
     name: Path,
+    *,
+    skip: int = 0,
 ) -> Iterator[pd.DataFrame]:
     """A CSV file's rows after its header, in chunks, every cell the text as written.
 
@@ -370,6 +541,7 @@ def read_csv(
         with pd.read_csv(
             source,
             sep=delimiter,
+            skiprows=skip,
             header=0,
             names=columns,
             usecols=range(len(columns)),
@@ -460,11 +632,15 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-def _kind(path: Path, report: bool) -> str:
+def _kind(path: Path, report: bool, stream: bool = False) -> str:
+    """The format by the name's extension; a stream named otherwise (standard input,
+    ``<(command)``, a FIFO) is CSV, as standard input is."""
     suffix = path.suffix.lower()
     kinds = {".csv": "csv", ".txt": "csv", ".tsv": "tsv", ".xlsx": "xlsx"}
     if report:
         kinds = {".csv": "csv", ".xlsx": "xlsx", ".jsonl": "jsonl"}
+    if stream and suffix not in kinds:
+        return "csv"
     if suffix not in kinds:
         hint = " (save it as .xlsx)" if suffix in (".xls", ".xlsm", ".ods") else ""
         raise InputError(
@@ -596,8 +772,12 @@ def scan(table: Table, keep: Any = None, linked_times: LinkedTimes | None = None
 
     found = _Scan()
     for chunk in table.chunks():
+        if chunk.input_changed:
+            raise InputError(f"{STILL_CHANGING}: {table.name}")
         codes = _row_codes(table, chunk, keep)
         found.add(chunk, codes, linked_times)
+    if table.snapshot is not None and table.snapshot.changed():
+        raise InputError(f"{STILL_CHANGING}: {table.name}")
     all_codes = np.concatenate(found.codes) if found.codes else np.zeros(0, dtype=np.uint8)
     first_of = _mark_duplicates(all_codes, found.hashes)
     linked_at = None
@@ -648,6 +828,8 @@ def _row_codes(table: Table, chunk: Chunk, keep: Any) -> np.ndarray[Any, Any]:
         codes[lost_d] = LOST_DIGITS_LINKED
     if lost_s is not None:
         codes[lost_s] = LOST_DIGITS_SOURCE
+    codes[long_rows(chunk.linked)] = TOO_LONG_LINKED  # the runaway cell says it all
+    codes[long_rows(chunk.source)] = TOO_LONG_SOURCE
     if keep is not None:
         codes[np.asarray(keep(chunk), dtype=bool)] = KEEP
     return codes

@@ -14,7 +14,7 @@ from bulklink.errors import InputError
 from bulklink.models import ErrorTally, Outcome, Summary
 from bulklink.options import ReadOptions
 from bulklink.tables.ids import LOST_DIGITS_LINKED, LOST_DIGITS_SOURCE, invalid_text
-from bulklink.tables.inputs import Chunk, Table
+from bulklink.tables.inputs import Chunk, Snapshot, Table
 from bulklink.tables.report.schema import (
     TICKET_COLUMNS,
     Layout,
@@ -24,14 +24,18 @@ from bulklink.tables.report.schema import (
 )
 
 _OUTCOMES = frozenset(o.value for o in Outcome)
-REQUIRED = ("row", "sourceTicketId", "linkedTicketId", "success", "outcome", "attempts")
+#: The columns ``retry`` cannot do without; the others of ours (``http_status``,
+#: ``error``, ``attempts``, ``linked_at``, ``ticket.*``), when someone deleted them, are
+#: rebuilt: empty on the rows kept, filled on the rows sent again.
+REQUIRED = ("row", "sourceTicketId", "linkedTicketId", "success", "outcome")
 
 
-def open_report(path: Path) -> tuple[Table, Layout]:
+def open_report(source: Path | Snapshot) -> tuple[Table, Layout]:
     """A report written by ``run`` as a table, with its result columns told apart."""
     table = Table(
-        path, ReadOptions(source_col="sourceTicketId", linked_col="linkedTicketId"), report=True
+        source, ReadOptions(source_col="sourceTicketId", linked_col="linkedTicketId"), report=True
     )
+    path = table.name
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise InputError(f"{path} is not a bulklink report: no column {', '.join(missing)}")
@@ -42,12 +46,17 @@ def open_report(path: Path) -> tuple[Table, Layout]:
         for c in table.columns
         if c.startswith("ticket.") and c not in TICKET_COLUMNS
     ]
-    passthrough = [c for c in table.other_cols if not is_ours(c)]
-    layout = Layout(passthrough, extra, retry=True, escaped=table.kind == "csv")
+    layout = Layout(carried_columns(table), extra, retry=True, escaped=table.kind == "csv")
     return table, layout
 
 
-def _refuse_lost_digits(path: Path, table: Table) -> None:
+def carried_columns(table: Table) -> list[str]:
+    """The report's columns that are the input's, not ours; once the table was read
+    through, without the empty unnamed ones it dropped."""
+    return [c for c in table.other_cols if not is_ours(c)]
+
+
+def _refuse_lost_digits(path: str, table: Table) -> None:
     """An ID cell that became a number Excel cut short (someone saved the report from
     Excel) is refused with the words ``run`` gives such a row: every row of the report
     is rewritten by ``retry``, and no digits are made up for it."""
@@ -140,9 +149,9 @@ class RowReader:
             linked,
             self.success(at),
             Outcome(self.outcome(at)),
-            _number(self.cols["http_status"][at]),
+            _number(self.text("http_status", at)),
             self.error(at),
-            _number(self.cols["attempts"][at]),
+            _number(self.text("attempts", at)),
             self.text("linked_at", at),
         )
 
@@ -153,8 +162,10 @@ class RowReader:
         return "" if value is None else str(value)
 
     def cell(self, name: str, at: int) -> Any:
-        """An API cell: empty is nothing; a CSV's formula escape undone."""
-        value = self.cols[name][at]
+        """An API cell: empty (or its column deleted) is nothing; a CSV's formula escape
+        undone."""
+        column = self.cols.get(name)
+        value = column[at] if column is not None else None
         if isinstance(value, str):
             if not value:
                 return None

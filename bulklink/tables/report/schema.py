@@ -14,6 +14,7 @@ mistaken for bulklink's own on a ``retry``.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from bulklink.models import TICKET_FIELDS, Outcome, Summary
+from bulklink.text import escape_controls
 
 #: A column per documented ticket field, so the report's shape never depends on which
 #: rows succeeded.
@@ -167,14 +169,15 @@ class RunInfo:
 
     @classmethod
     def from_summary(cls, summary: Summary, input: str | Path) -> RunInfo:
+        """Names escaped as on a terminal: a sheet's XML holds no stray byte of a name."""
         return cls(
             started=summary.started,
             finished=summary.finished,
             duration=round(summary.elapsed, 3),
-            input=str(input),
-            report=summary.report,
+            input=escape_controls(os.fsdecode(input)),
+            report=escape_controls(summary.report),
             exit_code=summary.exit_code,
-            stopped=summary.stopped,
+            stopped=escape_controls(summary.stopped),
         )
 
 
