@@ -64,18 +64,30 @@ def instructions(
     return count
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sizes", nargs="*", type=int, help="SMALL LARGE rows [500 1500]")
-    parser.add_argument("--no-state", action="store_true", help="also bulklink --no-state")
-    parser.add_argument("--keep", type=Path, help="copy the callgrind outputs to this folder")
+def two_sizes(
+    parser: argparse.ArgumentParser, argv: list[str], default: tuple[int, int]
+) -> tuple[argparse.Namespace, int, int] | None:
+    """The options, and the two sizes whose difference is the cost a row; None when
+    valgrind is missing (said on stderr)."""
+    parser.add_argument("sizes", nargs="*", type=int, help=f"SMALL LARGE {list(default)}")
     args = parser.parse_args(argv)
     if len(args.sizes) not in (0, 2):
         parser.error("give both SMALL and LARGE, or neither")
-    small, large = args.sizes or (500, 1500)
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return None
+    small, large = args.sizes or default
+    return args, small, large
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-state", action="store_true", help="also bulklink --no-state")
+    parser.add_argument("--keep", type=Path, help="copy the callgrind outputs to this folder")
+    chosen = two_sizes(parser, argv, (500, 1500))
+    if chosen is None:
         return 2
+    args, small, large = chosen
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     with tempfile.TemporaryDirectory(prefix="bulklink-instr-") as tmp:
         work = Path(tmp)

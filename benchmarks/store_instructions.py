@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from instructions import callgrind
+from instructions import callgrind, two_sizes
 
 from bulklink.state.ledger import Ledger
 from bulklink.state.scope import Scope
@@ -69,15 +68,11 @@ def main(argv: list[str]) -> int:
         record(int(argv[1]), int(argv[2]), argv[3] == "1")
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sizes", nargs="*", type=int, help="SMALL LARGE pairs [1000 3000]")
     parser.add_argument("--flush-every", type=int, default=0, help="pairs a batch [0: at the end]")
-    args = parser.parse_args(argv)
-    if len(args.sizes) not in (0, 2):
-        parser.error("give both SMALL and LARGE, or neither")
-    small, large = args.sizes or (1000, 3000)
-    if shutil.which("valgrind") is None:
-        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+    chosen = two_sizes(parser, argv, (1000, 3000))
+    if chosen is None:
         return 2
+    args, small, large = chosen
     slopes = {}
     for with_store in (False, True):
         low = instructions(small, args.flush_every, with_store)
