@@ -25,8 +25,10 @@ from bulklink._fs import create_temp
 from bulklink.console import Console
 from bulklink.errors import BulklinkError, DiskError, InputError, LockedError, UsageError
 from bulklink.models import Pair, Summary
-from bulklink.net.connection import Connection, chosen_base_url, connect
+from bulklink.net.connection import Connection, chosen_base_url, connect, describe_network
 from bulklink.net.credentials import chosen_org_id, preflight, resolve_auth
+from bulklink.net.proxy import resolve_proxies
+from bulklink.net.tls import resolve_trust
 from bulklink.options import (
     ConnectionOptions,
     JobOptions,
@@ -66,6 +68,7 @@ class DryRun:
     invalid_rows: list[tuple[int, str]]
     sample_requests: list[Pair] = field(default_factory=list)
     url: str = ""
+    network: str = ""  # which proxy (host only) and CA certificates a run would use
 
 
 def _spool_stdin(beside: Path) -> Path:
@@ -197,7 +200,7 @@ def _published(
                     previous_exit_code=previous.exit_code if previous else None,
                     last_success=ledger.last_success(output.job),
                     redact=prepared.console.redact,
-                    allow_http=prepared.connection.allow_http,
+                    connection=prepared.connection,
                     summary_json=refused,
                 )
 
@@ -225,7 +228,7 @@ def _publish_refusal(prepared: _Prepared, exc: BulklinkError, *, files: bool = F
         previous_exit_code=None,
         last_success=None,
         redact=prepared.console.redact,
-        allow_http=prepared.connection.allow_http,
+        connection=prepared.connection,
         summary_json=files,
     )
 
@@ -276,9 +279,10 @@ def _prepare(report: Path, command: str, options: RetryOptions) -> _Prepared:
     connection = connect(options)
     output = output_for(report, options, allow_http=connection.allow_http)
     # The webhook URL is a secret too: aiohttp's messages may quote it.
-    console.redact = connection.auth.redact | Redactor(urls=[output.notify_url])
+    console.redact = connection.redact | Redactor(urls=[output.notify_url])
     for warning in connection.auth.warnings:  # shown even with -q, as ssh does
         console.error(warning)
+    console.trace(connection.describe(output.notify_url))  # the log's, not stderr's
     return _Prepared(
         options=options,
         connection=connection,
@@ -286,7 +290,7 @@ def _prepare(report: Path, command: str, options: RetryOptions) -> _Prepared:
         output=output,
         console=console,
         command=command,
-        command_line=connection.auth.redact(command_line(command)),
+        command_line=console.redact(command_line(command)),
     )
 
 
@@ -353,6 +357,9 @@ def dry_run(input: str | Path, options: JobOptions) -> DryRun:
     path = store_path(options, sandbox=sandbox)
     url = chosen_base_url(options)
     org = chosen_org_id(options)
+    network = describe_network(
+        resolve_proxies(options), resolve_trust(options), url, sandbox=sandbox
+    )
     with contextlib.ExitStack() as stack:
         store = Store.open_existing(path) if path is not None else None
         if store is not None:
@@ -366,7 +373,8 @@ def dry_run(input: str | Path, options: JobOptions) -> DryRun:
         else:
             spool, name = Path(input), str(input)
         plan = scan(Table(spool, options), linked_times=ledger.lookup)
-        return _describe(plan, name, "<sandbox>" if sandbox else url, options.limit)
+        found = _describe(plan, name, "<sandbox>" if sandbox else url, options.limit)
+        return dataclasses.replace(found, network=network)
 
 
 def _scope_key(options: ConnectionOptions) -> str | None:

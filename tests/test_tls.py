@@ -1,0 +1,79 @@
+"""A server that cannot be trusted stops the run at once (exit 3), as rejected credentials
+do: self-signed, wrong host, expired, or a handshake that fails; against an https sandbox
+with certificates from a CA made in the test."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bulklink.sandbox import Sandbox
+from tests.helpers import (
+    FAST_UNPACED,
+    Certs,
+    env_for,
+    invoke,
+    make_certs,
+    pairs_csv,
+    read_report,
+    run,
+)
+
+N = 60
+PAST = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+
+
+def _untrusted(certs: Certs, tmp_path: Path, case: str) -> tuple[dict[str, Any], list[str]]:
+    """The sandbox's TLS files for ``case``, and the options that trust ``certs``' CA."""
+    trusted = ["--ca-bundle", str(certs.bundle)]
+    if case == "self-signed":  # a CA nobody was told about; the system store is used
+        return make_certs(tmp_path / "stranger").server(), []
+    if case == "wrong host":
+        return certs.server("wrong.example"), trusted
+    return certs.server("127.0.0.1", not_after=PAST), trusted
+
+
+@pytest.mark.parametrize(
+    ("case", "why"),
+    [
+        ("self-signed", "could not be verified"),
+        ("wrong host", "mismatch, certificate is not valid for '127.0.0.1'"),
+        ("expired", "could not be verified (certificate has expired)"),
+    ],
+)
+def test_a_certificate_that_does_not_verify_stops_the_run(
+    start_sandbox: Callable[..., Sandbox], certs: Certs, tmp_path: Path, case: str, why: str
+) -> None:
+    tls, trust = _untrusted(certs, tmp_path, case)
+    server = start_sandbox(**tls)
+    src = pairs_csv(tmp_path / "in.csv", N)
+    result = run(server, src, *trust, "--concurrency", "4", "-q")
+    assert result.exit_code == 3, result.output
+    assert "Traceback" not in result.output
+    line = result.stderr.splitlines()[0]
+    assert line.startswith("bulklink: error: the certificate of 127.0.0.1 ")
+    assert why in line
+    source = f"the CA bundle {certs.bundle} (from --ca-bundle)" if trust else "the system's"
+    assert source in line and "--ca-bundle" in line and "nothing more was sent" in line
+    rows = read_report(tmp_path / "in.results.csv")
+    assert len(rows) == N
+    assert {r["outcome"] for r in rows} == {"skipped"}
+    assert sum(int(r["attempts"]) for r in rows) <= 4  # the requests already started
+    assert server.requests == []
+
+
+def test_a_failing_handshake_stops_the_run(sandbox: Sandbox, tmp_path: Path) -> None:
+    """https:// to a server that speaks plain http: not a certificate, still no retry."""
+    src = pairs_csv(tmp_path / "in.csv", 20)
+    url = sandbox.url.replace("http://", "https://")
+    result = invoke("run", src, *FAST_UNPACED, "--concurrency", "2", "-q", env=env_for(url))
+    assert result.exit_code == 3, result.output
+    line = result.stderr.splitlines()[0]
+    assert line.startswith("bulklink: error: the TLS handshake with 127.0.0.1 failed (")
+    assert "--ca-bundle" in line
+    rows = read_report(tmp_path / "in.results.csv")
+    assert {r["outcome"] for r in rows} == {"skipped"}
