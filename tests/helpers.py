@@ -24,6 +24,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import openpyxl
 import pytest
@@ -458,29 +459,43 @@ def serve_receiver() -> Iterator[Receiver]:
     """A :class:`Receiver` served from a thread of its own (so the CLI can be run here), its
     URL carrying secrets in path and query; held answers are let go at the end."""
     receiver = Receiver()
-    ready = threading.Event()
-    control: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
-    async def main() -> None:
+    async def serve(ready: Callable[[], None], stop: asyncio.Event) -> None:
         app = web.Application()
         app.router.add_post("/{tail:.*}", receiver.handle)
         runner = web.AppRunner(app, shutdown_timeout=0.5)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         receiver.url = f"http://127.0.0.1:{runner.addresses[0][1]}{HOOK_PATH}?{HOOK_QUERY}"
-        stop = asyncio.Event()
         receiver.release = asyncio.Event()
-        control.append((asyncio.get_running_loop(), stop))
-        ready.set()
+        ready()
         await stop.wait()
         receiver.release.set()
         await runner.cleanup()
 
-    thread = threading.Thread(target=lambda: asyncio.run(main()), name="receiver", daemon=True)
+    with in_thread("receiver", serve):
+        yield receiver
+
+
+@contextlib.contextmanager
+def in_thread(
+    name: str, serve: Callable[[Callable[[], None], asyncio.Event], Coroutine[Any, Any, None]]
+) -> Iterator[None]:
+    """``serve(ready, stop)`` in a daemon thread with its own event loop: entered once it
+    calls ``ready()``; on exit ``stop`` is set and the thread joined."""
+    ready = threading.Event()
+    control: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        control.append((asyncio.get_running_loop(), stop))
+        await serve(ready.set, stop)
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), name=name, daemon=True)
     thread.start()
     assert ready.wait(10)
     try:
-        yield receiver
+        yield
     finally:
         loop, stop = control[0]
         loop.call_soon_threadsafe(stop.set)
@@ -607,9 +622,10 @@ async def run_runner(
 
 @dataclass
 class ConnectProxy:
-    """A CONNECT-only proxy on 127.0.0.1: records each request's first line and its
-    ``Proxy-Authorization`` (``seen``) and its whole head (``heads``); answers 407 unless
-    that is ``expect`` (None: any), else tunnels the bytes both ways."""
+    """A small proxy on 127.0.0.1, for what tinyproxy cannot show: it records each
+    request's first line and ``Proxy-Authorization`` (``seen``) and its whole head
+    (``heads``); answers 407 unless that is ``expect`` (None: any); else tunnels a CONNECT,
+    or forwards a plain http request (absolute URL) without its proxy header."""
 
     url: str = ""
     expect: str | None = None
@@ -619,23 +635,33 @@ class ConnectProxy:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raw = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
         self.heads.append(raw)
-        head = raw.split("\r\n")
-        auth = next(
-            (line.split(":", 1)[1].strip() for line in head if line.lower().startswith("proxy-a")),
-            "",
-        )
-        self.seen.append((head[0], auth))
-        method, target, _ = head[0].split(" ", 2)
-        if (self.expect is not None and auth != self.expect) or method != "CONNECT":
+        first, *lines = raw.split("\r\n")
+        auth = next((ln.split(":", 1)[1].strip() for ln in lines if _is_proxy_auth(ln)), "")
+        self.seen.append((first, auth))
+        method, target, version = first.split(" ", 2)
+        if self.expect is not None and auth != self.expect:
             writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n")
-            writer.write(b'Proxy-Authenticate: Basic realm="test"\r\n\r\n')
+            writer.write(b'Proxy-Authenticate: Basic realm="test"\r\nConnection: close\r\n\r\n')
             await writer.drain()
             writer.close()
             return
-        host, port = target.rsplit(":", 1)
-        up_reader, up_writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        if method == "CONNECT":
+            host, port = target.rsplit(":", 1)
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:  # one request, then the connection closes
+            parts = urlsplit(target)
+            up_reader, up_writer = await asyncio.open_connection(parts.hostname, parts.port)
+            kept = [ln for ln in lines if ln and not _is_proxy_auth(ln)]
+            kept = [ln for ln in kept if not ln.lower().startswith("connection:")]
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+            head = [f"{method} {path} {version}", *kept, "Connection: close", "", ""]
+            up_writer.write("\r\n".join(head).encode("latin-1"))
         await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+
+def _is_proxy_auth(line: str) -> bool:
+    return line.lower().startswith("proxy-authorization:")
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -650,27 +676,16 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 def serve_connect_proxy(expect: str | None = None) -> Iterator[ConnectProxy]:
     """A :class:`ConnectProxy` served from a thread of its own."""
     proxy = ConnectProxy(expect=expect)
-    ready = threading.Event()
-    control: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
-    async def main() -> None:
+    async def serve(ready: Callable[[], None], stop: asyncio.Event) -> None:
         server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
         proxy.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        stop = asyncio.Event()
-        control.append((asyncio.get_running_loop(), stop))
-        ready.set()
+        ready()
         async with server:
             await stop.wait()
 
-    thread = threading.Thread(target=lambda: asyncio.run(main()), name="proxy", daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
+    with in_thread("proxy", serve):
         yield proxy
-    finally:
-        loop, stop = control[0]
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
 
 
 @dataclass
@@ -701,9 +716,7 @@ def run_tinyproxy(folder: Path) -> Iterator[Tinyproxy]:
     the test is skipped only where tinyproxy is not installed (``.ci/run`` installs it)."""
     import shutil
 
-    program = shutil.which("tinyproxy") or (
-        "/usr/bin/tinyproxy" if Path("/usr/bin/tinyproxy").exists() else None
-    )
+    program = shutil.which("tinyproxy")
     if program is None:
         pytest.skip("tinyproxy is not installed")
     folder.mkdir(parents=True, exist_ok=True)

@@ -78,8 +78,9 @@ def test_webhook_goes_through_the_env_proxy(
 
 
 def test_proxy_option_sends_its_credentials_and_never_shows_them(
-    https: Sandbox, certs: Certs, tmp_path: Path
+    https: Sandbox, certs: Certs, receiver: Receiver, tmp_path: Path
 ) -> None:
+    """For the API (CONNECT) and the webhook (plain http) alike."""
     user, password = "alice-proxy", "pr0xy-S3CRET/pw"
     expect = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
     src = pairs_csv(tmp_path / "in.csv", N)
@@ -101,8 +102,11 @@ def test_proxy_option_sends_its_credentials_and_never_shows_them(
             src,
             *("--proxy", typed, "--ca-bundle", certs.bundle, "--log-file", log),
             *("--summary-json", summary, "--state", state),
+            *("--notify", receiver.url, "--notify-on", "always"),
         )
     assert result.exit_code == 0, result.output
+    assert len(receiver.raw) == 1
+    assert proxy.seen[-1][0].startswith(f"POST {receiver.url.split('?')[0]}")
     assert len(sent(https)) == N
     assert proxy.seen and {auth for _, auth in proxy.seen} == {expect}
     for head in proxy.heads:  # the API's credentials never go to the proxy
@@ -112,7 +116,7 @@ def test_proxy_option_sends_its_credentials_and_never_shows_them(
     assert all(r.header("proxy-authorization") is None for r in https.requests)
     with sqlite3.connect(state) as db:
         history = json.dumps(db.execute("SELECT * FROM runs").fetchall())
-    texts = (result.output, history, log.read_text(), summary.read_text())
+    texts = (result.output, history, log.read_text(), summary.read_text(), *map(str, receiver.raw))
     files = tuple(tmp_path.glob("in.results*"))
     for secret in (password, "pr0xy-S3CRET%2Fpw", user, expect.split()[1]):
         for text in texts:
@@ -121,24 +125,32 @@ def test_proxy_option_sends_its_credentials_and_never_shows_them(
             assert secret.encode() not in path.read_bytes()
 
 
-@pytest.mark.parametrize("given", ["none", "wrong"])
+@pytest.mark.parametrize(
+    ("given", "scheme"), [("none", "https"), ("wrong", "https"), ("wrong", "http")]
+)
 def test_a_407_stops_the_run_naming_the_proxy(
-    https: Sandbox, certs: Certs, tmp_path: Path, given: str
+    start_sandbox: Callable[..., Sandbox],
+    certs: Certs,
+    tmp_path: Path,
+    given: str,
+    scheme: str,
 ) -> None:
+    """Through a CONNECT tunnel (https) or with the request itself (http)."""
+    server = start_sandbox(**(certs.server() if scheme == "https" else {}))
     src = pairs_csv(tmp_path / "in.csv", 40)
     with serve_connect_proxy("Basic right") as proxy:
         typed = proxy.url.replace("//", "//bob:wrong-pass@") if given == "wrong" else proxy.url
         result = run(
-            https, src, "--proxy", typed, "--ca-bundle", certs.bundle, "--concurrency", "2"
+            server, src, "--proxy", typed, "--ca-bundle", certs.bundle, "--concurrency", "2"
         )
     assert result.exit_code == 3, result.output
-    assert f"HTTP 407 from the proxy {proxy.url.split('//')[1]}" in result.stderr
+    assert f"HTTP 407 from the proxy {proxy.url.split('//')[1]}: it " in result.stderr
     assert "wrong-pass" not in result.output
-    assert len(proxy.seen) <= 2  # the requests already started, no more
+    assert 1 <= len(proxy.seen) <= 2  # the requests already started, no more
     rows = read_report(tmp_path / "in.results.csv")
     assert len(rows) == 40
     assert {r["outcome"] for r in rows} == {"skipped"}
-    assert sent(https) == []
+    assert sent(server) == []
 
 
 @pytest.mark.parametrize(
@@ -170,26 +182,28 @@ def test_loopback_goes_through_the_env_proxy_unless_no_proxy_names_it(
         assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize(
-    ("host", "no_proxy", "expected"),
-    [
-        ("api.corp.example", "corp.example", True),
-        ("api.corp.example", ".corp.example", True),
-        ("corp.example", ".corp.example", True),
-        ("xcorp.example", "corp.example", False),
-        ("api.corp.example", "other.example, *.corp.example", True),
-        ("10.1.2.3", "10.0.0.0/8", True),
-        ("10.1.2.3", "10.1.2.3", True),
-        ("10.1.2.4", "10.1.2.3", False),
-        ("::1", "[::1]", True),
-        ("127.0.0.1", "", False),
-        ("localhost", "localhost:443", True),
-        ("localhost", "localhost:80", False),
-        ("anything", " * ", True),
-    ],
-)
-def test_no_proxy_entries(host: str, no_proxy: str, expected: bool) -> None:
-    assert bypassed(host, 443, no_proxy) is expected
+#: host, NO_PROXY, whether it goes direct ("-" is an empty NO_PROXY).
+NO_PROXY_TABLE = """
+api.corp.example  corp.example                   direct
+api.corp.example  .corp.example                  direct
+corp.example      .corp.example                  direct
+xcorp.example     corp.example                   proxy
+api.corp.example  other.example,*.corp.example   direct
+10.1.2.3          10.0.0.0/8                     direct
+10.1.2.3          10.1.2.3                       direct
+10.1.2.4          10.1.2.3                       proxy
+::1               [::1]                          direct
+127.0.0.1         -                              proxy
+localhost         localhost:443                  direct
+localhost         localhost:80                   proxy
+anything          *                              direct
+"""
+
+
+@pytest.mark.parametrize("case", NO_PROXY_TABLE.strip().splitlines())
+def test_no_proxy_entries(case: str) -> None:
+    host, no_proxy, way = case.split()
+    assert bypassed(host, 443, "" if no_proxy == "-" else no_proxy) is (way == "direct")
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ with certificates from a CA made in the test."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from collections.abc import Callable
 from pathlib import Path
@@ -11,9 +12,16 @@ from typing import Any
 
 import pytest
 
+from bulklink import link_pairs
+from bulklink.errors import Blocked
+from bulklink.models import LinkResult, Outcome
+from bulklink.net.notify import send_notice_sync
+from bulklink.net.tls import Trust
 from bulklink.sandbox import Sandbox
 from tests.helpers import (
     FAST_UNPACED,
+    ORG,
+    TOKEN,
     Certs,
     env_for,
     invoke,
@@ -77,3 +85,35 @@ def test_a_failing_handshake_stops_the_run(sandbox: Sandbox, tmp_path: Path) -> 
     assert "--ca-bundle" in line
     rows = read_report(tmp_path / "in.results.csv")
     assert {r["outcome"] for r in rows} == {"skipped"}
+
+
+def test_link_pairs_stops_on_an_untrusted_server_and_skips_the_rest(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    server = start_sandbox(**make_certs(tmp_path / "stranger").server())
+    pairs = [(f"S{i}", f"L{i}") for i in range(30)]
+
+    async def main() -> list[LinkResult]:
+        results = []
+        with pytest.raises(Blocked, match=r"the certificate of 127\.0\.0\.1 could not be verified"):
+            async for result in link_pairs(
+                pairs, base_url=server.url, token=TOKEN, org_id=ORG, concurrency=2
+            ):
+                results.append(result)
+        return results
+
+    results = asyncio.run(main())
+    assert len(results) == 30
+    assert {r.outcome for r in results} == {Outcome.SKIPPED}
+
+
+def test_a_notice_to_an_untrusted_webhook_is_tried_once(
+    start_sandbox: Callable[..., Sandbox], certs: Certs
+) -> None:
+    server = start_sandbox(**certs.server("wrong.example"))
+    url = f"{server.url}/services/T1/B2/hook-SECRET-path-long"
+    warning = send_notice_sync(url, {"text": "x"}, trust=Trust(certs.bundle, "--ca-bundle"))
+    assert warning is not None
+    assert warning.startswith("warning: the notice to 127.0.0.1 was not delivered: the cert")
+    assert "mismatch" in warning and "--ca-bundle" in warning and "tries" not in warning
+    assert "hook-SECRET" not in warning
