@@ -29,6 +29,7 @@ from tests.helpers import (
     pairs_csv,
     read_report,
     run,
+    serve_connect_proxy,
 )
 
 N = 60
@@ -117,3 +118,19 @@ def test_a_notice_to_an_untrusted_webhook_is_tried_once(
     assert warning.startswith("warning: the notice to 127.0.0.1 was not delivered: the cert")
     assert "mismatch" in warning and "--ca-bundle" in warning and "tries" not in warning
     assert "hook-SECRET" not in warning
+
+
+def test_an_inspecting_proxy_whose_ca_is_not_trusted_stops_the_run(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    """The tunnel is made; the certificate behind it is the proxy CA's, which nobody gave."""
+    server = start_sandbox(**make_certs(tmp_path / "inspecting").server())
+    src = pairs_csv(tmp_path / "in.csv", 10)
+    with serve_connect_proxy() as proxy:
+        result = run(server, src, "--concurrency", "1", env={"HTTPS_PROXY": proxy.url})
+    assert result.exit_code == 3, result.output
+    assert proxy.seen[0][0].startswith("CONNECT 127.0.0.1:")
+    line = result.stderr.splitlines()[0]
+    assert "the certificate of 127.0.0.1 could not be verified" in line
+    assert "with the system's CA store: if a company proxy inspects TLS" in line
+    assert server.requests == []
