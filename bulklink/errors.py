@@ -13,7 +13,7 @@
     │                             stopped, the journal keeps what was written (exit 74)
     └── InternalError             a bug in bulklink itself stopped the run (exit 70)
 
-The last four carry the :class:`~bulklink.models.Summary` of the run so far when they
+The last five carry the :class:`~bulklink.models.Summary` of the run so far when they
 come out of :func:`bulklink.run_job` and the report was still written (``None`` when it
 could not be). Messages never contain the token or API key.
 """

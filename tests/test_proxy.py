@@ -77,10 +77,11 @@ def test_webhook_goes_through_the_env_proxy(
     assert lines[0].startswith(f"POST {receiver.url.split('?')[0]}")
 
 
-def test_proxy_option_sends_its_credentials_and_never_shows_them(
-    https: Sandbox, certs: Certs, receiver: Receiver, tmp_path: Path
+@pytest.mark.parametrize("how", ["--proxy", "BULKLINK_PROXY", "HTTPS_PROXY"])
+def test_proxy_credentials_are_sent_and_never_shown(
+    https: Sandbox, certs: Certs, receiver: Receiver, tmp_path: Path, how: str
 ) -> None:
-    """For the API (CONNECT) and the webhook (plain http) alike."""
+    """For the API (CONNECT) and the webhook (plain http) alike, however the proxy is given."""
     user, password = "alice-proxy", "pr0xy-S3CRET/pw"
     expect = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
     src = pairs_csv(tmp_path / "in.csv", N)
@@ -88,21 +89,27 @@ def test_proxy_option_sends_its_credentials_and_never_shows_them(
     state = tmp_path / "state.sqlite3"
     with serve_connect_proxy(expect) as proxy:
         typed = proxy.url.replace("http://", f"http://{user}:pr0xy-S3CRET%2Fpw@")
+        given: tuple[str | Path, ...] = ("--proxy", typed) if how == "--proxy" else ()
+        env = {} if given else {how: typed, how.replace("HTTPS", "HTTP"): typed}
         result = run(
             https,
             src,
-            *("--proxy", typed, "--ca-bundle", certs.bundle, "--log-file", log),
+            *given,
+            *("--ca-bundle", certs.bundle, "--log-file", log),
             *("--summary-json", summary, "--state", state, "--dry-run"),
+            env=env,
         )
         assert result.exit_code == 0, result.output
-        assert f"proxy {proxy.url.split('//')[1]} (from --proxy)" in result.stdout
+        assert f"proxy {proxy.url.split('//')[1]} (from {how})" in result.stdout
         assert "from --ca-bundle" in result.stdout
         result = run(
             https,
             src,
-            *("--proxy", typed, "--ca-bundle", certs.bundle, "--log-file", log),
+            *given,
+            *("--ca-bundle", certs.bundle, "--log-file", log),
             *("--summary-json", summary, "--state", state),
             *("--notify", receiver.url, "--notify-on", "always"),
+            env=env,
         )
     assert result.exit_code == 0, result.output
     assert len(receiver.raw) == 1
