@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import re
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -134,3 +138,22 @@ def test_an_inspecting_proxy_whose_ca_is_not_trusted_stops_the_run(
     assert "the certificate of 127.0.0.1 could not be verified" in line
     assert "with the system's CA store: if a company proxy inspects TLS" in line
     assert server.requests == []
+
+
+def test_the_sandbox_command_serves_https(certs: Certs, tmp_path: Path) -> None:
+    tls = certs.server()
+    argv = [sys.executable, "-m", "bulklink", "sandbox", "--port", "0", "--token", TOKEN]
+    argv += ["--org-id", ORG, "--tls-cert", str(tls["tls_cert"]), "--tls-key", str(tls["tls_key"])]
+    with subprocess.Popen(argv, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stderr is not None
+        try:
+            announced = proc.stderr.readline()
+            url = re.findall(r"https://127\.0\.0\.1:\d+", announced)[0]
+            src = pairs_csv(tmp_path / "in.csv", 3)
+            result = invoke(
+                "run", src, *FAST_UNPACED, "--ca-bundle", certs.bundle, env=env_for(url)
+            )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+    assert result.exit_code == 0, result.output
+    assert {r["outcome"] for r in read_report(tmp_path / "in.results.csv")} == {"linked"}
