@@ -631,6 +631,7 @@ class ConnectProxy:
     expect: str | None = None
     seen: list[tuple[str, str]] = field(default_factory=list)
     heads: list[str] = field(default_factory=list)
+    refusal: bytes = b"407 Proxy Authentication Required"  # what a mismatch is answered
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raw = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
@@ -640,7 +641,7 @@ class ConnectProxy:
         self.seen.append((first, auth))
         method, target, version = first.split(" ", 2)
         if self.expect is not None and auth != self.expect:
-            writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n")
+            writer.write(b"HTTP/1.1 " + self.refusal + b"\r\nContent-Length: 0\r\n")
             writer.write(b'Proxy-Authenticate: Basic realm="test"\r\nConnection: close\r\n\r\n')
             await writer.drain()
             writer.close()

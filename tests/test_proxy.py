@@ -160,6 +160,24 @@ def test_a_407_stops_the_run_naming_the_proxy(
     assert sent(server) == []
 
 
+def test_a_proxy_that_fails_the_connect_otherwise_is_retried(
+    https: Sandbox, certs: Certs, tmp_path: Path
+) -> None:
+    src = pairs_csv(tmp_path / "in.csv", 2)
+    with serve_connect_proxy("Basic never") as proxy:
+        proxy.refusal = b"502 Bad Gateway"
+        result = run(
+            https, src, "--proxy", proxy.url, "--ca-bundle", certs.bundle, "--max-retries", "1"
+        )
+    assert result.exit_code == 1, result.output
+    assert len(proxy.seen) == 4  # two rows, two attempts each
+    rows = read_report(tmp_path / "in.results.csv")
+    assert {r["outcome"] for r in rows} == {"failed"}
+    assert {r["error"] for r in rows} == {
+        f"the proxy {proxy.url.split('//')[1]} answered HTTP 502 (gave up after 2 attempts)"
+    }
+
+
 @pytest.mark.parametrize(
     "no_proxy", ["127.0.0.1", "*", "localhost, 127.0.0.1", "127.0.0.0/8", "{host_port}"]
 )
