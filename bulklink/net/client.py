@@ -359,9 +359,9 @@ class Client:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
-            # what _Inflater undoes. The credentials are not session headers: aiohttp
-            # copies those onto a proxy's CONNECT too (the Bearer token as its
-            # Proxy-Authorization), so they go with each request (self._via) instead.
+            # Accept-Encoding: what _Inflater undoes. The credentials are no session
+            # headers: aiohttp copies those onto a proxy's CONNECT too (the Bearer token
+            # as its Proxy-Authorization), so they go with each request (self._via).
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"},
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             auto_decompress=False,
