@@ -424,15 +424,17 @@ class Bench:
         log(f"  {name}: {figure}  [{goal}] {row.verdict}")
 
     def env(self, base_url: str | None = None, state_home: Path | None = None) -> dict[str, str]:
-        """The caller's environment, our credentials, and a state store of the run's own.
+        """The caller's environment (but its proxies), our credentials, and a state store
+        of the run's own.
 
         ``state_home`` is the ``XDG_STATE_HOME`` to use; None: a new, empty one.
         """
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith("THENA_") and k != "BULKLINK_STATE"
+            if not k.startswith("THENA_") and k not in ("BULKLINK_STATE", "BULKLINK_PROXY")
         }
+        env["NO_PROXY"] = env["no_proxy"] = "*"  # loopback only, never through a proxy
         env.update(THENA_TOKEN=TOKEN, THENA_ORG_ID=ORG)
         env["XDG_STATE_HOME"] = str(state_home if state_home is not None else self.state_home())
         if base_url is not None:

@@ -89,6 +89,7 @@ def main(argv: list[str]) -> int:
                 token=bench.TOKEN,
                 org_id=bench.ORG,
                 rate=0,
+                no_proxy=True,  # loopback only, whatever the environment's proxies
                 state=Path(tmp) / "state.sqlite3",  # on, as by default, but not the user's
             )
             elapsed = time.monotonic() - t0

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from bulklink.api import retry_job as retry_job
     from bulklink.api import run_job as run_job
     from bulklink.console import Console as Console
+    from bulklink.errors import Blocked as Blocked
     from bulklink.errors import BulklinkError as BulklinkError
     from bulklink.errors import CredentialsRejected as CredentialsRejected
     from bulklink.errors import DiskError as DiskError
@@ -49,6 +50,7 @@ _EXPORTS = {
     "InputError": "bulklink.errors",
     "LockedError": "bulklink.errors",
     "CredentialsRejected": "bulklink.errors",
+    "Blocked": "bulklink.errors",
     "DiskError": "bulklink.errors",
     "InternalError": "bulklink.errors",
     "Interrupted": "bulklink.errors",

@@ -24,8 +24,10 @@ from bulklink._fs import refuse_same_files
 from bulklink.console import Console
 from bulklink.errors import BulklinkError, LockedError, SameFileError, UsageError
 from bulklink.models import Pair, Summary
-from bulklink.net.connection import Connection, chosen_base_url, connect
+from bulklink.net.connection import Connection, chosen_base_url, connect, describe_network
 from bulklink.net.credentials import chosen_org_id, preflight, resolve_auth
+from bulklink.net.proxy import resolve_proxies
+from bulklink.net.tls import resolve_trust
 from bulklink.options import (
     ConnectionOptions,
     JobOptions,
@@ -75,6 +77,7 @@ class DryRun:
     invalid_rows: list[tuple[int, str]]
     sample_requests: list[Pair] = field(default_factory=list)
     url: str = ""
+    network: str = ""  # which proxy (host only) and CA certificates a run would use
 
 
 @file_entry(JobOptions)
@@ -185,7 +188,7 @@ def _published(
                     previous_exit_code=previous.exit_code if previous else None,
                     last_success=ledger.last_success(output.job),
                     redact=prepared.console.redact,
-                    allow_http=prepared.connection.allow_http,
+                    connection=prepared.connection,
                     summary_json=refused,
                 )
 
@@ -213,7 +216,7 @@ def _publish_refusal(prepared: _Prepared, exc: BulklinkError, *, files: bool = F
         previous_exit_code=None,
         last_success=None,
         redact=prepared.console.redact,
-        allow_http=prepared.connection.allow_http,
+        connection=prepared.connection,
         summary_json=files,
     )
 
@@ -272,9 +275,10 @@ def _prepare(report: Path, command: str, options: RetryOptions, input: Path | No
             console.forget_log()
         raise
     # The webhook URL is a secret too: aiohttp's messages may quote it.
-    console.redact = connection.auth.redact | Redactor(urls=[output.notify_url])
+    console.redact = connection.redact | Redactor(urls=[output.notify_url])
     for warning in connection.auth.warnings:  # shown even with -q, as ssh does
         console.error(warning)
+    console.trace(connection.describe(output.notify_url))  # the log's, not stderr's
     return _Prepared(
         options=options,
         connection=connection,
@@ -282,7 +286,7 @@ def _prepare(report: Path, command: str, options: RetryOptions, input: Path | No
         output=output,
         console=console,
         command=command,
-        command_line=connection.auth.redact(command_line(command)),
+        command_line=console.redact(command_line(command)),
     )
 
 
@@ -367,6 +371,9 @@ def dry_run(input: str | Path, options: JobOptions) -> DryRun:
     path = store_path(options, sandbox=sandbox)
     url = chosen_base_url(options)
     org = chosen_org_id(options)
+    network = describe_network(
+        resolve_proxies(options), resolve_trust(options), url, sandbox=sandbox
+    )
     with contextlib.ExitStack() as stack:
         store = Store.open_existing(path) if path is not None else None
         if store is not None:
@@ -378,7 +385,8 @@ def dry_run(input: str | Path, options: JobOptions) -> DryRun:
         snapshot = stack.enter_context(Snapshot(input, beside=Path(tmp) / "input"))
         plan = scan(Table(snapshot, options), linked_times=ledger.lookup)
         name = "-" if str(input) == "-" else os.fsdecode(input)
-        return _describe(plan, name, "<sandbox>" if sandbox else url, options.limit)
+        found = _describe(plan, name, "<sandbox>" if sandbox else url, options.limit)
+        return dataclasses.replace(found, network=network)
 
 
 def _scope_key(options: ConnectionOptions) -> str | None:

@@ -23,7 +23,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_CODES = """\b
 Exit codes: 0 every row linked (or a duplicate of a linked row); 1 some rows not
 linked (also after --give-up-after or --deadline stopped the run); 2 usage or input
-error, nothing sent; 3 credentials rejected (run stopped); 70 internal error (a bug;
+error, nothing sent; 3 the API refused us or could not be trusted (credentials
+rejected, a certificate or TLS failure, a proxy's 407): a person must act (run
+stopped); 70 internal error (a bug;
 rerun to resume); 74 a file could not be written, e.g. a full disk (free space, rerun
 to resume); 75 another run holds the report; 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM."""
 
@@ -84,6 +86,27 @@ connection_options = _apply(
             is_flag=True,
             help="Allow a plain http:// base URL or webhook on a host other than "
             "loopback (the token then crosses the network in clear).",
+        ),
+        click.option(
+            "--proxy",
+            metavar="URL",
+            help="Send to the API and webhooks through this http:// proxy (https goes "
+            "through a CONNECT tunnel); credentials in it (http://user:pass@host:3128) are "
+            "sent as Proxy-Authorization and never shown. '' = none. Overrides "
+            "HTTPS_PROXY, HTTP_PROXY and NO_PROXY, which are read as curl reads them.  "
+            "[env var: BULKLINK_PROXY]",
+        ),
+        click.option(
+            "--no-proxy",
+            is_flag=True,
+            help="Use no proxy, whatever the environment says.",
+        ),
+        click.option(
+            "--ca-bundle",
+            type=click.Path(path_type=Path),  # a folder is refused by bulklink, in one line
+            help="Trust the CA certificates in this PEM file (a company's TLS-inspecting "
+            "proxy's CA, say) instead of the system's. Verification is never turned off.  "
+            "[env var: BULKLINK_CA_BUNDLE, then REQUESTS_CA_BUNDLE, then SSL_CERT_FILE]",
         ),
     ]
 )
@@ -322,6 +345,7 @@ def _print_summary(console: Console, summary: Summary) -> None:
 
 def _run_and_report(console: Console, call: Callable[[], Summary]) -> None:
     from bulklink.errors import (
+        Blocked,
         BulklinkError,
         CredentialsRejected,
         DiskError,
@@ -332,11 +356,11 @@ def _run_and_report(console: Console, call: Callable[[], Summary]) -> None:
     try:
         try:
             summary = call()
-        except (CredentialsRejected, Interrupted, DiskError, InternalError) as exc:
+        except (CredentialsRejected, Blocked, Interrupted, DiskError, InternalError) as exc:
             if isinstance(exc, InternalError):
                 _internal_error(console, exc)
             else:
-                label = "error: " if isinstance(exc, DiskError) else ""
+                label = "error: " if isinstance(exc, DiskError | Blocked) else ""
                 console.error(f"bulklink: {label}{console.redact(str(exc))}")
             if exc.summary is not None:
                 _print_summary(console, exc.summary)  # the summary line stays the last
@@ -470,6 +494,7 @@ def _print_dry_run(info: Any) -> None:
         + (f", skipped by --limit {held}" if held else "")
         + " (nothing sent)"
     )
+    echo(info.network)
     if info.invalid_rows:
         echo("invalid rows:")
         for row, reason in info.invalid_rows:
@@ -655,6 +680,16 @@ Examples:
     help="Ticket IDs starting with this answer 404.",
 )
 @click.option("--seed", type=int, help="Seed for the fault injection.")
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Serve https with this PEM certificate (chain); needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The private key (PEM) of --tls-cert.",
+)
 def sandbox(
     host: str,
     port: int,
@@ -667,10 +702,14 @@ def sandbox(
     org_id: str | None,
     unknown_prefix: str,
     seed: int | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
     """Serve a local simulator of Thena's link endpoint (PATCH /v1/tickets/link)."""
     from bulklink.sandbox import SandboxConfig, run_forever
 
+    if (tls_cert is None) != (tls_key is None):
+        _fail("give --tls-cert and --tls-key together", 2)
     config = SandboxConfig(
         token=token,
         api_key=api_key,
@@ -682,6 +721,8 @@ def sandbox(
         seed=seed,
         unknown_prefix=unknown_prefix,
         record=False,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     run_forever(
         config,

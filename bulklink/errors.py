@@ -6,12 +6,14 @@
     ├── InputError                the input file cannot be used; nothing was sent (exit 2)
     ├── LockedError               another run holds the report's lock (exit 75)
     ├── CredentialsRejected       the API answered 401/403; the run stopped (exit 3)
+    ├── Blocked                   the server's certificate or the TLS handshake failed,
+    │                             or the proxy refused us (407); the run stopped (exit 3)
     ├── Interrupted               SIGINT/SIGTERM/SIGHUP stopped the run (exit 130/143/129)
     ├── DiskError                 a file could not be written (a full disk); the run
     │                             stopped, the journal keeps what was written (exit 74)
     └── InternalError             a bug in bulklink itself stopped the run (exit 70)
 
-The last four carry the :class:`~bulklink.models.Summary` of the run so far when they
+The last five carry the :class:`~bulklink.models.Summary` of the run so far when they
 come out of :func:`bulklink.run_job` and the report was still written (``None`` when it
 could not be). Messages never contain the token or API key.
 """
@@ -74,6 +76,13 @@ class _StoppedWithSummary(BulklinkError):
 
 class CredentialsRejected(_StoppedWithSummary):
     """The API answered 401 or 403: the token, key or org is wrong, so no row can succeed."""
+
+    exit_code = 3
+
+
+class Blocked(_StoppedWithSummary):
+    """No request can succeed until a person acts: the server could not be trusted (its
+    certificate did not verify, the TLS handshake failed) or the proxy answered 407."""
 
     exit_code = 3
 

@@ -39,6 +39,13 @@ ENVIRONMENT = {
     "THENA_ORG_ID": "organization ID sent as x-org-id (--org-id)",
     "BULKLINK_STATE": "the state store's path (--state)",
     "BULKLINK_NOTIFY_URL": "webhook for notices (--notify); a secret: only its host is shown",
+    "BULKLINK_PROXY": "proxy for the API and webhooks (--proxy); overrides the next three",
+    "HTTPS_PROXY": "proxy for https URLs, as curl reads it (also https_proxy)",
+    "HTTP_PROXY": "proxy for http URLs, as curl reads it (also http_proxy)",
+    "NO_PROXY": "hosts, domains, IPs or * that go direct (also no_proxy)",
+    "BULKLINK_CA_BUNDLE": "CA certificates to trust (--ca-bundle)",
+    "REQUESTS_CA_BUNDLE": "CA certificates to trust, after --ca-bundle and BULKLINK_CA_BUNDLE",
+    "SSL_CERT_FILE": "CA certificates to trust, after the three above",
     "XDG_STATE_HOME": "where the default state store lives (bulklink/state.sqlite3 in it)",
 }
 
@@ -93,6 +100,10 @@ class ConnectionOptions(_Checked):
     org_id: str | None = None
     sandbox: bool = False
     allow_http: bool = False
+    #: ``http://[user:pass@]host:port``; ``""`` for none. Its credentials are secrets.
+    proxy: str | None = field(default=None, repr=False)
+    no_proxy: bool = False
+    ca_bundle: str | Path | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,10 +1,12 @@
 """The one redactor: every spelling of every secret bulklink holds, out of every text,
 decoded JSON value and raw body before it is shown, logged, journaled or sent on.
 
-The secrets are the credentials (token, API key) and the secret parts of a webhook URL
-(its path and query: the URL is the key). Servers and libraries echo them back re-spelled:
-JSON-escaped, percent-encoded either way (aiohttp's yarl turns ``%2F`` into ``/`` and
-``%7E`` into ``~`` before a URL reaches an error message), HTML-escaped, base64. Each
+The secrets are the credentials (token, API key; a proxy's user, password and
+``user:password``, whose base64 is the ``Proxy-Authorization`` value) and the secret parts
+of a webhook URL (its path and query: the URL is the key). Servers and libraries echo
+them back re-spelled: JSON-escaped, percent-encoded either way (aiohttp's yarl turns
+``%2F`` into ``/`` and ``%7E`` into ``~`` before a URL reaches an error message),
+HTML-escaped, base64. Each
 secret is expanded once into all those forms; redacting is then plain substring work.
 """
 

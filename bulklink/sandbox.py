@@ -14,8 +14,10 @@ import bisect
 import contextlib
 import json
 import math
+import os
 import random
 import signal
+import ssl
 import threading
 import time
 import zlib
@@ -86,6 +88,16 @@ class SandboxConfig:
     unknown_prefix: str = "MISSING"
     script: dict[str, list[Reply]] = field(default_factory=dict)
     record: bool = True
+    #: PEM certificate chain and key: serve https (``url`` starts with ``https://``).
+    tls_cert: str | os.PathLike[str] | None = None
+    tls_key: str | os.PathLike[str] | None = None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls_cert is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        return context
 
 
 @dataclass(frozen=True)
@@ -248,15 +260,17 @@ class Sandbox:
         """Listen on host:port (0 = a free port) in the running loop; return the base URL."""
         # A short shutdown_timeout: stop() must not wait for scripted long delays.
         runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.5)
+        context = self.config.ssl_context()
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, ssl_context=context).start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
         bound = runner.addresses[0][1]
-        self.url = f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}"
+        scheme = "https" if context is not None else "http"
+        self.url = f"{scheme}://[{host}]:{bound}" if ":" in host else f"{scheme}://{host}:{bound}"
         return self.url
 
     async def stop(self) -> None:

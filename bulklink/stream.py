@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable
 
-from bulklink.errors import CredentialsRejected
+from bulklink.errors import Blocked, CredentialsRejected
 from bulklink.models import LinkResult, Outcome, Pair, Result
 from bulklink.net.client import Client
 from bulklink.net.connection import Connection, connect
@@ -56,7 +56,8 @@ async def link_pairs(
     into text; ``None`` and NaN are blank); a blank ID or a self-link is ``invalid``
     and not sent. Rate limit, retries and the stop on 401/403 work as in ``run``: after
     a rejection the remaining pairs come out ``skipped`` and then
-    :class:`~bulklink.errors.CredentialsRejected` is raised. No journal, report or
+    :class:`~bulklink.errors.CredentialsRejected` is raised (after a TLS failure or a
+    proxy's 407, :class:`~bulklink.errors.Blocked`). No journal, report or
     lock: the caller owns the results.
     """
     connection = connect(options)
@@ -69,6 +70,8 @@ async def link_pairs(
             allow_http=connection.allow_http or connection.sandbox,
             timeout=options.timeout,
             max_connections=options.workers or AUTO_CAP,
+            proxies=connection.api_proxies,
+            trust=connection.trust,
         ) as client,
     ):
         runner = Runner(client, options, stream.done.put_nowait)
@@ -81,6 +84,10 @@ async def link_pairs(
             if not task.done():
                 runner.stop("the caller stopped reading results")
                 await task
+    if runner.halted:
+        async for result in stream.rest_skipped(f"not attempted: {runner.halted}"):
+            yield result
+        raise Blocked(runner.halted)
     if runner.stop_reason == CREDENTIALS_REJECTED:
         async for result in stream.rest_skipped(f"not attempted: {CREDENTIALS_REJECTED}"):
             yield result

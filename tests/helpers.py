@@ -24,6 +24,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import openpyxl
 import pytest
@@ -335,8 +336,11 @@ def make_xlsx(
     return path
 
 
-def run(server: Sandbox, path: Path, *extra: str | Path) -> Result:
-    return run_against(server, "run", path, *FAST_UNPACED, *extra)
+def run(
+    server: Sandbox, path: Path, *extra: str | Path, env: dict[str, str] | None = None
+) -> Result:
+    """``bulklink run path`` against ``server``, fast; ``env`` added to the credentials."""
+    return run_against(server, "run", path, *FAST_UNPACED, *extra, env=env)
 
 
 def one_line_usage_error(result: Result) -> str:
@@ -455,29 +459,43 @@ def serve_receiver() -> Iterator[Receiver]:
     """A :class:`Receiver` served from a thread of its own (so the CLI can be run here), its
     URL carrying secrets in path and query; held answers are let go at the end."""
     receiver = Receiver()
-    ready = threading.Event()
-    control: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
-    async def main() -> None:
+    async def serve(ready: Callable[[], None], stop: asyncio.Event) -> None:
         app = web.Application()
         app.router.add_post("/{tail:.*}", receiver.handle)
         runner = web.AppRunner(app, shutdown_timeout=0.5)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         receiver.url = f"http://127.0.0.1:{runner.addresses[0][1]}{HOOK_PATH}?{HOOK_QUERY}"
-        stop = asyncio.Event()
         receiver.release = asyncio.Event()
-        control.append((asyncio.get_running_loop(), stop))
-        ready.set()
+        ready()
         await stop.wait()
         receiver.release.set()
         await runner.cleanup()
 
-    thread = threading.Thread(target=lambda: asyncio.run(main()), name="receiver", daemon=True)
+    with in_thread("receiver", serve):
+        yield receiver
+
+
+@contextlib.contextmanager
+def in_thread(
+    name: str, serve: Callable[[Callable[[], None], asyncio.Event], Coroutine[Any, Any, None]]
+) -> Iterator[None]:
+    """``serve(ready, stop)`` in a daemon thread with its own event loop: entered once it
+    calls ``ready()``; on exit ``stop`` is set and the thread joined."""
+    ready = threading.Event()
+    control: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        control.append((asyncio.get_running_loop(), stop))
+        await serve(ready.set, stop)
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), name=name, daemon=True)
     thread.start()
     assert ready.wait(10)
     try:
-        yield receiver
+        yield
     finally:
         loop, stop = control[0]
         loop.call_soon_threadsafe(stop.set)
@@ -597,3 +615,152 @@ async def run_runner(
     runner = Runner(linker, TrafficOptions(**settings), note, clock=clock)
     await runner.run(feed())
     return runner, results
+
+
+# -- proxies: tinyproxy, and a CONNECT proxy for what tinyproxy cannot show ----------------------
+
+
+@dataclass
+class ConnectProxy:
+    """A small proxy on 127.0.0.1, for what tinyproxy cannot show: it records each
+    request's first line and ``Proxy-Authorization`` (``seen``) and its whole head
+    (``heads``); answers 407 unless that is ``expect`` (None: any); else tunnels a CONNECT,
+    or forwards a plain http request (absolute URL) without its proxy header."""
+
+    url: str = ""
+    expect: str | None = None
+    seen: list[tuple[str, str]] = field(default_factory=list)
+    heads: list[str] = field(default_factory=list)
+    refusal: bytes = b"407 Proxy Authentication Required"  # what a mismatch is answered
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raw = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        self.heads.append(raw)
+        first, *lines = raw.split("\r\n")
+        auth = next((ln.split(":", 1)[1].strip() for ln in lines if _is_proxy_auth(ln)), "")
+        self.seen.append((first, auth))
+        method, target, version = first.split(" ", 2)
+        if self.expect is not None and auth != self.expect:
+            writer.write(b"HTTP/1.1 " + self.refusal + b"\r\nContent-Length: 0\r\n")
+            writer.write(b'Proxy-Authenticate: Basic realm="test"\r\nConnection: close\r\n\r\n')
+            await writer.drain()
+            writer.close()
+            return
+        if method == "CONNECT":
+            host, port = target.rsplit(":", 1)
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:  # one request, then the connection closes
+            parts = urlsplit(target)
+            up_reader, up_writer = await asyncio.open_connection(parts.hostname, parts.port)
+            kept = [ln for ln in lines if ln and not _is_proxy_auth(ln)]
+            kept = [ln for ln in kept if not ln.lower().startswith("connection:")]
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+            head = [f"{method} {path} {version}", *kept, "Connection: close", "", ""]
+            up_writer.write("\r\n".join(head).encode("latin-1"))
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+
+def _is_proxy_auth(line: str) -> bool:
+    return line.lower().startswith("proxy-authorization:")
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
+
+
+@contextlib.contextmanager
+def serve_connect_proxy(expect: str | None = None) -> Iterator[ConnectProxy]:
+    """A :class:`ConnectProxy` served from a thread of its own."""
+    proxy = ConnectProxy(expect=expect)
+
+    async def serve(ready: Callable[[], None], stop: asyncio.Event) -> None:
+        server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+        proxy.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        ready()
+        async with server:
+            await stop.wait()
+
+    with in_thread("proxy", serve):
+        yield proxy
+
+
+@dataclass
+class Tinyproxy:
+    """Debian's tinyproxy on a free loopback port; ``log`` is its log file."""
+
+    url: str
+    log: Path
+
+    def requests(self) -> list[str]:
+        """The request lines it logged (``CONNECT 127.0.0.1:4433 HTTP/1.1``, ...)."""
+        found = re.findall(r"Request \(file descriptor \d+\): (.+)", self.log.read_text())
+        return [line.strip() for line in found]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def run_tinyproxy(folder: Path) -> Iterator[Tinyproxy]:
+    """tinyproxy in the foreground with a generated config (every CONNECT port allowed);
+    the test is skipped only where tinyproxy is not installed (``.ci/run`` installs it)."""
+    import shutil
+
+    program = shutil.which("tinyproxy")
+    if program is None:
+        pytest.skip("tinyproxy is not installed")
+    folder.mkdir(parents=True, exist_ok=True)
+    port, log = free_port(), folder / "tinyproxy.log"
+    config = folder / "tinyproxy.conf"
+    config.write_text(
+        f'Port {port}\nListen 127.0.0.1\nTimeout 30\nLogFile "{log}"\nLogLevel Info\n'
+        f'PidFile "{folder / "tinyproxy.pid"}"\nMaxClients 50\nAllow 127.0.0.1\n'
+    )
+    process = subprocess.Popen([program, "-d", "-c", str(config)], stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: log.exists() and "Accepting connections" in log.read_text(), "tinyproxy")
+        yield Tinyproxy(f"http://127.0.0.1:{port}", log)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+# -- TLS: CAs and certificates made in the test ---------------------------------------------------
+
+
+@dataclass
+class Certs:
+    """A trustme CA, written out as a bundle, and a way to issue server certificates."""
+
+    folder: Path
+    ca: Any = None  # trustme.CA
+    bundle: Path = Path()
+
+    def server(self, *hosts: str, **options: Any) -> dict[str, Path]:
+        """``tls_cert``/``tls_key`` for a sandbox, for ``hosts`` (default 127.0.0.1)."""
+        cert = self.ca.issue_cert(*(hosts or ("127.0.0.1",)), **options)
+        name = f"server-{len(list(self.folder.glob('server-*.pem')))}"
+        chain, key = self.folder / f"{name}.pem", self.folder / f"{name}.key"
+        cert.private_key_and_cert_chain_pem.write_to_path(str(chain))
+        cert.private_key_pem.write_to_path(str(key))
+        return {"tls_cert": chain, "tls_key": key}
+
+
+def make_certs(folder: Path) -> Certs:
+    trustme = pytest.importorskip("trustme")
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    bundle = folder / f"ca-{len(list(folder.glob('ca-*.pem')))}.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    return Certs(folder, ca, bundle)

@@ -14,6 +14,7 @@ import json
 import math
 import platform
 import re
+import ssl
 import time
 import zlib
 from collections.abc import Mapping
@@ -25,8 +26,11 @@ import aiohttp
 
 from bulklink.models import VERSION
 from bulklink.net.credentials import Auth
+from bulklink.net.proxy import Proxies, Route, resolve_proxies
+from bulklink.net.tls import Trust, resolve_trust, tls_failure
+from bulklink.options import ConnectionOptions
 from bulklink.text import compact_json
-from bulklink.urls import LINK_PATH, check_url
+from bulklink.urls import LINK_PATH, check_url, host_of
 
 MAX_SERVER_WAIT = 300.0  # seconds; a longer Retry-After is capped so a nightly run still ends
 MAX_ANSWER = 8 * 1024 * 1024  # decompressed bytes; a ticket is about 2 KB
@@ -53,6 +57,9 @@ class Verdict(enum.Enum):
     # 3xx, never followed (a redirect to another origin would carry the key there): the
     # row fails, and a run whose first answers are all redirects has the wrong base URL.
     REDIRECT = "redirect"
+    # No row can succeed and a person must act: the server's certificate or the TLS
+    # handshake failed, or the proxy refused us (407). The run stops, as on a 401.
+    HALT = "halt"
 
 
 class Answer(NamedTuple):
@@ -194,8 +201,33 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, *, url: str =
     return Answer(Verdict.FAIL, status, error)
 
 
-def classify_exception(exc: BaseException, timeout: float) -> Answer:
-    """Transport failures, most specific first; all of them are worth another try."""
+def proxy_refused(route: Route) -> Answer:
+    """A 407: the proxy wants credentials, or other ones; every request would get it."""
+    given = "refused the credentials in" if route.user else "asks for credentials: none in"
+    return Answer(
+        Verdict.HALT, 407, f"HTTP 407 from the proxy {route.host}: it {given} {route.source}"
+    )
+
+
+def classify_exception(
+    exc: BaseException,
+    timeout: float,
+    *,
+    host: str = "",
+    trust: Trust | None = None,
+    route: Route | None = None,
+) -> Answer:
+    """Transport failures, most specific first: TLS failures and a proxy's 407 stop the
+    run (they would fail the same way every night); the rest are worth another try."""
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLCertVerificationError):
+        return Answer(Verdict.HALT, None, tls_failure(exc, host, trust or Trust()))
+    if isinstance(exc, aiohttp.ClientHttpProxyError) and route is not None:
+        if exc.status == 407:
+            return proxy_refused(route)
+        return Answer(Verdict.RETRY, None, f"the proxy {route.host} answered HTTP {exc.status}")
+    if isinstance(exc, aiohttp.ClientProxyConnectionError) and route is not None:
+        why = exc.os_error.strerror or exc
+        return Answer(Verdict.RETRY, None, f"cannot connect to the proxy {route.host}: {why}")
     if isinstance(exc, asyncio.TimeoutError):
         return Answer(Verdict.RETRY, None, f"timeout after {timeout:g}s")
     if isinstance(exc, aiohttp.ClientPayloadError):
@@ -305,21 +337,32 @@ class Client:
         timeout: float = 30.0,
         max_connections: int = 256,
         allow_http: bool = False,
+        proxies: Proxies | None = None,
+        trust: Trust | None = None,
     ) -> None:
+        """``proxies`` and ``trust`` None: from the environment, as curl reads it."""
         self.url = check_url(base_url, what="--base-url", allow_http=allow_http) + LINK_PATH
         self.auth = auth
         self.timeout = timeout
+        proxies = proxies if proxies is not None else resolve_proxies(ConnectionOptions())
+        self.route = proxies.route(self.url)
+        self._via = self.route.request_options(self.url) if self.route else {}
+        self._via["headers"] = self.auth.headers() | self._via.get("headers", {})
+        self.trust = trust if trust is not None else resolve_trust(ConnectionOptions())
+        self.host = host_of(self.url)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
-        connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
-        headers = self.auth.headers()
-        headers["User-Agent"] = USER_AGENT
-        headers["Accept-Encoding"] = "gzip, deflate"  # what _Inflater undoes
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections, limit_per_host=0, ssl=self.trust.context()
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
-            headers=headers,
+            # Accept-Encoding: what _Inflater undoes. The credentials are no session
+            # headers: aiohttp copies those onto a proxy's CONNECT too (the Bearer token
+            # as its Proxy-Authorization), so they go with each request (self._via).
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"},
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),  # the API authenticates by header
@@ -338,7 +381,9 @@ class Client:
         assert self._session is not None, "use Client as 'async with'"
         payload = link_body(source, linked)
         try:
-            async with self._session.patch(self.url, data=payload, allow_redirects=False) as resp:
+            async with self._session.patch(
+                self.url, data=payload, allow_redirects=False, **self._via
+            ) as resp:
                 status = resp.status
                 if 300 <= status < 400:  # its body says nothing we need
                     body: bytes | str = b""
@@ -346,9 +391,13 @@ class Client:
                     body = await read_capped(resp)
                 if isinstance(body, str):  # not retried: the same answer would come back
                     return Answer(Verdict.FAIL, status, f"HTTP {status} {body}")
+                if status == 407 and self.route is not None:  # plain http, through it
+                    return proxy_refused(self.route)
                 answer = classify(status, resp.headers, self.scrub(body), url=self.url)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return classify_exception(exc, self.timeout)
+            return classify_exception(
+                exc, self.timeout, host=self.host, trust=self.trust, route=self.route
+            )
         if answer.error:  # decoded text: a secret echoed in any spelling is caught here
             return answer._replace(error=_clip(self.auth.redact(answer.error)))
         return answer

@@ -21,6 +21,9 @@ import aiohttp
 
 from bulklink.errors import UsageError
 from bulklink.net.client import USER_AGENT
+from bulklink.net.proxy import Proxies, Route, resolve_proxies
+from bulklink.net.tls import Trust, resolve_trust, tls_failure
+from bulklink.options import ConnectionOptions
 from bulklink.redaction import Redactor, redact_value
 from bulklink.text import escape_controls, format_duration
 from bulklink.urls import check_url, host_of
@@ -71,7 +74,7 @@ def should_notify(
 _HEADLINES = {
     0: "every row linked",
     2: "usage or input error; nothing was sent",
-    3: "the API rejected the credentials; sending stopped",
+    3: "the API refused us or could not be trusted; sending stopped",
     75: "another run still holds the report; nothing was changed",
     130: "stopped by SIGINT; the report was written",
     143: "stopped by SIGTERM; the report was written",
@@ -156,8 +159,12 @@ def notice_body(
 # --- delivery ---------------------------------------------------------------------------
 
 
-def _describe_exception(exc: BaseException, timeout: float) -> str:
+def _describe_exception(exc: BaseException, timeout: float, route: Route | None = None) -> str:
     """aiohttp's messages may quote the whole URL; say what happened in our own words."""
+    if isinstance(exc, aiohttp.ClientHttpProxyError) and route is not None:
+        return f"the proxy {route.host} answered HTTP {exc.status}"
+    if isinstance(exc, aiohttp.ClientProxyConnectionError) and route is not None:
+        return f"cannot connect to the proxy {route.host} ({_os_reason(exc.os_error)})"
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g}s"
     if isinstance(exc, aiohttp.ClientSSLError):
@@ -197,6 +204,8 @@ async def send_notice(
     tries: int = DEFAULT_TRIES,
     backoff: float = DEFAULT_BACKOFF,
     allow_http: bool = False,
+    proxies: Proxies | None = None,
+    trust: Trust | None = None,
 ) -> str | None:
     """POST the notice; ``None`` when delivered, else one warning line naming only the host.
 
@@ -204,26 +213,33 @@ async def send_notice(
     timeouts, 408, 429 and 5xx are tried again after ``backoff`` (doubling), up to ``tries``
     in all, so the whole takes at most about
     ``tries * timeout + backoff * (2 ** (tries - 1) - 1)`` seconds. Redirects are not
-    followed: the body would go to a host nobody named.
+    followed: the body would go to a host nobody named. ``proxies`` and ``trust`` are the
+    run's (None: from the environment, as curl reads it).
     """
     timeout = DEFAULT_TIMEOUT if timeout is None else timeout
     try:
         check_url(url, what="the notice URL", allow_http=allow_http, secret=True)
+        proxies = proxies if proxies is not None else resolve_proxies(ConnectionOptions())
+        trust = trust if trust is not None else resolve_trust(ConnectionOptions())
     except UsageError as exc:
         return _warning(url, str(exc))
-    redact = Redactor(urls=[url])
+    route = proxies.route(url)
+    via = route.request_options(url) if route else {}
+    redact = Redactor(proxies.secrets(), urls=[url])
     headers = {"User-Agent": USER_AGENT}
     why = "not tried"
     attempt = 0
     try:
         async with aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=timeout), headers=headers
+            connector=aiohttp.TCPConnector(ssl=trust.context()),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            headers=headers,
         ) as session:
             for attempt in range(1, max(tries, 1) + 1):
                 if attempt > 1:
                     await asyncio.sleep(backoff * 2 ** (attempt - 2))
                 try:
-                    async with session.post(url, json=body, allow_redirects=False) as answer:
+                    async with session.post(url, json=body, allow_redirects=False, **via) as answer:
                         if 200 <= answer.status < 300:
                             return None
                         content = await answer.content.read(1024)  # a quote, never a flood
@@ -231,9 +247,11 @@ async def send_notice(
                         if answer.status not in _RETRIABLE and answer.status < 500:
                             return _warning(url, why, attempt)
                 except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                    why = _describe_exception(exc, timeout)
+                    why = _describe_exception(exc, timeout, route)
+                    if isinstance(exc, aiohttp.ClientSSLError):  # the same every try
+                        return _warning(url, redact(tls_failure(exc, host_of(url), trust)))
     except Exception as exc:  # a notice must never break the run it reports
-        why = _describe_exception(exc, timeout)
+        why = _describe_exception(exc, timeout, route)
     return _warning(url, redact(why), attempt)
 
 

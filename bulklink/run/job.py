@@ -28,6 +28,7 @@ import numpy as np
 from bulklink._fs import side_path
 from bulklink.console import Console
 from bulklink.errors import (
+    Blocked,
     BulklinkError,
     CredentialsRejected,
     DiskError,
@@ -91,6 +92,7 @@ class _Ending:
     """How a run ended beyond its counts: what stopped it, and what went wrong."""
 
     stop_reason: str = ""
+    halted: str = ""  # what made every request fail (TLS, a proxy's 407): exit 3
     signum: int = 0
     disk: tuple[OSError, Path] | None = None  # the first write that failed, and where
     bug: BaseException | None = None  # the first unexpected exception
@@ -187,6 +189,8 @@ def _stop_error(job: Job, ending: _Ending, summary: Summary) -> BulklinkError | 
     error: BulklinkError | None = None
     if ending.bug is not None or ending.disk is not None:
         error = _failure(job, ending, ending.bug, summary)
+    elif ending.halted:
+        error = Blocked(f"{ending.halted}; nothing more was sent", summary)
     elif ending.stop_reason == CREDENTIALS_REJECTED:
         error = CredentialsRejected(
             "the API rejected the credentials (HTTP 401/403): check the token or API key "
@@ -297,6 +301,8 @@ async def _run(
             allow_http=job.connection.allow_http or job.connection.sandbox,
             timeout=job.options.timeout,
             max_connections=job.options.workers or 256,
+            proxies=job.connection.api_proxies,
+            trust=job.connection.trust,
         ) as client,
     ):
         await _Run(job, journal, assembler, ending, client).go(t0)
@@ -356,7 +362,7 @@ class _Run:
             stream.close()
         self.journal.sync()
         job.console.finish_progress(self.assembler.done_this_run)
-        self.ending.stop_reason = runner.stop_reason
+        self.ending.stop_reason, self.ending.halted = runner.stop_reason, runner.halted
         self.ending.requests, self.ending.throttled = runner.pacer.requests, runner.pacer.throttled
 
     async def dispatch(self, stream: _ChunkStream) -> None:

@@ -21,6 +21,7 @@ from bulklink._fs import write_atomically
 from bulklink.console import Console
 from bulklink.errors import BulklinkError, UsageError
 from bulklink.models import Summary
+from bulklink.net.connection import Connection
 from bulklink.options import OutputOptions
 from bulklink.tables.report.writers import report_format
 from bulklink.urls import check_url
@@ -84,7 +85,7 @@ def publish(
     previous_exit_code: int | None,
     last_success: datetime | None,
     redact: Callable[[str], str],
-    allow_http: bool,
+    connection: Connection,
     summary_json: bool = False,
 ) -> None:
     """Write ``--metrics-file`` (and ``--summary-json`` when the run did not get to it);
@@ -112,7 +113,7 @@ def publish(
         if warning:
             console.error(warning)
     if output.notify_url is not None:
-        _notify(output, summary, console, previous_exit_code, redact, allow_http)
+        _notify(output, summary, console, previous_exit_code, redact, connection)
 
 
 def _notify(
@@ -121,7 +122,7 @@ def _notify(
     console: Console,
     previous_exit_code: int | None,
     redact: Callable[[str], str],
-    allow_http: bool,
+    connection: Connection,
 ) -> None:
     from bulklink.net.notify import NoticeKind, notice_body, send_notice_sync, should_notify
 
@@ -136,7 +137,13 @@ def _notify(
         previous_exit_code=previous_exit_code,
         redact=redact,
     )
-    warning = send_notice_sync(output.notify_url, body, allow_http=allow_http)
+    warning = send_notice_sync(
+        output.notify_url,
+        body,
+        allow_http=connection.allow_http,
+        proxies=connection.proxies,
+        trust=connection.trust,
+    )
     if warning:
         console.error(warning)
 

@@ -60,6 +60,9 @@ class Runner:
         self.clock = clock
         self.pacer = Pacer(settings.rate, clock=clock)
         self.stop_reason = ""
+        #: Why no row can succeed when an answer said so (Verdict.HALT): a TLS failure, a
+        #: proxy's 407. A person must act; the run ends as on rejected credentials.
+        self.halted = ""
         self.in_flight = 0
         self.latency = 0.0  # moving average of answer times, for the auto pool size
         self.linked = 0  # rows linked this run: proof that the credentials work
@@ -241,12 +244,8 @@ class Runner:
             self._redirects += 1
             if self._redirects >= REDIRECT_STOP:
                 self.stop(WRONG_BASE_URL)
-        if verdict is Verdict.ABORT:
-            # Not this row's fault, and not final: ``skipped`` stays out of the journal,
-            # so the rerun with good credentials (or ``retry``) sends it again.
-            self.stop(CREDENTIALS_REJECTED)
-            error = f"{CREDENTIALS_REJECTED}: {answer.error}"
-            return Result(pair.row, Outcome.SKIPPED, answer.http_status, error, attempts)
+        if verdict is Verdict.ABORT or verdict is Verdict.HALT:
+            return self._halt(pair, answer, attempts, verdict)
         if verdict is not Verdict.RETRY:
             return Result(pair.row, Outcome.FAILED, answer.http_status, answer.error, attempts)
         if answer.throttled:
@@ -256,6 +255,19 @@ class Runner:
             error = f"{answer.error} (gave up after {attempts} attempts)"
             return Result(pair.row, Outcome.FAILED, answer.http_status, error, attempts)
         return None
+
+    def _halt(self, pair: Pair, answer: Answer, attempts: int, verdict: Verdict) -> Result:
+        """Stop the run: no row can succeed (credentials rejected, TLS failed, a proxy's
+        407). Not this row's fault, and not final: ``skipped`` stays out of the journal, so
+        the rerun once a person has acted (or ``retry``) sends it again."""
+        if verdict is Verdict.HALT:
+            self.halted = self.halted or answer.error
+            self.stop(answer.error)
+            error = answer.error
+        else:
+            self.stop(CREDENTIALS_REJECTED)
+            error = f"{CREDENTIALS_REJECTED}: {answer.error}"
+        return Result(pair.row, Outcome.SKIPPED, answer.http_status, error, attempts)
 
     def _unsent(self, pair: Pair, attempts: int, last: Answer | None) -> Result:
         why = f"not attempted: {self.stop_reason or 'run stopped'}"
