@@ -44,6 +44,7 @@ from bulklink.run.job import (
     scope_of,
     signals_raise,
 )
+from bulklink.run.pacing import auto_rate_plan
 from bulklink.run.publish import Output, output_for, publish
 from bulklink.state.ledger import Ledger
 from bulklink.state.lock import hold
@@ -66,6 +67,7 @@ class DryRun:
     invalid_rows: list[tuple[int, str]]
     sample_requests: list[Pair] = field(default_factory=list)
     url: str = ""
+    pace: str = ""  # with --rate auto, how the run will pace itself (it learns the rest)
 
 
 def _spool_stdin(beside: Path) -> Path:
@@ -296,7 +298,7 @@ def _execute(
     options = prepared.options
     limit = options.limit
     to_send = plan.to_send if limit is None else min(plan.to_send, limit)
-    seconds = to_send / options.rate if options.rate > 0 else 0.0
+    seconds = to_send / options.ceiling if options.ceiling > 0 else 0.0
     connection = prepared.connection
     warning = preflight(connection.auth, seconds) if not connection.sandbox else ""
     if warning:
@@ -366,7 +368,9 @@ def dry_run(input: str | Path, options: JobOptions) -> DryRun:
         else:
             spool, name = Path(input), str(input)
         plan = scan(Table(spool, options), linked_times=ledger.lookup)
-        return _describe(plan, name, "<sandbox>" if sandbox else url, options.limit)
+        found = _describe(plan, name, "<sandbox>" if sandbox else url, options.limit)
+        found.pace = auto_rate_plan(options) if options.auto_rate else ""
+        return found
 
 
 def _scope_key(options: ConnectionOptions) -> str | None:

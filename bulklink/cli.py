@@ -88,16 +88,46 @@ connection_options = _apply(
     ]
 )
 
+
+class _Rate(click.ParamType):  # type: ignore[type-arg]
+    """``--rate``: a number of requests per second (0 or more), or ``auto``."""
+
+    name = "rate"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float) or str(value).strip().lower() == "auto":
+            return value if isinstance(value, float) else "auto"
+        try:
+            rate = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number or 'auto'.", param, ctx)
+        if not rate >= 0 or rate == float("inf"):
+            self.fail(f"{value!r} is not a finite number of 0 or more, or 'auto'.", param, ctx)
+        return rate
+
+
 #: How hard to push.
 traffic_options = _apply(
     [
         click.option(
             "--rate",
-            type=click.FloatRange(min=0),
+            type=_Rate(),
             default=10.0,
             show_default=True,
+            metavar="R|auto",
             help="At most this many requests started per second, retries included; "
-            "0 = no limit. Lowered automatically while the server answers 429.",
+            "0 = no limit. Lowered automatically while the server answers 429. 'auto': "
+            "the pace the API's X-RateLimit-* headers allow (the tightest budget, less "
+            "--reserve), 10/s until they arrive or if it sends none.",
+        ),
+        click.option(
+            "--reserve",
+            type=click.FloatRange(0, 100, max_open=True),
+            default=10.0,
+            show_default=True,
+            metavar="PCT",
+            help="With --rate auto: percent of each rate limit left unused for other "
+            "clients of the org (Thena's UI, other integrations).",
         ),
         click.option(
             "--concurrency",
@@ -313,8 +343,11 @@ def _print_summary(console: Console, summary: Summary) -> None:
         console.summary(f"bulklink: stopped: {summary.stopped}", important=True)
     counts = ", ".join(f"{name} {n}" for name, n in summary.counts.items())
     resumed = f" ({summary.resumed_rows} done earlier)" if summary.resumed_rows else ""
+    pace = ""
+    if summary.budget is not None:
+        pace = f" | budget {summary.budget}, {summary.average_rate:.1f}/s used"
     console.summary(
-        f"{counts} | {summary.rows} rows{resumed} in {summary.elapsed:.1f}s | "
+        f"{counts} | {summary.rows} rows{resumed} in {summary.elapsed:.1f}s{pace} | "
         f"report: {summary.report}",
         important=important,
     )
@@ -470,6 +503,8 @@ def _print_dry_run(info: Any) -> None:
         + (f", skipped by --limit {held}" if held else "")
         + " (nothing sent)"
     )
+    if info.pace:
+        echo(info.pace)
     if info.invalid_rows:
         echo("invalid rows:")
         for row, reason in info.invalid_rows:
@@ -611,7 +646,7 @@ def runs(state: Path | None, limit: int, as_json: bool) -> None:
     epilog="""\b
 Examples:
   bulklink sandbox --port 8080
-  bulklink sandbox --latency 0.3 --error-rate 0.05 --rate-limit 20
+  bulklink sandbox --budget-limit 300 --budget-window 10 --budget-variant OrgID=200
   bulklink sandbox --token secret --org-id org_1   # then: THENA_BASE_URL=http://127.0.0.1:8080"""
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -644,6 +679,28 @@ Examples:
     help="Requests per second allowed before answering 429 with X-RateLimit-* "
     "headers (0 = no limit).",
 )
+@click.option(
+    "--budget-limit",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Budget mode, like the real API's: requests per org per window (0 = off), "
+    "with X-RateLimit-* headers on every answer and 429 beyond it.",
+)
+@click.option(
+    "--budget-window",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Seconds per budget window (fixed windows aligned to UNIX time).",
+)
+@click.option(
+    "--budget-variant",
+    multiple=True,
+    metavar="SCOPE=N",
+    help="A budget of its own (IP, UserID, OrgID or Path) of N per window, with its "
+    "X-RateLimit-*-SCOPE headers; repeatable.",
+)
 @click.option("--retry-after", is_flag=True, help="Add Retry-After to 429s (Thena does not).")
 @click.option("--token", help="Require this Bearer token (default: accept any).")
 @click.option("--api-key", help="Accept this x-api-key.")
@@ -661,6 +718,9 @@ def sandbox(
     latency: float,
     error_rate: float,
     rate_limit: float,
+    budget_limit: int,
+    budget_window: float,
+    budget_variant: tuple[str, ...],
     retry_after: bool,
     token: str | None,
     api_key: str | None,
@@ -678,6 +738,9 @@ def sandbox(
         latency=latency,
         error_rate=error_rate,
         rate_limit=rate_limit,
+        budget_limit=budget_limit,
+        budget_window=budget_window,
+        budget_variants=_variants(budget_variant),
         retry_after=retry_after,
         seed=seed,
         unknown_prefix=unknown_prefix,
@@ -689,6 +752,20 @@ def sandbox(
         port,
         lambda url: echo(f"sandbox listening on {url} (Ctrl-C to stop)", err=True),
     )
+
+
+def _variants(specs: tuple[str, ...]) -> dict[str, int]:
+    """``OrgID=30`` options as the sandbox's ``budget_variants``."""
+    variants = {}
+    for spec in specs:
+        scope, _, limit = spec.partition("=")
+        if scope not in ("IP", "UserID", "OrgID", "Path") or not limit.isdigit():
+            raise click.BadParameter(
+                f"{spec!r}: give SCOPE=N, SCOPE one of IP, UserID, OrgID, Path",
+                param_hint="--budget-variant",
+            )
+        variants[scope] = int(limit)
+    return variants
 
 
 def main() -> None:
