@@ -646,7 +646,7 @@ def runs(state: Path | None, limit: int, as_json: bool) -> None:
     epilog="""\b
 Examples:
   bulklink sandbox --port 8080
-  bulklink sandbox --budget-limit 300 --budget-window 10 --budget-variant OrgID=200
+  bulklink sandbox --budget 300/10 --budget-variant OrgID=200
   bulklink sandbox --token secret --org-id org_1   # then: THENA_BASE_URL=http://127.0.0.1:8080"""
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -680,19 +680,10 @@ Examples:
     "headers (0 = no limit).",
 )
 @click.option(
-    "--budget-limit",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Budget mode, like the real API's: requests per org per window (0 = off), "
-    "with X-RateLimit-* headers on every answer and 429 beyond it.",
-)
-@click.option(
-    "--budget-window",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
-    show_default=True,
-    help="Seconds per budget window (fixed windows aligned to UNIX time).",
+    "--budget",
+    metavar="N/S",
+    help="Budget mode, like the real API's: N requests per org in fixed windows of S "
+    "seconds (aligned to UNIX time), X-RateLimit-* headers on every answer, 429 beyond.",
 )
 @click.option(
     "--budget-variant",
@@ -718,8 +709,7 @@ def sandbox(
     latency: float,
     error_rate: float,
     rate_limit: float,
-    budget_limit: int,
-    budget_window: float,
+    budget: str | None,
     budget_variant: tuple[str, ...],
     retry_after: bool,
     token: str | None,
@@ -738,9 +728,7 @@ def sandbox(
         latency=latency,
         error_rate=error_rate,
         rate_limit=rate_limit,
-        budget_limit=budget_limit,
-        budget_window=budget_window,
-        budget_variants=_variants(budget_variant),
+        **_budget(budget, budget_variant),
         retry_after=retry_after,
         seed=seed,
         unknown_prefix=unknown_prefix,
@@ -754,18 +742,25 @@ def sandbox(
     )
 
 
-def _variants(specs: tuple[str, ...]) -> dict[str, int]:
-    """``OrgID=30`` options as the sandbox's ``budget_variants``."""
-    variants = {}
-    for spec in specs:
-        scope, _, limit = spec.partition("=")
-        if scope not in ("IP", "UserID", "OrgID", "Path") or not limit.isdigit():
+def _budget(spec: str | None, variants: tuple[str, ...]) -> dict[str, Any]:
+    """``--budget 300/10`` and ``--budget-variant OrgID=200`` as SandboxConfig fields."""
+    limit, _, window = (spec or "0/1").partition("/")
+    try:
+        seconds = float(window)
+    except ValueError:
+        seconds = 0.0
+    if not limit.isdigit() or not 0 < seconds < float("inf"):
+        raise click.BadParameter(f"{spec!r}: give N/S, e.g. 300/10", param_hint="--budget")
+    found = {}
+    for variant in variants:
+        scope, _, most = variant.partition("=")
+        if scope not in ("IP", "UserID", "OrgID", "Path") or not most.isdigit():
             raise click.BadParameter(
-                f"{spec!r}: give SCOPE=N, SCOPE one of IP, UserID, OrgID, Path",
+                f"{variant!r}: give SCOPE=N, SCOPE one of IP, UserID, OrgID, Path",
                 param_hint="--budget-variant",
             )
-        variants[scope] = int(limit)
-    return variants
+        found[scope] = int(most)
+    return {"budget_limit": int(limit), "budget_window": seconds, "budget_variants": found}
 
 
 def main() -> None:

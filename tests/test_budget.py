@@ -174,14 +174,18 @@ def test_the_metrics_say_what_the_run_learnt(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--rate", "fast"), "'fast' is not a number or 'auto'"),
-        (("--reserve", "100"), "--reserve"),
+        (("run", "IN", "--rate", "fast"), "'fast' is not a number or 'auto'"),
+        (("run", "IN", "--reserve", "100"), "'--reserve': 100.0 is not in the range 0<=x<100"),
+        (("sandbox", "--budget", "300"), "'300': give N/S, e.g. 300/10"),
+        (("sandbox", "--budget", "300/0"), "give N/S"),
+        (("sandbox", "--budget-variant", "Org=3"), "SCOPE one of IP, UserID, OrgID, Path"),
     ],
 )
-def test_bad_rate_options_are_refused_before_anything_is_sent(
-    tmp_path: Path, args: tuple[str, str], message: str
+def test_bad_pacing_options_are_refused_before_anything_starts(
+    tmp_path: Path, args: tuple[str, ...], message: str
 ) -> None:
-    result = invoke("run", pairs_csv(tmp_path / "in.csv", 1), *args)
+    src = pairs_csv(tmp_path / "in.csv", 1)
+    result = invoke(*(src if a == "IN" else a for a in args))
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert message in result.stderr
 
