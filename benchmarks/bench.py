@@ -21,6 +21,13 @@ nights    the nightly job (issue 9): night 1 links a 200,000-row file (``--quick
           the server (nginx ``stub_status``, else an in-process sandbox recording them):
           night 2 sends none and takes under 20 s; peak RSS under 300 MB both nights; the
           store (file plus ``-wal`` after the run) under 250 bytes a pair.
+million   the second night of a 1,000,000-row file (``--quick``: 200,000): night 1 links
+          it (CSV) into a fresh store; night 2 reruns it unchanged as CSV, then as xlsx in
+          and out (the same code path, with whatever xlsx engine bulklink has): wall,
+          peak RSS, the store's bytes a pair.
+budget    ``benchmarks/budget.py``: ``--rate auto`` against the sandbox's budget mode
+          (W = 5 s, L = 250; ``--quick``: W = 2 s, L = 100): alone, two runs sharing one
+          budget, an OrgID variant binding, and no headers.
 startup   ``bulklink --help``, median of 10.
 
 The state store is on in every run, as it is by default, so its cost is in every figure;
@@ -72,7 +79,9 @@ LINK_PATH = "/v1/tickets/link"
 TOKEN = "bench-token"  # noqa: S105 - any token passes the local servers
 ORG = "org_bench"
 MB = 1024 * 1024
-NAMES = ("overhead", "rate", "latency", "limit", "memory", "nights", "startup")
+NAMES = (
+    "overhead", "rate", "latency", "limit", "memory", "nights", "million", "budget", "startup"
+)  # fmt: skip
 STATE_FILE = Path("bulklink") / "state.sqlite3"  # under XDG_STATE_HOME
 
 
@@ -170,6 +179,24 @@ def measure(
 
 
 # -- inputs ------------------------------------------------------------------------------------
+
+
+def make_xlsx_input(csv_path: Path) -> Path:
+    """The same pairs as an .xlsx file (openpyxl's write-only mode), once per size."""
+    xlsx = csv_path.with_suffix(".xlsx")
+    if xlsx.exists():
+        return xlsx
+    import csv
+
+    from openpyxl import Workbook
+
+    book = Workbook(write_only=True)
+    sheet = book.create_sheet("pairs")
+    with csv_path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.reader(fh):
+            sheet.append(row)
+    book.save(xlsx)
+    return xlsx
 
 
 def make_input(path: Path, rows: int, seed: int = 4) -> Path:
@@ -504,7 +531,7 @@ class Bench:
         return proc, info
 
     def report_path(self, input_path: Path) -> Path:
-        return self.work / f"{input_path.stem}.report.csv"
+        return self.work / f"{input_path.stem}.report{input_path.suffix}"
 
     @staticmethod
     def remove_report(report: Path) -> None:
@@ -753,7 +780,52 @@ class Bench:
             size / rows < 250,
         )
 
-    # -- 7. start-up ------------------------------------------------------------------------
+    # -- 7. a million rows, second night --------------------------------------------------
+    def million(self) -> None:
+        rows = 200_000 if self.quick else 1_000_000
+        path = self.input(rows)
+        home = self.state_home()
+        store = home / STATE_FILE
+        url = self.fast().url
+        opts = ("--rate", "0", "--concurrency", "64")
+        first, info = self.run_bulklink(path, url, *opts, timeout=3600, state_home=home)
+        linked = info["counts"].get("linked", 0)
+        self.add(
+            f"million: night 1, {rows:,} rows CSV",
+            f"{first.wall:.0f} s, {linked:,} linked, peak RSS {_mb(first.peak_rss)}",
+        )
+        size = sum(
+            f.stat().st_size for f in (store, store.with_name(store.name + "-wal")) if f.exists()
+        )
+        self.add(
+            f"million: store at {rows:,} pairs",
+            f"{size / MB:.0f} MB = {size / rows:.0f} bytes/pair",
+            "< 250 B/pair",
+            size / rows < 250,
+        )
+        xlsx = make_xlsx_input(path)
+        for name, source in (("CSV", path), ("xlsx in and out", xlsx)):
+            proc, info = self.run_bulklink(source, url, *opts, timeout=3600, state_home=home)
+            held = info["counts"].get("already-linked", 0)
+            self.add(
+                f"million: night 2, {rows:,} rows {name}",
+                f"{proc.wall:.1f} s (CPU {proc.cpu:.1f} s), peak RSS {_mb(proc.peak_rss)}, "
+                f"{held:,} already-linked",
+                "-",
+                held == rows and info["requests"] == 0,
+            )
+
+    # -- 8. budget use under --rate auto -------------------------------------------------
+    def budget(self) -> None:
+        import budget
+
+        window, limit = (2.0, 100) if self.quick else (5.0, 250)
+        log(f"  budget L={limit} per W={window:g} s, reserve {budget.RESERVE:.0%}")
+        for figure in budget.figures(self.work, window, limit, 5):
+            goal = figure.goal
+            self.add(f"budget {limit}/{window:g} s: {figure.name}", figure.value, goal, figure.ok)
+
+    # -- 9. start-up ------------------------------------------------------------------------
     def startup(self) -> None:
         walls = []
         for _ in range(10):

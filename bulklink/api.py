@@ -45,6 +45,7 @@ from bulklink.run.job import (
     scope_of,
     signals_raise,
 )
+from bulklink.run.pacing import auto_rate_plan
 from bulklink.run.publish import Output, output_for, publish
 from bulklink.state.journal import journal_path
 from bulklink.state.ledger import Ledger
@@ -78,6 +79,7 @@ class DryRun:
     sample_requests: list[Pair] = field(default_factory=list)
     url: str = ""
     network: str = ""  # which proxy (host only) and CA certificates a run would use
+    pace: str = ""  # with --rate auto, how the run will pace itself (it learns the rest)
 
 
 @file_entry(JobOptions)
@@ -314,7 +316,7 @@ def _execute(
     options = prepared.options
     limit = options.limit
     to_send = plan.to_send if limit is None else min(plan.to_send, limit)
-    seconds = to_send / options.rate if options.rate > 0 else 0.0
+    seconds = to_send / options.ceiling if options.ceiling > 0 else 0.0
     connection = prepared.connection
     warning = preflight(connection.auth, seconds) if not connection.sandbox else ""
     if warning:
@@ -386,7 +388,8 @@ def dry_run(input: str | Path, options: JobOptions) -> DryRun:
         plan = scan(Table(snapshot, options), linked_times=ledger.lookup)
         name = "-" if str(input) == "-" else os.fsdecode(input)
         found = _describe(plan, name, "<sandbox>" if sandbox else url, options.limit)
-        return dataclasses.replace(found, network=network)
+        pace = auto_rate_plan(options) if options.auto_rate else ""
+        return dataclasses.replace(found, network=network, pace=pace)
 
 
 def _scope_key(options: ConnectionOptions) -> str | None:

@@ -111,16 +111,46 @@ connection_options = _apply(
     ]
 )
 
+
+class _Rate(click.ParamType):  # type: ignore[type-arg]
+    """``--rate``: a number of requests per second (0 or more), or ``auto``."""
+
+    name = "rate"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float) or str(value).strip().lower() == "auto":
+            return value if isinstance(value, float) else "auto"
+        try:
+            rate = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number or 'auto'.", param, ctx)
+        if not rate >= 0 or rate == float("inf"):
+            self.fail(f"{value!r} is not a finite number of 0 or more, or 'auto'.", param, ctx)
+        return rate
+
+
 #: How hard to push.
 traffic_options = _apply(
     [
         click.option(
             "--rate",
-            type=click.FloatRange(min=0),
+            type=_Rate(),
             default=10.0,
             show_default=True,
+            metavar="R|auto",
             help="At most this many requests started per second, retries included; "
-            "0 = no limit. Lowered automatically while the server answers 429.",
+            "0 = no limit. Lowered automatically while the server answers 429. 'auto': "
+            "the pace the API's X-RateLimit-* headers allow (the tightest budget, less "
+            "--reserve), 10/s until they arrive or if it sends none.",
+        ),
+        click.option(
+            "--reserve",
+            type=click.FloatRange(0, 100, max_open=True),
+            default=10.0,
+            show_default=True,
+            metavar="PCT",
+            help="With --rate auto: percent of each rate limit left unused for other "
+            "clients of the org (Thena's UI, other integrations).",
         ),
         click.option(
             "--concurrency",
@@ -336,8 +366,11 @@ def _print_summary(console: Console, summary: Summary) -> None:
         console.summary(f"bulklink: stopped: {summary.stopped}", important=True)
     counts = ", ".join(f"{name} {n}" for name, n in summary.counts.items())
     resumed = f" ({summary.resumed_rows} done earlier)" if summary.resumed_rows else ""
+    pace = ""
+    if summary.budget is not None:
+        pace = f" | budget {summary.budget}, {summary.average_rate:.1f}/s used"
     console.summary(
-        f"{counts} | {summary.rows} rows{resumed} in {summary.elapsed:.1f}s | "
+        f"{counts} | {summary.rows} rows{resumed} in {summary.elapsed:.1f}s{pace} | "
         f"report: {summary.report}",
         important=important,
     )
@@ -495,6 +528,8 @@ def _print_dry_run(info: Any) -> None:
         + " (nothing sent)"
     )
     echo(info.network)
+    if info.pace:
+        echo(info.pace)
     if info.invalid_rows:
         echo("invalid rows:")
         for row, reason in info.invalid_rows:
@@ -636,7 +671,7 @@ def runs(state: Path | None, limit: int, as_json: bool) -> None:
     epilog="""\b
 Examples:
   bulklink sandbox --port 8080
-  bulklink sandbox --latency 0.3 --error-rate 0.05 --rate-limit 20
+  bulklink sandbox --budget 300/10 --budget-variant OrgID=200
   bulklink sandbox --token secret --org-id org_1   # then: THENA_BASE_URL=http://127.0.0.1:8080"""
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -669,6 +704,19 @@ Examples:
     help="Requests per second allowed before answering 429 with X-RateLimit-* "
     "headers (0 = no limit).",
 )
+@click.option(
+    "--budget",
+    metavar="N/S",
+    help="Budget mode, like the real API's: N requests per org in fixed windows of S "
+    "seconds (aligned to UNIX time), X-RateLimit-* headers on every answer, 429 beyond.",
+)
+@click.option(
+    "--budget-variant",
+    multiple=True,
+    metavar="SCOPE=N",
+    help="A budget of its own (IP, UserID, OrgID or Path) of N per window, with its "
+    "X-RateLimit-*-SCOPE headers; repeatable.",
+)
 @click.option("--retry-after", is_flag=True, help="Add Retry-After to 429s (Thena does not).")
 @click.option("--token", help="Require this Bearer token (default: accept any).")
 @click.option("--api-key", help="Accept this x-api-key.")
@@ -696,6 +744,8 @@ def sandbox(
     latency: float,
     error_rate: float,
     rate_limit: float,
+    budget: str | None,
+    budget_variant: tuple[str, ...],
     retry_after: bool,
     token: str | None,
     api_key: str | None,
@@ -717,6 +767,7 @@ def sandbox(
         latency=latency,
         error_rate=error_rate,
         rate_limit=rate_limit,
+        **_budget(budget, budget_variant),
         retry_after=retry_after,
         seed=seed,
         unknown_prefix=unknown_prefix,
@@ -730,6 +781,27 @@ def sandbox(
         port,
         lambda url: echo(f"sandbox listening on {url} (Ctrl-C to stop)", err=True),
     )
+
+
+def _budget(spec: str | None, variants: tuple[str, ...]) -> dict[str, Any]:
+    """``--budget 300/10`` and ``--budget-variant OrgID=200`` as SandboxConfig fields."""
+    limit, _, window = (spec or "0/1").partition("/")
+    try:
+        seconds = float(window)
+    except ValueError:
+        seconds = 0.0
+    if not limit.isdigit() or not 0 < seconds < float("inf"):
+        raise click.BadParameter(f"{spec!r}: give N/S, e.g. 300/10", param_hint="--budget")
+    found = {}
+    for variant in variants:
+        scope, _, most = variant.partition("=")
+        if scope not in ("IP", "UserID", "OrgID", "Path") or not most.isdigit():
+            raise click.BadParameter(
+                f"{variant!r}: give SCOPE=N, SCOPE one of IP, UserID, OrgID, Path",
+                param_hint="--budget-variant",
+            )
+        found[scope] = int(most)
+    return {"budget_limit": int(limit), "budget_window": seconds, "budget_variants": found}
 
 
 def main() -> None:

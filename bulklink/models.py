@@ -112,6 +112,29 @@ class ErrorGroup:
     example_rows: tuple[int, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetSeen:
+    """The API budget that governed a ``--rate auto`` run: ``limit`` requests per
+    ``window`` seconds (None: the run ended within its first window) in ``scope`` ("" for
+    the plain ``X-RateLimit-*`` headers, else ``OrgID`` and the like)."""
+
+    limit: int
+    window: float | None
+    scope: str
+
+    def __str__(self) -> str:
+        per = f"{self.window:g} s" if self.window is not None else "window"
+        return f"{self.limit} per {per}" + (f", {self.scope}" if self.scope else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "limit": self.limit,
+            "window_seconds": self.window,
+            "scope": self.scope,
+            "text": str(self),
+        }
+
+
 @dataclass(slots=True)
 class Summary:
     """The run's outcome in numbers: what the CLI prints and ``--summary-json`` writes."""
@@ -129,6 +152,8 @@ class Summary:
     stopped: str = ""
     requests: int = 0  # answers the API gave this run, retries included
     throttled: int = 0  # of which 429
+    average_rate: float = 0.0  # requests per second, from the first start to the last answer
+    budget: BudgetSeen | None = None  # what --rate auto learnt from the API's headers
 
     @property
     def all_linked(self) -> bool:
@@ -152,6 +177,8 @@ class Summary:
             "stopped": self.stopped,
             "requests": self.requests,
             "throttled": self.throttled,
+            "average_rate": round(self.average_rate, 2),
+            "budget": self.budget.to_dict() if self.budget is not None else None,
         }
 
 

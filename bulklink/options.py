@@ -26,7 +26,7 @@ import typing
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, ParamSpec, Protocol, TypeVar
+from typing import Any, ClassVar, Literal, ParamSpec, Protocol, TypeVar
 
 from bulklink.console import Console
 from bulklink.errors import UsageError
@@ -58,7 +58,7 @@ class _Checked:
         pass
 
 
-def _finite(value: float, option: str) -> float:
+def _finite(value: float | str, option: str) -> float:
     """A number option as a float; NaN and infinity are never meant."""
     try:
         number = float(value)
@@ -110,13 +110,22 @@ class ConnectionOptions(_Checked):
 class TrafficOptions(_Checked):
     """How hard to push: the knobs that shape traffic."""
 
-    rate: float = 10.0
+    #: Requests started per second at most (0: no limit), or "auto": the pace the API's
+    #: rate-limit headers allow, less ``reserve`` percent of each limit.
+    rate: float | Literal["auto"] = 10.0
+    reserve: float = 10.0
     concurrency: int | str | None = "auto"  # a number, or "auto"/None
     max_retries: int = 5
     timeout: float = 30.0
     backoff: float = 0.5  # first retry delay in seconds; doubles each time, with jitter
     #: ``concurrency`` as the runner takes it: a number of workers, None for auto.
     workers: int | None = field(init=False, repr=False)
+    #: ``rate`` as the pacer takes it: True for "auto", and the fixed rate (for auto, the
+    #: one used until the API's headers say more).
+    auto_rate: bool = field(init=False, repr=False)
+    ceiling: float = field(init=False, repr=False)
+
+    AUTO_FALLBACK: ClassVar[float] = 10.0  # --rate auto before (or without) the headers
 
     BACKOFF_CAP: ClassVar[float] = 30.0
     MAX_WORKERS: ClassVar[int] = 10_000
@@ -126,10 +135,14 @@ class TrafficOptions(_Checked):
     def __post_init__(self) -> None:
         super().__post_init__()
         # Numbers as their field says (the CLI and callers may give "20" or 0 for 0.0).
-        rate, timeout = _finite(self.rate, "--rate"), _finite(self.timeout, "--timeout")
+        auto = isinstance(self.rate, str) and self.rate.strip().lower() == "auto"
+        rate = self.AUTO_FALLBACK if auto else _rate(self.rate)
+        timeout, reserve = _finite(self.timeout, "--timeout"), _finite(self.reserve, "--reserve")
         backoff, max_retries = _finite(self.backoff, "--backoff"), _whole(self.max_retries)
         if rate < 0:
-            raise UsageError("--rate must be 0 (no limit) or more")
+            raise UsageError("--rate must be 0 (no limit) or more, or 'auto'")
+        if not 0 <= reserve < 100:
+            raise UsageError("--reserve must be a percentage from 0 to less than 100")
         if not 0 <= max_retries <= self.MAX_RETRIES:
             raise UsageError(
                 "--max-retries must be 0 or more"
@@ -140,14 +153,27 @@ class TrafficOptions(_Checked):
             raise UsageError("--timeout must be more than 0 seconds")
         if backoff < 0:
             raise UsageError("--backoff must be 0 or more seconds")
-        for name, value in (("rate", rate), ("timeout", timeout), ("backoff", backoff)):
+        for name, value in (("timeout", timeout), ("backoff", backoff), ("reserve", reserve)):
             object.__setattr__(self, name, value)
+        object.__setattr__(self, "rate", "auto" if auto else rate)
+        object.__setattr__(self, "auto_rate", auto)
+        object.__setattr__(self, "ceiling", rate)
         object.__setattr__(self, "max_retries", max_retries)
         object.__setattr__(self, "workers", _workers(self.concurrency))
 
     def delay(self, attempt: int) -> float:
         """Full-jitter exponential backoff: spreads retries so they don't arrive together."""
         return random.uniform(0, min(self.BACKOFF_CAP, self.backoff * 2 ** (attempt - 1)))
+
+
+def _rate(rate: float | str) -> float:
+    """A fixed --rate; the error names 'auto' when a word was given."""
+    if isinstance(rate, str):
+        try:
+            float(rate)
+        except ValueError:
+            raise UsageError(f"--rate must be a number or 'auto', got {rate!r}") from None
+    return _finite(rate, "--rate")
 
 
 def _whole(max_retries: int) -> int:

@@ -84,6 +84,14 @@ class SandboxConfig:
     error_rate: float = 0.0
     rate_limit: float = 0.0
     retry_after: bool = False
+    #: Budget mode, like the real API's: fixed windows of ``budget_window`` seconds (aligned
+    #: to UNIX time) allowing ``budget_limit`` requests per org (0: off), Thena's
+    #: ``X-RateLimit-*`` headers on every answer and a 429 beyond the budget. Each of
+    #: ``budget_variants`` (``{"OrgID": 30}``) is a budget of its own, with its own
+    #: ``X-RateLimit-Limit-OrgID`` ... headers; a request must fit them all.
+    budget_limit: int = 0
+    budget_window: float = 1.0
+    budget_variants: dict[str, int] = field(default_factory=dict)
     seed: int | None = None
     unknown_prefix: str = "MISSING"
     script: dict[str, list[Reply]] = field(default_factory=dict)
@@ -248,6 +256,8 @@ class Sandbox:
         self._rng = random.Random(self.config.seed)
         self._window_start = -1
         self._window_used = 0
+        # (org, variant) -> (window start, requests counted in it): shared by all clients
+        self._budgets: dict[tuple[str, str], tuple[float, int]] = {}
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -318,6 +328,33 @@ class Sandbox:
         }
         if not allowed and self.config.retry_after:
             headers["Retry-After"] = str(max(1, math.ceil(reset - now)))
+        return allowed, headers
+
+    def _budget(self, org: str, wall: float) -> tuple[bool, dict[str, str]]:
+        """Budget mode: every budget's headers; allowed only when each has room (a refused
+        request counts against none)."""
+        cfg = self.config
+        width = cfg.budget_window
+        start = math.floor(wall / width) * width
+        reset = start + width
+        stamp = f"{reset:.0f}" if reset == int(reset) else f"{reset:.3f}"
+        budgets = {"": cfg.budget_limit} if cfg.budget_limit > 0 else {}
+        budgets.update(cfg.budget_variants)
+        used = {}
+        for name in budgets:
+            began, count = self._budgets.get((org, name), (start, 0))
+            used[name] = count if began == start else 0
+        allowed = all(used[name] < limit for name, limit in budgets.items())
+        headers = {}
+        for name, limit in budgets.items():
+            count = used[name] + allowed
+            self._budgets[org, name] = (start, count)
+            tail = f"-{name}" if name else ""
+            headers[f"X-RateLimit-Limit{tail}"] = str(limit)
+            headers[f"X-RateLimit-Remaining{tail}"] = str(max(0, limit - count))
+            headers[f"X-RateLimit-Reset{tail}"] = stamp
+        if not allowed and cfg.retry_after:
+            headers["Retry-After"] = str(max(1, math.ceil(reset - wall)))
         return allowed, headers
 
     def _auth(self, request: web.Request) -> bytes | None:
@@ -433,6 +470,12 @@ class Sandbox:
             return (403 if failure is _FORBIDDEN else 401), failure
         if self.config.rate_limit > 0:
             allowed, rate_headers = self._rate(wall)
+            headers.update(rate_headers)
+            if not allowed:
+                return 429, _THROTTLED
+        if self.config.budget_limit > 0 or self.config.budget_variants:
+            org = request.headers.get("x-org-id") or request.headers.get("x-api-key") or ""
+            allowed, rate_headers = self._budget(org, wall)
             headers.update(rate_headers)
             if not allowed:
                 return 429, _THROTTLED

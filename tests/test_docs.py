@@ -29,7 +29,7 @@ PACKAGE = ROOT / "bulklink"
 #: Options of other programs the docs show (pytest-cov, ruff, coreutils' timeout,
 #: node_exporter, benchmarks/bench.py): not bulklink's, so not checked against it.
 FOREIGN_OPTIONS = frozenset(
-    {"--cov", "--check", "--preserve-status", "--kill-after", "--collector", "--quick"}
+    {"--cov", "--check", "--preserve-status", "--kill-after", "--collector", "--quick", "--only"}
 )
 
 _MARKER = re.compile(r"^<!--\s*([a-z-]+)(?::\s*([^>]*?))?\s*-->\s*$")

@@ -378,6 +378,7 @@ def test_metrics_file_parses_back_with_every_outcome_and_the_job_label(tmp_path:
         "bulklink_last_success_timestamp_seconds": 1_735_698_600.0,
         "bulklink_last_run_requests": 130,
         "bulklink_last_run_throttled_requests": 4,
+        "bulklink_last_run_average_rate": 0.0,
     }
     assert all(f.type == "gauge" for f in families.values())
     assert stat.S_IMODE(target.stat().st_mode) == 0o644

@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import pytest
 
-from bulklink.run.pacing import MIN_RATE, Pacer, bucket_capacity
+from bulklink.net.client import Budget
+from bulklink.run.pacing import MIN_RATE, RESET_MARGIN, BudgetPace, Pacer, bucket_capacity
 from tests.helpers import START, Clock, run_in_fake_time
 
 
@@ -334,3 +335,36 @@ def test_against_a_server_that_takes_20_a_second_the_run_settles_just_under_it()
     assert throttled <= 0.02 * last_20s
     assert traffic.pacer.requests == traffic.answered
     assert traffic.pacer.throttled == len(traffic.throttled)
+
+
+@pytest.mark.parametrize(
+    ("budgets", "in_flight", "rate", "pause", "governing"),
+    [
+        # 100 left of 300 for 10 s, 30 kept back: 7/s; 10 in flight count as spent: 6/s.
+        ([Budget("", 300, 100, 1010.0)], 0, 7.0, 0.0, ""),
+        ([Budget("", 300, 100, 1010.0)], 10, 6.0, 0.0, ""),
+        # The tightest governs, whichever header it came in.
+        ([Budget("", 300, 100, 1010.0), Budget("OrgID", 50, 25, 1005.0)], 0, 4.0, 0.0, "OrgID"),
+        # Only the reserve left: nothing until the reset (and a margin past it).
+        ([Budget("", 300, 30, 1004.0)], 0, 0.0, 4.0 + RESET_MARGIN, ""),
+    ],
+)
+def test_the_budget_pace_spreads_what_remains_less_reserve_and_in_flight(
+    budgets: list[Budget], in_flight: int, rate: float, pause: float, governing: str
+) -> None:
+    pace = BudgetPace(10)
+    pace.learn(tuple(budgets))
+    assert pace.pace(1000.0, in_flight) == pytest.approx((rate, pause))
+    assert pace.governing == governing
+
+
+def test_the_budget_pace_takes_the_freshest_remaining_and_learns_the_window() -> None:
+    pace = BudgetPace(0)
+    pace.learn((Budget("", 100, 40, 1010.0), Budget("", 100, 60, 1010.0)))  # out of order
+    assert pace.pace(1000.0, 0) == pytest.approx((4.0, 0.0))
+    assert pace.even_rate() is None and str(pace.seen()) == "100 per window"
+    pace.learn((Budget("", 100, 99, 1020.0), Budget("", 100, 5, 1010.0)))  # a late old one
+    assert pace.pace(1010.5, 0) == pytest.approx((99 / 9.5, 0.0))
+    assert pace.even_rate() == 10.0 and str(pace.seen()) == "100 per 10 s"
+    # Past the reset with no answer from the new window yet: the even pace of a window.
+    assert pace.pace(1021.0, 0) == (10.0, 0.0)

@@ -266,6 +266,25 @@ def test_rate_limit_429_with_headers(retry_after: bool) -> None:
         assert sb.requests[-1].status == 429
 
 
+def test_budget_mode_is_per_org_with_variants_and_resets() -> None:
+    config = SandboxConfig(budget_limit=4, budget_window=2.0, budget_variants={"OrgID": 3})
+    with serve_in_thread(config) as sb:
+        other = {**GOOD, "x-org-id": "org_other"}
+        results = [*_fire_in_one_window(sb.url, 4), call(sb.url, headers=other)]
+        assert [s for s, _, _ in results] == [200, 200, 200, 429, 200]
+        plain = [h["X-RateLimit-Remaining"] for _, h, _ in results]
+        org = [h["X-RateLimit-Remaining-OrgID"] for _, h, _ in results]
+        assert (plain, org) == (["3", "2", "1", "1", "3"], ["2", "1", "0", "0", "2"])
+        _, headers, _ = results[0]
+        assert (headers["X-RateLimit-Limit"], headers["X-RateLimit-Limit-OrgID"]) == ("4", "3")
+        reset = int(headers["X-RateLimit-Reset"])
+        assert reset % 2 == 0 and 0 < reset - sb.requests[0].wall <= 2
+        assert headers["X-RateLimit-Reset-OrgID"] == str(reset)
+        time.sleep(reset - time.time() + 0.01)  # the next window starts afresh
+        status, headers, _ = call(sb.url)
+        assert (status, headers["X-RateLimit-Remaining-OrgID"]) == (200, "2")
+
+
 @pytest.mark.parametrize(
     ("rate", "limit", "width"), [(5, 5, 1), (2.5, 2, 1), (0.5, 1, 2), (0.3, 1, 4)]
 )

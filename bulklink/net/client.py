@@ -62,6 +62,58 @@ class Verdict(enum.Enum):
     HALT = "halt"
 
 
+#: The scopes of Thena's rate-limit headers: ``X-RateLimit-Limit`` and its variants
+#: ``X-RateLimit-Limit-OrgID`` and so on, each with its own ``Remaining-*`` and ``Reset-*``.
+BUDGET_SCOPES = ("", "IP", "UserID", "OrgID", "Path")
+_BUDGET_HEADERS = tuple(
+    tuple(
+        f"X-RateLimit-{part}{'-' + scope if scope else ''}"
+        for part in ("Limit", "Remaining", "Reset")
+    )
+    for scope in BUDGET_SCOPES
+)
+
+
+class Budget(NamedTuple):
+    """One budget an answer advertised: ``limit`` requests a window, ``remaining`` of them
+    left until ``reset`` (UNIX seconds). ``scope`` is "" for the plain headers."""
+
+    scope: str
+    limit: int
+    remaining: int
+    reset: float
+
+
+def read_budgets(headers: Mapping[str, str], now: float | None = None) -> tuple[Budget, ...]:
+    """Every complete, well-formed budget in an answer's headers; garbage is ignored.
+
+    Reset is UNIX seconds, as Thena documents; a small value is read as seconds from now
+    (as :func:`server_wait` does).
+    """
+    budgets = []
+    for scope, (limit_name, remaining_name, reset_name) in zip(
+        BUDGET_SCOPES, _BUDGET_HEADERS, strict=True
+    ):
+        limit = headers.get(limit_name)
+        if limit is None:
+            continue
+        numbers = [
+            _seconds(limit),
+            _seconds(headers.get(remaining_name)),
+            _seconds(headers.get(reset_name)),
+        ]
+        if None in numbers:
+            continue
+        most, left, reset = numbers
+        assert most is not None and left is not None and reset is not None
+        if most < 1 or most != int(most) or left != int(left):
+            continue
+        if reset <= 1e9:
+            reset += time.time() if now is None else now
+        budgets.append(Budget(scope, int(most), min(int(left), int(most)), reset))
+    return tuple(budgets)
+
+
 class Answer(NamedTuple):
     """One attempt's classified outcome; ``wait`` is the server's requested pause, if any.
 
@@ -75,6 +127,7 @@ class Answer(NamedTuple):
     ticket: dict[str, Any] | None = None
     body: bytes | None = None
     wait: float | None = None
+    budgets: tuple[Budget, ...] = ()  # the rate-limit headers, for --rate auto
 
     @property
     def throttled(self) -> bool:
@@ -394,6 +447,9 @@ class Client:
                 if status == 407 and self.route is not None:  # plain http, through it
                     return proxy_refused(self.route)
                 answer = classify(status, resp.headers, self.scrub(body), url=self.url)
+                budgets = read_budgets(resp.headers)
+                if budgets:
+                    answer = answer._replace(budgets=budgets)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return classify_exception(
                 exc, self.timeout, host=self.host, trust=self.trust, route=self.route

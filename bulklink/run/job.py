@@ -36,11 +36,12 @@ from bulklink.errors import (
     Interrupted,
     UsageError,
 )
-from bulklink.models import Outcome, Pair, Summary
+from bulklink.models import BudgetSeen, Outcome, Pair, Summary
 from bulklink.net.client import Client
 from bulklink.net.connection import Connection
 from bulklink.options import RetryOptions
 from bulklink.run.assembly import Assembler
+from bulklink.run.pacing import auto_rate_plan
 from bulklink.run.publish import Output, write_summary_json
 from bulklink.run.runner import CREDENTIALS_REJECTED, INTERNAL_ERROR, Runner, describe_refusals
 from bulklink.state.journal import Journal, hand_over_links, journal_path
@@ -98,6 +99,8 @@ class _Ending:
     bug: BaseException | None = None  # the first unexpected exception
     requests: int = 0  # answers the API gave, retries included
     throttled: int = 0  # of which 429
+    average_rate: float = 0.0
+    budget: BudgetSeen | None = None
 
 
 def execute(job: Job) -> Summary:
@@ -137,6 +140,8 @@ def execute(job: Job) -> Summary:
         stopped=ending.stop_reason,
         requests=ending.requests,
         throttled=ending.throttled,
+        average_rate=ending.average_rate,
+        budget=ending.budget,
     )
     error = _stop_error(job, ending, summary)
     try:  # the summary first: the xlsx report has a sheet for it
@@ -316,6 +321,9 @@ class _Run:
     ) -> None:
         self.job, self.journal, self.assembler, self.ending = job, journal, assembler, ending
         self.runner = Runner(client, job.options, assembler.accept)
+        self.runner.pacer.note = job.console.info
+        if job.options.auto_rate:
+            job.console.info(auto_rate_plan(job.options))
         self.loop = asyncio.get_running_loop()
         journal.attach(self.loop.call_soon, lambda error: self.disk_failed(error, journal.path))
         self.flushed = time.monotonic()  # when the store's batch was last committed
@@ -363,7 +371,10 @@ class _Run:
         self.journal.sync()
         job.console.finish_progress(self.assembler.done_this_run)
         self.ending.stop_reason, self.ending.halted = runner.stop_reason, runner.halted
-        self.ending.requests, self.ending.throttled = runner.pacer.requests, runner.pacer.throttled
+        pacer = runner.pacer
+        self.ending.requests, self.ending.throttled = pacer.requests, pacer.throttled
+        self.ending.average_rate = pacer.average_rate
+        self.ending.budget = pacer.budget.seen() if pacer.budget is not None else None
 
     async def dispatch(self, stream: _ChunkStream) -> None:
         """Send everything; a failed write or a bug stops the run as a signal does."""

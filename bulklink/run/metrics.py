@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from bulklink._fs import write_atomically
 from bulklink.errors import BulklinkError
+from bulklink.models import BudgetSeen
 from bulklink.text import escape_controls
 
 #: The label every series carries. Prometheus renames it to ``exported_job`` on scrape
@@ -34,6 +35,8 @@ def render_metrics(
     last_success_timestamp: float | None,
     requests: int,
     throttled: int,
+    average_rate: float = 0.0,
+    budget: BudgetSeen | None = None,
 ) -> bytes:
     """The file's content. ``last_success_timestamp`` None (never succeeded) is written as 0,
     so an alert on its age fires for a job that has never once linked everything."""
@@ -77,6 +80,22 @@ def render_metrics(
         "Requests of the last run that the API answered 429 (rate limited).",
         throttled,
     )
+    gauge(
+        "bulklink_last_run_average_rate",
+        "Requests per second the last run sent, from its first start to its last answer.",
+        average_rate,
+    )
+    if budget is not None:  # --rate auto learnt the API's budget
+        for name, doc, value in (
+            ("limit", "Requests per window of the API budget", budget.limit),
+            ("window_seconds", "Window in seconds of the API budget", budget.window or 0.0),
+        ):
+            Gauge(
+                f"bulklink_last_run_budget_{name}",
+                f"{doc} that governed the last run (--rate auto; scope '' = plain).",
+                [JOB_LABEL, "scope"],
+                registry=registry,
+            ).labels(job, budget.scope).set(value)
     return generate_latest(registry)
 
 

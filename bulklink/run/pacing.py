@@ -8,7 +8,11 @@ instead of lost. A bucket of capacity R would let 2R through in the first second
 capacity 1 loses every late wake-up.
 
 Only aiolimiter's public API is used: a rate change replaces the limiter, and the new one
-is filled through ``acquire`` at its first use (see :meth:`Pacer.wait`)."""
+is filled through ``acquire`` at its first use (see :meth:`Pacer.wait`).
+
+With ``--rate auto`` the rate comes from the API's rate-limit headers instead
+(:class:`BudgetPace`): each budget's remaining requests, less the reserve and less the
+requests in flight, spread evenly until its reset; the tightest budget governs."""
 
 from __future__ import annotations
 
@@ -16,13 +20,107 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
+
+from bulklink.models import BudgetSeen
+from bulklink.net.client import Budget
+from bulklink.options import TrafficOptions
 
 MIN_RATE = 0.5  # requests/s the adaptive rate never goes below
 DECREASE = 0.9  # multiplicative decrease on a 429, applied to what the server accepted
 INCREASE_EVERY = 1.0  # seconds between additive increases while no 429 arrives
 SLOTS_PER_SECOND = 4
+#: Seconds past a budget's reset before sending again: the server's window must have
+#: turned when the first request of the next one arrives.
+RESET_MARGIN = 0.02
+#: A budget's pace is applied when it differs from the current rate by more than this
+#: fraction: each change replaces the limiter, and tiny ones would only cost that.
+RETUNE = 0.02
+
+
+@dataclass(slots=True)
+class _Window:
+    """What the freshest answers say of one budget's current window."""
+
+    limit: int
+    remaining: int
+    reset: float  # UNIX seconds
+    length: float | None = None  # seconds, learnt when the reset moves on
+
+
+class BudgetPace:
+    """``--rate auto``: the pace the API's rate-limit budgets allow, the tightest governing.
+
+    Answers arrive out of order, so within one window (one reset time) the lowest
+    ``remaining`` is the freshest; a later reset starts the next window from its own
+    ``remaining``. ``reserve`` percent of every limit is left for other clients, whose use
+    shows in ``remaining`` (so two runs share a budget without talking to each other).
+    """
+
+    def __init__(self, reserve: float) -> None:
+        self.reserve = reserve / 100.0
+        self.windows: dict[str, _Window] = {}
+        self.governing = ""  # the scope of the tightest budget at the last reckoning
+
+    def learn(self, budgets: tuple[Budget, ...]) -> None:
+        for budget in budgets:
+            window = self.windows.get(budget.scope)
+            if window is None:
+                self.windows[budget.scope] = _Window(budget.limit, budget.remaining, budget.reset)
+            elif budget.reset > window.reset:  # the next window
+                step = budget.reset - window.reset
+                window.length = step if window.length is None else min(window.length, step)
+                window.limit, window.remaining, window.reset = (
+                    budget.limit,
+                    budget.remaining,
+                    budget.reset,
+                )
+            elif budget.reset == window.reset:
+                window.remaining = min(window.remaining, budget.remaining)
+                window.limit = budget.limit
+
+    def pace(self, wall: float, in_flight: int) -> tuple[float, float]:
+        """(rate, pause): requests per second the tightest budget allows now, and, when it
+        allows none until its reset, the seconds to wait for that (else 0)."""
+        best, pause = math.inf, 0.0
+        for scope, window in self.windows.items():
+            left = window.reset - wall
+            keep = self.reserve * window.limit
+            if left <= 0:  # the window has turned, and no answer has said how it starts
+                if window.length is None:
+                    continue
+                rate, wait = (window.limit - keep - in_flight) / window.length, 0.0
+            else:
+                spare = window.remaining - keep - in_flight
+                rate, wait = (spare / left, 0.0) if spare >= 1 else (0.0, left + RESET_MARGIN)
+            if rate < best or (rate == best and wait > pause):
+                best, pause, self.governing = rate, wait, scope
+        return best, pause
+
+    def seen(self) -> BudgetSeen | None:
+        """The governing budget (``300 per 10 s, OrgID``), None before any answer named one."""
+        window = self.windows.get(self.governing)
+        if window is None:
+            return None
+        return BudgetSeen(window.limit, window.length, self.governing)
+
+    def even_rate(self) -> float | None:
+        """The governing budget's limit less the reserve, per second, once its window's
+        length is known: the pace a window starts at before its first answer."""
+        window = self.windows.get(self.governing)
+        if window is None or window.length is None:
+            return None
+        return window.limit * (1 - self.reserve) / window.length
+
+
+def auto_rate_plan(options: TrafficOptions) -> str:
+    """What ``--rate auto`` will do, said before it has learnt anything."""
+    return (
+        f"--rate auto: {options.ceiling:g}/s until the API's rate-limit headers arrive, then "
+        f"the tightest budget they name, less {options.reserve:g}% left for other clients"
+    )
 
 
 def bucket_capacity(rate: float) -> float:
@@ -45,8 +143,22 @@ class Pacer:
     comes, never above the ceiling.
     """
 
-    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        budget: BudgetPace | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.ceiling = rate
+        #: With ``--rate auto``: the API's budgets, which govern once an answer names one;
+        #: ``rate`` is the start (and the rate against a server that sends none).
+        self.budget = budget
+        self.wall = wall
+        self.note: Callable[[str], None] | None = None  # told once what the budget is
+        self._first_start: float | None = None
+        self._last_answer = 0.0
         self.clock = clock
         self.current: float = rate  # 0 = unlimited
         self._limiter: AsyncLimiter | None = None
@@ -82,6 +194,13 @@ class Pacer:
         return self._throttled
 
     @property
+    def average_rate(self) -> float:
+        """Requests per second from the first start to the last answer (for the summary)."""
+        if self._first_start is None or self._last_answer <= self._first_start:
+            return 0.0
+        return self._requests / (self._last_answer - self._first_start)
+
+    @property
     def idle(self) -> bool:
         """True when a request may start now: no limit, no pause (:meth:`wait` returns at
         once)."""
@@ -94,6 +213,8 @@ class Pacer:
             if delay > 0:
                 await asyncio.sleep(delay)
                 continue
+            if self._first_start is None:
+                self._first_start = self.clock()
             limiter = self._limiter
             if limiter is None:
                 return
@@ -114,14 +235,28 @@ class Pacer:
         """Hold every new request for ``seconds`` (the server's Retry-After or reset)."""
         self._paused_until = max(self._paused_until, self.clock() + seconds)
 
-    def on_answer(self, sent_at: float, throttled: bool, now: float | None = None) -> None:
-        """Feed every answer back: 429s lower the rate, quiet seconds raise it again.
+    def on_answer(
+        self,
+        sent_at: float,
+        throttled: bool,
+        now: float | None = None,
+        budgets: tuple[Budget, ...] = (),
+        in_flight: int = 0,
+    ) -> None:
+        """Feed every answer back: 429s lower the rate, quiet seconds raise it again; with
+        ``--rate auto``, the answer's budgets set it instead once one is known.
 
-        ``now`` is the clock's reading, when the caller has just taken it.
+        ``now`` is the clock's reading, when the caller has just taken it; ``in_flight``
+        the requests still unanswered, which the budgets count as spent.
         """
         if now is None:
             now = self.clock()
         self._requests += 1
+        self._last_answer = now
+        if self.budget is not None and (budgets or self.budget.windows):
+            self._throttled += throttled
+            self._follow(self.budget, budgets, in_flight)
+            return
         slot = int(now * SLOTS_PER_SECOND)
         if slot != self._slot:
             self._roll(slot)
@@ -148,6 +283,22 @@ class Pacer:
             if self.ceiling > 0:
                 target = min(target, self.ceiling)
             self._set_rate(target if self.ceiling > 0 or target < 10_000 else 0.0)
+
+    def _follow(self, budget: BudgetPace, budgets: tuple[Budget, ...], in_flight: int) -> None:
+        """The budgets' pace, or a pause until the tightest one's reset when it has none
+        to spare (then the even pace of a whole window, till the next answer says more)."""
+        first = not budget.windows
+        budget.learn(budgets)
+        rate, pause = budget.pace(self.wall(), in_flight)
+        if first and self.note is not None:
+            self.note(f"--rate auto: the API's budget is {budget.seen()}: pacing by it")
+        if pause > 0:
+            self.pause(pause)
+            rate = budget.even_rate() or self.current
+        elif not math.isfinite(rate):
+            return
+        if abs(rate - self.current) > RETUNE * self.current:
+            self._set_rate(rate)
 
     def _roll(self, slot: int) -> None:
         """Counts per quarter second, the last second's worth kept: cheap on every answer."""

@@ -108,6 +108,8 @@ def publish(
             last_success_timestamp=(finished if summary.exit_code == 0 else _stamp(last_success)),
             requests=summary.requests,
             throttled=summary.throttled,
+            average_rate=summary.average_rate,
+            budget=summary.budget,
         )
         warning = write_metrics(output.metrics_file, content)
         if warning:

@@ -23,7 +23,7 @@ from typing import Protocol
 from bulklink.models import Outcome, Pair, Result
 from bulklink.net.client import Answer, Verdict
 from bulklink.options import TrafficOptions
-from bulklink.run.pacing import Pacer
+from bulklink.run.pacing import BudgetPace, Pacer
 from bulklink.text import utc_stamp
 
 CREDENTIALS_REJECTED = "credentials rejected"
@@ -58,7 +58,8 @@ class Runner:
         self.settings = settings
         self.on_result = on_result
         self.clock = clock
-        self.pacer = Pacer(settings.rate, clock=clock)
+        budget = BudgetPace(settings.reserve) if settings.auto_rate else None
+        self.pacer = Pacer(settings.ceiling, clock=clock, budget=budget)
         self.stop_reason = ""
         #: Why no row can succeed when an answer said so (Verdict.HALT): a TLS failure, a
         #: proxy's 407. A person must act; the run ends as on rejected credentials.
@@ -208,10 +209,10 @@ class Runner:
         # auto-sized pool reaches rate x latency within the first fraction of a second.
         self.latency += (now - sent - self.latency) * (0.1 if self.latency else 1.0)
         if answer.verdict is Verdict.RETRY:
-            self.pacer.on_answer(sent, answer.throttled, now)
+            self.pacer.on_answer(sent, answer.throttled, now, answer.budgets, self.in_flight)
             self.refusals[refusal_kind(answer)] += 1
         else:  # never a 429
-            self.pacer.on_answer(sent, False, now)
+            self.pacer.on_answer(sent, False, now, answer.budgets, self.in_flight)
             self.last_progress = now
             if self.refusals:
                 self.refusals.clear()
