@@ -44,6 +44,7 @@ from bulklink.run.runner import CREDENTIALS_REJECTED, INTERNAL_ERROR, Runner, de
 from bulklink.state.journal import Journal, hand_over_links, journal_path
 from bulklink.state.ledger import Ledger
 from bulklink.state.scope import Scope
+from bulklink.state.store import StoreLocked
 from bulklink.tables.inputs import SEND, Chunk, Plan
 from bulklink.tables.report.schema import Layout, RunInfo
 from bulklink.tables.report.writers import ReportWriter, open_writer
@@ -210,8 +211,22 @@ def _record(
         ending.stop_reason = ending.stop_reason or "the state store could not be written"
         if error is None:
             summary.exit_code = DiskError.exit_code
-            error = DiskError(_as_os_error(exc), job.ledger.path or "the state store", summary)
+            path = job.ledger.path or "the state store"
+            error = DiskError(
+                _as_os_error(exc), path, summary, message=store_note(exc, job.report) or None
+            )
     return error
+
+
+def store_note(exc: BaseException, report: Path) -> str:
+    """What a locked store means for the run: no full disk, and the pairs are safe."""
+    if not isinstance(exc, StoreLocked):
+        return ""
+    return (
+        f"{exc}: another process (an sqlite3 shell, a VACUUM) held it; the linked pairs are "
+        f"kept in the journal {journal_path(report)}, and the same command records them "
+        "and sends none of them again"
+    )
 
 
 def _last_writes(job: Job, summary: Summary, error: BulklinkError | None) -> BulklinkError | None:
@@ -312,6 +327,7 @@ class _Run:
         self.loop = asyncio.get_running_loop()
         journal.attach(self.loop.call_soon, lambda error: self.disk_failed(error, journal.path))
         self.flushed = time.monotonic()  # when the store's batch was last committed
+        self.committing: asyncio.Task[None] | None = None  # the batch a worker thread writes
         assembler.defer = self.loop.call_soon
 
     def disk_failed(self, error: OSError, path: Path) -> None:
@@ -348,6 +364,8 @@ class _Run:
             await self.drain(stream)
         finally:
             ticker.cancel()
+            if self.committing is not None:  # its error, if any, is the run's too
+                await self.committing
             if deadline is not None:
                 deadline.cancel()
             for sig in handled:
@@ -401,7 +419,7 @@ class _Run:
                 await asyncio.sleep(0.5)
                 job.console.progress(self.assembler.done_this_run, runner.in_flight)
                 self.check_health()
-                await self.flush_store()
+                self.flush_store()
                 if time.monotonic() - last_sync >= 1.0 and journal.take_dirty():
                     last_sync = time.monotonic()
                     try:
@@ -428,15 +446,28 @@ class _Run:
                 f"({describe_refusals(runner.refusals)})"
             )
 
-    async def flush_store(self) -> None:
-        """The store's batch, when :meth:`Ledger.due` (off the event loop)."""
+    def flush_store(self) -> None:
+        """The store's batch, when :meth:`Ledger.due`, in a worker thread.
+
+        A task of its own, one at a time: the ticker never waits for a locked store, the
+        run's end waits for it (so a batch still waiting for a lock is neither lost nor its
+        error ignored), and a batch that failed goes back for the next try.
+        """
         ledger = self.job.ledger
         now = time.monotonic()
-        if ledger.active and ledger.due(now - self.flushed):
+        busy = self.committing is not None and not self.committing.done()
+        if ledger.active and not busy and ledger.due(now - self.flushed):
             self.flushed = now
-            try:
-                await asyncio.to_thread(ledger.commit, ledger.take())
-            except (OSError, BulklinkError) as exc:
+            self.committing = asyncio.create_task(self.commit(ledger.take()))
+
+    async def commit(self, batch: list[tuple[str, str, str]]) -> None:
+        """One batch; a store another process holds is tried again (next tick, the end)."""
+        ledger = self.job.ledger
+        try:
+            await asyncio.to_thread(ledger.commit, batch)
+        except (OSError, BulklinkError) as exc:
+            ledger.restore(batch)  # the journal holds them meanwhile
+            if not isinstance(exc, StoreLocked):
                 self.disk_failed(_as_os_error(exc), ledger.path or Path("the state store"))
 
 

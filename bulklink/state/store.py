@@ -59,6 +59,8 @@ from bulklink.text import parse_stamp, utc_stamp
 
 APPLICATION_ID = 0x626C6E6B  # "blnk"
 SCHEMA_VERSION = 1
+#: Seconds a write waits for another process's lock before giving up (read at each open,
+#: so a test can shorten it).
 BUSY_TIMEOUT = 30.0
 _PROBE_CHUNK = 20_000
 _SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -118,6 +120,11 @@ _ON_CONFLICT = {
 
 class StoreError(UsageError):
     """The state store cannot be used as it is; nothing was sent and nothing overwritten."""
+
+
+class StoreLocked(StoreError):
+    """Another process (an ``sqlite3`` shell, a ``VACUUM``) held the store past the busy
+    timeout: nothing is wrong with the disk, so the message must not say so."""
 
 
 def default_state_path(env: Mapping[str, str] | None = None) -> Path:
@@ -230,8 +237,9 @@ def _path_text(path: str | os.PathLike[str] | None) -> str | None:
 class Store:
     """An open state store. Safe to share between threads (one call at a time)."""
 
-    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, db: sqlite3.Connection, busy_timeout: float) -> None:
         self.path = path
+        self.busy_timeout = busy_timeout
         self._db = db
         self._lock = threading.Lock()
         self._scope_ids: dict[Scope, int] = {}
@@ -239,7 +247,7 @@ class Store:
     # -- opening ------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, busy_timeout: float = BUSY_TIMEOUT) -> Store:
+    def open(cls, path: str | os.PathLike[str], *, busy_timeout: float | None = None) -> Store:
         """Open the store at ``path``, creating it (and its folder, 0700) if missing."""
         store = cls._open(Path(path), create=True, busy_timeout=busy_timeout)
         assert store is not None  # create=True opens or raises
@@ -247,13 +255,14 @@ class Store:
 
     @classmethod
     def open_existing(
-        cls, path: str | os.PathLike[str], *, busy_timeout: float = BUSY_TIMEOUT
+        cls, path: str | os.PathLike[str], *, busy_timeout: float | None = None
     ) -> Store | None:
         """The store at ``path``, or None when there is none (``runs``, ``--dry-run``)."""
         return cls._open(Path(path), create=False, busy_timeout=busy_timeout)
 
     @classmethod
-    def _open(cls, path: Path, *, create: bool, busy_timeout: float) -> Store | None:
+    def _open(cls, path: Path, *, create: bool, busy_timeout: float | None) -> Store | None:
+        busy_timeout = BUSY_TIMEOUT if busy_timeout is None else busy_timeout
         fd = _open_file(path, create)
         if fd is None:
             return None
@@ -268,7 +277,7 @@ class Store:
                 )
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot open the state store {path}: {exc}") from None
-            store = cls(path, db)
+            store = cls(path, db, busy_timeout)
             try:
                 with store._errors():
                     store._prepare(fd)
@@ -536,9 +545,9 @@ class Store:
             yield
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
-                raise StoreError(
+                raise StoreLocked(
                     f"the state store {self.path} stayed locked by another process "
-                    "past the busy timeout"
+                    f"past the busy timeout ({self.busy_timeout:g} s)"
                 ) from None
             raise StoreError(f"the state store {self.path} cannot be used: {exc}") from None
         except sqlite3.DatabaseError as exc:
