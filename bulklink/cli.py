@@ -28,6 +28,16 @@ rerun to resume); 74 a file could not be written, e.g. a full disk (free space, 
 to resume); 75 another run holds the report; 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM."""
 
 
+class _Group(click.Group):
+    """Click's own refusals (a bad option value, an unknown option) as one line, as ours."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            _fail(exc.format_message(), exc.exit_code)
+
+
 def _apply(options: list[Callable[[F], F]]) -> Callable[[F], F]:
     def decorate(func: F) -> F:
         for option in reversed(options):
@@ -256,6 +266,7 @@ def job_options(func: F) -> F:
 
 
 @click.group(
+    cls=_Group,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="""\b
 Examples:
@@ -624,7 +635,7 @@ Examples:
 )
 @click.option(
     "--latency",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(0, 3600),
     default=0.0,
     show_default=True,
     help="Seconds added to every answer.",
@@ -638,7 +649,7 @@ Examples:
 )
 @click.option(
     "--rate-limit",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(0, 1_000_000),
     default=0.0,
     show_default=True,
     help="Requests per second allowed before answering 429 with X-RateLimit-* "

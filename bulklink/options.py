@@ -111,24 +111,34 @@ class TrafficOptions(_Checked):
     MAX_WORKERS: ClassVar[int] = 10_000
     #: Beyond it the doubling backoff overflows a float; nobody means a thousand retries.
     MAX_RETRIES: ClassVar[int] = 1000
+    #: A day: a longer wait for one answer is a run that never ends, not a setting.
+    MAX_TIMEOUT: ClassVar[float] = 86_400.0
+    #: Far beyond any API's limit; larger numbers are typos (or ``1e308``).
+    MAX_RATE: ClassVar[float] = 1_000_000.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         # Numbers as their field says (the CLI and callers may give "20" or 0 for 0.0).
         rate, timeout = _finite(self.rate, "--rate"), _finite(self.timeout, "--timeout")
         backoff, max_retries = _finite(self.backoff, "--backoff"), _whole(self.max_retries)
-        if rate < 0:
-            raise UsageError("--rate must be 0 (no limit) or more")
+        if not 0 <= rate <= self.MAX_RATE:
+            raise UsageError(f"--rate must be 0 (no limit) to {self.MAX_RATE:,.0f}, got {rate:g}")
         if not 0 <= max_retries <= self.MAX_RETRIES:
             raise UsageError(
                 "--max-retries must be 0 or more"
                 if max_retries < 0
                 else f"--max-retries must be at most {self.MAX_RETRIES}"
             )
-        if timeout <= 0:
-            raise UsageError("--timeout must be more than 0 seconds")
-        if backoff < 0:
-            raise UsageError("--backoff must be 0 or more seconds")
+        if not 0 < timeout <= self.MAX_TIMEOUT:
+            raise UsageError(
+                f"--timeout must be more than 0 and at most {self.MAX_TIMEOUT:,.0f} seconds "
+                f"(a day), got {timeout:g}"
+            )
+        if not 0 <= backoff <= self.BACKOFF_CAP:
+            raise UsageError(
+                f"--backoff must be 0 to {self.BACKOFF_CAP:g} seconds (the cap of every "
+                f"retry delay), got {backoff:g}"
+            )
         for name, value in (("rate", rate), ("timeout", timeout), ("backoff", backoff)):
             object.__setattr__(self, name, value)
         object.__setattr__(self, "max_retries", max_retries)
@@ -190,6 +200,8 @@ class ControlOptions(_Checked):
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+#: A year: a longer bound is no bound, and loop timers would overflow far beyond it.
+MAX_DURATION = 366 * 86_400.0
 
 
 def parse_duration(value: float | str | None, option: str) -> float | None:
@@ -215,6 +227,8 @@ def parse_duration(value: float | str | None, option: str) -> float | None:
             seconds = float(text)
     if seconds < 0 or not math.isfinite(seconds):
         raise UsageError(f"{option} must be 0 (off) or more")
+    if seconds > MAX_DURATION:
+        raise UsageError(f"{option} must be at most 366 days (8784h), got {value!r}")
     return seconds or None
 
 

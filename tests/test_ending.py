@@ -6,19 +6,21 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+import bulklink.run.runner
 import bulklink.state.ledger
 import bulklink.state.store
-from bulklink.sandbox import Sandbox
-from bulklink.state.store import Store
+from bulklink.sandbox import Reply, Sandbox
 from tests.helpers import (
     FAST_UNPACED,
     input_pairs,
     journal_of,
+    one_line_usage_error,
     pairs_csv,
     read_report,
     run_against,
@@ -55,9 +57,9 @@ def store_held(path: Path, when: Callable[[], bool], seconds: float | None) -> I
 
 
 def linked_pairs(path: Path) -> set[tuple[str, str]]:
-    with Store.open(path) as store, store._errors():  # noqa: SLF001 - the test reads the table
-        rows = store._db.execute("SELECT source, linked FROM linked_pairs").fetchall()  # noqa: SLF001
-    return {(s, l) for s, l in rows}
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT source, linked FROM linked_pairs").fetchall()
+    return {(source, linked) for source, linked in rows}
 
 
 @pytest.fixture
@@ -110,3 +112,82 @@ def test_a_batch_waiting_for_a_lock_when_sending_ends_is_in_the_store_before_exi
     assert result.exit_code == 0, result.stderr
     assert linked_pairs(state) == set(input_pairs(n))
     assert not journal_of(tmp_path / "in.results.csv").exists()
+
+
+# -- requests that never get an answer ---------------------------------------------------------
+
+HANG = 600.0  # the sandbox's answer is this late: never, as far as a test can tell
+
+
+@pytest.fixture
+def short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests in flight get 0.3 s after a stop (not 5 s) before they are abandoned."""
+    monkeypatch.setattr(bulklink.run.runner, "STOP_GRACE", 0.3)
+
+
+def hanging_sandbox(start_sandbox: Callable[..., Sandbox], n: int, answered: int) -> Sandbox:
+    """The first ``answered`` pairs are linked; the others never get an answer."""
+    hang = {source: [Reply(delay=HANG)] for source, _ in input_pairs(n)[answered:]}
+    return start_sandbox(script=hang)
+
+
+@pytest.mark.usefixtures("short_grace")
+@pytest.mark.parametrize(
+    ("bound", "stopped"),
+    [
+        (("--deadline", "1s"), "--deadline 1s reached"),
+        (("--give-up-after", "1s"), "gave up: no answer settled a row for 1s"),
+    ],
+)
+def test_a_server_that_never_answers_cannot_hold_a_bounded_run(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox], bound: tuple[str, str], stopped: str
+) -> None:
+    n, answered = 12, 3
+    server = hanging_sandbox(start_sandbox, n, answered)
+    src = pairs_csv(tmp_path / "in.csv", n)
+    t0 = time.monotonic()
+    result = run_against(
+        server, "run", src, "--no-state", "--timeout", "3600", "--concurrency", "4",
+        *bound, *FAST_UNPACED,
+    )  # fmt: skip
+    elapsed = time.monotonic() - t0
+    assert result.exit_code == 1, result.stderr
+    assert elapsed < 4, f"the run took {elapsed:.1f}s"
+    assert stopped in result.stderr
+    rows = read_report(tmp_path / "in.results.csv")
+    assert [r["outcome"] for r in rows] == ["linked"] * answered + ["skipped"] * (n - answered)
+    asked = rows[answered : answered + 4]
+    assert all("abandoned" in r["error"] for r in asked), asked
+    assert all("not attempted" in r["error"] for r in rows[answered + 4 :])
+    assert len(server.requests) == answered + 4  # nothing sent after the stop
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        (option, value)
+        for option in ("--timeout", "--rate", "--backoff")
+        for value in ("nan", "inf", "-inf", "1e400", "1e30")
+    ]
+    + [
+        (option, value)
+        for option in ("--give-up-after", "--deadline")
+        for value in ("nan", "inf", "1e400", "99999999h", "-1")
+    ]
+    + [
+        ("--max-retries", "99999999999999999999"),
+        ("--max-retries", "nan"),
+        ("--concurrency", "inf"),
+        ("--concurrency", "99999999999999999999"),
+        ("--limit", "nan"),
+        ("--limit", "-1"),
+    ],
+)
+def test_a_numeric_option_out_of_range_is_one_line_and_nothing_is_sent(
+    tmp_path: Path, sandbox: Sandbox, option: str, value: str
+) -> None:
+    src = pairs_csv(tmp_path / "in.csv", 3)
+    result = run_against(sandbox, "run", src, "--no-state", *FAST_UNPACED, option, value)
+    assert option in one_line_usage_error(result)
+    assert sandbox.requests == []
+    assert not (tmp_path / "in.results.csv").exists()

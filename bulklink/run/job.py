@@ -440,10 +440,19 @@ class _Run:
             self.disk_failed(console.log_failure, console.log_path or Path("--log-file"))
         give_up = self.job.options.give_up_seconds
         quiet = runner.clock() - runner.last_progress
-        if give_up is not None and runner.refusals and quiet >= give_up:
+        # Requests waiting for an answer are no success: a server that never answers
+        # is given up on as one that refuses.
+        if give_up is None or quiet < give_up or runner.stop_reason:
+            return
+        if runner.refusals:
             runner.stop(
                 f"gave up: the API refused everything for {format_duration(give_up)} "
                 f"({describe_refusals(runner.refusals)})"
+            )
+        elif runner.in_flight:
+            runner.stop(
+                f"gave up: no answer settled a row for {format_duration(give_up)} "
+                f"({runner.in_flight} requests waiting for an answer)"
             )
 
     def flush_store(self) -> None:
