@@ -38,11 +38,11 @@ from bulklink.options import (
 from bulklink.redaction import Redactor
 from bulklink.run.job import (
     Job,
+    Lifetime,
     execute,
     recover_links,
     resolve_report,
     scope_of,
-    signals_raise,
 )
 from bulklink.run.publish import Output, output_for, publish
 from bulklink.state.ledger import Ledger
@@ -161,7 +161,7 @@ def _published(
         except LockedError as exc:
             _publish_refusal(prepared, exc)
             raise
-        stack.enter_context(signals_raise(prepared.options.handle_signals))
+        lifetime = stack.enter_context(prepared.lifetime)
         try:
             ledger = Ledger.open(
                 prepared.store_path,
@@ -175,7 +175,6 @@ def _published(
         previous = ledger.previous_run(output.report)
         try:
             summary = work(ledger)
-            return summary
         except BulklinkError as exc:
             summary = getattr(exc, "summary", None)
             if summary is None:  # it never started: record and publish the refusal
@@ -190,16 +189,22 @@ def _published(
             raise
         finally:
             if summary is not None:
-                publish(
-                    output,
-                    summary,
-                    console,
-                    previous_exit_code=previous.exit_code if previous else None,
-                    last_success=ledger.last_success(output.job),
-                    redact=prepared.console.redact,
-                    allow_http=prepared.connection.allow_http,
-                    summary_json=refused,
-                )
+                with lifetime.cut_short():
+                    publish(
+                        output,
+                        summary,
+                        console,
+                        previous_exit_code=previous.exit_code if previous else None,
+                        last_success=ledger.last_success(output.job),
+                        redact=prepared.console.redact,
+                        allow_http=prepared.connection.allow_http,
+                        summary_json=refused,
+                    )
+        late = lifetime.late(summary, "the report and the state store are written; "
+                             "the notice and the metrics may not be")  # fmt: skip
+        if late is not None:
+            raise late
+        return summary
 
 
 def _refused(report: Path, exc: BulklinkError) -> Summary:
@@ -268,6 +273,7 @@ class _Prepared:
     console: Console
     command: str
     command_line: str  # for the run history: credentials and the webhook removed
+    lifetime: Lifetime  # the signal handling, for the whole run
 
 
 def _prepare(report: Path, command: str, options: RetryOptions) -> _Prepared:
@@ -287,6 +293,7 @@ def _prepare(report: Path, command: str, options: RetryOptions) -> _Prepared:
         console=console,
         command=command,
         command_line=connection.auth.redact(command_line(command)),
+        lifetime=Lifetime(options.handle_signals),
     )
 
 
@@ -325,6 +332,7 @@ def _execute(
         command=prepared.command,
         ledger=ledger,
         input_name=input_name,
+        lifetime=prepared.lifetime,
     )
     return execute(job)
 

@@ -4,6 +4,8 @@ process holds locked, a signal after the sending, requests that never get an ans
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sqlite3
 import threading
 import time
@@ -18,6 +20,7 @@ import bulklink.state.store
 from bulklink.sandbox import Reply, Sandbox
 from tests.helpers import (
     FAST_UNPACED,
+    Receiver,
     input_pairs,
     journal_of,
     one_line_usage_error,
@@ -25,6 +28,7 @@ from tests.helpers import (
     read_report,
     run_against,
     sent,
+    spawn,
     wait_until,
 )
 
@@ -191,3 +195,33 @@ def test_a_numeric_option_out_of_range_is_one_line_and_nothing_is_sent(
     assert option in one_line_usage_error(result)
     assert sandbox.requests == []
     assert not (tmp_path / "in.results.csv").exists()
+
+
+# -- a signal after the sending ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)]
+)
+def test_a_signal_during_a_slow_notice_cuts_it_short_but_writes_everything_else(
+    tmp_path: Path, sandbox: Sandbox, receiver: Receiver, signum: int, code: int
+) -> None:
+    n, log, state = 5, tmp_path / "run.log", tmp_path / "state.sqlite3"
+    receiver.answers = [(200, 30.0)]  # holds the notice for 30 s
+    src = pairs_csv(tmp_path / "in.csv", n)
+    args = ("run", src, "--state", state, "--log-file", log, *FAST_UNPACED)
+    with spawn(sandbox, *args, "--notify", receiver.url, "--notify-on", "always") as proc:
+        wait_until(lambda: len(receiver.raw) == 1, "the notice to be sent")
+        t0 = time.monotonic()
+        os.kill(proc.pid, signum)
+        _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == code, err
+    assert time.monotonic() - t0 < 5, "the notice was not cut short"
+    name = signal.Signals(signum).name
+    assert f"interrupted by {name} after the sending" in err
+    assert "before anything was sent" not in err
+    summary_line = err.strip().splitlines()[-1]
+    assert summary_line.startswith(f"linked {n},"), err
+    assert summary_line in log.read_text()
+    assert {r["outcome"] for r in read_report(tmp_path / "in.results.csv")} == {"linked"}
+    assert linked_pairs(state) == set(input_pairs(n))

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -76,6 +76,7 @@ class Job:
     command: str
     ledger: Ledger
     input_name: str  # as the user named it ("-" for standard input)
+    lifetime: Lifetime = field(default_factory=lambda: Lifetime(False))
 
     @property
     def report(self) -> Path:
@@ -120,7 +121,9 @@ def execute(job: Job) -> Summary:
     try:
         _run_to_completion(lambda: _run(job, journal, assembler, ending, t0))
     except BaseException as exc:
+        job.lifetime.after_sending()
         _give_up_report(job, ending, writer, journal, exc)
+    job.lifetime.after_sending()
     summary = Summary(
         report=str(job.report),
         rows=job.plan.rows,
@@ -141,6 +144,7 @@ def execute(job: Job) -> Summary:
         writer.commit(RunInfo.from_summary(summary, job.input_name))
     except BaseException as exc:
         _give_up_report(job, ending, writer, journal, exc)
+    error = error or job.lifetime.late(summary, "the report and the state store are written")
     error = _record(job, ending, summary, error)
     if ending.stop_reason or error is not None:
         journal.close()  # kept: a rerun resumes from it
@@ -490,27 +494,77 @@ def _install_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[int], N
     return handled
 
 
-@contextlib.contextmanager
-def signals_raise(enabled: bool) -> Iterator[None]:
-    """Until a run's own handlers take over: SIGTERM and SIGHUP raise :class:`Interrupted`.
+class _CutShort(KeyboardInterrupt):
+    """Raised by a signal inside :meth:`Lifetime.cut_short`; asyncio lets only
+    ``KeyboardInterrupt`` and ``SystemExit`` out of a callback, so it is one of those."""
 
-    Their default action ends the process on the spot, before any ``finally`` (a spooled
-    copy of standard input would stay beside the report); SIGINT raises already.
+
+class Lifetime:
+    """bulklink's SIGINT, SIGTERM and SIGHUP handling for the whole run (the CLI's, in the
+    main thread), in three phases.
+
+    Before sending, SIGTERM and SIGHUP raise :class:`Interrupted` (their default action
+    would end the process before any ``finally``: a spooled copy of standard input would
+    stay beside the report); SIGINT raises already. While sending, the event loop's own
+    handlers stop the run. After sending (:meth:`after_sending`) a signal is recorded,
+    never fatal: the report, the store and the summary line are still written, and work
+    that can be dropped (the notice, the metrics) runs :meth:`cut_short`.
     """
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
-    def interrupt(signum: int, frame: object) -> None:
-        name = signal.Signals(signum).name
-        raise Interrupted(f"interrupted by {name} before anything was sent", signum)
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.sending_done = False
+        self.signum = 0  # the first signal after sending
+        self._cutting = False
+        self._previous: dict[int, Any] = {}
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
+    def __enter__(self) -> Lifetime:
+        self._install((signal.SIGTERM, signal.SIGHUP))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _install(self, signals: tuple[int, ...]) -> None:
+        if self.enabled:
+            for sig in signals:
+                previous = signal.signal(sig, self._handle)
+                self._previous.setdefault(sig, previous)
+
+    def after_sending(self) -> None:
+        """The event loop is gone (its handlers with it): signals are recorded from now on."""
+        self.sending_done = True
+        self._install(STOP_SIGNALS)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if not self.sending_done:
+            raise Interrupted(f"interrupted by {name} before anything was sent", signum)
+        self.signum = self.signum or signum
+        if self._cutting:
+            raise _CutShort
+
+    @contextlib.contextmanager
+    def cut_short(self) -> Iterator[None]:
+        """Work a signal after sending drops (it has been recorded in :attr:`signum`)."""
+        self._cutting = True
+        try:
+            if not self.signum:
+                yield
+        except _CutShort:
+            pass
+        finally:
+            self._cutting = False
+
+    def late(self, summary: Summary, what: str) -> Interrupted | None:
+        """The error a signal after sending ends the run with (its exit code, 128 + signal)."""
+        if not self.signum or summary.exit_code >= 128:
+            return None
+        name = signal.Signals(self.signum).name
+        summary.exit_code = 128 + self.signum
+        return Interrupted(f"interrupted by {name} after the sending: {what}", self.signum, summary)
 
 
 class _ChunkStream:
