@@ -18,6 +18,7 @@ import click
 if TYPE_CHECKING:
     from bulklink.console import Console
     from bulklink.models import Summary
+    from bulklink.state.store import RunRecord
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_CODES = """\b
@@ -587,7 +588,7 @@ Examples:
 )
 @click.option(
     "--limit",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1_000_000),
     default=20,
     show_default=True,
     help="Show at most this many runs.",
@@ -609,13 +610,20 @@ def runs(state: Path | None, limit: int, as_json: bool) -> None:
         echo("no runs recorded")
         return
     for r in records:
-        counts = ", ".join(f"{k} {v}" for k, v in r.counts.items() if v)
-        finished = r.finished.strftime("%H:%M:%SZ") if r.finished else "(did not finish)"
-        code = "" if r.exit_code is None else f" exit {r.exit_code}"
-        echo(
-            f"#{r.id} {r.started:%Y-%m-%d %H:%M:%SZ} - {finished}{code} {r.command} "
-            f"{r.report}: {counts or 'no rows'}"
-        )
+        echo(_run_line(r))
+
+
+def _run_line(r: RunRecord) -> str:
+    """One run of the history; a value someone edited in is shown as stored, marked ``?``."""
+    odd = {name: f"?{value!r}" for name, value in r.unreadable.items()}
+    counts = odd.get("counts") or ", ".join(f"{k} {v}" for k, v in r.counts.items() if v)
+    started = odd.get("started") or (f"{r.started:%Y-%m-%d %H:%M:%SZ}" if r.started else "?")
+    finished = odd.get("finished") or (
+        r.finished.strftime("%H:%M:%SZ") if r.finished else "(did not finish)"
+    )
+    code = f" exit {odd['exit_code']}" if "exit_code" in odd else ""
+    code = code or ("" if r.exit_code is None else f" exit {r.exit_code}")
+    return f"#{r.id} {started} - {finished}{code} {r.command} {r.report}: {counts or 'no rows'}"
 
 
 @cli.command(

@@ -4,6 +4,7 @@ process holds locked, a signal after the sending, requests that never get an ans
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -225,3 +226,43 @@ def test_a_signal_during_a_slow_notice_cuts_it_short_but_writes_everything_else(
     assert summary_line in log.read_text()
     assert {r["outcome"] for r in read_report(tmp_path / "in.results.csv")} == {"linked"}
     assert linked_pairs(state) == set(input_pairs(n))
+
+
+# -- a run history someone edited ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "shown"),
+    [
+        ("counts", "[1]", "?'[1]'"),
+        ("counts", "null", "?'null'"),
+        ("counts", "garbage", "?'garbage'"),
+        ("counts", '{"linked": "many"}', '?\'{"linked": "many"}\''),
+        ("started", "yesterday", "?'yesterday'"),
+        ("finished", "soon", "?'soon'"),
+        ("exit_code", "zero", "exit ?'zero'"),
+    ],
+)
+def test_runs_and_the_next_run_survive_a_history_row_someone_edited(
+    tmp_path: Path, sandbox: Sandbox, column: str, value: str, shown: str
+) -> None:
+    state = tmp_path / "state.sqlite3"
+    src = pairs_csv(tmp_path / "in.csv", 3)
+    args = ("run", src, "--state", state, *FAST_UNPACED)
+    assert run_against(sandbox, *args).exit_code == 0
+    with contextlib.closing(sqlite3.connect(state)) as db:
+        db.execute(f"UPDATE runs SET {column} = ?", (value,))  # noqa: S608 - the test's own
+        db.commit()
+    listed = run_against(sandbox, "runs", "--state", state)
+    assert listed.exit_code == 0, listed.output
+    assert shown in listed.stdout
+    as_json = run_against(sandbox, "runs", "--state", state, "--json")
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout)[0][column] == value
+    again = run_against(sandbox, *args, "--relink")
+    assert again.exit_code == 0, again.stderr
+
+
+@pytest.mark.parametrize("limit", ["99999999999999999999", "0", "-1", "nan"])
+def test_runs_limit_is_range_checked(sandbox: Sandbox, limit: str) -> None:
+    assert "--limit" in one_line_usage_error(run_against(sandbox, "runs", "--limit", limit))

@@ -45,7 +45,7 @@ import stat
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain, islice
 from operator import itemgetter
@@ -169,7 +169,7 @@ class RunRecord:
 
     id: int
     command: str
-    started: datetime
+    started: datetime | None  # None: not a date (see ``unreadable``)
     finished: datetime | None
     input: str | None
     input_hash: str | None
@@ -180,22 +180,27 @@ class RunRecord:
     counts: dict[str, int]
     exit_code: int | None
     command_line: str
+    #: Values someone edited into the history that are not what bulklink writes (a
+    #: ``started`` that is no date, ``counts`` that are no object of numbers), as stored:
+    #: shown as they are, marked, and never a reason for a run to stop.
+    unreadable: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """The object ``bulklink runs --json`` prints."""
+        """The object ``bulklink runs --json`` prints (unreadable values as stored)."""
+        odd = self.unreadable
         return {
             "id": self.id,
             "command": self.command,
-            "started": utc_stamp(self.started),
-            "finished": utc_stamp(self.finished) if self.finished else None,
+            "started": odd["started"] if "started" in odd else _stamp_text(self.started),
+            "finished": odd["finished"] if "finished" in odd else _stamp_text(self.finished),
             "input": self.input,
             "input_hash": self.input_hash,
             "report": self.report,
             "job": self.job,
             "base_url": self.base_url,
             "org_id": self.org_id,
-            "counts": self.counts,
-            "exit_code": self.exit_code,
+            "counts": odd.get("counts", self.counts),
+            "exit_code": odd.get("exit_code", self.exit_code),
             "command_line": self.command_line,
         }
 
@@ -207,23 +212,55 @@ _RUN_COLUMNS = (
 )
 
 
+def _stamp_text(when: datetime | None) -> str | None:
+    return utc_stamp(when) if when is not None else None
+
+
+def _read_stamp(text: Any, column: str, odd: dict[str, Any]) -> datetime | None:
+    if text is None or text == "":
+        return None
+    try:
+        return parse_stamp(text)
+    except (TypeError, ValueError):
+        odd[column] = text
+        return None
+
+
+def _read_counts(text: Any, odd: dict[str, Any]) -> dict[str, int]:
+    if text is None or text == "":
+        return {}
+    try:
+        counts = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        counts = None
+    numbers = isinstance(counts, dict) and all(type(n) is int for n in counts.values())
+    if not numbers:
+        odd["counts"] = text
+        return {}
+    return dict(counts)
+
+
 def _run_record(row: tuple[Any, ...]) -> RunRecord:
     id_, command, started, finished, input_, input_hash, report, job = row[:8]
     base_url, org_id, counts, exit_code, command_line = row[8:]
+    odd: dict[str, Any] = {}
+    if exit_code is not None and type(exit_code) is not int:
+        odd["exit_code"], exit_code = exit_code, None
     return RunRecord(
         id=id_,
         command=command,
-        started=parse_stamp(started),
-        finished=parse_stamp(finished) if finished else None,
+        started=_read_stamp(started, "started", odd),
+        finished=_read_stamp(finished, "finished", odd),
         input=input_,
         input_hash=input_hash,
         report=report,
         job=job,
         base_url=base_url,
         org_id=org_id,
-        counts=json.loads(counts) if counts else {},
+        counts=_read_counts(counts, odd),
         exit_code=exit_code,
         command_line=command_line,
+        unreadable=odd,
     )
 
 
@@ -500,7 +537,7 @@ class Store:
             row = self._db.execute(
                 "SELECT max(finished) FROM runs WHERE job = ? AND exit_code = 0", (job,)
             ).fetchone()
-        return parse_stamp(row[0]) if row and row[0] else None
+        return _read_stamp(row[0], "finished", {}) if row else None
 
     def _runs(self, where: str, params: tuple[Any, ...]) -> list[RunRecord]:
         with self._lock, self._errors():
