@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -266,3 +267,48 @@ def test_runs_and_the_next_run_survive_a_history_row_someone_edited(
 @pytest.mark.parametrize("limit", ["99999999999999999999", "0", "-1", "nan"])
 def test_runs_limit_is_range_checked(sandbox: Sandbox, limit: str) -> None:
     assert "--limit" in one_line_usage_error(run_against(sandbox, "runs", "--limit", limit))
+
+
+# -- smaller ones --------------------------------------------------------------------------------
+
+
+def test_folders_made_for_the_store_are_0700_whatever_the_umask(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    state = tmp_path / "a" / "b" / "state.sqlite3"
+    src = pairs_csv(tmp_path / "in.csv", 2)
+    old = os.umask(0)
+    try:
+        result = run_against(sandbox, "run", src, "--state", state, *FAST_UNPACED)
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.stderr
+    assert [stat.S_IMODE(p.stat().st_mode) for p in (state.parent.parent, state.parent)] == [
+        0o700,
+        0o700,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("base_url", "said"),
+    [
+        ("http://alice:PASSW0RD@127.0.0.1:{port}", "must not hold a user name or password"),
+        ("http://:PASSW0RD@127.0.0.1:{port}/", "must not hold a user name or password"),
+        ("http://PASSW0RD@127.0.0.1:{port}", "must not hold a user name or password"),
+        ("http://127.0.0.1:{port}/v1/tickets/link", "already ends in /v1/tickets/link"),
+        ("http://127.0.0.1:{port}/v1/tickets/link/", "already ends in /v1/tickets/link"),
+    ],
+)
+def test_a_base_url_with_user_info_or_the_endpoint_path_is_refused_before_sending(
+    tmp_path: Path, sandbox: Sandbox, base_url: str, said: str
+) -> None:
+    url = base_url.format(port=sandbox.url.rsplit(":", 1)[1])
+    state = tmp_path / "state.sqlite3"
+    src = pairs_csv(tmp_path / "in.csv", 2)
+    result = run_against(sandbox, "run", src, "--state", state, "--base-url", url, *FAST_UNPACED)
+    line = one_line_usage_error(result)
+    assert said in line
+    assert "PASSW0RD" not in result.output
+    assert sandbox.requests == []
+    if state.exists():
+        assert b"PASSW0RD" not in state.read_bytes()

@@ -602,7 +602,7 @@ def _open_file(path: Path, create: bool) -> int | None:
     """An ``O_NOFOLLOW`` descriptor of the store file, created 0600 (folder 0700) if missing."""
     try:
         if create and not path.parent.exists():
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _private_folders(path.parent)
         while True:
             fd = _open_once(path, create)
             if fd != _RACED:
@@ -615,6 +615,21 @@ def _open_file(path: Path, create: bool) -> int | None:
         if stat.S_ISLNK(_lmode(path)):
             raise _symlink_refused(path) from None
         raise StoreError(f"cannot open the state store {path}: {exc.strerror}") from None
+
+
+def _private_folders(folder: Path) -> None:
+    """Each missing folder up to ``folder`` created 0700 whatever the umask (``mkdir``'s
+    mode is masked by it, and ``parents=True`` gives the parents the default mode)."""
+    missing: list[Path] = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        try:
+            made.mkdir(0o700)
+        except FileExistsError:
+            continue  # another process made it: its mode is its own
+        made.chmod(0o700)
 
 
 _RACED = -2  # another process created the file between our look and our create
