@@ -3,9 +3,11 @@ process holds locked, a signal after the sending, requests that never get an ans
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import stat
@@ -23,7 +25,9 @@ from bulklink.sandbox import Reply, Sandbox
 from tests.helpers import (
     FAST_UNPACED,
     Receiver,
+    env_for,
     input_pairs,
+    invoke,
     journal_of,
     one_line_usage_error,
     pairs_csv,
@@ -312,3 +316,66 @@ def test_a_base_url_with_user_info_or_the_endpoint_path_is_refused_before_sendin
     assert sandbox.requests == []
     if state.exists():
         assert b"PASSW0RD" not in state.read_bytes()
+
+
+@contextlib.contextmanager
+def raw_server(answer: bytes) -> Iterator[str]:
+    """A server on 127.0.0.1 that answers every request with ``answer``, bytes as given."""
+    ready: list[tuple[asyncio.AbstractEventLoop, asyncio.Event, str]] = []
+    up = threading.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                writer.write(answer)
+                await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        stop = asyncio.Event()
+        port = server.sockets[0].getsockname()[1]
+        ready.append((asyncio.get_running_loop(), stop, f"http://127.0.0.1:{port}"))
+        up.set()
+        async with server:
+            await stop.wait()
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+    thread.start()
+    assert up.wait(10)
+    loop, stop, url = ready[0]
+    try:
+        yield url
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+
+
+BIG_HEADER = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000 + b"\r\nContent-Length: 2\r\n\r\n{}"
+BROKEN_CHUNKS = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+    b"zz\r\nabc\r\n0\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [(BIG_HEADER, "Got more than"), (BROKEN_CHUNKS, "chunk size")],
+)
+def test_an_answer_that_cannot_be_parsed_fails_the_row_without_retries(
+    tmp_path: Path, answer: bytes, said: str
+) -> None:
+    src = pairs_csv(tmp_path / "in.csv", 2)
+    with raw_server(answer) as url:
+        result = invoke(
+            "run", src, "--no-state", "--concurrency", "1", *FAST_UNPACED,
+            env=env_for(url),
+        )  # fmt: skip
+    assert result.exit_code == 1, result.stderr
+    rows = read_report(tmp_path / "in.results.csv")
+    assert [r["outcome"] for r in rows] == ["failed", "failed"]
+    assert all(r["attempts"] == "1" for r in rows)
+    assert all(r["error"].startswith("malformed answer: ") and said in r["error"] for r in rows)

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 
 from bulklink.models import VERSION
 from bulklink.net.credentials import Auth
@@ -197,6 +198,11 @@ def classify_exception(exc: BaseException, timeout: float) -> Answer:
     """Transport failures, most specific first; all of them are worth another try."""
     if isinstance(exc, asyncio.TimeoutError):
         return Answer(Verdict.RETRY, None, f"timeout after {timeout:g}s")
+    if isinstance(exc, aiohttp.ClientResponseError) and isinstance(
+        exc.__cause__, HttpProcessingError
+    ):  # a header past aiohttp's limit, a broken chunked body: the same would come back
+        what = str(exc.__cause__.message).splitlines()[0] if exc.__cause__.message else ""
+        return Answer(Verdict.FAIL, None, f"malformed answer: {_clip(what, 120)}")
     if isinstance(exc, aiohttp.ClientPayloadError):
         return Answer(Verdict.RETRY, None, "connection broke while reading the answer")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -348,7 +354,7 @@ class Client:
                     return Answer(Verdict.FAIL, status, f"HTTP {status} {body}")
                 answer = classify(status, resp.headers, self.scrub(body), url=self.url)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return classify_exception(exc, self.timeout)
+            answer = classify_exception(exc, self.timeout)  # may quote what the server sent
         if answer.error:  # decoded text: a secret echoed in any spelling is caught here
             return answer._replace(error=_clip(self.auth.redact(answer.error)))
         return answer
