@@ -46,7 +46,7 @@ from bulklink.run.job import (
 )
 from bulklink.run.publish import Output, output_for, publish
 from bulklink.state.ledger import Ledger
-from bulklink.state.lock import hold
+from bulklink.state.lock import hold, hold_input
 from bulklink.state.scope import Scope
 from bulklink.state.store import RunRecord, Store, store_path
 from bulklink.stream import endpoint
@@ -117,7 +117,7 @@ def run_job(input: str | Path, output: str | Path | None, options: JobOptions) -
             if spool is not None:
                 spool.unlink(missing_ok=True)
 
-    return _published(prepared, [report], work)
+    return _published(prepared, [report], work, input=None if stdin else Path(input))
 
 
 @file_entry(RetryOptions)
@@ -143,7 +143,11 @@ def retry_job(report: str | Path, output: str | Path | None, options: RetryOptio
 
 
 def _published(
-    prepared: _Prepared, locks: list[Path], work: Callable[[Ledger], Summary]
+    prepared: _Prepared,
+    locks: list[Path],
+    work: Callable[[Ledger], Summary],
+    *,
+    input: Path | None = None,
 ) -> Summary:
     """Run ``work`` holding the report locks and the state store, then publish its end.
 
@@ -158,6 +162,8 @@ def _published(
         try:
             for path in locks:
                 stack.enter_context(hold(path, prepared.command))
+            if input is not None:  # another report's run on it would send it all again
+                stack.enter_context(hold_input(input))
         except LockedError as exc:
             _publish_refusal(prepared, exc)
             raise

@@ -379,3 +379,33 @@ def test_an_answer_that_cannot_be_parsed_fails_the_row_without_retries(
     assert [r["outcome"] for r in rows] == ["failed", "failed"]
     assert all(r["attempts"] == "1" for r in rows)
     assert all(r["error"].startswith("malformed answer: ") and said in r["error"] for r in rows)
+
+
+# -- two runs on one input -------------------------------------------------------------------------
+
+
+def test_a_second_run_on_the_same_input_exits_75_whatever_its_report_home_or_store(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox]
+) -> None:
+    server = start_sandbox(latency=0.15)
+    n = 8
+    src = pairs_csv(tmp_path / "in.csv", n)
+    first = ("run", src, "-o", tmp_path / "monday.csv", "--concurrency", "1", *FAST_UNPACED)
+    with spawn(server, *first) as proc:
+        wait_until(lambda: len(server.requests) >= 1, "the first run to send")
+        other_home = tmp_path / "home2"
+        other_home.mkdir()
+        result = run_against(
+            server, "run", src, "-o", tmp_path / "tuesday.csv", "--state",
+            tmp_path / "other.sqlite3", *FAST_UNPACED,
+            env={"HOME": str(other_home), "XDG_STATE_HOME": str(other_home)},
+        )  # fmt: skip
+        assert result.exit_code == 75, result.stderr
+        assert f"working on the input {src}" in result.stderr
+        assert not (tmp_path / "tuesday.csv").exists()
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert sorted(sent(server)) == input_pairs(n), "a pair was sent twice"
+    # Once the first run is done, the input is free again.
+    again = run_against(server, "run", src, "-o", tmp_path / "tuesday.csv", *FAST_UNPACED)
+    assert again.exit_code == 0, again.stderr
