@@ -44,7 +44,7 @@ from bulklink.run.job import (
     resolve_report,
     scope_of,
 )
-from bulklink.run.publish import Output, output_for, publish
+from bulklink.run.publish import Output, notify_refusal, output_for, publish
 from bulklink.state.ledger import Ledger
 from bulklink.state.lock import hold, hold_input
 from bulklink.state.scope import Scope
@@ -283,10 +283,22 @@ class _Prepared:
 
 
 def _prepare(report: Path, command: str, options: RetryOptions) -> _Prepared:
-    """The one place ``run`` and ``retry`` resolve their options."""
+    """The one place ``run`` and ``retry`` resolve their options; a refusal here is
+    notified too (the webhook's own checks permitting)."""
     console = options.console or Console.silent()
-    connection = connect(options)
-    output = output_for(report, options, allow_http=connection.allow_http)
+    try:
+        connection = connect(options)
+        output = output_for(report, options, allow_http=connection.allow_http)
+    except BulklinkError as exc:
+        notify_refusal(
+            report,
+            options,
+            _refused(report, exc),
+            console,
+            allow_http=options.allow_http,
+            secrets=Redactor([options.token, options.api_key]),
+        )
+        raise
     # The webhook URL is a secret too: aiohttp's messages may quote it.
     console.redact = connection.auth.redact | Redactor(urls=[output.notify_url])
     for warning in connection.auth.warnings:  # shown even with -q, as ssh does

@@ -409,3 +409,33 @@ def test_a_second_run_on_the_same_input_exits_75_whatever_its_report_home_or_sto
     # Once the first run is done, the input is free again.
     again = run_against(server, "run", src, "-o", tmp_path / "tuesday.csv", *FAST_UNPACED)
     assert again.exit_code == 0, again.stderr
+
+
+# -- a refused run tells the webhook ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (("--metrics-file", "{tmp}/missing/m.prom"), "--metrics-file: no such folder"),
+        (("--summary-json", "{tmp}/missing/s.json"), "--summary-json: no such folder"),
+        (("--base-url", "http://alice:PASSW0RD@127.0.0.1:1"), "must not hold a user name"),
+        (("--input-is-missing",), "missing.csv"),
+    ],
+)
+def test_a_run_refused_before_it_starts_sends_its_notice(
+    tmp_path: Path, sandbox: Sandbox, receiver: Receiver, extra: tuple[str, ...], said: str
+) -> None:
+    src = pairs_csv(tmp_path / "in.csv", 2)
+    if extra == ("--input-is-missing",):
+        src, extra = tmp_path / "missing.csv", ()
+    args = [a.format(tmp=tmp_path) for a in extra]
+    result = run_against(
+        sandbox, "run", src, "--no-state", *FAST_UNPACED, "--notify", receiver.url, *args
+    )
+    assert result.exit_code == 2, result.stderr
+    assert len(receiver.raw) == 1, "no notice"
+    notice = receiver.raw[0].decode()
+    assert said in notice
+    assert "PASSW0RD" not in notice
+    assert sandbox.requests == []

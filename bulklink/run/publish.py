@@ -22,6 +22,7 @@ from bulklink.console import Console
 from bulklink.errors import BulklinkError, UsageError
 from bulklink.models import Summary
 from bulklink.options import OutputOptions
+from bulklink.redaction import Redactor
 from bulklink.tables.report.writers import report_format
 from bulklink.urls import check_url
 
@@ -61,6 +62,34 @@ def output_for(
         notify_on=options.notify_on,
         job=(options.job or "").strip() or report.stem,
     )
+
+
+def notify_refusal(
+    report: Path,
+    options: OutputOptions,
+    summary: Summary,
+    console: Console,
+    *,
+    allow_http: bool,
+    secrets: Redactor,
+) -> None:
+    """A run refused while its options were being resolved (a missing ``--metrics-file``
+    folder, a bad base URL): the notice alone, when the webhook itself is valid, so a typo
+    in a crontab does not silence the job."""
+    url = (options.notify or os.environ.get("BULKLINK_NOTIFY_URL", "")).strip()
+    if not url:
+        return
+    try:
+        check_url(url, what="--notify", allow_http=allow_http, secret=True)
+    except UsageError:
+        return  # the webhook itself is what was refused, or it cannot be trusted
+    output = Output(
+        report=report,
+        notify_url=url,
+        notify_on=options.notify_on,
+        job=(options.job or "").strip() or report.stem,
+    )
+    _notify(output, summary, console, None, Redactor(urls=[url]) | secrets, allow_http)
 
 
 def _in_existing_folder(value: str | Path | None, flag: str) -> Path | None:
