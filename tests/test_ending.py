@@ -439,3 +439,55 @@ def test_a_run_refused_before_it_starts_sends_its_notice(
     assert said in notice
     assert "PASSW0RD" not in notice
     assert sandbox.requests == []
+
+
+# -- notices that a server's text cannot turn into links or pings ---------------------------------
+
+HOSTILE = [
+    "[click here](https://evil.example/x)",
+    "see <https://evil.example|here> and <!channel> <!here> <@U123> <#C1>",
+    "plain https://evil.example/path?a=1 link",
+    "`](https://evil.example)` in a code span",
+    "![img](http://evil.example/i.png)",
+]
+
+
+def test_server_text_is_shown_literally_in_every_string_of_the_notice(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox], receiver: Receiver
+) -> None:
+    pairs = input_pairs(len(HOSTILE))
+    script = {
+        source: [Reply(status=422, body={"statusCode": 422, "message": text})]
+        for (source, _), text in zip(pairs, HOSTILE, strict=True)
+    }
+    server = start_sandbox(script=script)
+    src = pairs_csv(tmp_path / "in[x](https:evil.example).csv", len(HOSTILE))
+    summary_json = tmp_path / "summary.json"
+    result = run_against(
+        server, "run", src, "--no-state", "--notify", receiver.url, "--summary-json",
+        summary_json, *FAST_UNPACED,
+    )  # fmt: skip
+    assert result.exit_code == 1, result.stderr
+    [body] = receiver.bodies
+
+    def strings(value: object) -> Iterator[str]:
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+
+    every = list(strings(body))
+    assert len(every) > 5
+    for text in every:
+        for sequence in ("](", "<http", "<!", "<@"):
+            assert sequence not in text, text
+        for url in re.findall(r"https?://[^\s`]+", text):
+            assert f"`{url}`" in text, text  # a bare URL sits in a code span
+    # The file for tools keeps the server's words as they were.
+    kept = json.loads(summary_json.read_text())
+    errors = " ".join(e["error"] for e in kept["errors"])
+    assert all(text in errors for text in HOSTILE)
