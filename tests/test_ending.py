@@ -29,6 +29,7 @@ from tests.helpers import (
     input_pairs,
     invoke,
     journal_of,
+    no_secret_anywhere,
     one_line_usage_error,
     pairs_csv,
     read_report,
@@ -491,3 +492,41 @@ def test_server_text_is_shown_literally_in_every_string_of_the_notice(
     kept = json.loads(summary_json.read_text())
     errors = " ".join(e["error"] for e in kept["errors"])
     assert all(text in errors for text in HOSTILE)
+
+
+# -- webhook secrets in the spellings a receiver echoes ---------------------------------------
+
+HOOK_SHAPES = {
+    "slack": ("/services/T0001/B0002/SlackKeySECRET0123456789", ["SlackKeySECRET0123456789"]),
+    "teams": (
+        "/webhookb2/11111111-2222-3333-4444-555555555555@66666666-7777/IncomingWebhook/"
+        "TeamsKeySECRETabcdef0123/88888888-9999",
+        ["TeamsKeySECRETabcdef0123", "11111111-2222-3333-4444-555555555555"],
+    ),
+    "power-automate": (
+        "/workflows/0a1b2c3d/triggers/manual/paths/invoke?api-version=2016-06-01"
+        "&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=PaSigSECRET%7Eq%41b%2Fc",
+        ["PaSigSECRET~qAb/c", "PaSigSECRET%7Eq%41b%2Fc", "PaSigSECRET"],
+    ),
+    "path-and-query": ("/hook?token=QuerySECRET12345", ["QuerySECRET12345"]),
+}
+
+
+@pytest.mark.parametrize("shape", list(HOOK_SHAPES))
+def test_a_webhook_secret_echoed_in_any_spelling_is_never_shown_logged_or_kept(
+    tmp_path: Path, sandbox: Sandbox, receiver: Receiver, shape: str
+) -> None:
+    path, secrets = HOOK_SHAPES[shape]
+    url = receiver.url.split("/services/", 1)[0] + path
+    receiver.answers = [500, 500, 500]  # each answer echoes the path and query it got
+    src = pairs_csv(tmp_path / "in.csv", 2)
+    state, log, summary = tmp_path / "s.sqlite3", tmp_path / "run.log", tmp_path / "s.json"
+    result = run_against(
+        sandbox, "run", src, "--state", state, "--log-file", log, "--summary-json", summary,
+        "--notify", url, "--notify-on", "always", *FAST_UNPACED,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert receiver.paths, "the notice never reached the receiver"
+    assert "warning" in result.stderr  # the receiver's 500 is said, without the secret
+    for secret in secrets:
+        no_secret_anywhere(secret, result.output, files=(log, summary, state))
