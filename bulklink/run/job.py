@@ -494,9 +494,14 @@ def _install_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[int], N
     return handled
 
 
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
+
+
 class _CutShort(KeyboardInterrupt):
-    """Raised by a signal inside :meth:`Lifetime.cut_short`; asyncio lets only
-    ``KeyboardInterrupt`` and ``SystemExit`` out of a callback, so it is one of those."""
+    """Raised by a signal inside :meth:`Lifetime.cut_short` outside an event loop; not an
+    ``Exception``, so no ``except Exception`` on the way turns it into a warning."""
 
 
 class Lifetime:
@@ -544,7 +549,12 @@ class Lifetime:
             raise Interrupted(f"interrupted by {name} before anything was sent", signum)
         self.signum = self.signum or signum
         if self._cutting:
-            raise _CutShort
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # plain code (the metrics): leave it here and now
+                raise _CutShort from None
+            # An event loop (the notice): its tasks cancelled, so asyncio.run ends cleanly.
+            loop.call_soon_threadsafe(_cancel_all, loop)
 
     @contextlib.contextmanager
     def cut_short(self) -> Iterator[None]:
@@ -553,7 +563,7 @@ class Lifetime:
         try:
             if not self.signum:
                 yield
-        except _CutShort:
+        except (_CutShort, asyncio.CancelledError):
             pass
         finally:
             self._cutting = False
