@@ -25,8 +25,9 @@ EXIT_CODES = """\b
 Exit codes: 0 every row linked (or a duplicate of a linked row); 1 some rows not
 linked (also after --give-up-after or --deadline stopped the run); 2 usage or input
 error, nothing sent; 3 credentials rejected (run stopped); 70 internal error (a bug;
-rerun to resume); 74 a file could not be written, e.g. a full disk (free space, rerun
-to resume); 75 another run holds the report; 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM."""
+rerun to resume); 74 a file could not be written, e.g. a full disk, or the state store
+stayed locked (rerun to resume); 75 another run holds the report or the input;
+129/130/143 stopped by SIGHUP/SIGINT/SIGTERM."""
 
 
 class _Group(click.Group):

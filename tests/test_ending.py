@@ -15,30 +15,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import Result
 
 import bulklink.run.runner
 import bulklink.state.ledger
 import bulklink.state.store
+import tests.helpers as h
 from bulklink.sandbox import Reply, Sandbox
-from tests.helpers import (
-    FAST_UNPACED,
-    Receiver,
-    env_for,
-    input_pairs,
-    invoke,
-    journal_of,
-    no_secret_anywhere,
-    no_traceback,
-    one_line_usage_error,
-    pairs_csv,
-    read_report,
-    run_against,
-    sent,
-    spawn,
-    wait_until,
-)
+from tests.helpers import FAST_UNPACED, Receiver
 
 # -- a state store held locked by another connection ------------------------------------------
 
@@ -50,7 +37,7 @@ def store_held(path: Path, when: Callable[[], bool], seconds: float | None) -> I
     release, taken = threading.Event(), threading.Event()
 
     def hold() -> None:
-        wait_until(when, "the run to start sending")
+        h.wait_until(when, "the run to start sending")
         db = sqlite3.connect(path, isolation_level=None)
         db.execute("BEGIN EXCLUSIVE")
         taken.set()
@@ -82,31 +69,39 @@ def short_store_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bulklink.state.ledger, "FLUSH_PAIRS", 4)
 
 
+def locked_run(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox], n: int, seconds: float | None
+) -> tuple[Sandbox, tuple[Any, ...], Result]:
+    """``n`` pairs run with ``tmp_path/state.sqlite3`` held by another connection from the
+    second request on, for ``seconds`` (None: past the run's end)."""
+    server = start_sandbox(latency=0.03)
+    src = h.pairs_csv(tmp_path / "in.csv", n)
+    args = ("run", src, "--state", tmp_path / "state.sqlite3", "--concurrency", "1")
+    with store_held(tmp_path / "state.sqlite3", lambda: len(server.requests) >= 2, seconds):
+        result = h.run_against(server, *args, *FAST_UNPACED)
+    return server, (*args, *FAST_UNPACED), result
+
+
 @pytest.mark.usefixtures("short_store_waits")
 def test_a_store_locked_to_the_end_keeps_the_journal_and_the_next_run_sends_nothing(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
-    server = start_sandbox(latency=0.03)
-    n, state = 30, tmp_path / "state.sqlite3"
-    src = pairs_csv(tmp_path / "in.csv", n)
-    report = tmp_path / "in.results.csv"
-    args = ("run", src, "--state", state, "--concurrency", "1", *FAST_UNPACED)
-    with store_held(state, lambda: len(server.requests) >= 2, None):
-        result = run_against(server, *args)
+    n, state, report = 30, tmp_path / "state.sqlite3", tmp_path / "in.results.csv"
+    server, args, result = locked_run(tmp_path, start_sandbox, n, None)
     assert result.exit_code == 74, result.stderr
     assert "locked by another process" in result.stderr
     assert "space" not in result.stderr
-    assert str(journal_of(report)) in result.stderr
-    assert journal_of(report).exists()
-    assert {r["outcome"] for r in read_report(report)} == {"linked"}  # all sent, none lost
+    assert str(h.journal_of(report)) in result.stderr
+    assert h.journal_of(report).exists()
+    assert {r["outcome"] for r in h.read_report(report)} == {"linked"}  # all sent, none lost
     assert len(linked_pairs(state)) < n
 
     since = len(server.requests)
-    again = run_against(server, *args)
+    again = h.run_against(server, *args)
     assert again.exit_code == 0, again.stderr
-    assert sent(server, since) == []
-    assert linked_pairs(state) == set(input_pairs(n))
-    assert not journal_of(report).exists()
+    assert h.sent(server, since) == []
+    assert linked_pairs(state) == set(h.input_pairs(n))
+    assert not h.journal_of(report).exists()
 
 
 @pytest.mark.usefixtures("short_store_waits")
@@ -115,15 +110,11 @@ def test_a_batch_waiting_for_a_lock_when_sending_ends_is_in_the_store_before_exi
 ) -> None:
     # The lock outlasts the first batch's busy timeout (it fails, goes back in line) and is
     # let go before the end's: every pair is in the store when the run exits 0.
-    server = start_sandbox(latency=0.03)
     n, state = 24, tmp_path / "state.sqlite3"
-    src = pairs_csv(tmp_path / "in.csv", n)
-    args = ("run", src, "--state", state, "--concurrency", "1", *FAST_UNPACED)
-    with store_held(state, lambda: len(server.requests) >= 2, 1.6):
-        result = run_against(server, *args)
+    _server, _args, result = locked_run(tmp_path, start_sandbox, n, 1.6)
     assert result.exit_code == 0, result.stderr
-    assert linked_pairs(state) == set(input_pairs(n))
-    assert not journal_of(tmp_path / "in.results.csv").exists()
+    assert linked_pairs(state) == set(h.input_pairs(n))
+    assert not h.journal_of(tmp_path / "in.results.csv").exists()
 
 
 # -- requests that never get an answer ---------------------------------------------------------
@@ -139,7 +130,7 @@ def short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def hanging_sandbox(start_sandbox: Callable[..., Sandbox], n: int, answered: int) -> Sandbox:
     """The first ``answered`` pairs are linked; the others never get an answer."""
-    hang = {source: [Reply(delay=HANG)] for source, _ in input_pairs(n)[answered:]}
+    hang = {source: [Reply(delay=HANG)] for source, _ in h.input_pairs(n)[answered:]}
     return start_sandbox(script=hang)
 
 
@@ -156,9 +147,9 @@ def test_a_server_that_never_answers_cannot_hold_a_bounded_run(
 ) -> None:
     n, answered = 12, 3
     server = hanging_sandbox(start_sandbox, n, answered)
-    src = pairs_csv(tmp_path / "in.csv", n)
+    src = h.pairs_csv(tmp_path / "in.csv", n)
     t0 = time.monotonic()
-    result = run_against(
+    result = h.run_against(
         server, "run", src, "--no-state", "--timeout", "3600", "--concurrency", "4",
         *bound, *FAST_UNPACED,
     )  # fmt: skip
@@ -166,7 +157,7 @@ def test_a_server_that_never_answers_cannot_hold_a_bounded_run(
     assert result.exit_code == 1, result.stderr
     assert elapsed < 4, f"the run took {elapsed:.1f}s"
     assert stopped in result.stderr
-    rows = read_report(tmp_path / "in.results.csv")
+    rows = h.read_report(tmp_path / "in.results.csv")
     assert [r["outcome"] for r in rows] == ["linked"] * answered + ["skipped"] * (n - answered)
     asked = rows[answered : answered + 4]
     assert all("abandoned" in r["error"] for r in asked), asked
@@ -198,9 +189,9 @@ def test_a_server_that_never_answers_cannot_hold_a_bounded_run(
 def test_a_numeric_option_out_of_range_is_one_line_and_nothing_is_sent(
     tmp_path: Path, sandbox: Sandbox, option: str, value: str
 ) -> None:
-    src = pairs_csv(tmp_path / "in.csv", 3)
-    result = run_against(sandbox, "run", src, "--no-state", *FAST_UNPACED, option, value)
-    assert option in one_line_usage_error(result)
+    src = h.pairs_csv(tmp_path / "in.csv", 3)
+    result = h.run_against(sandbox, "run", src, "--no-state", *FAST_UNPACED, option, value)
+    assert option in h.one_line_usage_error(result)
     assert sandbox.requests == []
     assert not (tmp_path / "in.results.csv").exists()
 
@@ -216,10 +207,10 @@ def test_a_signal_during_a_slow_notice_cuts_it_short_but_writes_everything_else(
 ) -> None:
     n, log, state = 5, tmp_path / "run.log", tmp_path / "state.sqlite3"
     receiver.answers = [(200, 30.0)]  # holds the notice for 30 s
-    src = pairs_csv(tmp_path / "in.csv", n)
+    src = h.pairs_csv(tmp_path / "in.csv", n)
     args = ("run", src, "--state", state, "--log-file", log, *FAST_UNPACED)
-    with spawn(sandbox, *args, "--notify", receiver.url, "--notify-on", "always") as proc:
-        wait_until(lambda: len(receiver.raw) == 1, "the notice to be sent")
+    with h.spawn(sandbox, *args, "--notify", receiver.url, "--notify-on", "always") as proc:
+        h.wait_until(lambda: len(receiver.raw) == 1, "the notice to be sent")
         t0 = time.monotonic()
         os.kill(proc.pid, signum)
         _out, err = proc.communicate(timeout=20)
@@ -228,12 +219,12 @@ def test_a_signal_during_a_slow_notice_cuts_it_short_but_writes_everything_else(
     name = signal.Signals(signum).name
     assert f"interrupted by {name} after the sending" in err
     assert "before anything was sent" not in err
-    no_traceback(err)
+    h.no_traceback(err)
     summary_line = err.strip().splitlines()[-1]
     assert summary_line.startswith(f"linked {n},"), err
     assert summary_line in log.read_text()
-    assert {r["outcome"] for r in read_report(tmp_path / "in.results.csv")} == {"linked"}
-    assert linked_pairs(state) == set(input_pairs(n))
+    assert {r["outcome"] for r in h.read_report(tmp_path / "in.results.csv")} == {"linked"}
+    assert linked_pairs(state) == set(h.input_pairs(n))
 
 
 # -- a run history someone edited ----------------------------------------------------------------
@@ -255,25 +246,25 @@ def test_runs_and_the_next_run_survive_a_history_row_someone_edited(
     tmp_path: Path, sandbox: Sandbox, column: str, value: str, shown: str
 ) -> None:
     state = tmp_path / "state.sqlite3"
-    src = pairs_csv(tmp_path / "in.csv", 3)
+    src = h.pairs_csv(tmp_path / "in.csv", 3)
     args = ("run", src, "--state", state, *FAST_UNPACED)
-    assert run_against(sandbox, *args).exit_code == 0
+    assert h.run_against(sandbox, *args).exit_code == 0
     with contextlib.closing(sqlite3.connect(state)) as db:
         db.execute(f"UPDATE runs SET {column} = ?", (value,))  # noqa: S608 - the test's own
         db.commit()
-    listed = run_against(sandbox, "runs", "--state", state)
+    listed = h.run_against(sandbox, "runs", "--state", state)
     assert listed.exit_code == 0, listed.output
     assert shown in listed.stdout
-    as_json = run_against(sandbox, "runs", "--state", state, "--json")
+    as_json = h.run_against(sandbox, "runs", "--state", state, "--json")
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.stdout)[0][column] == value
-    again = run_against(sandbox, *args, "--relink")
+    again = h.run_against(sandbox, *args, "--relink")
     assert again.exit_code == 0, again.stderr
 
 
 @pytest.mark.parametrize("limit", ["99999999999999999999", "0", "-1", "nan"])
 def test_runs_limit_is_range_checked(sandbox: Sandbox, limit: str) -> None:
-    assert "--limit" in one_line_usage_error(run_against(sandbox, "runs", "--limit", limit))
+    assert "--limit" in h.one_line_usage_error(h.run_against(sandbox, "runs", "--limit", limit))
 
 
 # -- smaller ones --------------------------------------------------------------------------------
@@ -283,10 +274,10 @@ def test_folders_made_for_the_store_are_0700_whatever_the_umask(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
     state = tmp_path / "a" / "b" / "state.sqlite3"
-    src = pairs_csv(tmp_path / "in.csv", 2)
+    src = h.pairs_csv(tmp_path / "in.csv", 2)
     old = os.umask(0)
     try:
-        result = run_against(sandbox, "run", src, "--state", state, *FAST_UNPACED)
+        result = h.run_against(sandbox, "run", src, "--state", state, *FAST_UNPACED)
     finally:
         os.umask(old)
     assert result.exit_code == 0, result.stderr
@@ -311,9 +302,9 @@ def test_a_base_url_with_user_info_or_the_endpoint_path_is_refused_before_sendin
 ) -> None:
     url = base_url.format(port=sandbox.url.rsplit(":", 1)[1])
     state = tmp_path / "state.sqlite3"
-    src = pairs_csv(tmp_path / "in.csv", 2)
-    result = run_against(sandbox, "run", src, "--state", state, "--base-url", url, *FAST_UNPACED)
-    line = one_line_usage_error(result)
+    src = h.pairs_csv(tmp_path / "in.csv", 2)
+    result = h.run_against(sandbox, "run", src, "--state", state, "--base-url", url, *FAST_UNPACED)
+    line = h.one_line_usage_error(result)
     assert said in line
     assert "PASSW0RD" not in result.output
     assert sandbox.requests == []
@@ -371,14 +362,14 @@ BROKEN_CHUNKS = (
 def test_an_answer_that_cannot_be_parsed_fails_the_row_without_retries(
     tmp_path: Path, answer: bytes, said: str
 ) -> None:
-    src = pairs_csv(tmp_path / "in.csv", 2)
+    src = h.pairs_csv(tmp_path / "in.csv", 2)
     with raw_server(answer) as url:
-        result = invoke(
+        result = h.invoke(
             "run", src, "--no-state", "--concurrency", "1", *FAST_UNPACED,
-            env=env_for(url),
+            env=h.env_for(url),
         )  # fmt: skip
     assert result.exit_code == 1, result.stderr
-    rows = read_report(tmp_path / "in.results.csv")
+    rows = h.read_report(tmp_path / "in.results.csv")
     assert [r["outcome"] for r in rows] == ["failed", "failed"]
     assert all(r["attempts"] == "1" for r in rows)
     assert all(r["error"].startswith("malformed answer: ") and said in r["error"] for r in rows)
@@ -392,13 +383,13 @@ def test_a_second_run_on_the_same_input_exits_75_whatever_its_report_home_or_sto
 ) -> None:
     server = start_sandbox(latency=0.15)
     n = 8
-    src = pairs_csv(tmp_path / "in.csv", n)
+    src = h.pairs_csv(tmp_path / "in.csv", n)
     first = ("run", src, "-o", tmp_path / "monday.csv", "--concurrency", "1", *FAST_UNPACED)
-    with spawn(server, *first) as proc:
-        wait_until(lambda: len(server.requests) >= 1, "the first run to send")
+    with h.spawn(server, *first) as proc:
+        h.wait_until(lambda: len(server.requests) >= 1, "the first run to send")
         other_home = tmp_path / "home2"
         other_home.mkdir()
-        result = run_against(
+        result = h.run_against(
             server, "run", src, "-o", tmp_path / "tuesday.csv", "--state",
             tmp_path / "other.sqlite3", *FAST_UNPACED,
             env={"HOME": str(other_home), "XDG_STATE_HOME": str(other_home)},
@@ -408,9 +399,9 @@ def test_a_second_run_on_the_same_input_exits_75_whatever_its_report_home_or_sto
         assert not (tmp_path / "tuesday.csv").exists()
         proc.communicate(timeout=30)
     assert proc.returncode == 0
-    assert sorted(sent(server)) == input_pairs(n), "a pair was sent twice"
+    assert sorted(h.sent(server)) == h.input_pairs(n), "a pair was sent twice"
     # Once the first run is done, the input is free again.
-    again = run_against(server, "run", src, "-o", tmp_path / "tuesday.csv", *FAST_UNPACED)
+    again = h.run_against(server, "run", src, "-o", tmp_path / "tuesday.csv", *FAST_UNPACED)
     assert again.exit_code == 0, again.stderr
 
 
@@ -429,11 +420,11 @@ def test_a_second_run_on_the_same_input_exits_75_whatever_its_report_home_or_sto
 def test_a_run_refused_before_it_starts_sends_its_notice(
     tmp_path: Path, sandbox: Sandbox, receiver: Receiver, extra: tuple[str, ...], said: str
 ) -> None:
-    src = pairs_csv(tmp_path / "in.csv", 2)
+    src = h.pairs_csv(tmp_path / "in.csv", 2)
     if extra == ("--input-is-missing",):
         src, extra = tmp_path / "missing.csv", ()
     args = [a.format(tmp=tmp_path) for a in extra]
-    result = run_against(
+    result = h.run_against(
         sandbox, "run", src, "--no-state", *FAST_UNPACED, "--notify", receiver.url, *args
     )
     assert result.exit_code == 2, result.stderr
@@ -458,15 +449,15 @@ HOSTILE = [
 def test_server_text_is_shown_literally_in_every_string_of_the_notice(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox], receiver: Receiver
 ) -> None:
-    pairs = input_pairs(len(HOSTILE))
+    pairs = h.input_pairs(len(HOSTILE))
     script = {
         source: [Reply(status=422, body={"statusCode": 422, "message": text})]
         for (source, _), text in zip(pairs, HOSTILE, strict=True)
     }
     server = start_sandbox(script=script)
-    src = pairs_csv(tmp_path / "in[x](https:evil.example).csv", len(HOSTILE))
+    src = h.pairs_csv(tmp_path / "in[x](https:evil.example).csv", len(HOSTILE))
     summary_json = tmp_path / "summary.json"
-    result = run_against(
+    result = h.run_against(
         server, "run", src, "--no-state", "--notify", receiver.url, "--summary-json",
         summary_json, *FAST_UNPACED,
     )  # fmt: skip
@@ -521,9 +512,9 @@ def test_a_webhook_secret_echoed_in_any_spelling_is_never_shown_logged_or_kept(
     path, secrets = HOOK_SHAPES[shape]
     url = receiver.url.split("/services/", 1)[0] + path
     receiver.answers = [500, 500, 500]  # each answer echoes the path and query it got
-    src = pairs_csv(tmp_path / "in.csv", 2)
+    src = h.pairs_csv(tmp_path / "in.csv", 2)
     state, log, summary = tmp_path / "s.sqlite3", tmp_path / "run.log", tmp_path / "s.json"
-    result = run_against(
+    result = h.run_against(
         sandbox, "run", src, "--state", state, "--log-file", log, "--summary-json", summary,
         "--notify", url, "--notify-on", "always", *FAST_UNPACED,
     )  # fmt: skip
@@ -531,4 +522,4 @@ def test_a_webhook_secret_echoed_in_any_spelling_is_never_shown_logged_or_kept(
     assert receiver.paths, "the notice never reached the receiver"
     assert "warning" in result.stderr  # the receiver's 500 is said, without the secret
     for secret in secrets:
-        no_secret_anywhere(secret, result.output, files=(log, summary, state))
+        h.no_secret_anywhere(secret, result.output, files=(log, summary, state))
