@@ -39,17 +39,17 @@ from bulklink.options import (
 from bulklink.redaction import Redactor
 from bulklink.run.job import (
     Job,
+    Lifetime,
     execute,
     recover_links,
     resolve_report,
     scope_of,
-    signals_raise,
 )
 from bulklink.run.pacing import auto_rate_plan
-from bulklink.run.publish import Output, output_for, publish
+from bulklink.run.publish import Output, notify_refusal, output_for, publish
 from bulklink.state.journal import journal_path
 from bulklink.state.ledger import Ledger
-from bulklink.state.lock import hold
+from bulklink.state.lock import hold, hold_input
 from bulklink.state.scope import Scope
 from bulklink.state.store import RunRecord, Store, store_path
 from bulklink.stream import endpoint
@@ -107,7 +107,7 @@ def run_job(input: str | Path, output: str | Path | None, options: JobOptions) -
             layout = Layout(passthrough=list(table.other_cols))
             return _execute(plan, layout, prepared, ledger, "run", os.fsdecode(input))
 
-    return _published(prepared, [report], work)
+    return _published(prepared, [report], work, input=None if stdin else Path(input))
 
 
 @file_entry(RetryOptions)
@@ -136,7 +136,11 @@ def retry_job(report: str | Path, output: str | Path | None, options: RetryOptio
 
 
 def _published(
-    prepared: _Prepared, locks: list[Path], work: Callable[[Ledger], Summary]
+    prepared: _Prepared,
+    locks: list[Path],
+    work: Callable[[Ledger], Summary],
+    *,
+    input: Path | None = None,
 ) -> Summary:
     """Run ``work`` holding the report locks and the state store, then publish its end.
 
@@ -151,10 +155,12 @@ def _published(
         try:
             for path in locks:
                 stack.enter_context(hold(path, prepared.command))
+            if input is not None:  # another report's run on it would send it all again
+                stack.enter_context(hold_input(input))
         except LockedError as exc:
             _publish_refusal(prepared, exc)
             raise
-        stack.enter_context(signals_raise(prepared.options.handle_signals))
+        lifetime = stack.enter_context(prepared.lifetime)
         try:
             ledger = Ledger.open(
                 prepared.store_path,
@@ -168,7 +174,6 @@ def _published(
         previous = ledger.previous_run(output.report)
         try:
             summary = work(ledger)
-            return summary
         except BulklinkError as exc:
             summary = getattr(exc, "summary", None)
             if summary is None:  # it never started: record and publish the refusal
@@ -183,16 +188,22 @@ def _published(
             raise
         finally:
             if summary is not None:
-                publish(
-                    output,
-                    summary,
-                    console,
-                    previous_exit_code=previous.exit_code if previous else None,
-                    last_success=ledger.last_success(output.job),
-                    redact=prepared.console.redact,
-                    connection=prepared.connection,
-                    summary_json=refused,
-                )
+                with lifetime.cut_short():
+                    publish(
+                        output,
+                        summary,
+                        console,
+                        previous_exit_code=previous.exit_code if previous else None,
+                        last_success=ledger.last_success(output.job),
+                        redact=prepared.console.redact,
+                        connection=prepared.connection,
+                        summary_json=refused,
+                    )
+        late = lifetime.late(summary, "the report and the state store are written; "
+                             "the notice and the metrics may not be")  # fmt: skip
+        if late is not None:
+            raise late
+        return summary
 
 
 def _refused(report: Path, exc: BulklinkError) -> Summary:
@@ -261,20 +272,29 @@ class _Prepared:
     console: Console
     command: str
     command_line: str  # for the run history: credentials and the webhook removed
+    lifetime: Lifetime  # the signal handling, for the whole run
 
 
 def _prepare(report: Path, command: str, options: RetryOptions, input: Path | None) -> _Prepared:
     """The one place ``run`` and ``retry`` resolve their options; no two of the files a
-    run reads and writes may be one file (checked before anything is written)."""
+    run reads and writes may be one file (checked before anything is written). A refusal
+    here is notified too (the webhook's own checks permitting)."""
     console = options.console or Console.silent()
-    connection = connect(options)
-    output = output_for(report, options, allow_http=connection.allow_http)
-    store = store_path(options, sandbox=connection.sandbox)
     try:
+        connection = connect(options)
+        output = output_for(report, options, allow_http=connection.allow_http)
+        store = store_path(options, sandbox=connection.sandbox)
         _refuse_same_files(input, report, output, console, store)
-    except SameFileError as exc:
-        if "--log-file" in exc.roles:  # not a word more into the file it would destroy
-            console.forget_log()
+    except BulklinkError as exc:
+        if isinstance(exc, SameFileError) and "--log-file" in exc.roles:
+            console.forget_log()  # not a word more into the file it would destroy
+        notify_refusal(
+            report,
+            options,
+            _refused(report, exc),
+            console,
+            secrets=Redactor([options.token, options.api_key]),
+        )
         raise
     # The webhook URL is a secret too: aiohttp's messages may quote it.
     console.redact = connection.redact | Redactor(urls=[output.notify_url])
@@ -289,6 +309,7 @@ def _prepare(report: Path, command: str, options: RetryOptions, input: Path | No
         console=console,
         command=command,
         command_line=console.redact(command_line(command)),
+        lifetime=Lifetime(options.handle_signals),
     )
 
 
@@ -345,6 +366,7 @@ def _execute(
         command=prepared.command,
         ledger=ledger,
         input_name=input_name,
+        lifetime=prepared.lifetime,
     )
     return execute(job)
 

@@ -18,6 +18,7 @@ import click
 if TYPE_CHECKING:
     from bulklink.console import Console
     from bulklink.models import Summary
+    from bulklink.state.store import RunRecord
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_CODES = """\b
@@ -25,9 +26,19 @@ Exit codes: 0 every row linked (or a duplicate of a linked row); 1 some rows not
 linked (also after --give-up-after or --deadline stopped the run); 2 usage or input
 error, nothing sent; 3 the API refused us or could not be trusted (credentials
 rejected, a certificate or TLS failure, a proxy's 407): a person must act (run
-stopped); 70 internal error (a bug;
-rerun to resume); 74 a file could not be written, e.g. a full disk (free space, rerun
-to resume); 75 another run holds the report; 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM."""
+stopped); 70 internal error (a bug; rerun to resume); 74 a file could not be written,
+e.g. a full disk, or the state store stayed locked (rerun to resume); 75 another run
+holds the report or the input; 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM."""
+
+
+class _Group(click.Group):
+    """Click's own refusals (a bad option value, an unknown option) as one line, as ours."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            _fail(exc.format_message(), exc.exit_code)
 
 
 def _apply(options: list[Callable[[F], F]]) -> Callable[[F], F]:
@@ -309,6 +320,7 @@ def job_options(func: F) -> F:
 
 
 @click.group(
+    cls=_Group,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="""\b
 Examples:
@@ -636,7 +648,7 @@ Examples:
 )
 @click.option(
     "--limit",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1_000_000),
     default=20,
     show_default=True,
     help="Show at most this many runs.",
@@ -658,13 +670,20 @@ def runs(state: Path | None, limit: int, as_json: bool) -> None:
         echo("no runs recorded")
         return
     for r in records:
-        counts = ", ".join(f"{k} {v}" for k, v in r.counts.items() if v)
-        finished = r.finished.strftime("%H:%M:%SZ") if r.finished else "(did not finish)"
-        code = "" if r.exit_code is None else f" exit {r.exit_code}"
-        echo(
-            f"#{r.id} {r.started:%Y-%m-%d %H:%M:%SZ} - {finished}{code} {r.command} "
-            f"{r.report}: {counts or 'no rows'}"
-        )
+        echo(_run_line(r))
+
+
+def _run_line(r: RunRecord) -> str:
+    """One run of the history; a value someone edited in is shown as stored, marked ``?``."""
+    odd = {name: f"?{value!r}" for name, value in r.unreadable.items()}
+    counts = odd.get("counts") or ", ".join(f"{k} {v}" for k, v in r.counts.items() if v)
+    started = odd.get("started") or (f"{r.started:%Y-%m-%d %H:%M:%SZ}" if r.started else "?")
+    finished = odd.get("finished") or (
+        r.finished.strftime("%H:%M:%SZ") if r.finished else "(did not finish)"
+    )
+    code = f" exit {odd['exit_code']}" if "exit_code" in odd else ""
+    code = code or ("" if r.exit_code is None else f" exit {r.exit_code}")
+    return f"#{r.id} {started} - {finished}{code} {r.command} {r.report}: {counts or 'no rows'}"
 
 
 @cli.command(
@@ -684,7 +703,7 @@ Examples:
 )
 @click.option(
     "--latency",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(0, 3600),
     default=0.0,
     show_default=True,
     help="Seconds added to every answer.",
@@ -698,7 +717,7 @@ Examples:
 )
 @click.option(
     "--rate-limit",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(0, 1_000_000),
     default=0.0,
     show_default=True,
     help="Requests per second allowed before answering 429 with X-RateLimit-* "

@@ -9,8 +9,9 @@
     ├── Blocked                   the server's certificate or the TLS handshake failed,
     │                             or the proxy refused us (407); the run stopped (exit 3)
     ├── Interrupted               SIGINT/SIGTERM/SIGHUP stopped the run (exit 130/143/129)
-    ├── DiskError                 a file could not be written (a full disk); the run
-    │                             stopped, the journal keeps what was written (exit 74)
+    ├── DiskError                 a file could not be written (a full disk, a state store
+    │                             locked by another process); the run stopped, the
+    │                             journal keeps what was written (exit 74)
     └── InternalError             a bug in bulklink itself stopped the run (exit 70)
 
 The last five carry the :class:`~bulklink.models.Summary` of the run so far when they
@@ -108,8 +109,15 @@ class DiskError(_StoppedWithSummary):
 
     exit_code = 74  # EX_IOERR
 
-    def __init__(self, error: OSError, path: Path | str, summary: Summary | None = None) -> None:
-        super().__init__(f"{error.strerror or error}: {path}", summary)
+    def __init__(
+        self,
+        error: OSError,
+        path: Path | str,
+        summary: Summary | None = None,
+        *,
+        message: str | None = None,
+    ) -> None:
+        super().__init__(message or f"{error.strerror or error}: {path}", summary)
         self.path = Path(path)
 
 

@@ -131,6 +131,10 @@ class TrafficOptions(_Checked):
     MAX_WORKERS: ClassVar[int] = 10_000
     #: Beyond it the doubling backoff overflows a float; nobody means a thousand retries.
     MAX_RETRIES: ClassVar[int] = 1000
+    #: A day: a longer wait for one answer is a run that never ends, not a setting.
+    MAX_TIMEOUT: ClassVar[float] = 86_400.0
+    #: Far beyond any API's limit; larger numbers are typos (or ``1e308``).
+    MAX_RATE: ClassVar[float] = 1_000_000.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -139,8 +143,10 @@ class TrafficOptions(_Checked):
         rate = self.AUTO_FALLBACK if auto else _rate(self.rate)
         timeout, reserve = _finite(self.timeout, "--timeout"), _finite(self.reserve, "--reserve")
         backoff, max_retries = _finite(self.backoff, "--backoff"), _whole(self.max_retries)
-        if rate < 0:
-            raise UsageError("--rate must be 0 (no limit) or more, or 'auto'")
+        if not 0 <= rate <= self.MAX_RATE:
+            raise UsageError(
+                f"--rate must be 0 (no limit) to {self.MAX_RATE:,.0f}, or 'auto', got {rate:g}"
+            )
         if not 0 <= reserve < 100:
             raise UsageError("--reserve must be a percentage from 0 to less than 100")
         if not 0 <= max_retries <= self.MAX_RETRIES:
@@ -149,10 +155,16 @@ class TrafficOptions(_Checked):
                 if max_retries < 0
                 else f"--max-retries must be at most {self.MAX_RETRIES}"
             )
-        if timeout <= 0:
-            raise UsageError("--timeout must be more than 0 seconds")
-        if backoff < 0:
-            raise UsageError("--backoff must be 0 or more seconds")
+        if not 0 < timeout <= self.MAX_TIMEOUT:
+            raise UsageError(
+                f"--timeout must be more than 0 and at most {self.MAX_TIMEOUT:,.0f} seconds "
+                f"(a day), got {timeout:g}"
+            )
+        if not 0 <= backoff <= self.BACKOFF_CAP:
+            raise UsageError(
+                f"--backoff must be 0 to {self.BACKOFF_CAP:g} seconds (the cap of every "
+                f"retry delay), got {backoff:g}"
+            )
         for name, value in (("timeout", timeout), ("backoff", backoff), ("reserve", reserve)):
             object.__setattr__(self, name, value)
         object.__setattr__(self, "rate", "auto" if auto else rate)
@@ -227,6 +239,8 @@ class ControlOptions(_Checked):
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+#: A year: a longer bound is no bound, and loop timers would overflow far beyond it.
+MAX_DURATION = 366 * 86_400.0
 
 
 def parse_duration(value: float | str | None, option: str) -> float | None:
@@ -252,6 +266,8 @@ def parse_duration(value: float | str | None, option: str) -> float | None:
             seconds = float(text)
     if seconds < 0 or not math.isfinite(seconds):
         raise UsageError(f"{option} must be 0 (off) or more")
+    if seconds > MAX_DURATION:
+        raise UsageError(f"{option} must be at most 366 days (8784h), got {value!r}")
     return seconds or None
 
 

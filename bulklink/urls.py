@@ -46,6 +46,13 @@ def check_url(url: str, *, what: str, allow_http: bool = False, secret: bool = F
     named in messages by its host only.
     """
     text = url.strip() if secret else url.strip().rstrip("/")
+    if not secret and _has_user_info(text):
+        # Never echoed: the password is in it. Credentials in a URL would also clash with
+        # the token's Authorization header.
+        raise UsageError(
+            f"{what} must not hold a user name or password (host {host_of(text)}): "
+            "give the credentials with --token or --api-key (or THENA_TOKEN / THENA_API_KEY)"
+        )
     shown = f"(host {host_of(url)})" if secret else repr(url)
     if has_controls(text) or " " in text:
         raise UsageError(f"{what} holds a space or control character {shown}")
@@ -60,6 +67,12 @@ def check_url(url: str, *, what: str, allow_http: bool = False, secret: bool = F
         raise UsageError(f"{what} must start with http:// or https:// {shown}")
     if not secret and (parts.query or parts.fragment):
         raise UsageError(f"{what} must not have a query or fragment {shown}")
+    if not secret and parts.path.rstrip("/").endswith(LINK_PATH):
+        base = text[: text.rstrip("/").rindex(LINK_PATH)]
+        raise UsageError(
+            f"{what} {shown} already ends in {LINK_PATH}, which bulklink adds itself: "
+            f"give the base URL only ({base!r})"
+        )
     if scheme == "http" and not allow_http and not is_loopback(host):
         subject = what if secret else f"{what} {text}"
         raise UsageError(
@@ -67,6 +80,14 @@ def check_url(url: str, *, what: str, allow_http: bool = False, secret: bool = F
             "carry the secret in clear (--allow-http sends it anyway)"
         )
     return text
+
+
+def _has_user_info(url: str) -> bool:
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        netloc = url.split("//", 1)[-1].split("/", 1)[0]
+    return "@" in netloc
 
 
 def normalise_url(url: str) -> str:

@@ -109,10 +109,10 @@ def test_a_wrong_option_is_refused_by_mypy_and_at_run_time(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"rate": -1}, "--rate must be 0 (no limit) or more, or 'auto'"),
+        ({"rate": -1}, "--rate must be 0 (no limit) to 1,000,000, or 'auto'"),
         ({"rate": float("inf")}, "--rate must be a finite number, got inf"),
         ({"rate": "fast"}, "--rate must be a number or 'auto', got 'fast'"),
-        ({"timeout": 0}, "--timeout must be more than 0 seconds"),
+        ({"timeout": 0}, "--timeout must be more than 0 and at most 86,400 seconds"),
         ({"timeout": float("nan")}, "--timeout must be a finite number, got nan"),
         ({"backoff": float("-inf")}, "--backoff must be a finite number, got -inf"),
         ({"max_retries": -1}, "--max-retries must be 0 or more"),

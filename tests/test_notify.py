@@ -140,7 +140,7 @@ def test_recovery_notice_says_so(receiver: Receiver) -> None:
 def test_text_is_one_line_per_item_and_cannot_ping_a_slack_channel() -> None:
     data = summary(errors=[{"error": "HTTP 500 <!channel> a\nb\x1b[2J", "count": 1}])
     text = notice_body(data, "nightly", NoticeKind.PROBLEM)["text"]
-    assert "  1 x HTTP 500 &lt;!channel&gt; a\\x0ab\\x1b[2J" in text.splitlines()
+    assert "  1 x HTTP 500 &lt;!channel&gt; a\\x0ab\\x1b\uff3b2J" in text.splitlines()
     assert "\x1b" not in text
 
 

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 
 from bulklink.models import VERSION
 from bulklink.net.credentials import Auth
@@ -274,15 +275,15 @@ def classify_exception(
     run (they would fail the same way every night); the rest are worth another try."""
     if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLCertVerificationError):
         return Answer(Verdict.HALT, None, tls_failure(exc, host, trust or Trust()))
-    if isinstance(exc, aiohttp.ClientHttpProxyError) and route is not None:
-        if exc.status == 407:
-            return proxy_refused(route)
-        return Answer(Verdict.RETRY, None, f"the proxy {route.host} answered HTTP {exc.status}")
-    if isinstance(exc, aiohttp.ClientProxyConnectionError) and route is not None:
-        why = exc.os_error.strerror or exc
-        return Answer(Verdict.RETRY, None, f"cannot connect to the proxy {route.host}: {why}")
+    if route is not None and (answer := _proxy_failure(exc, route)) is not None:
+        return answer
     if isinstance(exc, asyncio.TimeoutError):
         return Answer(Verdict.RETRY, None, f"timeout after {timeout:g}s")
+    if isinstance(exc, aiohttp.ClientResponseError) and isinstance(
+        exc.__cause__, HttpProcessingError
+    ):  # a header past aiohttp's limit, a broken chunked body: the same would come back
+        what = str(exc.__cause__.message).splitlines()[0] if exc.__cause__.message else ""
+        return Answer(Verdict.FAIL, None, f"malformed answer: {_clip(what, 120)}")
     if isinstance(exc, aiohttp.ClientPayloadError):
         return Answer(Verdict.RETRY, None, "connection broke while reading the answer")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -292,6 +293,18 @@ def classify_exception(
     if isinstance(exc, aiohttp.ClientError | OSError):
         return Answer(Verdict.RETRY, None, f"connection error: {type(exc).__name__}")
     raise exc
+
+
+def _proxy_failure(exc: BaseException, route: Route) -> Answer | None:
+    """What the proxy did, when it was the proxy: a 407 stops the run, the rest retry."""
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        if exc.status == 407:
+            return proxy_refused(route)
+        return Answer(Verdict.RETRY, None, f"the proxy {route.host} answered HTTP {exc.status}")
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        why = exc.os_error.strerror or exc
+        return Answer(Verdict.RETRY, None, f"cannot connect to the proxy {route.host}: {why}")
+    return None
 
 
 def _clip(text: str, limit: int = 1000) -> str:
@@ -451,7 +464,7 @@ class Client:
                 if budgets:
                     answer = answer._replace(budgets=budgets)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return classify_exception(
+            answer = classify_exception(  # may quote what the server sent
                 exc, self.timeout, host=self.host, trust=self.trust, route=self.route
             )
         if answer.error:  # decoded text: a secret echoed in any spelling is caught here

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
+import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -97,9 +98,33 @@ def _headline(summary: Mapping[str, Any], exit_code: int) -> str:
     return _HEADLINES.get(exit_code, "the run failed")
 
 
-def _slack_escape(text: str) -> str:
-    """Slack reads ``<...>`` as links and mentions (``<!channel>``): server text must not."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+_LITERAL = str.maketrans(
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", "[": "\uff3b", "]": "\uff3d", "`": "\u02cb"}
+)
+_BARE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
+def literal(text: str) -> str:
+    """Text from the API or a file as it reads, in Slack, Teams and Markdown alike.
+
+    Slack reads ``<...>`` as links and mentions (``<!channel>``, ``<@U1>``): ``&``, ``<``
+    and ``>`` become entities. Markdown reads ``[text](url)`` as a link: brackets become
+    their fullwidth forms, so ``](`` never appears. A bare URL goes in a code span (so it
+    does not link); a backtick that could end one becomes U+02CB.
+    """
+    text = text.translate(_LITERAL)
+    return _BARE_URL.sub(lambda m: f"`{m.group()}`", text)
+
+
+def literal_values(value: Any) -> Any:
+    """Every string of the notice's copy of the summary made :func:`literal` (keys are ours)."""
+    if isinstance(value, str):
+        return literal(value)
+    if isinstance(value, list | tuple):
+        return [literal_values(item) for item in value]
+    if isinstance(value, Mapping):
+        return {k: literal_values(v) for k, v in value.items()}
+    return value
 
 
 def _text(
@@ -134,7 +159,7 @@ def _text(
         lines.append(f"duration: {format_duration(float(elapsed))}")
     if summary.get("report"):
         lines.append(f"report: {summary['report']}")
-    return "\n".join(_slack_escape(escape_controls(line)) for line in lines)
+    return "\n".join(literal(escape_controls(line)) for line in lines)
 
 
 def notice_body(
@@ -153,7 +178,7 @@ def notice_body(
     """
     clean: dict[str, Any] = redact_value(dict(summary), redact)
     text = redact(_text(clean, redact(job), kind, previous_exit_code))
-    return {"text": text, "summary": clean}
+    return {"text": text, "summary": literal_values(clean)}
 
 
 # --- delivery ---------------------------------------------------------------------------

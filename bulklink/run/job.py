@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -47,6 +47,7 @@ from bulklink.run.runner import CREDENTIALS_REJECTED, INTERNAL_ERROR, Runner, de
 from bulklink.state.journal import Journal, hand_over_links, journal_path
 from bulklink.state.ledger import Ledger
 from bulklink.state.scope import Scope
+from bulklink.state.store import StoreLocked
 from bulklink.tables.inputs import SEND, Chunk, Plan
 from bulklink.tables.report.schema import Layout, RunInfo
 from bulklink.tables.report.writers import ReportWriter, open_writer
@@ -78,6 +79,7 @@ class Job:
     command: str
     ledger: Ledger
     input_name: str  # as the user named it ("-" for standard input)
+    lifetime: Lifetime = field(default_factory=lambda: Lifetime(False))
 
     @property
     def report(self) -> Path:
@@ -125,7 +127,9 @@ def execute(job: Job) -> Summary:
     try:
         _run_to_completion(lambda: _run(job, journal, assembler, ending, t0))
     except BaseException as exc:
+        job.lifetime.after_sending()
         _give_up_report(job, ending, writer, journal, exc)
+    job.lifetime.after_sending()
     summary = Summary(
         report=str(job.report),
         rows=job.plan.rows,
@@ -148,6 +152,7 @@ def execute(job: Job) -> Summary:
         writer.commit(RunInfo.from_summary(summary, job.input_name))
     except BaseException as exc:
         _give_up_report(job, ending, writer, journal, exc)
+    error = error or job.lifetime.late(summary, "the report and the state store are written")
     error = _record(job, ending, summary, error)
     if ending.stop_reason or error is not None:
         journal.close()  # kept: a rerun resumes from it
@@ -220,8 +225,22 @@ def _record(
         ending.stop_reason = ending.stop_reason or "the state store could not be written"
         if error is None:
             summary.exit_code = DiskError.exit_code
-            error = DiskError(_as_os_error(exc), job.ledger.path or "the state store", summary)
+            path = job.ledger.path or "the state store"
+            error = DiskError(
+                _as_os_error(exc), path, summary, message=store_note(exc, job.report) or None
+            )
     return error
+
+
+def store_note(exc: BaseException, report: Path) -> str:
+    """What a locked store means for the run: no full disk, and the pairs are safe."""
+    if not isinstance(exc, StoreLocked):
+        return ""
+    return (
+        f"{exc}: another process (an sqlite3 shell, a VACUUM) held it; the linked pairs are "
+        f"kept in the journal {journal_path(report)}, and the same command records them "
+        "and sends none of them again"
+    )
 
 
 def _last_writes(job: Job, summary: Summary, error: BulklinkError | None) -> BulklinkError | None:
@@ -327,6 +346,7 @@ class _Run:
         self.loop = asyncio.get_running_loop()
         journal.attach(self.loop.call_soon, lambda error: self.disk_failed(error, journal.path))
         self.flushed = time.monotonic()  # when the store's batch was last committed
+        self.committing: asyncio.Task[None] | None = None  # the batch a worker thread writes
         assembler.defer = self.loop.call_soon
 
     def disk_failed(self, error: OSError, path: Path) -> None:
@@ -363,6 +383,8 @@ class _Run:
             await self.drain(stream)
         finally:
             ticker.cancel()
+            if self.committing is not None:  # its error, if any, is the run's too
+                await self.committing
             if deadline is not None:
                 deadline.cancel()
             for sig in handled:
@@ -419,7 +441,7 @@ class _Run:
                 await asyncio.sleep(0.5)
                 job.console.progress(self.assembler.done_this_run, runner.in_flight)
                 self.check_health()
-                await self.flush_store()
+                self.flush_store()
                 if time.monotonic() - last_sync >= 1.0 and journal.take_dirty():
                     last_sync = time.monotonic()
                     try:
@@ -440,21 +462,43 @@ class _Run:
             self.disk_failed(console.log_failure, console.log_path or Path("--log-file"))
         give_up = self.job.options.give_up_seconds
         quiet = runner.clock() - runner.last_progress
-        if give_up is not None and runner.refusals and quiet >= give_up:
+        # Requests waiting for an answer are no success: a server that never answers
+        # is given up on as one that refuses.
+        if give_up is None or quiet < give_up or runner.stop_reason:
+            return
+        if runner.refusals:
             runner.stop(
                 f"gave up: the API refused everything for {format_duration(give_up)} "
                 f"({describe_refusals(runner.refusals)})"
             )
+        elif runner.in_flight:
+            runner.stop(
+                f"gave up: no answer settled a row for {format_duration(give_up)} "
+                f"({runner.in_flight} requests waiting for an answer)"
+            )
 
-    async def flush_store(self) -> None:
-        """The store's batch, when :meth:`Ledger.due` (off the event loop)."""
+    def flush_store(self) -> None:
+        """The store's batch, when :meth:`Ledger.due`, in a worker thread.
+
+        A task of its own, one at a time: the ticker never waits for a locked store, the
+        run's end waits for it (so a batch still waiting for a lock is neither lost nor its
+        error ignored), and a batch that failed goes back for the next try.
+        """
         ledger = self.job.ledger
         now = time.monotonic()
-        if ledger.active and ledger.due(now - self.flushed):
+        busy = self.committing is not None and not self.committing.done()
+        if ledger.active and not busy and ledger.due(now - self.flushed):
             self.flushed = now
-            try:
-                await asyncio.to_thread(ledger.commit, ledger.take())
-            except (OSError, BulklinkError) as exc:
+            self.committing = asyncio.create_task(self.commit(ledger.take()))
+
+    async def commit(self, batch: list[tuple[str, str, str]]) -> None:
+        """One batch; a store another process holds is tried again (next tick, the end)."""
+        ledger = self.job.ledger
+        try:
+            await asyncio.to_thread(ledger.commit, batch)
+        except (OSError, BulklinkError) as exc:
+            ledger.restore(batch)  # the journal holds them meanwhile
+            if not isinstance(exc, StoreLocked):
                 self.disk_failed(_as_os_error(exc), ledger.path or Path("the state store"))
 
 
@@ -468,27 +512,87 @@ def _install_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[int], N
     return handled
 
 
-@contextlib.contextmanager
-def signals_raise(enabled: bool) -> Iterator[None]:
-    """Until a run's own handlers take over: SIGTERM and SIGHUP raise :class:`Interrupted`.
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
 
-    Their default action ends the process on the spot, before any ``finally`` (a spooled
-    copy of standard input would stay beside the report); SIGINT raises already.
+
+class _CutShort(KeyboardInterrupt):
+    """Raised by a signal inside :meth:`Lifetime.cut_short` outside an event loop; not an
+    ``Exception``, so no ``except Exception`` on the way turns it into a warning."""
+
+
+class Lifetime:
+    """bulklink's SIGINT, SIGTERM and SIGHUP handling for the whole run (the CLI's, in the
+    main thread), in three phases.
+
+    Before sending, SIGTERM and SIGHUP raise :class:`Interrupted` (their default action
+    would end the process before any ``finally``: a spooled copy of standard input would
+    stay beside the report); SIGINT raises already. While sending, the event loop's own
+    handlers stop the run. After sending (:meth:`after_sending`) a signal is recorded,
+    never fatal: the report, the store and the summary line are still written, and work
+    that can be dropped (the notice, the metrics) runs :meth:`cut_short`.
     """
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
-    def interrupt(signum: int, frame: object) -> None:
-        name = signal.Signals(signum).name
-        raise Interrupted(f"interrupted by {name} before anything was sent", signum)
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.sending_done = False
+        self.signum = 0  # the first signal after sending
+        self._cutting = False
+        self._previous: dict[int, Any] = {}
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
+    def __enter__(self) -> Lifetime:
+        self._install((signal.SIGTERM, signal.SIGHUP))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _install(self, signals: tuple[int, ...]) -> None:
+        if self.enabled:
+            for sig in signals:
+                previous = signal.signal(sig, self._handle)
+                self._previous.setdefault(sig, previous)
+
+    def after_sending(self) -> None:
+        """The event loop is gone (its handlers with it): signals are recorded from now on."""
+        self.sending_done = True
+        self._install(STOP_SIGNALS)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if not self.sending_done:
+            raise Interrupted(f"interrupted by {name} before anything was sent", signum)
+        self.signum = self.signum or signum
+        if self._cutting:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # plain code (the metrics): leave it here and now
+                raise _CutShort from None
+            # An event loop (the notice): its tasks cancelled, so asyncio.run ends cleanly.
+            loop.call_soon_threadsafe(_cancel_all, loop)
+
+    @contextlib.contextmanager
+    def cut_short(self) -> Iterator[None]:
+        """Work a signal after sending drops (it has been recorded in :attr:`signum`)."""
+        self._cutting = True
+        try:
+            if not self.signum:
+                yield
+        except (_CutShort, asyncio.CancelledError):
+            pass
+        finally:
+            self._cutting = False
+
+    def late(self, summary: Summary, what: str) -> Interrupted | None:
+        """The error a signal after sending ends the run with (its exit code, 128 + signal)."""
+        if not self.signum or summary.exit_code >= 128:
+            return None
+        name = signal.Signals(self.signum).name
+        summary.exit_code = 128 + self.signum
+        return Interrupted(f"interrupted by {name} after the sending: {what}", self.signum, summary)
 
 
 class _ChunkStream:

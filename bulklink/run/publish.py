@@ -22,7 +22,10 @@ from bulklink.console import Console
 from bulklink.errors import BulklinkError, UsageError
 from bulklink.models import Summary
 from bulklink.net.connection import Connection
-from bulklink.options import OutputOptions
+from bulklink.net.proxy import Proxies, resolve_proxies
+from bulklink.net.tls import Trust, resolve_trust
+from bulklink.options import OutputOptions, RetryOptions
+from bulklink.redaction import Redactor
 from bulklink.tables.report.writers import report_format
 from bulklink.urls import check_url
 
@@ -62,6 +65,30 @@ def output_for(
         notify_on=options.notify_on,
         job=(options.job or "").strip() or report.stem,
     )
+
+
+def notify_refusal(
+    report: Path, options: RetryOptions, summary: Summary, console: Console, *, secrets: Redactor
+) -> None:
+    """A run refused while its options were being resolved (a missing ``--metrics-file``
+    folder, a bad base URL): the notice alone, when the webhook and the network options
+    are valid themselves, so a typo in a crontab does not silence the job."""
+    url = (options.notify or os.environ.get("BULKLINK_NOTIFY_URL", "")).strip()
+    if not url:
+        return
+    try:
+        check_url(url, what="--notify", allow_http=options.allow_http, secret=True)
+        proxies, trust = resolve_proxies(options), resolve_trust(options)
+    except UsageError:
+        return  # the webhook itself is what was refused, or it cannot be reached as asked
+    output = Output(
+        report=report,
+        notify_url=url,
+        notify_on=options.notify_on,
+        job=(options.job or "").strip() or report.stem,
+    )
+    redact = Redactor(proxies.secrets(), urls=[url]) | secrets
+    _notify(output, summary, console, None, redact, options.allow_http, proxies, trust)
 
 
 def _in_existing_folder(value: str | Path | None, flag: str) -> Path | None:
@@ -115,7 +142,16 @@ def publish(
         if warning:
             console.error(warning)
     if output.notify_url is not None:
-        _notify(output, summary, console, previous_exit_code, redact, connection)
+        _notify(
+            output,
+            summary,
+            console,
+            previous_exit_code,
+            redact,
+            connection.allow_http,
+            connection.proxies,
+            connection.trust,
+        )
 
 
 def _notify(
@@ -124,7 +160,9 @@ def _notify(
     console: Console,
     previous_exit_code: int | None,
     redact: Callable[[str], str],
-    connection: Connection,
+    allow_http: bool,
+    proxies: Proxies,
+    trust: Trust,
 ) -> None:
     from bulklink.net.notify import NoticeKind, notice_body, send_notice_sync, should_notify
 
@@ -142,9 +180,9 @@ def _notify(
     warning = send_notice_sync(
         output.notify_url,
         body,
-        allow_http=connection.allow_http,
-        proxies=connection.proxies,
-        trust=connection.trust,
+        allow_http=allow_http,
+        proxies=proxies,
+        trust=trust,
     )
     if warning:
         console.error(warning)

@@ -14,6 +14,7 @@ answered instead since then (:attr:`Runner.refusals`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import Counter, deque
@@ -35,6 +36,10 @@ FORBIDDEN_STREAK = 3
 AUTO_START = 16
 AUTO_CAP = 256
 INTERNAL_ERROR = "internal error"
+#: Seconds a request in flight still gets once the run is stopped (or its timeout, if
+#: shorter); then it is abandoned and its row ``skipped``. A server that never answers
+#: cannot hold a stopped run (a library setting: tests shorten it).
+STOP_GRACE = 5.0
 
 
 class Linker(Protocol):
@@ -80,6 +85,9 @@ class Runner:
         self._refill = asyncio.Lock()
         self._workers: set[asyncio.Task[None]] = set()
         self._waiting: set[asyncio.Task[None]] = set()
+        self._asking: set[asyncio.Task[None]] = set()  # workers waiting for an answer
+        self._abandon: asyncio.TimerHandle | None = None
+        self.abandoned = False
 
     def stop(self, reason: str) -> None:
         """Dispatch nothing new; requests in flight finish, waiting ones give up."""
@@ -87,6 +95,15 @@ class Runner:
             return
         self.stop_reason = reason
         for task in self._waiting:
+            task.cancel()
+        with contextlib.suppress(RuntimeError):  # no loop: nothing is in flight either
+            grace = min(STOP_GRACE, self.settings.timeout)
+            self._abandon = asyncio.get_running_loop().call_later(grace, self._give_up_waiting)
+
+    def _give_up_waiting(self) -> None:
+        """The grace after a stop is over: requests still unanswered are abandoned."""
+        self.abandoned = True
+        for task in self._asking:
             task.cancel()
 
     async def run(self, feed: AsyncIterator[list[Pair]]) -> None:
@@ -117,6 +134,8 @@ class Runner:
         finally:
             if sizer is not None:
                 sizer.cancel()
+            if self._abandon is not None:
+                self._abandon.cancel()
             queued = list(self._queue)
             self._queue.clear()
             for pair in queued:
@@ -176,10 +195,17 @@ class Runner:
             proven = self.linked > 0  # the credentials had linked a row before this
             sent = self.clock()
             self.in_flight += 1
+            self._asking.add(task)
             try:
                 last = await self.client.link(pair.source, pair.linked)
+            except asyncio.CancelledError:
+                if not self.abandoned:
+                    raise
+                task.uncancel()
+                return self._abandoned(pair, attempts)
             finally:
                 self.in_flight -= 1
+                self._asking.discard(task)
             self._observe(last, sent, self.clock())
             result = self._settle(pair, last, attempts, proven)
             if result is not None:
@@ -269,6 +295,11 @@ class Runner:
             self.stop(CREDENTIALS_REJECTED)
             error = f"{CREDENTIALS_REJECTED}: {answer.error}"
         return Result(pair.row, Outcome.SKIPPED, answer.http_status, error, attempts)
+
+    def _abandoned(self, pair: Pair, attempts: int) -> Result:
+        grace = min(STOP_GRACE, self.settings.timeout)
+        why = f"no answer {grace:g}s after the run stopped ({self.stop_reason}): abandoned"
+        return Result(pair.row, Outcome.SKIPPED, None, why, attempts)
 
     def _unsent(self, pair: Pair, attempts: int, last: Answer | None) -> Result:
         why = f"not attempted: {self.stop_reason or 'run stopped'}"

@@ -140,14 +140,24 @@ class Ledger:
         batch, self._batch = self._batch, []
         return batch
 
+    def restore(self, batch: list[tuple[str, str, str]]) -> None:
+        """A batch whose :meth:`commit` failed, back in front of the next one: a pair leaves
+        memory only once it is in the store (the journal keeps it meanwhile)."""
+        self._batch[:0] = batch
+
     def commit(self, batch: list[tuple[str, str, str]]) -> None:
         """Record a batch from :meth:`take`: one transaction (safe in a worker thread)."""
         if self._store is not None and batch:
             self._store.record_linked(self.scope, batch, self.run_id)
 
     def flush(self) -> None:
-        """Commit the pairs added so far, here and now."""
-        self.commit(self.take())
+        """Commit the pairs added so far, here and now (kept for the next try if it fails)."""
+        batch = self.take()
+        try:
+            self.commit(batch)
+        except BaseException:
+            self.restore(batch)
+            raise
 
     def finish(self, counts: dict[str, int], exit_code: int) -> None:
         if self._store is not None and self.run_id is not None:

@@ -1,4 +1,5 @@
-"""One run per report: an advisory ``flock`` on ``<report>.lock``.
+"""One run per report: an advisory ``flock`` on ``<report>.lock``; one run per input: a
+``flock`` on the input file itself (:func:`hold_input`).
 
 The kernel drops a ``flock`` when its process dies, however it dies, so a lock left by a
 killed run never blocks the next one. The file names its holder (pid, host, command,
@@ -14,6 +15,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -68,6 +70,52 @@ def hold(report: Path, command: str) -> Iterator[None]:
         with contextlib.suppress(OSError):
             path.unlink()
         os.close(fd)
+
+
+@contextlib.contextmanager
+def hold_input(path: Path) -> Iterator[None]:
+    """Hold a ``flock`` on the input file itself for the block, or raise
+    :class:`LockedError` at once.
+
+    Keyed by the file (its inode), not by a name or a folder of bulklink's: two runs on
+    one input meet whatever their ``-o``, ``HOME`` or ``--state`` (date-stamped reports
+    would otherwise send every pair twice). Nothing is written, and nothing lives in the
+    state store. Only a regular file is locked: standard input, a pipe or a missing file
+    (which the input reader refuses) need none, and a file system without ``flock``
+    is not a reason to refuse a run.
+    """
+    fd = _open_input(path)
+    if fd is None:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(
+                f"another bulklink run is working on the input {path}; not starting a "
+                "second one (it would send the same pairs again)"
+            ) from None
+        except OSError:
+            pass  # no locks on this file system
+        yield
+    finally:
+        os.close(fd)
+
+
+def _open_input(path: Path) -> int | None:
+    try:
+        # Looked at before it is opened: opening a FIFO, even without blocking, would
+        # take it from the reader that comes next (its writer sees a reader come and go).
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
 
 
 def _describe(fd: int) -> str:

@@ -45,7 +45,7 @@ import stat
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain, islice
 from operator import itemgetter
@@ -59,6 +59,8 @@ from bulklink.text import parse_stamp, utc_stamp
 
 APPLICATION_ID = 0x626C6E6B  # "blnk"
 SCHEMA_VERSION = 1
+#: Seconds a write waits for another process's lock before giving up (read at each open,
+#: so a test can shorten it).
 BUSY_TIMEOUT = 30.0
 _PROBE_CHUNK = 20_000
 _SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -120,6 +122,11 @@ class StoreError(UsageError):
     """The state store cannot be used as it is; nothing was sent and nothing overwritten."""
 
 
+class StoreLocked(StoreError):
+    """Another process (an ``sqlite3`` shell, a ``VACUUM``) held the store past the busy
+    timeout: nothing is wrong with the disk, so the message must not say so."""
+
+
 def default_state_path(env: Mapping[str, str] | None = None) -> Path:
     """``$XDG_STATE_HOME/bulklink/state.sqlite3`` (Linux), the platform's state dir elsewhere."""
     env = os.environ if env is None else env
@@ -162,7 +169,7 @@ class RunRecord:
 
     id: int
     command: str
-    started: datetime
+    started: datetime | None  # None: not a date (see ``unreadable``)
     finished: datetime | None
     input: str | None
     input_hash: str | None
@@ -173,22 +180,27 @@ class RunRecord:
     counts: dict[str, int]
     exit_code: int | None
     command_line: str
+    #: Values someone edited into the history that are not what bulklink writes (a
+    #: ``started`` that is no date, ``counts`` that are no object of numbers), as stored:
+    #: shown as they are, marked, and never a reason for a run to stop.
+    unreadable: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """The object ``bulklink runs --json`` prints."""
+        """The object ``bulklink runs --json`` prints (unreadable values as stored)."""
+        odd = self.unreadable
         return {
             "id": self.id,
             "command": self.command,
-            "started": utc_stamp(self.started),
-            "finished": utc_stamp(self.finished) if self.finished else None,
+            "started": odd["started"] if "started" in odd else _stamp_text(self.started),
+            "finished": odd["finished"] if "finished" in odd else _stamp_text(self.finished),
             "input": self.input,
             "input_hash": self.input_hash,
             "report": self.report,
             "job": self.job,
             "base_url": self.base_url,
             "org_id": self.org_id,
-            "counts": self.counts,
-            "exit_code": self.exit_code,
+            "counts": odd.get("counts", self.counts),
+            "exit_code": odd.get("exit_code", self.exit_code),
             "command_line": self.command_line,
         }
 
@@ -200,23 +212,55 @@ _RUN_COLUMNS = (
 )
 
 
+def _stamp_text(when: datetime | None) -> str | None:
+    return utc_stamp(when) if when is not None else None
+
+
+def _read_stamp(text: Any, column: str, odd: dict[str, Any]) -> datetime | None:
+    if text is None or text == "":
+        return None
+    try:
+        return parse_stamp(text)
+    except (TypeError, ValueError):
+        odd[column] = text
+        return None
+
+
+def _read_counts(text: Any, odd: dict[str, Any]) -> dict[str, int]:
+    if text is None or text == "":
+        return {}
+    try:
+        counts = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        counts = None
+    numbers = isinstance(counts, dict) and all(type(n) is int for n in counts.values())
+    if not numbers:
+        odd["counts"] = text
+        return {}
+    return dict(counts)
+
+
 def _run_record(row: tuple[Any, ...]) -> RunRecord:
     id_, command, started, finished, input_, input_hash, report, job = row[:8]
     base_url, org_id, counts, exit_code, command_line = row[8:]
+    odd: dict[str, Any] = {}
+    if exit_code is not None and type(exit_code) is not int:
+        odd["exit_code"], exit_code = exit_code, None
     return RunRecord(
         id=id_,
         command=command,
-        started=parse_stamp(started),
-        finished=parse_stamp(finished) if finished else None,
+        started=_read_stamp(started, "started", odd),
+        finished=_read_stamp(finished, "finished", odd),
         input=_from_db(input_),
         input_hash=input_hash,
         report=_from_db(report) or "",
         job=_from_db(job),
         base_url=base_url,
         org_id=org_id,
-        counts=json.loads(counts) if counts else {},
+        counts=_read_counts(counts, odd),
         exit_code=exit_code,
         command_line=_from_db(command_line) or "",
+        unreadable=odd,
     )
 
 
@@ -247,8 +291,9 @@ def _from_db(value: str | bytes | None) -> str | None:
 class Store:
     """An open state store. Safe to share between threads (one call at a time)."""
 
-    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, db: sqlite3.Connection, busy_timeout: float) -> None:
         self.path = path
+        self.busy_timeout = busy_timeout
         self._db = db
         self._lock = threading.Lock()
         self._scope_ids: dict[Scope, int] = {}
@@ -256,7 +301,7 @@ class Store:
     # -- opening ------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, busy_timeout: float = BUSY_TIMEOUT) -> Store:
+    def open(cls, path: str | os.PathLike[str], *, busy_timeout: float | None = None) -> Store:
         """Open the store at ``path``, creating it (and its folder, 0700) if missing."""
         store = cls._open(Path(path), create=True, busy_timeout=busy_timeout)
         assert store is not None  # create=True opens or raises
@@ -264,13 +309,14 @@ class Store:
 
     @classmethod
     def open_existing(
-        cls, path: str | os.PathLike[str], *, busy_timeout: float = BUSY_TIMEOUT
+        cls, path: str | os.PathLike[str], *, busy_timeout: float | None = None
     ) -> Store | None:
         """The store at ``path``, or None when there is none (``runs``, ``--dry-run``)."""
         return cls._open(Path(path), create=False, busy_timeout=busy_timeout)
 
     @classmethod
-    def _open(cls, path: Path, *, create: bool, busy_timeout: float) -> Store | None:
+    def _open(cls, path: Path, *, create: bool, busy_timeout: float | None) -> Store | None:
+        busy_timeout = BUSY_TIMEOUT if busy_timeout is None else busy_timeout
         fd = _open_file(path, create)
         if fd is None:
             return None
@@ -285,7 +331,7 @@ class Store:
                 )
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot open the state store {path}: {exc}") from None
-            store = cls(path, db)
+            store = cls(path, db, busy_timeout)
             try:
                 with store._errors():
                     store._prepare(fd)
@@ -508,7 +554,7 @@ class Store:
             row = self._db.execute(
                 "SELECT max(finished) FROM runs WHERE job = ? AND exit_code = 0", (_db_text(job),)
             ).fetchone()
-        return parse_stamp(row[0]) if row and row[0] else None
+        return _read_stamp(row[0], "finished", {}) if row else None
 
     def _runs(self, where: str, params: tuple[Any, ...]) -> list[RunRecord]:
         with self._lock, self._errors():
@@ -553,9 +599,9 @@ class Store:
             yield
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
-                raise StoreError(
+                raise StoreLocked(
                     f"the state store {self.path} stayed locked by another process "
-                    "past the busy timeout"
+                    f"past the busy timeout ({self.busy_timeout:g} s)"
                 ) from None
             raise StoreError(f"the state store {self.path} cannot be used: {exc}") from None
         except sqlite3.DatabaseError as exc:
@@ -573,7 +619,7 @@ def _open_file(path: Path, create: bool) -> int | None:
     """An ``O_NOFOLLOW`` descriptor of the store file, created 0600 (folder 0700) if missing."""
     try:
         if create and not path.parent.exists():
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _private_folders(path.parent)
         while True:
             fd = _open_once(path, create)
             if fd != _RACED:
@@ -586,6 +632,21 @@ def _open_file(path: Path, create: bool) -> int | None:
         if stat.S_ISLNK(_lmode(path)):
             raise _symlink_refused(path) from None
         raise StoreError(f"cannot open the state store {path}: {exc.strerror}") from None
+
+
+def _private_folders(folder: Path) -> None:
+    """Each missing folder up to ``folder`` created 0700 whatever the umask (``mkdir``'s
+    mode is masked by it, and ``parents=True`` gives the parents the default mode)."""
+    missing: list[Path] = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        try:
+            made.mkdir(0o700)
+        except FileExistsError:
+            continue  # another process made it: its mode is its own
+        made.chmod(0o700)
 
 
 _RACED = -2  # another process created the file between our look and our create
