@@ -32,9 +32,8 @@ from bulklink.tables.ids import (
     CONTROL_SOURCE,
     EXCEL_ERROR_LINKED,
     EXCEL_ERROR_SOURCE,
-    LOST_DIGITS_LINKED,
-    LOST_DIGITS_SOURCE,
     TRIM,
+    cell_code,
     excel_error_rows,
     invalid_text,
     row_code,
@@ -144,7 +143,7 @@ class Table:
         self.report = report
         self.digest = ""
         self._frame: pd.DataFrame | None = None
-        self._lost: dict[str, np.ndarray[Any, Any]] = {}  # ID cells Excel stored as cut numbers
+        self._kinds: dict[str, np.ndarray[Any, Any]] = {}  # ID cells of an odd kind (xlsx)
         self.encoding = options.encoding or "utf-8"
         self.delimiter = options.delimiter or ("\t" if self.kind == "tsv" else ",")
         self.source_col = self.linked_col = ""
@@ -266,8 +265,8 @@ class Table:
             },
             columns=columns,
         )
-        self._lost = {
-            columns[i]: np.asarray(flags, dtype=bool) for i, flags in sheet.lost_digits.items()
+        self._kinds = {
+            columns[i]: np.asarray(kinds, dtype=np.uint8) for i, kinds in sheet.kinds.items()
         }
         return columns
 
@@ -316,15 +315,17 @@ class Table:
         return self._resolve(columns)
 
     @property
-    def has_lost_digits(self) -> bool:
-        """Some ID cell is a number Excel cut short (only an .xlsx file can hold one)."""
-        return bool(self._lost)
+    def has_odd_cells(self) -> bool:
+        """Some ID cell is a number Excel cut short, a date, a time, a boolean or a formula
+        never calculated (only an .xlsx file can hold one)."""
+        return bool(self._kinds)
 
-    def lost_digits(self, start: int, stop: int) -> tuple[np.ndarray[Any, Any] | None, ...]:
-        """Which source and linked cells of rows ``start:stop`` are numbers Excel cut short."""
+    def cell_kinds(self, start: int, stop: int) -> tuple[np.ndarray[Any, Any] | None, ...]:
+        """The kinds (:mod:`bulklink.tables.ids`) of the source and linked cells of rows
+        ``start:stop``, or None for a column of text and exact numbers only."""
         return tuple(
-            flags[start:stop] if flags is not None else None
-            for flags in (self._lost.get(self.source_col), self._lost.get(self.linked_col))
+            kinds[start:stop] if kinds is not None else None
+            for kinds in (self._kinds.get(self.source_col), self._kinds.get(self.linked_col))
         )
 
     def _read_frames(self, chunk_rows: int) -> Iterator[pd.DataFrame]:
@@ -643,11 +644,11 @@ def _row_codes(table: Table, chunk: Chunk, keep: Any) -> np.ndarray[Any, Any]:
     codes[unsafe_rows(chunk.source)] = CONTROL_SOURCE
     codes[excel_error_rows(chunk.linked)] = EXCEL_ERROR_LINKED
     codes[excel_error_rows(chunk.source)] = EXCEL_ERROR_SOURCE
-    lost_s, lost_d = table.lost_digits(chunk.start, chunk.start + len(chunk))
-    if lost_d is not None:
-        codes[lost_d] = LOST_DIGITS_LINKED
-    if lost_s is not None:
-        codes[lost_s] = LOST_DIGITS_SOURCE
+    # The source speaks first: its column is applied last.
+    for side, kinds in reversed(list(enumerate(table.cell_kinds(chunk.start, chunk.end)))):
+        if kinds is not None:
+            for kind in np.unique(kinds[kinds > 0]):
+                codes[kinds == kind] = cell_code(int(kind), side)
     if keep is not None:
         codes[np.asarray(keep(chunk), dtype=bool)] = KEEP
     return codes
