@@ -561,6 +561,9 @@ class Plan:
     send_examples: list[Pair] = field(default_factory=list)
     #: UNIX seconds each ``ALREADY`` row was linked (None when no row is): 8 bytes a row.
     linked_at: np.ndarray[Any, Any] | None = None
+    #: The longest text cell read (IDs and carried cells): its length, row and column,
+    #: so that a report format with a cell limit (xlsx) can refuse it before sending.
+    longest: tuple[int, int, str] = (0, 0, "")
 
     @property
     def key(self) -> str:
@@ -599,6 +602,7 @@ def scan(table: Table, keep: Any = None, linked_times: LinkedTimes | None = None
     for chunk in table.chunks():
         codes = _row_codes(table, chunk, keep)
         found.add(chunk, codes, linked_times)
+        found.measure(chunk, (table.source_col, table.linked_col))
     all_codes = np.concatenate(found.codes) if found.codes else np.zeros(0, dtype=np.uint8)
     first_of = _mark_duplicates(all_codes, found.hashes)
     linked_at = None
@@ -622,6 +626,7 @@ def scan(table: Table, keep: Any = None, linked_times: LinkedTimes | None = None
         found.invalid_examples,
         send_examples,
         linked_at,
+        found.longest,
     )
 
 
@@ -666,6 +671,16 @@ class _Scan:
     linked: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = field(default_factory=list)
     invalid_examples: list[tuple[int, str]] = field(default_factory=list)
     send_examples: list[Pair] = field(default_factory=list)
+    longest: tuple[int, int, str] = (0, 0, "")
+
+    def measure(self, chunk: Chunk, names: tuple[str, str]) -> None:
+        """Keep the longest text cell (one length a cell: cheap beside reading it)."""
+        columns = {names[0]: chunk.source, names[1]: chunk.linked, **chunk.columns}
+        for name, cells in columns.items():
+            lengths = [len(v) if isinstance(v, str) else 0 for v in cells]
+            top = max(lengths, default=0)
+            if top > self.longest[0]:
+                self.longest = (top, chunk.start + lengths.index(top) + 1, name)
 
     def add(
         self, chunk: Chunk, codes: np.ndarray[Any, Any], linked_times: LinkedTimes | None

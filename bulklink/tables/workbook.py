@@ -168,7 +168,7 @@ def _grid(book: Any, archive: zipfile.ZipFile, name: str, index: int) -> list[li
     import python_calamine
 
     try:
-        return book.get_sheet_by_name(name).to_python(skip_empty_area=False)
+        return list(book.get_sheet_by_name(name).to_python(skip_empty_area=False))
     except python_calamine.CalamineError as exc:
         if "error value" not in str(exc):
             raise
@@ -180,8 +180,9 @@ def _grid(book: Any, archive: zipfile.ZipFile, name: str, index: int) -> list[li
             fixed = _ERROR_VALUE.sub(rb"\1#N/A\2", data) if item.filename == part else data
             out.writestr(item.filename, fixed)  # a new entry: ``item`` belongs to ``archive``
     copy.seek(0)
-    with python_calamine.CalamineWorkbook.from_filelike(copy) as fixed:
-        return fixed.get_sheet_by_name(name).to_python(skip_empty_area=False)
+    with python_calamine.CalamineWorkbook.from_filelike(copy) as readable:
+        grid: list[list[Any]] = readable.get_sheet_by_name(name).to_python(skip_empty_area=False)
+    return grid
 
 
 def _choose(sheets: Sequence[Any], path: Path, wanted: str | None) -> tuple[str, str]:
