@@ -302,7 +302,7 @@ def _look(match: re.Match[bytes], wanted: set[int], shaping: dict[int, str], fou
         return
     elif (formula := _FORMULA.search(body)) is not None and not (value and value.group(1)):
         found.formulas[where] = "=" + unescape((formula.group(1) or b"").decode())
-    elif value and attrs.get(b"t", b"n") == b"n" and (code := shaping.get(int(attrs[b"s"] or 0))):
+    elif value and attrs.get(b"t", b"n") == b"n" and (code := shaping.get(_style(attrs))):
         number = float(value.group(1))
         if number.is_integer() and abs(number) < MAX_EXACT:
             found.shown[where] = _padded(code, int(number))
@@ -314,6 +314,10 @@ def _xml(archive: zipfile.ZipFile, name: str) -> ElementTree.Element:
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
         raise InputError(f"the workbook's {name} holds a DTD, which no Excel file does")
     return ElementTree.fromstring(data)  # noqa: S314 - no DTD (above): nothing to expand
+
+
+def _style(attrs: dict[bytes, bytes]) -> int:
+    return int(attrs.get(b"s") or 0)
 
 
 def _parts(archive: zipfile.ZipFile, index: int) -> tuple[str, str | None]:
