@@ -224,9 +224,11 @@ def _write_rows_sheet(
     n = 0
     for n, row in enumerate(rows(), 1):
         for col, (value, kind) in enumerate(zip(row, kinds, strict=True)):
+            if value is None or value == "":
+                continue  # most ticket cells of a row not linked now: nothing to write
             cell = _typed(value, kind)
             _write(sheet, n, col, cell)
-            if cell is not None and (width := _shown_width(cell)) > longest[col]:
+            if (width := _shown_width(cell)) > longest[col]:
                 longest[col] = width
         counting.add(row, n)
     widths = [min(max(w + 1, MIN_WIDTH), MAX_WIDTH) for w in longest]
