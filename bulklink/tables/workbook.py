@@ -154,8 +154,13 @@ def _read(
         raise InputError(f"sheet {name!r} of {path} is empty (no header row){hint}")
     header = [_text(v).strip() for v in grid[at]]
     ids = sorted(set(pick(header, f" in sheet {name!r}", hint)))
-    found = _scan_xml(archive, names.index(name), ids, _needs_formats(grid, at, ids))
-    return _collect(name, grid, at, header, ids, found, report)
+    rows = grid[at + 1 :]
+    del grid
+    # By column, each a tuple (C speed); calamine's rows are all of one width.
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in header]
+    numbers = any({int, float} & set(map(type, columns[i])) for i in ids if i < len(columns))
+    found = _scan_xml(archive, names.index(name), ids, numbers)
+    return _collect(name, rows, columns, at, header, ids, found, report)
 
 
 _ERROR_VALUE = re.compile(rb'(<c\b[^>]*?\bt="e"[^>]*>(?:(?!</c>).)*?<v>)[^<]*(</v>)', re.DOTALL)
@@ -231,16 +236,6 @@ def _by_name(
 def _blank(row: Sequence[Any]) -> bool:
     """A row with no value at all; skipped, as blank lines are in a CSV."""
     return all(v is None or v == "" for v in row)
-
-
-def _needs_formats(grid: list[list[Any]], at: int, ids: Sequence[int]) -> bool:
-    """Whether an ID cell is a number, so its number format may change what it shows."""
-    return any(
-        isinstance(row[i], int | float) and not isinstance(row[i], bool)
-        for row in grid[at + 1 :]
-        for i in ids
-        if i < len(row)
-    )
 
 
 @dataclass(slots=True)
@@ -380,65 +375,82 @@ def _padded(code: str, number: int) -> str:
 
 def _collect(
     name: str,
-    grid: list[list[Any]],
+    rows: list[list[Any]],
+    columns: list[tuple[Any, ...]],
     at: int,
     header: list[str],
     ids: Sequence[int],
     found: _Found,
     report: bool,
 ) -> Sheet:
-    """The values by column, and per ID column each cell's kind when it is no ID."""
-    errors = {r for r, _ in found.errors}  # a row of error cells alone is no blank row
-    numbers = [n for n in range(at + 1, len(grid)) if n in errors or not _blank(grid[n])]
-    width = max([_width(grid, numbers, header), *(c + 1 for r, c in found.errors if r > at)])
-    del header[width:]
-    header.extend([""] * (width - len(header)))
-    position = {n: i for i, n in enumerate(numbers)}
-    columns = []
+    """The values by column, and per ID column each cell's kind when it is no ID.
+
+    Rows and columns are looked at whole where they can be (``count``, ``set(map(type))``):
+    a cell at a time only in columns that are not all text.
+    """
+    errors = {r - at - 1 for r, _ in found.errors}  # a row of error cells is no blank row
+    keep = [i for i, row in enumerate(rows) if i in errors or row.count("") != len(row)]
+    every = len(keep) == len(rows)
+    rows.clear()  # the cells live on in ``columns``: the rows' lists can go
+    width = _width(columns, header, {c for _, c in found.errors})
+    del header[width:], columns[width:]
+    position = {at + 1 + row: i for i, row in enumerate(keep)}
     kinds: dict[int, list[int]] = {}
-    for index in range(width):
-        cells = [grid[n][index] if index < len(grid[n]) else "" for n in numbers]
-        for (number, column), error in found.errors.items():
-            if column == index and number in position:
-                cells[position[number]] = error
+    out: list[list[Any]] = []
+    for index, column in enumerate(columns):
+        cells = list(column) if every else [column[i] for i in keep]
+        columns[index] = ()  # one copy of a column at a time
+        _overlay(cells, index, found.errors, position)
         if index in ids:  # an ID, in a report too: as ``run`` reads it, its kind flagged
-            texts, kinds[index] = _id_cells(cells)
-            for where in (found.formulas, found.shown):
-                for (number, column), text in where.items():
-                    if column == index and number in position:
-                        texts[position[number]] = text
-                        kinds[index][position[number]] = FORMULA if where is found.formulas else 0
-            columns.append(texts)
-        else:
-            columns.append([_plain(v) if report else _text(v) for v in cells])
-    return Sheet(name, header, columns, {i: k for i, k in kinds.items() if any(k)})
+            kinds[index] = _id_cells(cells)
+            for at in _overlay(cells, index, found.shown, position):
+                kinds[index][at] = 0
+            for at in _overlay(cells, index, found.formulas, position):
+                kinds[index][at] = FORMULA
+        elif set(map(type, cells)) - {str}:
+            cells = [_plain(v) if report else _text(v) for v in cells]
+        out.append(cells)
+    return Sheet(name, header, out, {i: k for i, k in kinds.items() if any(k)})
 
 
-def _id_cells(cells: list[Any]) -> tuple[list[Any], list[int]]:
-    """ID cells as text, and each one's kind (0 for text and exact numbers)."""
-    texts: list[Any] = []
-    kinds = []
-    for value in cells:
-        kind = 0 if type(value) is str else _kind(value)
-        if kind == BOOLEAN:
-            texts.append("TRUE" if value else "FALSE")
-        elif kind:
-            texts.append(_text(value))
-        else:
-            text, cut = id_text(value)
-            texts.append(text)
-            kind = LOST if cut else 0
-        kinds.append(kind)
-    return texts, kinds
+def _overlay(
+    cells: list[Any], index: int, texts: dict[tuple[int, int], str], position: dict[int, int]
+) -> list[int]:
+    """Put the XML pass's ``texts`` for column ``index`` into ``cells``; where they went."""
+    placed = []
+    for (number, column), text in texts.items():
+        if column == index and number in position:
+            cells[position[number]] = text
+            placed.append(position[number])
+    return placed
 
 
-def _width(grid: list[list[Any]], numbers: list[int], header: list[str]) -> int:
+def _width(columns: list[tuple[Any, ...]], header: list[str], errors: set[int]) -> int:
     """Columns up to the last with a header or a value: a styled cell far out adds none."""
-    width = max((i + 1 for i, name in enumerate(header) if name), default=0)
-    for number in numbers:
-        row = grid[number]
-        for index in range(len(row) - 1, width - 1, -1):
-            if row[index] != "":
-                width = index + 1
-                break
+    width = len(columns)
+    while width and not header[width - 1] and width - 1 not in errors:
+        if columns[width - 1].count("") != len(columns[width - 1]):
+            break
+        width -= 1
     return width
+
+
+def _id_cells(cells: list[Any]) -> list[int]:
+    """ID cells made text in place; each one's kind (0 for text and exact numbers)."""
+    kinds = [0] * len(cells)
+    if set(map(type, cells)) == {str}:
+        return kinds
+    for at, value in enumerate(cells):
+        if type(value) is str:
+            continue
+        kind = _kind(value)
+        if kind == BOOLEAN:
+            cells[at] = "TRUE" if value else "FALSE"
+        elif kind:
+            cells[at] = _text(value)
+        else:
+            cells[at], cut = id_text(value)
+            kinds[at] = LOST if cut else 0
+            continue
+        kinds[at] = kind
+    return kinds
