@@ -357,3 +357,17 @@ def test_api_text_longer_than_a_cell_is_cut_and_says_so(tmp_path: Path) -> None:
     assert isinstance(cell, str) and len(cell) == 32_767
     assert cell.startswith("t" * 30_000)
     assert cell.endswith("[cut: 40,000 characters; a .csv or .jsonl report holds them all]")
+
+
+def test_an_old_xls_named_xlsx_is_told_to_be_saved_as_xlsx(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    path = tmp_path / "old.xlsx"
+    path.write_bytes(
+        b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 504 + "Workbook".encode("utf-16-le")
+    )
+    result = run(sandbox, path)
+    assert result.exit_code == 2, result.output
+    line = one_line_error(result)
+    assert "old Office file (.xls?)" in line and "password" not in line
+    assert sandbox.requests == []
