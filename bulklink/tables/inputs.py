@@ -677,10 +677,13 @@ class _Scan:
         """Keep the longest text cell (one length a cell: cheap beside reading it)."""
         columns = {names[0]: chunk.source, names[1]: chunk.linked, **chunk.columns}
         for name, cells in columns.items():
-            lengths = [len(v) if isinstance(v, str) else 0 for v in cells]
-            top = max(lengths, default=0)
+            if set(map(type, cells)) <= {str}:  # text only (CSV): in C
+                top = max(map(len, cells), default=0)
+            else:  # numbers, blanks, lists of an xlsx or jsonl report
+                top = max((len(v) for v in cells if isinstance(v, str)), default=0)
             if top > self.longest[0]:
-                self.longest = (top, chunk.start + lengths.index(top) + 1, name)
+                at = next(i for i, v in enumerate(cells) if isinstance(v, str) and len(v) == top)
+                self.longest = (top, chunk.start + at + 1, name)
 
     def add(
         self, chunk: Chunk, codes: np.ndarray[Any, Any], linked_times: LinkedTimes | None
