@@ -65,6 +65,7 @@ from bulklink.tables.inputs import (
 )
 from bulklink.tables.report.reader import carried_columns, kept_rows, open_report
 from bulklink.tables.report.schema import Layout
+from bulklink.tables.report.xlsx import refuse_beyond_limits
 from bulklink.text import utc_stamp
 
 
@@ -335,6 +336,7 @@ def _execute(
     plan: Plan, layout: Layout, prepared: _Prepared, ledger: Ledger, kind: str, input_name: str
 ) -> Summary:
     options = prepared.options
+    refuse_beyond_limits(prepared.output.report, plan.rows, plan.longest)
     limit = options.limit
     to_send = plan.to_send if limit is None else min(plan.to_send, limit)
     seconds = to_send / options.ceiling if options.ceiling > 0 else 0.0

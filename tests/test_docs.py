@@ -27,9 +27,19 @@ README = ROOT / "README.md"
 PACKAGE = ROOT / "bulklink"
 
 #: Options of other programs the docs show (pytest-cov, ruff, coreutils' timeout,
-#: node_exporter, benchmarks/bench.py): not bulklink's, so not checked against it.
+#: node_exporter, benchmarks/bench.py and xlsx_bench.py): not bulklink's, so not checked.
 FOREIGN_OPTIONS = frozenset(
-    {"--cov", "--check", "--preserve-status", "--kill-after", "--collector", "--quick", "--only"}
+    {
+        "--cov",
+        "--check",
+        "--preserve-status",
+        "--kill-after",
+        "--collector",
+        "--quick",
+        "--only",
+        "--rows",
+        "--before",
+    }
 )
 
 _MARKER = re.compile(r"^<!--\s*([a-z-]+)(?::\s*([^>]*?))?\s*-->\s*$")

@@ -107,7 +107,7 @@ def _open_input(path: Path) -> int | None:
     try:
         # Looked at before it is opened: opening a FIFO, even without blocking, would
         # take it from the reader that comes next (its writer sees a reader come and go).
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        if not stat.S_ISREG(path.stat().st_mode):
             return None
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:

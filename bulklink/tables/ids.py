@@ -21,8 +21,21 @@ CONTROL_SOURCE, CONTROL_LINKED = 7, 8
 EXCEL_ERROR_SOURCE, EXCEL_ERROR_LINKED = 9, 10
 LOST_DIGITS_SOURCE, LOST_DIGITS_LINKED = 11, 12
 ALREADY = 13  # linked in this scope by an earlier run (the state store): not sent
+#: What a spreadsheet's ID cell is when it cannot be an ID as it stands (0: text or an
+#: exact number): a number cut short, a date, a time, both, a boolean, a formula whose
+#: value was never calculated (a file written by a program, never opened in Excel).
+LOST, DATE, TIME, DATETIME, BOOLEAN, FORMULA = range(1, 7)
+#: The codes of the kinds after LOST, two a kind (source, linked): 14 to 23.
+_KIND_BASE = 14
+_KINDS = {
+    DATE: "a date",
+    TIME: "a time",
+    DATETIME: "a date and time",
+    BOOLEAN: "a TRUE/FALSE value",
+    FORMULA: "a formula that was never calculated",
+}
 #: An ID longer than any ticket's (a runaway cell): never sent, so no request is huge.
-TOO_LONG_SOURCE, TOO_LONG_LINKED = 20, 21
+TOO_LONG_SOURCE, TOO_LONG_LINKED = 24, 25
 MAX_ID = 256
 # Generic words per code; :func:`invalid_text` names the character or error of the row.
 INVALID_REASONS = {
@@ -39,7 +52,15 @@ INVALID_REASONS = {
     TOO_LONG_SOURCE: f"source ticket ID is longer than {MAX_ID} characters",
     TOO_LONG_LINKED: f"linked ticket ID is longer than {MAX_ID} characters",
 }
+INVALID_REASONS.update(
+    {
+        _KIND_BASE + 2 * (kind - DATE) + side: f"{name} ID cell is {words}"
+        for kind, words in _KINDS.items()
+        for side, name in enumerate(("source", "linked"))
+    }
+)
 _SIDES = {
+    **{code: (code - _KIND_BASE) % 2 for code in range(_KIND_BASE, _KIND_BASE + 2 * len(_KINDS))},
     CONTROL_SOURCE: 0,
     CONTROL_LINKED: 1,
     EXCEL_ERROR_SOURCE: 0,
@@ -235,12 +256,30 @@ def row_code(source: str, linked: str) -> int:
     return SELF_LINK if source == linked else SEND
 
 
+def cell_code(kind: int, side: int) -> int:
+    """The row code for an ID cell of ``kind`` (not 0) on ``side`` (0 source, 1 linked)."""
+    if kind == LOST:
+        return (LOST_DIGITS_SOURCE, LOST_DIGITS_LINKED)[side]
+    return _KIND_BASE + 2 * (kind - DATE) + side
+
+
+def _kind_text(code: int, column: str, value: str) -> str:
+    kind = DATE + (code - _KIND_BASE) // 2
+    if kind == FORMULA:
+        fix = "open the file in Excel and save it, or paste the IDs as values"
+    else:
+        fix = "format the column as Text and retype the IDs"
+    return f"{column} cell is {_KINDS[kind]} ({value}), not text; {fix}"
+
+
 def invalid_text(code: int, source: str, linked: str) -> str:
     """Why a row with this code is not sent, naming the character or error it holds."""
     side = _SIDES.get(code)
     if side is None:
         return INVALID_REASONS[code]
     value = (source, linked)[side]
+    if code >= _KIND_BASE:
+        return _kind_text(code, _COLUMN[side], value)
     if code in (EXCEL_ERROR_SOURCE, EXCEL_ERROR_LINKED):
         return f"Excel error {value} in {_COLUMN[side]}"
     if code in (LOST_DIGITS_SOURCE, LOST_DIGITS_LINKED):

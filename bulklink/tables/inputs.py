@@ -38,11 +38,10 @@ from bulklink.tables.ids import (
     CONTROL_SOURCE,
     EXCEL_ERROR_LINKED,
     EXCEL_ERROR_SOURCE,
-    LOST_DIGITS_LINKED,
-    LOST_DIGITS_SOURCE,
     TOO_LONG_LINKED,
     TOO_LONG_SOURCE,
     TRIM,
+    cell_code,
     excel_error_rows,
     invalid_text,
     long_rows,
@@ -276,7 +275,7 @@ class Table:
         self._unnamed: set[str] = set()  # trailing columns with no name: kept once filled
         self.digest = ""
         self._frame: pd.DataFrame | None = None
-        self._lost: dict[str, np.ndarray[Any, Any]] = {}  # ID cells Excel stored as cut numbers
+        self._kinds: dict[str, np.ndarray[Any, Any]] = {}  # ID cells of an odd kind (xlsx)
         self.encoding = options.encoding or "utf-8"
         self.delimiter = options.delimiter or ("\t" if self.kind == "tsv" else ",")
         self.source_col = self.linked_col = ""
@@ -418,8 +417,8 @@ class Table:
             },
             columns=columns,
         )
-        self._lost = {
-            columns[i]: np.asarray(flags, dtype=bool) for i, flags in sheet.lost_digits.items()
+        self._kinds = {
+            columns[i]: np.asarray(kinds, dtype=np.uint8) for i, kinds in sheet.kinds.items()
         }
         return columns
 
@@ -468,15 +467,17 @@ class Table:
         return self._resolve(columns)
 
     @property
-    def has_lost_digits(self) -> bool:
-        """Some ID cell is a number Excel cut short (only an .xlsx file can hold one)."""
-        return bool(self._lost)
+    def has_odd_cells(self) -> bool:
+        """Some ID cell is a number Excel cut short, a date, a time, a boolean or a formula
+        never calculated (only an .xlsx file can hold one)."""
+        return bool(self._kinds)
 
-    def lost_digits(self, start: int, stop: int) -> tuple[np.ndarray[Any, Any] | None, ...]:
-        """Which source and linked cells of rows ``start:stop`` are numbers Excel cut short."""
+    def cell_kinds(self, start: int, stop: int) -> tuple[np.ndarray[Any, Any] | None, ...]:
+        """The kinds (:mod:`bulklink.tables.ids`) of the source and linked cells of rows
+        ``start:stop``, or None for a column of text and exact numbers only."""
         return tuple(
-            flags[start:stop] if flags is not None else None
-            for flags in (self._lost.get(self.source_col), self._lost.get(self.linked_col))
+            kinds[start:stop] if kinds is not None else None
+            for kinds in (self._kinds.get(self.source_col), self._kinds.get(self.linked_col))
         )
 
     def _read_frames(self, chunk_rows: int) -> Iterator[pd.DataFrame]:
@@ -736,6 +737,9 @@ class Plan:
     send_examples: list[Pair] = field(default_factory=list)
     #: UNIX seconds each ``ALREADY`` row was linked (None when no row is): 8 bytes a row.
     linked_at: np.ndarray[Any, Any] | None = None
+    #: The longest text cell read (IDs and carried cells): its length, row and column,
+    #: so that a report format with a cell limit (xlsx) can refuse it before sending.
+    longest: tuple[int, int, str] = (0, 0, "")
 
     @property
     def key(self) -> str:
@@ -776,6 +780,7 @@ def scan(table: Table, keep: Any = None, linked_times: LinkedTimes | None = None
             raise InputError(f"{STILL_CHANGING}: {table.name}")
         codes = _row_codes(table, chunk, keep)
         found.add(chunk, codes, linked_times)
+        found.measure(chunk, (table.source_col, table.linked_col))
     if table.snapshot is not None and table.snapshot.changed():
         raise InputError(f"{STILL_CHANGING}: {table.name}")
     all_codes = np.concatenate(found.codes) if found.codes else np.zeros(0, dtype=np.uint8)
@@ -801,6 +806,7 @@ def scan(table: Table, keep: Any = None, linked_times: LinkedTimes | None = None
         found.invalid_examples,
         send_examples,
         linked_at,
+        found.longest,
     )
 
 
@@ -823,11 +829,11 @@ def _row_codes(table: Table, chunk: Chunk, keep: Any) -> np.ndarray[Any, Any]:
     codes[unsafe_rows(chunk.source)] = CONTROL_SOURCE
     codes[excel_error_rows(chunk.linked)] = EXCEL_ERROR_LINKED
     codes[excel_error_rows(chunk.source)] = EXCEL_ERROR_SOURCE
-    lost_s, lost_d = table.lost_digits(chunk.start, chunk.start + len(chunk))
-    if lost_d is not None:
-        codes[lost_d] = LOST_DIGITS_LINKED
-    if lost_s is not None:
-        codes[lost_s] = LOST_DIGITS_SOURCE
+    # The source speaks first: its column is applied last.
+    for side, kinds in reversed(list(enumerate(table.cell_kinds(chunk.start, chunk.end)))):
+        if kinds is not None:
+            for kind in np.unique(kinds[kinds > 0]):
+                codes[kinds == kind] = cell_code(int(kind), side)
     codes[long_rows(chunk.linked)] = TOO_LONG_LINKED  # the runaway cell says it all
     codes[long_rows(chunk.source)] = TOO_LONG_SOURCE
     if keep is not None:
@@ -847,6 +853,19 @@ class _Scan:
     linked: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = field(default_factory=list)
     invalid_examples: list[tuple[int, str]] = field(default_factory=list)
     send_examples: list[Pair] = field(default_factory=list)
+    longest: tuple[int, int, str] = (0, 0, "")
+
+    def measure(self, chunk: Chunk, names: tuple[str, str]) -> None:
+        """Keep the longest text cell (one length a cell: cheap beside reading it)."""
+        columns = {names[0]: chunk.source, names[1]: chunk.linked, **chunk.columns}
+        for name, cells in columns.items():
+            if set(map(type, cells)) <= {str}:  # text only (CSV): in C
+                top = max(map(len, cells), default=0)
+            else:  # numbers, blanks, lists of an xlsx or jsonl report
+                top = max((len(v) for v in cells if isinstance(v, str)), default=0)
+            if top > self.longest[0]:
+                at = next(i for i, v in enumerate(cells) if isinstance(v, str) and len(v) == top)
+                self.longest = (top, chunk.start + at + 1, name)
 
     def add(
         self, chunk: Chunk, codes: np.ndarray[Any, Any], linked_times: LinkedTimes | None

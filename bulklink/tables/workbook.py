@@ -1,44 +1,59 @@
-"""Reading one sheet of an .xlsx workbook as text, from each cell's own type.
+"""Reading one sheet of an .xlsx workbook as text, from each cell's own type and format.
 
-pandas' Excel reader turns an error cell (``#N/A``) into NaN and a numeric cell of 20
-digits into an int holding digits Excel never stored. Reading the cells with openpyxl
-keeps an error as its text (``#N/A``, which validation refuses) and flags an ID cell
-whose number cannot be an exact ID: more than 15 significant digits, or an integer of 16
-digits or more (Excel keeps 15 significant digits of what is typed and zeroes the rest).
+python-calamine (a Rust reader) gives every cell's value and type quickly, but not two
+things the ID rules need: a cell's number format (``00000`` shows 123 as ``00123``) and
+what an error or never-calculated formula cell holds (it gives both as empty). Those are
+found in one light streaming pass over the sheet's XML (:func:`_scan_xml`): the styles
+part is read, and only ID cells, error cells and formula cells are looked at, with a
+regular expression, in the blocks that can hold one. An ID cell that is a number Excel
+cannot have held exactly (more than 15 significant digits, or an integer of 16 digits or
+more) and one that is a date, time, boolean or formula never calculated is flagged with
+its kind (:mod:`bulklink.tables.ids`), so validation says what it is and how to fix it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import math
-import warnings
+import posixpath
+import re
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from html import unescape
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 from bulklink.errors import InputError
+from bulklink.tables.ids import BOOLEAN, DATE, DATETIME, FORMULA, LOST, TIME
 
 MAX_EXACT = 10**15  # Excel holds 15 significant digits: an integer from here on may be cut
+OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # an OLE compound file: .xls, or encrypted
+LISTED_SHEETS = 5  # a missing sheet's error lists this many names, then a count
+_BLOCK = 1 << 22  # bytes of sheet XML looked at at a time
+_NS_REL = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id"
+#: Excel's built-in number formats that pad or decorate an integer; the rest show its digits.
+_BUILTIN_FORMATS = {1: "0", 49: "@"}
 
 
 @dataclass(slots=True)
 class Sheet:
-    """A sheet read whole: the header, the values by column, the ID cells that lost digits."""
+    """A sheet read whole: the header, the values by column, the ID cells of an odd kind."""
 
     name: str
     header: list[str]
     columns: list[list[Any]]
-    lost_digits: dict[int, list[bool]] = field(default_factory=dict)
+    kinds: dict[int, list[int]] = field(default_factory=dict)
 
 
 def _plain(value: Any) -> Any:
-    """A cell as pandas gives it: a blank is "", a whole float an int."""
-    if value is None:
-        return ""
+    """A cell as pandas gives it: a blank is "", a whole float an int, a time its text."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
+    if isinstance(value, dt.date | dt.time | dt.timedelta):
+        return str(value)
     return value
 
 
@@ -63,6 +78,17 @@ def id_text(value: Any) -> tuple[str, bool]:
     return shown, len(mantissa) > 15
 
 
+def _kind(value: Any) -> int:
+    """The kind of a cell no ID can be (0: text or a number)."""
+    if isinstance(value, bool):
+        return BOOLEAN
+    if isinstance(value, dt.datetime):
+        return DATETIME if value.time() != dt.time() else DATE
+    if isinstance(value, dt.date):
+        return DATE
+    return TIME if isinstance(value, dt.time | dt.timedelta) else 0
+
+
 def read_sheet(
     data: bytes,
     path: Path,
@@ -71,26 +97,26 @@ def read_sheet(
     *,
     report: bool = False,
 ) -> Sheet:
-    """Read the sheet ``wanted`` (default: the first visible one) of an .xlsx file.
+    """Read the sheet ``wanted`` (default: the first visible worksheet) of an .xlsx file.
 
     ``pick`` gets the header and, for its error messages, a phrase naming the sheet and
     one listing the other sheets; it returns the positions of the ID columns.
     """
-    import openpyxl
+    import python_calamine
 
+    if data.startswith(OLE_MAGIC):
+        raise InputError(_ole_reason(data, path))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # openpyxl's notes on styles and extensions
-            book = openpyxl.load_workbook(
-                io.BytesIO(data), read_only=True, data_only=True, keep_links=False
-            )
+        book = python_calamine.CalamineWorkbook.from_filelike(io.BytesIO(data))
+        archive = zipfile.ZipFile(io.BytesIO(data))
     except Exception as exc:
         reason = str(exc).strip() or type(exc).__name__
-        if isinstance(exc, zipfile.BadZipFile | KeyError):
+        if isinstance(exc, zipfile.BadZipFile | python_calamine.ZipError):
             reason = f"not a zip archive holding a workbook: {reason}"
         raise InputError(f"{path} is not a readable .xlsx file ({reason})") from None
     try:
-        return _read(book, path, wanted, pick, report)
+        with archive:
+            return _read(book, archive, path, wanted, pick, report)
     except InputError:
         raise
     except Exception as exc:
@@ -100,42 +126,111 @@ def read_sheet(
         book.close()
 
 
+def _ole_reason(data: bytes, path: Path) -> str:
+    """Why an OLE file is no .xlsx: Excel keeps a password-protected workbook in one."""
+    if "EncryptedPackage".encode("utf-16-le") in data:
+        return (
+            f"{path} is password-protected: open it in Excel, remove the password "
+            "(File > Info > Protect Workbook > Encrypt with Password) and save it again"
+        )
+    return f"{path} is an old Office file (.xls?), not an .xlsx: save it as .xlsx or CSV"
+
+
 def _read(
     book: Any,
+    archive: zipfile.ZipFile,
     path: Path,
     wanted: str | None,
     pick: Callable[[list[str], str, str], Sequence[int]],
     report: bool,
 ) -> Sheet:
-    if wanted is None and report and "report" in book.sheetnames:
+    names = [m.name for m in book.sheets_metadata]
+    if wanted is None and report and "report" in names:
         wanted = "report"  # the rows sheet, even if someone moved Summary first
-    name, hint = _choose(book, path, wanted)
-    sheet = book[name]
-    sheet.reset_dimensions()  # a wrong <dimension> in the file must not cut rows off
-    rows = (row for row in sheet.iter_rows(values_only=True) if not _blank(row))
-    first = next(rows, None)
-    if first is None:
+    name, hint = _choose(book.sheets_metadata, path, wanted)
+    grid = _grid(book, archive, name, names.index(name))
+    at = next((i for i, row in enumerate(grid) if not _blank(row)), None)
+    if at is None:
         raise InputError(f"sheet {name!r} of {path} is empty (no header row){hint}")
-    header = [_text(v).strip() for v in first]
-    ids = set(pick(header, f" in sheet {name!r}", hint))
-    columns, lost = _collect(rows, header, ids, report)
-    return Sheet(name, header, columns, {i: flags for i, flags in lost.items() if any(flags)})
+    header = [_text(v).strip() for v in grid[at]]
+    ids = sorted(set(pick(header, f" in sheet {name!r}", hint)))
+    rows = grid[at + 1 :]
+    del grid
+    # By column, each a tuple (C speed); calamine's rows are all of one width.
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in header]
+    numbers = any({int, float} & set(map(type, columns[i])) for i in ids if i < len(columns))
+    found = _scan_xml(archive, names.index(name), ids, numbers)
+    return _collect(name, rows, columns, at, header, ids, found, report)
 
 
-def _choose(book: Any, path: Path, wanted: str | None) -> tuple[str, str]:
+_ERROR_VALUE = re.compile(rb'(<c\b[^>]*?\bt="e"[^>]*>(?:(?!</c>).)*?<v>)[^<]*(</v>)', re.DOTALL)
+
+
+def _grid(book: Any, archive: zipfile.ZipFile, name: str, index: int) -> list[list[Any]]:
+    """The sheet's cells by row from A1; calamine refuses error values newer than it knows
+    (``#SPILL!``), so then it reads a copy with each error as ``#N/A`` (the XML pass
+    finds the real ones)."""
+    import python_calamine
+
+    try:
+        return list(book.get_sheet_by_name(name).to_python(skip_empty_area=False))
+    except python_calamine.CalamineError as exc:
+        if "error value" not in str(exc):
+            raise
+    part, _ = _parts(archive, index)
+    copy = io.BytesIO()
+    with zipfile.ZipFile(copy, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as out:
+        for item in archive.infolist():
+            data = archive.read(item)
+            fixed = _ERROR_VALUE.sub(rb"\1#N/A\2", data) if item.filename == part else data
+            out.writestr(item.filename, fixed)  # a new entry: ``item`` belongs to ``archive``
+    copy.seek(0)
+    with python_calamine.CalamineWorkbook.from_filelike(copy) as readable:
+        grid: list[list[Any]] = readable.get_sheet_by_name(name).to_python(skip_empty_area=False)
+    return grid
+
+
+def _choose(sheets: Sequence[Any], path: Path, wanted: str | None) -> tuple[str, str]:
     """The sheet to read, and a phrase listing the others (hidden ones said so)."""
-    states = {name: book[name].sheet_state for name in book.sheetnames}
+    import python_calamine
 
-    def listed(names: Iterable[str]) -> str:
-        return ", ".join(f"{n!r}" + ("" if states[n] == "visible" else " (hidden)") for n in names)
+    def shown(sheet: Any) -> str:
+        hidden = sheet.visible != python_calamine.SheetVisibleEnum.Visible
+        chart = sheet.typ != python_calamine.SheetTypeEnum.WorkSheet
+        return f"{sheet.name!r}" + (" (hidden)" if hidden else "") + (" (chart)" if chart else "")
 
-    if wanted is not None and wanted not in states:
-        raise InputError(f"{path} has no sheet {wanted!r}; its sheets: {listed(states)}")
-    # Excel never shows a hidden sheet, so the first sheet a user sees is the first visible.
-    visible = [n for n, s in states.items() if s == "visible"]
-    name = wanted if wanted is not None else (visible or list(states))[0]
-    others = [n for n in states if n != name]
-    return name, f"; other sheets: {listed(others)} (pick one with --sheet)" if others else ""
+    def listed(chosen: Sequence[Any]) -> str:
+        text = ", ".join(shown(s) for s in chosen[:LISTED_SHEETS])
+        more = len(chosen) - LISTED_SHEETS
+        return text + (f" and {more} more ({len(chosen)} sheets)" if more > 0 else "")
+
+    tables = [s for s in sheets if s.typ == python_calamine.SheetTypeEnum.WorkSheet]
+    if wanted is None:
+        # Excel never shows a hidden sheet, so the first sheet a user sees is the first
+        # visible one; a chart sheet holds no rows.
+        visible = [s for s in tables if s.visible == python_calamine.SheetVisibleEnum.Visible]
+        if not (visible or tables):
+            raise InputError(f"{path} has no worksheet with rows; its sheets: {listed(sheets)}")
+        sheet = (visible or tables)[0]
+    else:
+        sheet = _by_name(sheets, wanted, path, listed)
+        if sheet not in tables:
+            raise InputError(f"sheet {wanted!r} of {path} is a chart, not a table of rows")
+    others = [s for s in sheets if s is not sheet]
+    return sheet.name, f"; other sheets: {listed(others)} (pick one with --sheet)" if others else ""
+
+
+def _by_name(
+    sheets: Sequence[Any], wanted: str, path: Path, listed: Callable[[Sequence[Any]], str]
+) -> Any:
+    """The sheet named ``wanted``: exactly, else the one sheet whose name differs in case."""
+    exact = [s for s in sheets if s.name == wanted]
+    folded = exact or [s for s in sheets if s.name.casefold() == wanted.casefold()]
+    if len(folded) == 1:
+        return folded[0]
+    if folded:
+        raise InputError(f"{path} has sheets {listed(folded)}: give --sheet with the exact case")
+    raise InputError(f"{path} has no sheet {wanted!r}; its sheets: {listed(sheets)}")
 
 
 def _blank(row: Sequence[Any]) -> bool:
@@ -143,22 +238,219 @@ def _blank(row: Sequence[Any]) -> bool:
     return all(v is None or v == "" for v in row)
 
 
+@dataclass(slots=True)
+class _Found:
+    """What the XML holds that calamine does not give: by (row, column), 0-based."""
+
+    errors: dict[tuple[int, int], str] = field(default_factory=dict)
+    formulas: dict[tuple[int, int], str] = field(default_factory=dict)  # never calculated
+    shown: dict[tuple[int, int], str] = field(default_factory=dict)  # a padded number
+
+
+_CELL = re.compile(rb"<c\b([^>]*?)(?:/>|>(.*?)</c>)", re.DOTALL)
+_ATTR = re.compile(rb'\b(r|s|t)="([^"]*)"')
+_REF = re.compile(rb"([A-Z]+)([0-9]+)")
+_VALUE = re.compile(rb"<v>([^<]*)</v>")
+_FORMULA = re.compile(rb"<f\b[^>]*?(?:/>|>([^<]*)</f>)")
+
+
+def _column(letters: bytes) -> int:
+    number = 0
+    for char in letters:
+        number = number * 26 + char - 64
+    return number - 1
+
+
+def _scan_xml(archive: zipfile.ZipFile, index: int, ids: Sequence[int], formats: bool) -> _Found:
+    """Error cells, never-calculated formulas in ID columns, and padded ID numbers.
+
+    Blocks with no error cell, no formula and (unless ``formats``) nothing else to see
+    are passed over with a byte search; cells are matched only in the others.
+    """
+    part, styles = _parts(archive, index)
+    shaping = _shaping_styles(archive, styles) if formats else {}
+    found = _Found()
+    wanted = set(ids)
+    rest = b""
+    with archive.open(part) as fh:
+        while block := fh.read(_BLOCK):
+            text = rest + block
+            cut = text.rfind(b"</row>") + len(b"</row>") if len(block) == _BLOCK else len(text)
+            text, rest = text[:cut], text[cut:]
+            if shaping or b't="e"' in text or b"<f" in text:
+                for match in _CELL.finditer(text):
+                    _look(match, wanted, shaping, found)
+    return found
+
+
+def _look(match: re.Match[bytes], wanted: set[int], shaping: dict[int, str], found: _Found) -> None:
+    attrs = dict(_ATTR.findall(match.group(1)))
+    ref = _REF.fullmatch(attrs.get(b"r", b""))
+    if ref is None:
+        return  # a cell without its reference: its place is known only to calamine
+    where = (int(ref.group(2)) - 1, _column(ref.group(1)))
+    body = match.group(2) or b""
+    value = _VALUE.search(body)
+    if attrs.get(b"t") == b"e":
+        found.errors[where] = unescape((value.group(1) if value else b"").decode())
+    elif where[1] not in wanted:
+        return
+    elif (formula := _FORMULA.search(body)) is not None and not (value and value.group(1)):
+        found.formulas[where] = "=" + unescape((formula.group(1) or b"").decode())
+    elif value and attrs.get(b"t", b"n") == b"n" and (code := shaping.get(_style(attrs))):
+        number = float(value.group(1))
+        if number.is_integer() and abs(number) < MAX_EXACT:
+            found.shown[where] = _padded(code, int(number))
+
+
+def _xml(archive: zipfile.ZipFile, name: str) -> ElementTree.Element:
+    """A small XML part, parsed; one with a DTD is refused, so no entity can expand."""
+    data = archive.read(name)
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise InputError(f"the workbook's {name} holds a DTD, which no Excel file does")
+    return ElementTree.fromstring(data)  # noqa: S314 - no DTD (above): nothing to expand
+
+
+def _style(attrs: dict[bytes, bytes]) -> int:
+    return int(attrs.get(b"s") or 0)
+
+
+def _parts(archive: zipfile.ZipFile, index: int) -> tuple[str, str | None]:
+    """The XML parts of the ``index``-th sheet and of the styles, from the workbook's links."""
+    book = _xml(archive, "xl/workbook.xml")
+    rels = _xml(archive, "xl/_rels/workbook.xml.rels")
+    targets = {r.get("Id"): r.get("Target", "") for r in rels}
+    styles = next((r.get("Target") for r in rels if r.get("Type", "").endswith("/styles")), None)
+    sheets = [s for s in book.iter() if s.tag.endswith("}sheet")]
+
+    def resolve(target: str) -> str:
+        return target.lstrip("/") if target.startswith("/") else posixpath.join("xl", target)
+
+    part = resolve(targets[sheets[index].get(_NS_REL)])
+    return part, resolve(styles) if styles else None
+
+
+def _shaping_styles(archive: zipfile.ZipFile, styles: str | None) -> dict[int, str]:
+    """Style index -> number format, for the formats that show an integer otherwise than
+    its digits (``00000``, ``"T-"0000``)."""
+    if styles is None or styles not in archive.namelist():
+        return {}
+    root = _xml(archive, styles)
+    codes = dict(_BUILTIN_FORMATS)
+    for fmt in root.iter():
+        if fmt.tag.endswith("}numFmt"):
+            codes[int(fmt.get("numFmtId", "0"))] = fmt.get("formatCode", "")
+    xfs = next((e for e in root if e.tag.endswith("}cellXfs")), None)
+    shaping = {}
+    for index, xf in enumerate(xfs if xfs is not None else ()):
+        code = codes.get(int(xf.get("numFmtId", "0")), "")
+        if _padded(code, 1) != "1":
+            shaping[index] = code
+    return shaping
+
+
+_TOKEN = re.compile(r'"([^"]*)"|\\(.)|_.|\*.|\[[^\]]*\]|([0#?])|([-+$/():!^&\'~{}<>= ])|(.)')
+
+
+def _padded(code: str, number: int) -> str:
+    """``number`` as Excel shows it in format ``code``, for formats made only of digit
+    placeholders and literal text (``00000``, ``"ID-"0000``); others show the digits."""
+    prefix = suffix = ""
+    zeros = placeholders = 0
+    for match in _TOKEN.finditer(code.split(";")[0]):  # a positive ID: the first section
+        quoted, escaped, digit, literal, other = match.groups()
+        if other is not None or (digit is not None and suffix):
+            return str(number)  # a decimal point, a date code, digits split by text
+        if digit is not None:
+            placeholders += 1
+            zeros += digit == "0"
+        elif placeholders:
+            suffix += quoted or escaped or literal or ""
+        else:
+            prefix += quoted or escaped or literal or ""
+    if not zeros:
+        return str(number)
+    return prefix + str(number).zfill(zeros) + suffix
+
+
 def _collect(
-    rows: Iterable[Sequence[Any]], header: list[str], ids: set[int], report: bool
-) -> tuple[list[list[Any]], dict[int, list[bool]]]:
-    """The values by column, and per ID column which cells are numbers Excel cut short."""
-    columns: list[list[Any]] = [[] for _ in header]
-    lost: dict[int, list[bool]] = {i: [] for i in ids}
-    for count, row in enumerate(rows):
-        for _ in range(len(row) - len(columns)):  # cells beyond the header: more columns
-            columns.append([""] * count)
-            header.append("")
-        for index, column in enumerate(columns):
-            value = row[index] if index < len(row) else None
-            if index not in ids:
-                column.append(_plain(value) if report else _text(value))
-            else:  # an ID, in a report too: as ``run`` reads it, flagged when cut short
-                text, cut = id_text(value)
-                column.append(text)
-                lost[index].append(cut)
-    return columns, lost
+    name: str,
+    rows: list[list[Any]],
+    columns: list[tuple[Any, ...]],
+    at: int,
+    header: list[str],
+    ids: Sequence[int],
+    found: _Found,
+    report: bool,
+) -> Sheet:
+    """The values by column, and per ID column each cell's kind when it is no ID.
+
+    Rows and columns are looked at whole where they can be (``count``, ``set(map(type))``):
+    a cell at a time only in columns that are not all text.
+    """
+    errors = {r - at - 1 for r, _ in found.errors}  # a row of error cells is no blank row
+    keep = [i for i, row in enumerate(rows) if i in errors or row.count("") != len(row)]
+    every = len(keep) == len(rows)
+    rows.clear()  # the cells live on in ``columns``: the rows' lists can go
+    width = _width(columns, header, {c for _, c in found.errors})
+    del header[width:], columns[width:]
+    position = {at + 1 + row: i for i, row in enumerate(keep)}
+    kinds: dict[int, list[int]] = {}
+    out: list[list[Any]] = []
+    for index, column in enumerate(columns):
+        cells = list(column) if every else [column[i] for i in keep]
+        columns[index] = ()  # one copy of a column at a time
+        _overlay(cells, index, found.errors, position)
+        if index in ids:  # an ID, in a report too: as ``run`` reads it, its kind flagged
+            kinds[index] = _id_cells(cells)
+            for at in _overlay(cells, index, found.shown, position):
+                kinds[index][at] = 0
+            for at in _overlay(cells, index, found.formulas, position):
+                kinds[index][at] = FORMULA
+        elif set(map(type, cells)) - {str}:
+            cells = [_plain(v) if report else _text(v) for v in cells]
+        out.append(cells)
+    return Sheet(name, header, out, {i: k for i, k in kinds.items() if any(k)})
+
+
+def _overlay(
+    cells: list[Any], index: int, texts: dict[tuple[int, int], str], position: dict[int, int]
+) -> list[int]:
+    """Put the XML pass's ``texts`` for column ``index`` into ``cells``; where they went."""
+    placed = []
+    for (number, column), text in texts.items():
+        if column == index and number in position:
+            cells[position[number]] = text
+            placed.append(position[number])
+    return placed
+
+
+def _width(columns: list[tuple[Any, ...]], header: list[str], errors: set[int]) -> int:
+    """Columns up to the last with a header or a value: a styled cell far out adds none."""
+    width = len(columns)
+    while width and not header[width - 1] and width - 1 not in errors:
+        if columns[width - 1].count("") != len(columns[width - 1]):
+            break
+        width -= 1
+    return width
+
+
+def _id_cells(cells: list[Any]) -> list[int]:
+    """ID cells made text in place; each one's kind (0 for text and exact numbers)."""
+    kinds = [0] * len(cells)
+    if set(map(type, cells)) == {str}:
+        return kinds
+    for at, value in enumerate(cells):
+        if type(value) is str:
+            continue
+        kind = _kind(value)
+        if kind == BOOLEAN:
+            cells[at] = "TRUE" if value else "FALSE"
+        elif kind:
+            cells[at] = _text(value)
+        else:
+            cells[at], cut = id_text(value)
+            kinds[at] = LOST if cut else 0
+            continue
+        kinds[at] = kind
+    return kinds

@@ -13,7 +13,7 @@ from typing import Any
 from bulklink.errors import InputError
 from bulklink.models import ErrorTally, Outcome, Summary
 from bulklink.options import ReadOptions
-from bulklink.tables.ids import LOST_DIGITS_LINKED, LOST_DIGITS_SOURCE, invalid_text
+from bulklink.tables.ids import cell_code, invalid_text
 from bulklink.tables.inputs import Chunk, Snapshot, Table
 from bulklink.tables.report.schema import (
     TICKET_COLUMNS,
@@ -39,8 +39,8 @@ def open_report(source: Path | Snapshot) -> tuple[Table, Layout]:
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise InputError(f"{path} is not a bulklink report: no column {', '.join(missing)}")
-    if table.has_lost_digits:
-        _refuse_lost_digits(path, table)
+    if table.has_odd_cells:
+        _refuse_odd_cells(path, table)
     extra = [
         c.removeprefix("ticket.")
         for c in table.columns
@@ -56,16 +56,16 @@ def carried_columns(table: Table) -> list[str]:
     return [c for c in table.other_cols if not is_ours(c)]
 
 
-def _refuse_lost_digits(path: str, table: Table) -> None:
-    """An ID cell that became a number Excel cut short (someone saved the report from
-    Excel) is refused with the words ``run`` gives such a row: every row of the report
-    is rewritten by ``retry``, and no digits are made up for it."""
-    codes = (LOST_DIGITS_SOURCE, LOST_DIGITS_LINKED)
+def _refuse_odd_cells(path: str, table: Table) -> None:
+    """An ID cell that became a number Excel cut short, a date or another kind no ID is
+    (someone saved the report from Excel) is refused with the words ``run`` gives such a
+    row: every row of the report is rewritten by ``retry``, and no ID is made up for it."""
     for chunk in table.chunks():
-        flags = table.lost_digits(chunk.start, chunk.end)
+        kinds = table.cell_kinds(chunk.start, chunk.end)
         for at in range(len(chunk)):
-            for code, lost in zip(codes, flags, strict=True):  # the source speaks first
-                if lost is not None and lost[at]:
+            for side, column in enumerate(kinds):  # the source speaks first
+                if column is not None and column[at]:
+                    code = cell_code(int(column[at]), side)
                     reason = invalid_text(code, chunk.source[at], chunk.linked[at])
                     raise InputError(f"{path}: row {chunk.start + at + 1}: {reason}")
 
