@@ -38,23 +38,7 @@ from bulklink.net.client import (
 from bulklink.net.credentials import resolve_auth
 from bulklink.options import ConnectionOptions
 from bulklink.sandbox import Reply, Sandbox
-from tests.helpers import (
-    FAST,
-    NEST_400,
-    NEST_404,
-    NEST_409,
-    NEST_422,
-    NGINX_502,
-    ODD_SECONDS,
-    ODD_TOKEN,
-    ORG,
-    ROOT,
-    TOKEN,
-    invoke,
-    pairs_csv,
-    read_report,
-    run_against,
-)
+from tests import helpers as h
 
 # -- status, body and header tables -----------------------------------------------------------
 
@@ -90,16 +74,16 @@ def nest(status: int, message: str) -> bytes:
             ["Link rejected by workflow"],
             id="200-status-false",
         ),
-        pytest.param(400, jbytes(NEST_400), Verdict.FAIL, NEST_400["message"], id="400-list"),
-        pytest.param(404, jbytes(NEST_404), Verdict.FAIL, ["Ticket not found: T9"], id="404"),
-        pytest.param(409, jbytes(NEST_409), Verdict.FAIL, ["already linked"], id="409"),
-        pytest.param(422, jbytes(NEST_422), Verdict.FAIL, ["is archived"], id="422"),
+        pytest.param(400, jbytes(h.NEST_400), Verdict.FAIL, h.NEST_400["message"], id="400-list"),
+        pytest.param(404, jbytes(h.NEST_404), Verdict.FAIL, ["Ticket not found: T9"], id="404"),
+        pytest.param(409, jbytes(h.NEST_409), Verdict.FAIL, ["already linked"], id="409"),
+        pytest.param(422, jbytes(h.NEST_422), Verdict.FAIL, ["is archived"], id="422"),
         pytest.param(401, nest(401, "Unauthorized"), Verdict.ABORT, [], id="401"),
         pytest.param(403, nest(403, "Forbidden resource"), Verdict.FORBIDDEN, [], id="403"),
         pytest.param(408, b"", Verdict.RETRY, [], id="408"),
         pytest.param(429, nest(429, "Too Many Requests"), Verdict.RETRY, [], id="429"),
         pytest.param(500, nest(500, "Internal server error"), Verdict.RETRY, [], id="500"),
-        pytest.param(502, NGINX_502.encode(), Verdict.RETRY, ["502 Bad Gateway"], id="502"),
+        pytest.param(502, h.NGINX_502.encode(), Verdict.RETRY, ["502 Bad Gateway"], id="502"),
         pytest.param(503, nest(503, "Service Unavailable"), Verdict.RETRY, [], id="503"),
         pytest.param(504, b"Gateway Timeout", Verdict.RETRY, [], id="504"),
     ],
@@ -119,7 +103,7 @@ def test_classify(status: int, body: bytes, verdict: Verdict, needles: list[str]
 
 
 def test_classify_html_502_is_a_short_text() -> None:
-    answer = classify(502, CIMultiDict({"content-type": "text/html"}), NGINX_502.encode())
+    answer = classify(502, CIMultiDict({"content-type": "text/html"}), h.NGINX_502.encode())
     assert "502 Bad Gateway" in answer.error
     assert "<" not in answer.error and "\n" not in answer.error
     assert len(answer.error) <= 300
@@ -184,20 +168,20 @@ def test_nothing_any_server_said_crashes_a_json_parse() -> None:
 @pytest.mark.parametrize("depth", [10, 900, 990, 5000])
 def test_a_deeply_nested_answer_is_scrubbed_or_refused(depth: int) -> None:
     client = Client(
-        "https://api.example", resolve_auth(ConnectionOptions(token=ODD_TOKEN, org_id=ORG))
+        "https://api.example", resolve_auth(ConnectionOptions(token=h.ODD_TOKEN, org_id=h.ORG))
     )
-    echo = "".join(f"\\u{ord(c):04x}" for c in ODD_TOKEN)
+    echo = "".join(f"\\u{ord(c):04x}" for c in h.ODD_TOKEN)
     body = ("[" * depth + f'"{echo}"' + "]" * depth).encode()
     scrubbed = client.scrub(body)
-    assert ODD_TOKEN not in scrubbed.decode() and echo not in scrubbed.decode()
+    assert h.ODD_TOKEN not in scrubbed.decode() and echo not in scrubbed.decode()
     answer = classify(404, {}, scrubbed)
-    assert answer.verdict is Verdict.FAIL and ODD_TOKEN not in answer.error
+    assert answer.verdict is Verdict.FAIL and h.ODD_TOKEN not in answer.error
 
 
 # -- odd wait headers are ignored, never fatal ------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ODD_SECONDS)
+@pytest.mark.parametrize("value", h.ODD_SECONDS)
 def test_server_wait_is_total(value: str) -> None:
     for name in ("Retry-After", "X-RateLimit-Reset"):
         for limited in (True, False):
@@ -291,13 +275,13 @@ def test_a_redirect_to_another_origin_is_never_followed_and_stops_the_run(
         }
         server = start_sandbox(script=script)
         out = tmp_path / "out.csv"
-        result = run_against(
-            server, "run", pairs_csv(tmp_path / "in.csv", n), "-o", out,
-            "--rate", "0", "--concurrency", "2", *FAST,
+        result = h.run_against(
+            server, "run", h.pairs_csv(tmp_path / "in.csv", n), "-o", out,
+            "--rate", "0", "--concurrency", "2", *h.FAST,
         )  # fmt: skip
         assert other.hits == []  # not one request, with or without the key
     assert result.exit_code == 1, result.stderr
-    rows = read_report(out)
+    rows = h.read_report(out)
     sent = set(sources(server))
     assert 3 <= len(sent) <= 4  # stops after 3 redirects; one more may be in flight
     for row in rows:
@@ -318,13 +302,13 @@ def test_a_redirect_after_successes_fails_only_its_row(
         script = {"T00005": [Reply(307, headers={"Location": other.url + LINK})]}
         server = start_sandbox(script=script)
         out = tmp_path / "out.csv"
-        result = run_against(
-            server, "run", pairs_csv(tmp_path / "in.csv", 10), "-o", out,
-            "--rate", "0", "--concurrency", "1", *FAST,
+        result = h.run_against(
+            server, "run", h.pairs_csv(tmp_path / "in.csv", 10), "-o", out,
+            "--rate", "0", "--concurrency", "1", *h.FAST,
         )  # fmt: skip
         assert other.hits == []
     assert result.exit_code == 1, result.stderr
-    outcomes = [r["outcome"] for r in read_report(out)]
+    outcomes = [r["outcome"] for r in h.read_report(out)]
     assert outcomes == ["linked"] * 4 + ["failed"] + ["linked"] * 5
 
 
@@ -426,11 +410,11 @@ def test_an_answer_larger_than_8_mb_fails_its_row_and_is_not_retried(
     reply = BIG_ANSWERS[kind]
     server = start_sandbox(script={"T00002": [reply] * 3})
     out = tmp_path / "out.csv"
-    result = run_against(
-        server, "run", pairs_csv(tmp_path / "in.csv", 3), "-o", out, "--rate", "0", *FAST
+    result = h.run_against(
+        server, "run", h.pairs_csv(tmp_path / "in.csv", 3), "-o", out, "--rate", "0", *h.FAST
     )
     assert result.exit_code == 1, result.stderr
-    rows = read_report(out)
+    rows = h.read_report(out)
     assert [r["outcome"] for r in rows] == ["linked", "failed", "linked"]
     assert rows[1]["error"] == f"HTTP {reply.status} answer larger than 8 MB"
     assert rows[1]["attempts"] == "1" and rows[1]["http_status"] == str(reply.status)
@@ -473,11 +457,11 @@ def test_an_answer_that_cannot_be_read_fails_once(
 ) -> None:
     with hostile(handler) as server:
         out = tmp_path / "out.csv"
-        env = {"THENA_TOKEN": TOKEN, "THENA_ORG_ID": ORG, "THENA_BASE_URL": server.url}
-        result = invoke("run", pairs_csv(tmp_path / "in.csv", 1), "-o", out, *FAST, env=env)
+        env = {"THENA_TOKEN": h.TOKEN, "THENA_ORG_ID": h.ORG, "THENA_BASE_URL": server.url}
+        result = h.invoke("run", h.pairs_csv(tmp_path / "in.csv", 1), "-o", out, *h.FAST, env=env)
         assert len(server.hits) == 1
     assert result.exit_code == 1, result.stderr
-    (row,) = read_report(out)
+    (row,) = h.read_report(out)
     assert (row["outcome"], row["error"], row["attempts"]) == ("failed", error, "1")
 
 
@@ -491,9 +475,9 @@ def test_a_compressed_answer_is_read(
     packed = compressor.compress(body.encode()) + compressor.flush()
     server = start_sandbox(script={"T00001": [Reply(200, packed, {"Content-Encoding": coding})]})
     out = tmp_path / "out.csv"
-    result = run_against(server, "run", pairs_csv(tmp_path / "in.csv", 1), "-o", out, *FAST)
+    result = h.run_against(server, "run", h.pairs_csv(tmp_path / "in.csv", 1), "-o", out, *h.FAST)
     assert result.exit_code == 0, result.stderr
-    assert read_report(out)[0]["ticket.title"] == "zipped"
+    assert h.read_report(out)[0]["ticket.title"] == "zipped"
     assert server.requests[0].header("accept-encoding") == "gzip, deflate"
 
 
@@ -516,18 +500,18 @@ def test_memory_stays_bounded_with_bombs_in_flight(
     )
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "THENA_TOKEN": TOKEN,
-        "THENA_ORG_ID": ORG,
+        "PYTHONPATH": str(h.ROOT),
+        "THENA_TOKEN": h.TOKEN,
+        "THENA_ORG_ID": h.ORG,
         "THENA_BASE_URL": server.url,
     }
-    args = ["run", str(pairs_csv(tmp_path / "in.csv", n)), "-o", str(out), "--rate", "0"]
-    args += ["--concurrency", str(n), *FAST]
+    args = ["run", str(h.pairs_csv(tmp_path / "in.csv", n)), "-o", str(out), "--rate", "0"]
+    args += ["--concurrency", str(n), *h.FAST]
     proc = subprocess.run(
         [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 1, proc.stderr
-    rows = read_report(out)
+    rows = h.read_report(out)
     assert {r["error"] for r in rows} == {"HTTP 200 answer larger than 8 MB"}
     assert len(server.requests) == n
     peak_mb = int(re.findall(r"peak-kb (\d+)", proc.stderr)[-1]) / 1024

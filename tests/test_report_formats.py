@@ -23,36 +23,13 @@ from bulklink.models import TICKET_FIELDS
 from bulklink.sandbox import FORMULA_TITLE, Reply, Sandbox, success_body
 from bulklink.tables.report.schema import RunInfo, carried_names, neutralize, unneutralize
 from bulklink.tables.report.xlsx import MAX_WIDTH, MIN_WIDTH, write_workbook
-from tests.helpers import (
-    CUSTOM_FIELDS,
-    FAST,
-    FAST_UNPACED,
-    HEAD,
-    RESULT_COLUMNS,
-    TICKET_COLUMNS,
-    answer_with,
-    assert_rows_once,
-    custom_ticket,
-    files_in,
-    ids,
-    invoke,
-    one_line_usage_error,
-    read_any,
-    read_report,
-    report_header,
-    report_of,
-    run,
-    run_against,
-    sent,
-    sent_checked,
-    write_csv,
-)
+from tests import helpers as h
 
 # -- columns ----------------------------------------------------------------------------------
 
 
-REPORT_HEAD = RESULT_COLUMNS  # the report's own columns, from the shared helpers
-TICKET_COLS = TICKET_COLUMNS
+REPORT_HEAD = h.RESULT_COLUMNS  # the report's own columns, from the shared helpers
+TICKET_COLS = h.TICKET_COLUMNS
 
 
 def as_text(value: Any) -> str:
@@ -89,12 +66,12 @@ ALL_404 = [
 def test_columns_in_order_whatever_succeeded(
     sandbox: Sandbox, tmp_path: Path, rows: list[list[str]], fmt: str
 ) -> None:
-    inp = write_csv(tmp_path / "in.csv", rows)
+    inp = h.write_csv(tmp_path / "in.csv", rows)
     out = tmp_path / f"out{fmt}"
-    result = run_against(sandbox, "run", inp, "-o", out, *FAST_UNPACED)
+    result = h.run_against(sandbox, "run", inp, "-o", out, *h.FAST_UNPACED)
     assert result.exit_code == 1, result.stderr
     expected = [*REPORT_HEAD, *TICKET_COLS, "owner", "note"]
-    header, report = read_any(out)
+    header, report = h.read_any(out)
     assert header == expected
     assert len(report) == len(rows) - 1
     if fmt == ".jsonl":
@@ -115,14 +92,25 @@ def test_other_columns_are_carried_unchanged_after_ticket_columns(
         ['a,b "q"', "S3", "null", "L3", "1e5"],
         ["ünï", "S4", "", "L4", "-0"],
     ]
-    path = write_csv(tmp_path / "pairs.csv", [header, *rows])
-    result = run(server, path)
+    path = h.write_csv(tmp_path / "pairs.csv", [header, *rows])
+    result = h.run(server, path)
     assert result.exit_code == 0, result.output
-    assert sorted(sent_checked(server)) == [("S1", "L1"), ("S2", "L2"), ("S3", "L3"), ("S4", "L4")]
-    assert report_header(path) == [*RESULT_COLUMNS, *TICKET_COLUMNS, "note", "extra", "amount"]
-    report = report_of(path)
+    assert sorted(h.sent_checked(server)) == [
+        ("S1", "L1"),
+        ("S2", "L2"),
+        ("S3", "L3"),
+        ("S4", "L4"),
+    ]
+    assert h.report_header(path) == [
+        *h.RESULT_COLUMNS,
+        *h.TICKET_COLUMNS,
+        "note",
+        "extra",
+        "amount",
+    ]
+    report = h.report_of(path)
     assert [r["row"] for r in report] == ["1", "2", "3", "4"]
-    assert ids(report) == [("S1", "L1"), ("S2", "L2"), ("S3", "L3"), ("S4", "L4")]
+    assert h.ids(report) == [("S1", "L1"), ("S2", "L2"), ("S3", "L3"), ("S4", "L4")]
     assert [[r["note"], r["extra"], r["amount"]] for r in report] == [
         [r[0], r[2], r[4]] for r in rows
     ]
@@ -132,9 +120,9 @@ def test_other_columns_are_carried_unchanged_after_ticket_columns(
 def test_undocumented_field_becomes_a_column_after_the_documented_ones(
     start_sandbox: Callable[..., Sandbox], tmp_path: Path, fmt: str
 ) -> None:
-    ticket = custom_ticket("S2", extraField="x")
-    server = start_sandbox(script={"S2": [Reply(200, body=answer_with(ticket))]})
-    inp = write_csv(
+    ticket = h.custom_ticket("S2", extraField="x")
+    server = start_sandbox(script={"S2": [Reply(200, body=h.answer_with(ticket))]})
+    inp = h.write_csv(
         tmp_path / "in.csv",
         [
             ["sourceTicketId", "linkedTicketId", "note"],
@@ -145,9 +133,9 @@ def test_undocumented_field_becomes_a_column_after_the_documented_ones(
         ],
     )
     out = tmp_path / f"out{fmt}"
-    result = run_against(server, "run", inp, "-o", out, "--concurrency", "1", *FAST_UNPACED)
+    result = h.run_against(server, "run", inp, "-o", out, "--concurrency", "1", *h.FAST_UNPACED)
     assert result.exit_code == 1, result.stderr
-    header, rows = read_any(out)
+    header, rows = h.read_any(out)
     expected = [*REPORT_HEAD, *TICKET_COLS, "ticket.extraField", "note"]
     if fmt == ".jsonl":
         assert list(rows[1]) == expected
@@ -189,10 +177,10 @@ def test_an_input_column_named_like_bulklinks_is_carried_as_input_dot_name(
     start_sandbox: Callable[..., Sandbox], tmp_path: Path, fmt: str
 ) -> None:
     # S2's answer adds a ticket field: the late column is placed by the same rule.
-    ticket = custom_ticket("S2", extraField="x")
-    server = start_sandbox(script={"S2": [Reply(200, body=answer_with(ticket))]})
+    ticket = h.custom_ticket("S2", extraField="x")
+    server = start_sandbox(script={"S2": [Reply(200, body=h.answer_with(ticket))]})
     mine = [["mine1", "no", "my error 1", "my title 1", "old1"], ["mine2", "", "", "t2", "old2"]]
-    inp = write_csv(
+    inp = h.write_csv(
         tmp_path / "in.csv",
         [
             ["sourceTicketId", *CLASHING, "linkedTicketId"],
@@ -202,13 +190,13 @@ def test_an_input_column_named_like_bulklinks_is_carried_as_input_dot_name(
         ],
     )
     out = tmp_path / f"out{fmt}"
-    result = run_against(server, "run", inp, "-o", out, "--concurrency", "1", *FAST_UNPACED)
+    result = h.run_against(server, "run", inp, "-o", out, "--concurrency", "1", *h.FAST_UNPACED)
     assert result.exit_code == 1, result.stderr
     carried = [*CARRIED, "input.input.outcome"]
     expected = [*REPORT_HEAD, *TICKET_COLS, "ticket.extraField", *carried]
 
     def check(out: Path, late: bool) -> None:
-        header, rows = read_any(out)
+        header, rows = h.read_any(out)
         if fmt == ".jsonl":  # a key per value: a field first seen late only where it is
             known = [c for c in expected if late or c != "ticket.extraField"]
             assert [list(r) for r in rows] == [known, known, expected]
@@ -228,7 +216,7 @@ def test_an_input_column_named_like_bulklinks_is_carried_as_input_dot_name(
     check(out, late=False)
     # retry reads the columns apart by the same rule: the carried ones keep their names
     # (and the field the run found late is one the retry knows from the start).
-    result = run_against(server, "retry", out, "--max-retries", "0", *FAST_UNPACED)
+    result = h.run_against(server, "retry", out, "--max-retries", "0", *h.FAST_UNPACED)
     assert result.exit_code == 1, result.stderr
     check(out, late=True)
 
@@ -239,10 +227,12 @@ def test_a_huge_carried_cell_survives_the_pass_that_adds_late_csv_columns(
     """The late ticket field makes the CSV writer read its file back: with the reader run
     uses, which has no 131,072-character field limit (the csv module's has)."""
     huge = "x" * 150_000 + ',\n"end'
-    ticket = custom_ticket("S2", extraField="x")
-    server = start_sandbox(script={"S2": [Reply(200, body=answer_with(ticket))]})
-    inp = write_csv(tmp_path / "in.csv", [[*HEAD, "note"], ["S1", "L1", huge], ["S2", "L2", "n2"]])
-    result = run(server, inp)
+    ticket = h.custom_ticket("S2", extraField="x")
+    server = start_sandbox(script={"S2": [Reply(200, body=h.answer_with(ticket))]})
+    inp = h.write_csv(
+        tmp_path / "in.csv", [[*h.HEAD, "note"], ["S1", "L1", huge], ["S2", "L2", "n2"]]
+    )
+    result = h.run(server, inp)
     assert result.exit_code == 0, result.stderr
     report = pd.read_csv(inp.with_name("in.results.csv"), dtype=str, keep_default_na=False)
     assert list(report.columns[-2:]) == ["ticket.extraField", "note"]
@@ -274,16 +264,16 @@ FORMATS_INPUT = [
 def run_formats(
     start_sandbox: Callable[..., Sandbox], tmp_path: Path
 ) -> dict[str, tuple[list[str], list[dict[str, Any]]]]:
-    inp = write_csv(tmp_path / "in.csv", FORMATS_INPUT)
+    inp = h.write_csv(tmp_path / "in.csv", FORMATS_INPUT)
     reports = {}
     for fmt in (".csv", ".xlsx", ".jsonl"):
         server = start_sandbox(
-            script={"CUSTOM1": [Reply(200, body=answer_with(custom_ticket("CUSTOM1")))]}
+            script={"CUSTOM1": [Reply(200, body=h.answer_with(h.custom_ticket("CUSTOM1")))]}
         )
         out = tmp_path / f"report{fmt}"
-        result = run_against(server, "run", inp, "-o", out, *FAST_UNPACED)
+        result = h.run_against(server, "run", inp, "-o", out, *h.FAST_UNPACED)
         assert result.exit_code == 1, result.stderr
-        reports[fmt] = read_any(out)
+        reports[fmt] = h.read_any(out)
     return reports
 
 
@@ -331,16 +321,16 @@ def test_lists_are_json_text_in_csv_and_xlsx(
         custom = next(r for r in rows if r["sourceTicketId"] == "CUSTOM1")
         cell = custom["ticket.customFieldValues"]
         assert isinstance(cell, str), fmt
-        assert json.loads(cell) == CUSTOM_FIELDS, fmt
+        assert json.loads(cell) == h.CUSTOM_FIELDS, fmt
         plain = next(r for r in rows if r["sourceTicketId"] == "S1")
         assert json.loads(plain["ticket.customFieldValues"]) == [], fmt
     _, rows = reports[".jsonl"]
     custom = next(r for r in rows if r["sourceTicketId"] == "CUSTOM1")
-    assert custom["ticket.customFieldValues"] in (CUSTOM_FIELDS, json.dumps(CUSTOM_FIELDS))
+    assert custom["ticket.customFieldValues"] in (h.CUSTOM_FIELDS, json.dumps(h.CUSTOM_FIELDS))
 
 
 def test_success_http_status_and_attempts_per_outcome(sandbox: Sandbox, tmp_path: Path) -> None:
-    inp = write_csv(
+    inp = h.write_csv(
         tmp_path / "in.csv",
         [
             ["sourceTicketId", "linkedTicketId"],
@@ -353,9 +343,9 @@ def test_success_http_status_and_attempts_per_outcome(sandbox: Sandbox, tmp_path
         ],
     )
     out = tmp_path / "out.csv"
-    result = run_against(sandbox, "run", inp, "-o", out, *FAST_UNPACED)
+    result = h.run_against(sandbox, "run", inp, "-o", out, *h.FAST_UNPACED)
     assert result.exit_code == 1, result.stderr
-    rows = read_report(out)
+    rows = h.read_report(out)
     assert [r["row"] for r in rows] == ["1", "2", "3", "4", "5", "6"]
     assert [r["outcome"] for r in rows] == [
         "linked", "failed", "invalid", "invalid", "duplicate", "duplicate",
@@ -382,14 +372,14 @@ def test_lone_surrogates_in_answers_never_cost_the_report(
     body = json.dumps(ticket).encode()  # ensure_ascii: the lone surrogate as an escape
     error = b'{"statusCode": 404, "message": "no \\udfff ticket", "error": "Not Found"}'
     server = start_sandbox(script={"S1": [Reply(200, body=body)], "S2": [Reply(404, body=error)]})
-    inp = write_csv(
+    inp = h.write_csv(
         tmp_path / "in.csv", [["sourceTicketId", "linkedTicketId"], ["S1", "L1"], ["S2", "L2"]]
     )
     out = tmp_path / f"out{fmt}"
-    result = run_against(server, "run", inp, "-o", out, "--backoff", "0.01", "--no-progress")
+    result = h.run_against(server, "run", inp, "-o", out, "--backoff", "0.01", "--no-progress")
     assert result.exit_code == 1, result.stderr
     assert "Traceback" not in result.stderr
-    summary = invoke("report", out, "--json")
+    summary = h.invoke("report", out, "--json")
     assert json.loads(summary.stdout)["counts"]["linked"] == 1
     if fmt != ".xlsx":  # a zip: its text is compressed
         assert "\ufffd" in out.read_text(encoding="utf-8")
@@ -398,12 +388,12 @@ def test_lone_surrogates_in_answers_never_cost_the_report(
 def test_control_characters_in_an_xlsx_report_do_not_crash_it(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    path = write_csv(tmp_path / "ids.csv", [HEAD, ["A\x00B", "C"], ["A\x1bB", "D"], ["E", "F"]])
+    path = h.write_csv(tmp_path / "ids.csv", [h.HEAD, ["A\x00B", "C"], ["A\x1bB", "D"], ["E", "F"]])
     out = tmp_path / "out.xlsx"
-    result = run(sandbox, path, "-o", out)
+    result = h.run(sandbox, path, "-o", out)
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
-    assert sorted(sent(sandbox)) == [("E", "F")]
+    assert sorted(h.sent(sandbox)) == [("E", "F")]
     sheet = openpyxl.load_workbook(out).active
     assert sheet is not None
     values = [[c.value for c in row] for row in sheet.iter_rows(min_row=2, max_col=5)]
@@ -417,13 +407,13 @@ def test_control_characters_in_an_xlsx_report_do_not_crash_it(
 def test_formula_title_is_text_in_xlsx_and_neutralised_in_csv(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    inp = write_csv(
+    inp = h.write_csv(
         tmp_path / "in.csv",
         [["sourceTicketId", "linkedTicketId", "memo"], ["FORMULA1", "L1", "=1+1"]],
     )
     xlsx, csv_out = tmp_path / "r.xlsx", tmp_path / "r.csv"
     for out in (xlsx, csv_out):  # the same pair twice: the store would skip the second
-        result = run_against(sandbox, "run", inp, "-o", out, "--no-state", *FAST_UNPACED)
+        result = h.run_against(sandbox, "run", inp, "-o", out, "--no-state", *h.FAST_UNPACED)
         assert result.exit_code == 0, result.stderr
 
     sheet = openpyxl.load_workbook(xlsx).worksheets[0]
@@ -438,7 +428,7 @@ def test_formula_title_is_text_in_xlsx_and_neutralised_in_csv(
         for cell in row:
             assert cell.data_type != "f", cell.coordinate
 
-    (csv_row,) = read_report(csv_out)
+    (csv_row,) = h.read_report(csv_out)
     assert csv_row["ticket.title"] == "'" + FORMULA_TITLE
 
 
@@ -470,12 +460,12 @@ def test_formula_text_neutralised_and_retry_round_trips_ids(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
     server = start_sandbox(script={s: [Reply(status=503)] * 10 for s in FIRST_FAIL})
-    src = write_csv(tmp_path / "in.csv", [["sourceTicketId", "linkedTicketId"], *FORMULA_INPUT])
+    src = h.write_csv(tmp_path / "in.csv", [["sourceTicketId", "linkedTicketId"], *FORMULA_INPUT])
     report = tmp_path / "report.csv"
-    result = run_against(server, "run", src, "-o", report, "--max-retries", "1", *FAST)
+    result = h.run_against(server, "run", src, "-o", report, "--max-retries", "1", *h.FAST)
     assert result.exit_code == 1, result.stderr
-    rows = read_report(report)
-    assert_rows_once(rows, FORMULA_INPUT)
+    rows = h.read_report(report)
+    h.assert_rows_once(rows, FORMULA_INPUT)
     assert rows[0]["ticket.title"] == "'" + FORMULA_TITLE
     assert rows[3]["ticket.id"] == "'@abc"
     assert rows[5]["ticket.id"] == "'+44"
@@ -484,11 +474,11 @@ def test_formula_text_neutralised_and_retry_round_trips_ids(
 
     server.config.script.clear()
     since = len(server.requests)
-    retried = run_against(server, "retry", report, *FAST)
+    retried = h.run_against(server, "retry", report, *h.FAST)
     assert retried.exit_code == 0, retried.stderr
-    assert sorted(sent(server, since)) == sorted(p for p in FORMULA_INPUT if p[0] in FIRST_FAIL)
-    rows = read_report(report)
-    assert_rows_once(rows, FORMULA_INPUT)
+    assert sorted(h.sent(server, since)) == sorted(p for p in FORMULA_INPUT if p[0] in FIRST_FAIL)
+    rows = h.read_report(report)
+    h.assert_rows_once(rows, FORMULA_INPUT)
     assert {r["outcome"] for r in rows} == {"linked"}
     assert rows[0]["ticket.title"] == "'" + FORMULA_TITLE
     assert rows[1]["ticket.title"] == "'" + FORMULA_TITLE
@@ -496,7 +486,7 @@ def test_formula_text_neutralised_and_retry_round_trips_ids(
     assert ids == ["FORMULA1", "FORMULA2", "'-00123", "'@abc", "'=1+2", "'+44", "''@q"]
 
     xlsx = tmp_path / "report.xlsx"  # the same pairs again: not skipped as linked
-    assert run_against(server, "run", src, "-o", xlsx, "--no-state", *FAST).exit_code == 0
+    assert h.run_against(server, "run", src, "-o", xlsx, "--no-state", *h.FAST).exit_code == 0
     wb = load_workbook(xlsx)
     try:
         sheet = wb.worksheets[0]
@@ -572,10 +562,10 @@ def check_rows_sheet(book: Workbook) -> tuple[list[str], list[dict[str, Any]]]:
 
 @pytest.fixture
 def first_run(sandbox: Sandbox, tmp_path: Path) -> tuple[Path, Path, dict[str, Any]]:
-    inp = write_csv(tmp_path / "in.csv", INPUT)
+    inp = h.write_csv(tmp_path / "in.csv", INPUT)
     out = tmp_path / "out.xlsx"
     end = tmp_path / "summary.json"
-    result = run_against(sandbox, "run", inp, "-o", out, "--summary-json", end, *FAST_UNPACED)
+    result = h.run_against(sandbox, "run", inp, "-o", out, "--summary-json", end, *h.FAST_UNPACED)
     assert result.exit_code == 1, result.stderr
     return inp, out, json.loads(end.read_text())
 
@@ -668,7 +658,7 @@ def test_summary_sheet_holds_the_end_of_run_summary(
         "Exit code": 1,
     }
     # The same as ``bulklink report`` reads from the rows sheet.
-    read = invoke("report", out, "--json")
+    read = h.invoke("report", out, "--json")
     assert read.exit_code == 1, read.stderr
     assert json.loads(read.stdout)["counts"] == summary["counts"]
     assert json.loads(read.stdout)["errors"] == summary["errors"]
@@ -697,7 +687,7 @@ def test_retry_keeps_the_types_and_rewrites_the_summary(
     _, before = table(openpyxl.load_workbook(out)["report"])
     healed = start_sandbox(unknown_prefix="")  # the missing tickets exist now
     end = tmp_path / "retry.json"
-    result = run_against(healed, "retry", out, "--summary-json", end, *FAST_UNPACED)
+    result = h.run_against(healed, "retry", out, "--summary-json", end, *h.FAST_UNPACED)
     assert result.exit_code == 1, result.stderr  # the two invalid rows stay invalid
     sent = sorted(json.loads(r.body)["sourceTicketId"] for r in healed.requests)
     assert sent == ["MISSING3", "MISSING4"], "only the failed rows are sent again"
@@ -732,7 +722,7 @@ def test_report_reads_the_rows_sheet_even_when_summary_comes_first(
     book.move_sheet("Summary", offset=-1)  # as someone tidying up in Excel might
     book.save(out)
     assert openpyxl.load_workbook(out).sheetnames == ["Summary", "report"]
-    read = invoke("report", out, "--json")
+    read = h.invoke("report", out, "--json")
     assert read.exit_code == 1, read.stderr
     assert json.loads(read.stdout)["counts"] == end["counts"]
 
@@ -747,9 +737,9 @@ def test_control_characters_from_the_api_do_not_cost_the_report(
     }
     body = {"status": True, "message": "Success", "data": ticket}
     server = start_sandbox(script={"S1": [Reply(200, body=body)]})
-    inp = write_csv(tmp_path / "in.csv", [["sourceTicketId", "linkedTicketId"], ["S1", "L1"]])
+    inp = h.write_csv(tmp_path / "in.csv", [["sourceTicketId", "linkedTicketId"], ["S1", "L1"]])
     out = tmp_path / "out.xlsx"
-    result = run_against(server, "run", inp, "-o", out, *FAST_UNPACED)
+    result = h.run_against(server, "run", inp, "-o", out, *h.FAST_UNPACED)
     assert result.exit_code == 0, result.stderr
     _, rows = check_rows_sheet(openpyxl.load_workbook(out))
     # XML cannot hold a BEL: it is shown as its control picture (U+2407).
@@ -824,20 +814,20 @@ def test_jsonl_line_that_is_not_a_row_is_one_line_exit_2(
     path.write_text(json.dumps(GOOD_LINE) + "\n\n" + bad + "\n")
     content = path.read_bytes()
     if command == "report":
-        result = invoke("report", path)
+        result = h.invoke("report", path)
     else:
-        result = run_against(sandbox, "retry", path, "--rate", "0", "--no-progress")
-    line = one_line_usage_error(result)
+        result = h.run_against(sandbox, "retry", path, "--rate", "0", "--no-progress")
+    line = h.one_line_usage_error(result)
     assert "line 3" in line
     assert sandbox.requests == []
     assert path.read_bytes() == content
-    assert files_in(tmp_path) == ["old.jsonl"]
+    assert h.files_in(tmp_path) == ["old.jsonl"]
 
 
 def test_jsonl_with_a_line_separator_inside_a_string_is_one_row(tmp_path: Path) -> None:
     path = tmp_path / "old.jsonl"
     line = json.dumps({**GOOD_LINE, "error": "HTTP 503 a\u2028b"}, ensure_ascii=False)
     path.write_text(line + "\n", encoding="utf-8")
-    result = invoke("report", path)
+    result = h.invoke("report", path)
     assert result.exit_code == 1, result.output
     assert "failed 1" in result.output

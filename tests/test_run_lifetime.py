@@ -24,27 +24,7 @@ from bulklink.net.client import Answer, Verdict
 from bulklink.options import TrafficOptions, parse_duration
 from bulklink.run.runner import Runner, describe_refusals
 from bulklink.sandbox import Reply, Sandbox
-from tests.helpers import (
-    FAST,
-    FAST_UNPACED,
-    ROOT,
-    TOKEN,
-    ScriptedLinker,
-    assert_rows_once,
-    child_env,
-    done_earlier,
-    input_pairs,
-    journal_of,
-    line_count,
-    lock_of,
-    no_traceback,
-    pairs_csv,
-    read_report,
-    run_against,
-    sent,
-    spawn,
-    wait_until,
-)
+from tests import helpers as h
 
 # -- signals: a clean stop with a report ------------------------------------------------------
 
@@ -56,18 +36,18 @@ def test_signal_writes_report_with_skipped_rows_then_rerun_completes(
 ) -> None:
     server = start_sandbox(latency=0.05)
     n = 60
-    src = pairs_csv(tmp_path / "in.csv", n)
+    src = h.pairs_csv(tmp_path / "in.csv", n)
     report = tmp_path / "in.results.csv"
     args = ("run", src, "--rate", "30", "--concurrency", "4", "--backoff", "0.01")
-    with spawn(server, *args) as proc:
-        wait_until(lambda: len(server.requests) >= 10, "10 requests")
+    with h.spawn(server, *args) as proc:
+        h.wait_until(lambda: len(server.requests) >= 10, "10 requests")
         os.kill(proc.pid, signum)
         _out, err = proc.communicate(timeout=20)
     assert proc.returncode == code, err
 
-    pairs = input_pairs(n)
-    rows = read_report(report)
-    assert_rows_once(rows, pairs)
+    pairs = h.input_pairs(n)
+    rows = h.read_report(report)
+    h.assert_rows_once(rows, pairs)
     outcomes = [r["outcome"] for r in rows]
     assert set(outcomes) == {"linked", "skipped"}
     linked = {(r["sourceTicketId"], r["linkedTicketId"]) for r in rows if r["outcome"] == "linked"}
@@ -79,12 +59,12 @@ def test_signal_writes_report_with_skipped_rows_then_rerun_completes(
 
     since = len(server.requests)
     # The rerun unpaced: what it resumes is the point here, not its rate.
-    result = run_against(server, *args, "--rate", "0", "--no-progress")
+    result = h.run_against(server, *args, "--rate", "0", "--no-progress")
     assert result.exit_code == 0, result.stderr
-    assert len(linked) in done_earlier(result.stderr), result.stderr
-    assert sorted(sent(server, since)) == sorted(set(pairs) - linked)
-    rows = read_report(report)
-    assert_rows_once(rows, pairs)
+    assert len(linked) in h.done_earlier(result.stderr), result.stderr
+    assert sorted(h.sent(server, since)) == sorted(set(pairs) - linked)
+    rows = h.read_report(report)
+    h.assert_rows_once(rows, pairs)
     assert {r["outcome"] for r in rows} == {"linked"}
     assert server.link_counts == dict.fromkeys(pairs, 1), "a pair was linked twice"
 
@@ -94,20 +74,20 @@ def test_sigterm_waits_for_in_flight_requests_at_most_timeout(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
     n = 8
-    server = start_sandbox(script={s: [Reply(delay=10)] for s, _ in input_pairs(n)})
-    src = pairs_csv(tmp_path / "in.csv", n)
+    server = start_sandbox(script={s: [Reply(delay=10)] for s, _ in h.input_pairs(n)})
+    src = h.pairs_csv(tmp_path / "in.csv", n)
     report = tmp_path / "in.results.csv"
-    args = ("run", src, "--rate", "0", "--concurrency", "2", "--timeout", "1", *FAST)
-    with spawn(server, *args) as proc:
-        wait_until(lambda: len(server.requests) >= 2, "2 requests in flight")
+    args = ("run", src, "--rate", "0", "--concurrency", "2", "--timeout", "1", *h.FAST)
+    with h.spawn(server, *args) as proc:
+        h.wait_until(lambda: len(server.requests) >= 2, "2 requests in flight")
         t0 = time.monotonic()
         os.kill(proc.pid, signal.SIGTERM)
         _out, err = proc.communicate(timeout=15)
         elapsed = time.monotonic() - t0
     assert proc.returncode == 143, err
     assert elapsed < 3.0, f"SIGTERM took {elapsed:.1f}s with --timeout 1"
-    rows = read_report(report)
-    assert_rows_once(rows, input_pairs(n))
+    rows = h.read_report(report)
+    h.assert_rows_once(rows, h.input_pairs(n))
     assert [r["outcome"] for r in rows][2:] == ["skipped"] * (n - 2)
     assert len(server.requests) == 2, "requests were sent after SIGTERM"
 
@@ -120,12 +100,12 @@ def test_second_ctrl_c_exits_at_once_and_journal_resumes(
     # Rows after the first ten hang for 4 s, so the first Ctrl-C has requests to wait for.
     slow = {f"T{i:05d}": [Reply(delay=4)] for i in range(quick + 1, n + 1)}
     server = start_sandbox(script=slow)
-    src = pairs_csv(tmp_path / "in.csv", n)
+    src = h.pairs_csv(tmp_path / "in.csv", n)
     report = tmp_path / "in.results.csv"
     args = ("run", src, "--rate", "0", "--concurrency", "4")
-    with spawn(server, *args) as proc:
-        wait_until(lambda: len(server.requests) >= quick + 4, "the slow requests")
-        wait_until(lambda: line_count(journal_of(report)) > quick, "the quick rows journaled")
+    with h.spawn(server, *args) as proc:
+        h.wait_until(lambda: len(server.requests) >= quick + 4, "the slow requests")
+        h.wait_until(lambda: h.line_count(h.journal_of(report)) > quick, "the quick rows journaled")
         os.kill(proc.pid, signal.SIGINT)
         time.sleep(0.3)
         t0 = time.monotonic()
@@ -134,17 +114,17 @@ def test_second_ctrl_c_exits_at_once_and_journal_resumes(
         elapsed = time.monotonic() - t0
     assert proc.returncode == 130
     assert elapsed < 2.0, f"second Ctrl-C took {elapsed:.1f}s"
-    assert journal_of(report).exists()
+    assert h.journal_of(report).exists()
 
     server.config.script.clear()
     since = len(server.requests)
-    result = run_against(server, *args, "--no-progress")
+    result = h.run_against(server, *args, "--no-progress")
     assert result.exit_code == 0, result.stderr
-    assert quick in done_earlier(result.stderr), result.stderr
-    pairs = input_pairs(n)
-    assert sorted(sent(server, since)) == pairs[quick:]
-    rows = read_report(report)
-    assert_rows_once(rows, pairs)
+    assert quick in h.done_earlier(result.stderr), result.stderr
+    pairs = h.input_pairs(n)
+    assert sorted(h.sent(server, since)) == pairs[quick:]
+    rows = h.read_report(report)
+    h.assert_rows_once(rows, pairs)
     assert {r["outcome"] for r in rows} == {"linked"}
     assert all(server.link_counts[p] == 1 for p in pairs[:quick])
 
@@ -155,20 +135,20 @@ def test_sighup_is_handled_as_sigterm(
 ) -> None:
     server = start_sandbox(latency=0.05)
     n = 60
-    src = pairs_csv(tmp_path / "in.csv", n)
+    src = h.pairs_csv(tmp_path / "in.csv", n)
     report = tmp_path / "in.results.csv"
-    with spawn(server, "run", src, "--rate", "30", "--concurrency", "4", *FAST) as proc:
-        wait_until(lambda: len(server.requests) >= 5, "5 requests")
+    with h.spawn(server, "run", src, "--rate", "30", "--concurrency", "4", *h.FAST) as proc:
+        h.wait_until(lambda: len(server.requests) >= 5, "5 requests")
         os.kill(proc.pid, signal.SIGHUP)
         _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 129, err
     assert "interrupted by SIGHUP" in err
-    no_traceback(err)
-    rows = read_report(report)
+    h.no_traceback(err)
+    rows = h.read_report(report)
     assert {r["outcome"] for r in rows} == {"linked", "skipped"}
     linked = {(r["sourceTicketId"], r["linkedTicketId"]) for r in rows if r["outcome"] == "linked"}
     assert set(server.link_counts) == linked
-    assert journal_of(report).exists()
+    assert h.journal_of(report).exists()
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
@@ -182,9 +162,9 @@ def test_a_signal_while_reading_stdin_leaves_no_copy_of_it(
         return any(p.stat().st_size > 1000 for p in tmp_path.glob(".out.csv.*.bulklink-input"))
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bulklink", "run", "-", "-o", str(out), *FAST],
-        env=child_env(sandbox),
-        cwd=ROOT,
+        [sys.executable, "-m", "bulklink", "run", "-", "-o", str(out), *h.FAST],
+        env=h.child_env(sandbox),
+        cwd=h.ROOT,
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -192,12 +172,12 @@ def test_a_signal_while_reading_stdin_leaves_no_copy_of_it(
     assert proc.stdin is not None
     proc.stdin.write(b"sourceTicketId,linkedTicketId\n" + b"A1,B1\n" * 20_000)
     proc.stdin.flush()  # ... and the input never ends: the run is still reading it
-    wait_until(spooled, "the spooled input")
+    h.wait_until(spooled, "the spooled input")
     os.kill(proc.pid, signum)
     _out, err = proc.communicate(timeout=20)
     assert proc.returncode == code, err
     assert b"before anything was sent" in err
-    no_traceback(err.decode())
+    h.no_traceback(err.decode())
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "a copy of the input was left"
     assert sandbox.requests == []
 
@@ -211,26 +191,26 @@ def test_second_run_refuses_fast_names_the_holder_and_changes_nothing(
 ) -> None:
     n = 12
     server = start_sandbox()
-    src = pairs_csv(tmp_path / "in.csv", n)
+    src = h.pairs_csv(tmp_path / "in.csv", n)
     report = tmp_path / "in.results.csv"
-    assert run_against(server, "run", src, "--rate", "0", *FAST).exit_code == 0
+    assert h.run_against(server, "run", src, "--rate", "0", *h.FAST).exit_code == 0
 
     # The holder: every request hangs 5 s; its token is given on the command line. It
     # relinks: the store knows every pair from the run above.
-    for source, _ in input_pairs(n):
+    for source, _ in h.input_pairs(n):
         server.config.script[source] = [Reply(delay=5)]
-    first = spawn(server, "run", src, "--rate", "0", "--concurrency", "4", "--token", TOKEN,
+    first = h.spawn(server, "run", src, "--rate", "0", "--concurrency", "4", "--token", h.TOKEN,
                   "--relink", token=False)  # fmt: skip
     with first:
-        lock = lock_of(report)
-        wait_until(lambda: len(server.requests) >= n + 4, "the holder's requests")
-        wait_until(lambda: str(first.pid).encode() in lock.read_bytes(), "the lock's holder")
-        files = (report, journal_of(report))
+        lock = h.lock_of(report)
+        h.wait_until(lambda: len(server.requests) >= n + 4, "the holder's requests")
+        h.wait_until(lambda: str(first.pid).encode() in lock.read_bytes(), "the lock's holder")
+        files = (report, h.journal_of(report))
         snapshot = {p: p.read_bytes() for p in files}
         requests = len(server.requests)
 
         t0 = time.monotonic()
-        with spawn(server, "run", src, "--rate", "0", "--no-progress") as second:
+        with h.spawn(server, "run", src, "--rate", "0", "--no-progress") as second:
             out, err = second.communicate(timeout=10)
         elapsed = time.monotonic() - t0
         assert second.returncode == 75, err
@@ -239,53 +219,53 @@ def test_second_run_refuses_fast_names_the_holder_and_changes_nothing(
         assert elapsed < 4.0, f"refusal took {elapsed:.2f}s"
         assert str(first.pid) in err, err
 
-        again = run_against(server, "retry", report, *FAST)
+        again = h.run_against(server, "retry", report, *h.FAST)
         assert again.exit_code == 75, again.stderr
         assert str(first.pid) in again.stderr
 
         assert {p: p.read_bytes() for p in files} == snapshot
         assert len(server.requests) == requests, "a refused run sent requests"
         for text in (out, err, again.stdout, again.stderr, lock.read_text()):
-            assert TOKEN not in text
+            assert h.TOKEN not in text
 
         os.kill(first.pid, signal.SIGKILL)
         first.communicate(timeout=10)
     assert lock.exists()  # left behind by the killed run
 
     server.config.script.clear()
-    result = run_against(server, "run", src, "--rate", "0", *FAST)
+    result = h.run_against(server, "run", src, "--rate", "0", *h.FAST)
     assert result.exit_code == 0, result.stderr
-    rows = read_report(report)
-    assert_rows_once(rows, input_pairs(n))
+    rows = h.read_report(report)
+    h.assert_rows_once(rows, h.input_pairs(n))
     # Linked by the first run and known to the store: not sent again.
     assert {r["outcome"] for r in rows} == {"already-linked"}
 
 
 def test_junk_lock_file_held_by_nobody_does_not_block(tmp_path: Path, sandbox: Sandbox) -> None:
-    src = pairs_csv(tmp_path / "in.csv", 5)
+    src = h.pairs_csv(tmp_path / "in.csv", 5)
     report = tmp_path / "in.results.csv"
-    lock_of(report).write_bytes(b"\x00junk{not json\n")
-    result = run_against(sandbox, "run", src, "--rate", "0", *FAST)
+    h.lock_of(report).write_bytes(b"\x00junk{not json\n")
+    result = h.run_against(sandbox, "run", src, "--rate", "0", *h.FAST)
     assert result.exit_code == 0, result.stderr
-    rows = read_report(report)
-    assert_rows_once(rows, input_pairs(5))
+    rows = h.read_report(report)
+    h.assert_rows_once(rows, h.input_pairs(5))
     assert {r["outcome"] for r in rows} == {"linked"}
     # and it stays usable: retry on the finished report takes the lock too
-    assert run_against(sandbox, "retry", report, *FAST).exit_code == 0
+    assert h.run_against(sandbox, "retry", report, *h.FAST).exit_code == 0
 
 
 # -- a bug inside a worker --------------------------------------------------------------------
 
 
 def test_runner_stops_everyone_on_a_bug_and_raises_it_after_in_flight_finish(
-    linker: ScriptedLinker,
+    linker: h.ScriptedLinker,
 ) -> None:
     linker.latency = 0.01
     linker.script["T00003"] = [ZeroDivisionError("a bug")]  # the third call: a bug
     results: list[Result] = []
 
     async def feed() -> Any:
-        yield [Pair(row, *pair) for row, pair in enumerate(input_pairs(49), start=1)]
+        yield [Pair(row, *pair) for row, pair in enumerate(h.input_pairs(49), start=1)]
 
     async def main() -> None:
         runner = Runner(linker, TrafficOptions(rate=0, concurrency=4), results.append)
@@ -301,7 +281,7 @@ def test_runner_stops_everyone_on_a_bug_and_raises_it_after_in_flight_finish(
 
 
 def test_runner_counts_refusals_since_the_last_answer_that_settled_a_row(
-    linker: ScriptedLinker,
+    linker: h.ScriptedLinker,
 ) -> None:
     timeout = Answer(Verdict.RETRY, None, "timeout after 1s")
     linker.script = {
@@ -315,7 +295,7 @@ def test_runner_counts_refusals_since_the_last_answer_that_settled_a_row(
         seen.append((result.outcome.value, describe_refusals(runner.refusals)))
 
     async def feed() -> Any:
-        yield [Pair(row, *pair) for row, pair in enumerate(input_pairs(3), start=1)]
+        yield [Pair(row, *pair) for row, pair in enumerate(h.input_pairs(3), start=1)]
 
     settings = TrafficOptions(rate=0, concurrency=1, backoff=0, max_retries=2)
     runner = Runner(linker, settings, note)
@@ -341,31 +321,31 @@ def test_a_bug_in_a_worker_writes_the_report_exits_70_and_resumes(
 
     monkeypatch.setattr(bulklink.net.client, "classify", buggy)
     n = 30
-    src = pairs_csv(tmp_path / "in.csv", n)
+    src = h.pairs_csv(tmp_path / "in.csv", n)
     report = tmp_path / "in.results.csv"
     log = tmp_path / "run.log"
-    args = ("run", src, "--concurrency", "2", "--rate", "0", *FAST)
-    result = run_against(sandbox, *args, "--log-file", log, "--summary-json", tmp_path / "s.json")
+    args = ("run", src, "--concurrency", "2", "--rate", "0", *h.FAST)
+    result = h.run_against(sandbox, *args, "--log-file", log, "--summary-json", tmp_path / "s.json")
 
     assert result.exit_code == 70, result.stderr
-    no_traceback(result.stderr)
+    h.no_traceback(result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.startswith("bulklink:")]
     assert len(lines) == 1 and "internal error" in lines[0], result.stderr
     assert "KeyError" in lines[0] and "report it to" in lines[0] and str(log) in lines[0]
     assert "Traceback" in log.read_text() and "buggy" in log.read_text()
-    rows = read_report(report)
+    rows = h.read_report(report)
     assert [int(r["row"]) for r in rows] == list(range(1, n + 1))
     assert rows[4]["outcome"] == "skipped"
     assert {r["outcome"] for r in rows} == {"linked", "skipped"}
     assert json.loads((tmp_path / "s.json").read_text())["exit_code"] == 70
-    assert journal_of(report).exists()
+    assert h.journal_of(report).exists()
 
     monkeypatch.setattr(bulklink.net.client, "classify", real)
     linked = {(r["sourceTicketId"], r["linkedTicketId"]) for r in rows if r["outcome"] == "linked"}
     since = len(sandbox.requests)
-    again = run_against(sandbox, *args)
+    again = h.run_against(sandbox, *args)
     assert again.exit_code == 0, again.stderr
-    assert sorted(sent(sandbox, since)) == sorted(set(input_pairs(n)) - linked)
+    assert sorted(h.sent(sandbox, since)) == sorted(set(h.input_pairs(n)) - linked)
 
 
 # -- a nightly run always ends: --give-up-after and --deadline --------------------------------
@@ -393,8 +373,8 @@ def test_durations(text: str | float | None, seconds: float | None) -> None:
 def test_a_bad_duration_is_a_usage_error(tmp_path: Path, sandbox: Sandbox) -> None:
     with pytest.raises(UsageError, match="--deadline must be a duration"):
         parse_duration("10 minutes", "--deadline")
-    src = pairs_csv(tmp_path / "in.csv", 2)
-    result = run_against(sandbox, "run", src, "--give-up-after", "soon", *FAST)
+    src = h.pairs_csv(tmp_path / "in.csv", 2)
+    result = h.run_against(sandbox, "run", src, "--give-up-after", "soon", *h.FAST)
     assert result.exit_code == 2
     assert result.stderr.startswith("bulklink: error: --give-up-after must be a duration")
     assert sandbox.requests == []
@@ -406,23 +386,23 @@ def test_gives_up_when_the_api_refuses_everything(
 ) -> None:
     n = 10
     refusals = [Reply(429), Reply(503)] * 500
-    server = start_sandbox(script={s: list(refusals) for s, _ in input_pairs(n)})
-    src = pairs_csv(tmp_path / "in.csv", n)
+    server = start_sandbox(script={s: list(refusals) for s, _ in h.input_pairs(n)})
+    src = h.pairs_csv(tmp_path / "in.csv", n)
     report = tmp_path / "in.results.csv"
     summary = tmp_path / "s.json"
-    args = ("run", src, "--rate", "0", "--concurrency", "2", "--max-retries", "1000", *FAST)
-    result = run_against(server, *args, "--give-up-after", "3s", "--summary-json", summary)
+    args = ("run", src, "--rate", "0", "--concurrency", "2", "--max-retries", "1000", *h.FAST)
+    result = h.run_against(server, *args, "--give-up-after", "3s", "--summary-json", summary)
 
     assert result.exit_code == 1, result.stderr
-    no_traceback(result.stderr)
+    h.no_traceback(result.stderr)
     stopped = json.loads(summary.read_text())["stopped"]
     assert stopped.startswith("gave up: the API refused everything for 3s (")
     assert "429 x " in stopped and "503 x " in stopped
     assert f"stopped: {stopped}" in result.stderr
-    rows = read_report(report)
+    rows = h.read_report(report)
     assert {r["outcome"] for r in rows} == {"skipped"}
     assert any(r["error"] == f"not attempted: {stopped}" for r in rows)
-    assert journal_of(report).exists(), "the journal is kept for a rerun"
+    assert h.journal_of(report).exists(), "the journal is kept for a rerun"
 
 
 @pytest.mark.slow
@@ -431,13 +411,13 @@ def test_deadline_stops_dispatch_and_the_rerun_resumes(
 ) -> None:
     server = start_sandbox(latency=0.05)
     n = 60
-    src = pairs_csv(tmp_path / "in.csv", n)
+    src = h.pairs_csv(tmp_path / "in.csv", n)
     report = tmp_path / "in.results.csv"
-    args = ("run", src, "--rate", "20", "--concurrency", "2", *FAST)
-    result = run_against(server, *args, "--deadline", "1s")
+    args = ("run", src, "--rate", "20", "--concurrency", "2", *h.FAST)
+    result = h.run_against(server, *args, "--deadline", "1s")
 
     assert result.exit_code == 1, result.stderr
-    rows = read_report(report)
+    rows = h.read_report(report)
     linked = [r for r in rows if r["outcome"] == "linked"]
     assert 0 < len(linked) < n
     assert {r["outcome"] for r in rows} == {"linked", "skipped"}
@@ -445,7 +425,7 @@ def test_deadline_stops_dispatch_and_the_rerun_resumes(
         "not attempted: --deadline 1s reached"
     }
     assert len(server.requests) == len(linked), "in-flight requests were not let finish"
-    again = run_against(server, *args)
+    again = h.run_against(server, *args)
     assert again.exit_code == 0, again.stderr
     assert len(server.requests) == n
 
@@ -459,34 +439,34 @@ def test_a_closed_pipe_changes_neither_the_report_nor_the_exit_code(
 ) -> None:
     server = start_sandbox()
     n = 20
-    pairs = [("MISSING1", "X1"), *input_pairs(n - 1)]  # one 404: stderr has lines to say
+    pairs = [("MISSING1", "X1"), *h.input_pairs(n - 1)]  # one 404: stderr has lines to say
     src = tmp_path / "in.csv"
     src.write_text("sourceTicketId,linkedTicketId\n" + "".join(f"{a},{b}\n" for a, b in pairs))
     report = tmp_path / "in.results.csv"
     # As `bulklink run ... 2>&1 | head -1`: the reader is gone before anything is said.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bulklink", "run", str(src), *FAST_UNPACED],
-        env=child_env(server),
-        cwd=ROOT,
+        [sys.executable, "-m", "bulklink", "run", str(src), *h.FAST_UNPACED],
+        env=h.child_env(server),
+        cwd=h.ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
     assert proc.stdout is not None
     proc.stdout.close()
     assert proc.wait(timeout=60) == 1
-    rows = read_report(report)
+    rows = h.read_report(report)
     assert [r["outcome"] for r in rows] == ["failed"] + ["linked"] * (n - 1)
 
     for command, code in ((["report", str(report)], 1), (["run", str(src), "--dry-run"], 0)):
         proc = subprocess.Popen(
             [sys.executable, "-m", "bulklink", *command],
-            env=child_env(server),
-            cwd=ROOT,
+            env=h.child_env(server),
+            cwd=h.ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
         assert proc.stdout is not None and proc.stderr is not None
         proc.stdout.close()
         assert proc.wait(timeout=60) == code, command
-        no_traceback(proc.stderr.read().decode())
+        h.no_traceback(proc.stderr.read().decode())
         proc.stderr.close()
