@@ -389,19 +389,12 @@ def _print_summary(console: Console, summary: Summary) -> None:
 
 
 def _run_and_report(console: Console, call: Callable[[], Summary]) -> None:
-    from bulklink.errors import (
-        Blocked,
-        BulklinkError,
-        CredentialsRejected,
-        DiskError,
-        InternalError,
-        Interrupted,
-    )
+    from bulklink.errors import Blocked, BulklinkError, DiskError, InternalError, Stopped
 
     try:
         try:
             summary = call()
-        except (CredentialsRejected, Blocked, Interrupted, DiskError, InternalError) as exc:
+        except Stopped as exc:  # the run ended early: its summary line is still shown
             if isinstance(exc, InternalError):
                 _internal_error(console, exc)
             else:

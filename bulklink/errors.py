@@ -67,7 +67,7 @@ class LockedError(BulklinkError):
     exit_code = 75
 
 
-class _StoppedWithSummary(BulklinkError):
+class Stopped(BulklinkError):
     """A run that stopped early but still wrote its report."""
 
     def __init__(self, message: str, summary: Summary | None = None) -> None:
@@ -75,20 +75,20 @@ class _StoppedWithSummary(BulklinkError):
         self.summary = summary
 
 
-class CredentialsRejected(_StoppedWithSummary):
+class CredentialsRejected(Stopped):
     """The API answered 401 or 403: the token, key or org is wrong, so no row can succeed."""
 
     exit_code = 3
 
 
-class Blocked(_StoppedWithSummary):
+class Blocked(Stopped):
     """No request can succeed until a person acts: the server could not be trusted (its
     certificate did not verify, the TLS handshake failed) or the proxy answered 407."""
 
     exit_code = 3
 
 
-class Interrupted(_StoppedWithSummary):
+class Interrupted(Stopped):
     """A signal stopped the run; undone rows are ``skipped`` and the journal allows a resume.
 
     SIGHUP (a dropped ssh session) counts as SIGTERM does; the exit code is 128 + signal.
@@ -100,7 +100,7 @@ class Interrupted(_StoppedWithSummary):
         self.exit_code = 128 + signum
 
 
-class DiskError(_StoppedWithSummary):
+class DiskError(Stopped):
     """A write failed (journal, report, summary or log): sending stopped at once.
 
     Every result written before it is in the journal, so the same command, run again once
@@ -121,7 +121,7 @@ class DiskError(_StoppedWithSummary):
         self.path = Path(path)
 
 
-class InternalError(_StoppedWithSummary):
+class InternalError(Stopped):
     """Something unexpected was raised inside bulklink: a bug, not the data or the API.
 
     The run stopped as a signal stops it (requests in flight finished, the report
