@@ -48,7 +48,7 @@ from bulklink.run.job import (
 from bulklink.run.publish import Output, output_for, publish
 from bulklink.state.journal import journal_path
 from bulklink.state.ledger import Ledger
-from bulklink.state.lock import hold
+from bulklink.state.lock import hold, lock_path
 from bulklink.state.scope import Scope
 from bulklink.state.store import RunRecord, Store, store_path
 from bulklink.stream import endpoint
@@ -299,11 +299,14 @@ def _refuse_same_files(
         [
             ("the input", input, True),
             ("the report", report, False),
+            # The report's own side files before the paths a user gives, so that a
+            # refusal names the option to change; a lock that is another file is no lock.
+            ("the journal", journal_path(report), True),
+            ("the lock file", lock_path(report), True),
             ("--summary-json", output.summary_json, False),
             ("--metrics-file", output.metrics_file, False),
             ("--log-file", console.log_path, True),
             ("the state store", store, True),
-            ("the journal", journal_path(report), True),
         ]
     )
 

@@ -377,6 +377,21 @@ def test_two_outputs_that_are_one_file_are_refused(
     assert not out.exists() or out.read_bytes() == b""  # a log is opened before the check
 
 
+@pytest.mark.parametrize("option", SIDE_OPTIONS)
+@pytest.mark.parametrize("side", [".lock", ".journal"])
+def test_an_output_at_the_reports_lock_or_journal_is_refused(
+    sandbox: Sandbox, tmp_path: Path, option: str, side: str
+) -> None:
+    # The lock is removed when the run ends: a summary or log written there was lost, and
+    # a lock replaced by a summary's rename let a second run in.
+    src = pairs_csv(tmp_path / "in.csv", 2)
+    path = tmp_path / f"./in.results.csv{side}"
+    line = one_line_usage_error(run(sandbox, src, option, path))
+    what = "the lock file" if side == ".lock" else "the journal"
+    assert f"{ROLES.get(option, option)} {path} is the same file as {what}" in line
+    assert sandbox.requests == []
+
+
 def test_retry_refuses_a_summary_that_is_its_report_and_a_journal_as_the_store(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
