@@ -241,6 +241,18 @@ def test_a_header_over_64_kib_is_read_whole(sandbox: Sandbox, tmp_path: Path) ->
     assert [r["column_name_005999"] for r in rows] == ["x"] * 3
 
 
+@pytest.mark.parametrize("delimiter", [",", ";"])
+def test_a_header_over_csvs_field_limit_is_read_whole(
+    sandbox: Sandbox, tmp_path: Path, delimiter: str
+) -> None:
+    # Over 128 KiB the header is one field too long for csv under every other delimiter.
+    names = [f"column_name_{i:06d}" for i in range(8000)]  # ~150 KB, the IDs last
+    pairs = input_pairs(2)
+    rows = [[*names, *HEAD], *[["", *names[1:], *p] for p in pairs]]
+    rows = linked_from(sandbox, write_csv(tmp_path / "in.csv", rows, delimiter), pairs)
+    assert list(rows[0])[-len(names) :] == names
+
+
 def test_a_header_row_over_16_mib_is_refused_in_one_line(sandbox: Sandbox, tmp_path: Path) -> None:
     src = tmp_path / "in.csv"
     src.write_text("sourceTicketId,linkedTicketId," + "x" * (16 << 20))
