@@ -39,6 +39,8 @@ class Route:
     source: str  # "--proxy", "BULKLINK_PROXY", "HTTPS_PROXY", ...
     user: str = field(default="", repr=False)
     password: str = field(default="", repr=False)
+    # The credentials as typed (``user:wr:ong%40pw``), a spelling no decoded form gives.
+    typed: tuple[str, ...] = field(default=(), repr=False)
 
     def request_options(self, url: str) -> dict[str, Any]:
         """aiohttp's per-request keywords to go through this proxy. The credentials go as
@@ -86,7 +88,12 @@ class Proxies:
             secret
             for route in self.routes
             if route.user
-            for secret in (f"{route.user}:{route.password}", route.user, route.password)
+            for secret in (
+                f"{route.user}:{route.password}",
+                route.user,
+                route.password,
+                *route.typed,
+            )
         ]
 
     def describe(self, url: str) -> str:
@@ -161,6 +168,7 @@ def parse_proxy(value: str, source: str) -> Route:
         source=source,
         user=unquote(parts.username or ""),
         password=unquote(parts.password or ""),
+        typed=(parts.netloc.rpartition("@")[0], parts.username or "", parts.password or ""),
     )
 
 
