@@ -243,6 +243,10 @@ api.corp.example  other.example,*.corp.example   direct
 10.1.2.3          10.1.2.3                       direct
 10.1.2.4          10.1.2.3                       proxy
 ::1               [::1]                          direct
+::1               [::1]:443                      direct
+::1               [::1]:80                       proxy
+::1               ::1                            direct
+2001:db8::1:443   2001:db8::1:443                direct
 127.0.0.1         -                              proxy
 localhost         localhost:443                  direct
 localhost         localhost:80                   proxy

@@ -28,6 +28,7 @@ from bulklink.options import ConnectionOptions
 from bulklink.text import has_controls
 
 _PORT = re.compile(r"[^:\]]:[0-9]+$")  # ``host:port``, not an IPv6 address
+_BRACKETED = re.compile(r"\[([^\]]+)\](?::([0-9]+))?")  # an IPv6 address, maybe a port
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,22 +114,34 @@ def bypassed(host: str, port: int | None, no_proxy: str) -> bool:
     for entry in (e.strip().lower() for e in no_proxy.split(",")):
         if entry == "*":
             return True
-        if address is not None and _address(entry.strip("[]")) is not None:
-            if address == _address(entry.strip("[]")):
-                return True
-            continue
-        if address is not None and "/" in entry:
-            with contextlib.suppress(ValueError):
-                if address in ipaddress.ip_network(entry, strict=False):
-                    return True
-            continue
-        name, _, wanted = entry.rpartition(":") if _PORT.search(entry) else (entry, "", "")
-        name = name.lstrip("*").lstrip(".").rstrip(".")
+        name, wanted = _split_port(entry)
         if wanted and str(port) != wanted:
             continue
+        if address is not None and _address(name) is not None:
+            if address == _address(name):
+                return True
+            continue
+        if address is not None and "/" in name:
+            with contextlib.suppress(ValueError):
+                if address in ipaddress.ip_network(name, strict=False):
+                    return True
+            continue
+        name = name.lstrip("*").lstrip(".").rstrip(".")
         if name and (host == name or host.endswith(f".{name}")):
             return True
     return False
+
+
+def _split_port(entry: str) -> tuple[str, str]:
+    """A ``NO_PROXY`` entry's name and port (``""`` for any): ``host:port``, ``[::1]:8080``;
+    a bare IPv6 address has none."""
+    bracketed = _BRACKETED.fullmatch(entry)
+    if bracketed is not None:
+        return bracketed[1], bracketed[2] or ""
+    if _address(entry) is None and _PORT.search(entry):
+        name, _, wanted = entry.rpartition(":")
+        return name, wanted
+    return entry, ""
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
