@@ -40,6 +40,7 @@ from tests.helpers import (
     run,
     run_against,
     sent_checked,
+    wait_until,
     write_csv,
 )
 
@@ -134,6 +135,30 @@ def test_a_file_changed_after_sending_began_stops_the_run_with_every_row_account
     assert [r["outcome"] for r in rows] == ["linked"] * 2 + ["skipped"] * 4
     assert all("the input changed" in r["error"] for r in rows[2:])
     assert [n for n in files_in(tmp_path) if "bulklink-input" in n] == []  # snapshot gone
+
+
+@pytest.mark.parametrize("how", ["rewritten", "renamed", "grown"])
+def test_a_file_of_one_chunk_changed_while_its_rows_are_sent_stops_the_run(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path, how: str
+) -> None:
+    # Every row was read before the change: only a watch of the file itself can see it.
+    server = start_sandbox(latency=0.05)
+    src = pairs_csv(tmp_path / "in.csv", 40)
+
+    def change() -> None:
+        wait_until(lambda: len(server.requests) >= 2, "the first requests")
+        CHANGES[how](src)
+
+    changer = threading.Thread(target=change)
+    changer.start()
+    result = run(server, src, "--concurrency", "1")
+    changer.join()
+    assert result.exit_code == 1, result.stderr
+    assert f"stopped: the input changed while the run read it: {src}" in result.stderr
+    rows = read_report(tmp_path / "in.results.csv")
+    assert ids(rows) == input_pairs(40)  # the snapshot's rows, each accounted for
+    assert rows[-1]["outcome"] == "skipped" and "the input changed" in rows[-1]["error"]
+    assert len(server.requests) < 40
 
 
 def test_a_file_still_being_written_while_copied_is_refused(
