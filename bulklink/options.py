@@ -122,14 +122,19 @@ class TrafficOptions(_Checked):
     MAX_WORKERS: ClassVar[int] = 10_000
     #: Beyond it the doubling backoff overflows a float; nobody means a thousand retries.
     MAX_RETRIES: ClassVar[int] = 1000
+    #: Below it a request's interval overflows a float (``--rate 1e-320`` exited 70).
+    MIN_RATE: ClassVar[float] = 1e-4
 
     def __post_init__(self) -> None:
         super().__post_init__()
         # Numbers as their field says (the CLI and callers may give "20" or 0 for 0.0).
         rate, timeout = _finite(self.rate, "--rate"), _finite(self.timeout, "--timeout")
         backoff, max_retries = _finite(self.backoff, "--backoff"), _whole(self.max_retries)
-        if rate < 0:
-            raise UsageError("--rate must be 0 (no limit) or more")
+        if rate < 0 or 0 < rate < self.MIN_RATE:
+            raise UsageError(
+                f"--rate must be 0 (no limit) or at least {self.MIN_RATE:g} "
+                "(a request every 2.8 hours)"
+            )
         if not 0 <= max_retries <= self.MAX_RETRIES:
             raise UsageError(
                 "--max-retries must be 0 or more"

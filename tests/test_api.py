@@ -109,7 +109,8 @@ def test_a_wrong_option_is_refused_by_mypy_and_at_run_time(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"rate": -1}, "--rate must be 0 (no limit) or more"),
+        ({"rate": -1}, "--rate must be 0 (no limit) or at least 0.0001"),
+        ({"rate": 1e-320}, "--rate must be 0 (no limit) or at least 0.0001"),
         ({"rate": float("inf")}, "--rate must be a finite number, got inf"),
         ({"rate": "fast"}, "--rate must be a number, got 'fast'"),
         ({"timeout": 0}, "--timeout must be more than 0 seconds"),
