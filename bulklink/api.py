@@ -49,7 +49,7 @@ from bulklink.run.pacing import auto_rate_plan
 from bulklink.run.publish import Output, notify_refusal, output_for, publish
 from bulklink.state.journal import journal_path
 from bulklink.state.ledger import Ledger
-from bulklink.state.lock import hold, hold_input
+from bulklink.state.lock import hold, hold_input, lock_path
 from bulklink.state.scope import Scope
 from bulklink.state.store import RunRecord, Store, store_path
 from bulklink.stream import endpoint
@@ -323,11 +323,14 @@ def _refuse_same_files(
         [
             ("the input", input, True),
             ("the report", report, False),
+            # The report's own side files before the paths a user gives, so that a
+            # refusal names the option to change; a lock that is another file is no lock.
+            ("the journal", journal_path(report), True),
+            ("the lock file", lock_path(report), True),
             ("--summary-json", output.summary_json, False),
             ("--metrics-file", output.metrics_file, False),
             ("--log-file", console.log_path, True),
             ("the state store", store, True),
-            ("the journal", journal_path(report), True),
         ]
     )
 

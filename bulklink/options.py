@@ -135,6 +135,8 @@ class TrafficOptions(_Checked):
     MAX_TIMEOUT: ClassVar[float] = 86_400.0
     #: Far beyond any API's limit; larger numbers are typos (or ``1e308``).
     MAX_RATE: ClassVar[float] = 1_000_000.0
+    #: Below it a request's interval overflows a float (``--rate 1e-320`` exited 70).
+    MIN_RATE: ClassVar[float] = 1e-4
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -143,9 +145,10 @@ class TrafficOptions(_Checked):
         rate = self.AUTO_FALLBACK if auto else _rate(self.rate)
         timeout, reserve = _finite(self.timeout, "--timeout"), _finite(self.reserve, "--reserve")
         backoff, max_retries = _finite(self.backoff, "--backoff"), _whole(self.max_retries)
-        if not 0 <= rate <= self.MAX_RATE:
+        if not 0 <= rate <= self.MAX_RATE or 0 < rate < self.MIN_RATE:
             raise UsageError(
-                f"--rate must be 0 (no limit) to {self.MAX_RATE:,.0f}, or 'auto', got {rate:g}"
+                f"--rate must be 0 (no limit), or from {self.MIN_RATE:g} (a request every "
+                f"2.8 hours) to {self.MAX_RATE:,.0f}, or 'auto', got {rate:g}"
             )
         if not 0 <= reserve < 100:
             raise UsageError("--reserve must be a percentage from 0 to less than 100")

@@ -109,7 +109,8 @@ def test_a_wrong_option_is_refused_by_mypy_and_at_run_time(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"rate": -1}, "--rate must be 0 (no limit) to 1,000,000, or 'auto'"),
+        ({"rate": -1}, "--rate must be 0 (no limit), or from 0.0001"),
+        ({"rate": 1e-320}, "--rate must be 0 (no limit), or from 0.0001"),
         ({"rate": float("inf")}, "--rate must be a finite number, got inf"),
         ({"rate": "fast"}, "--rate must be a number or 'auto', got 'fast'"),
         ({"timeout": 0}, "--timeout must be more than 0 and at most 86,400 seconds"),

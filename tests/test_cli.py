@@ -30,6 +30,7 @@ from tests.helpers import (
     ROOT,
     TOKEN,
     invoke,
+    one_line_usage_error,
     pairs_csv,
     read_report,
     run,
@@ -65,6 +66,17 @@ def has_count(text: str, name: str, n: int) -> bool:
     return bool(
         re.search(rf"\b{name}\b\W{{0,3}}{n}\b", text) or re.search(rf"\b{n}\W{{0,3}}{name}\b", text)
     )
+
+
+@pytest.mark.parametrize("rate", ["1e-320", "0.00001"])
+def test_a_rate_too_small_to_pace_is_refused_before_anything(
+    sandbox: Sandbox, tmp_path: Path, rate: str
+) -> None:
+    # 1e-320 passed the check, then aiolimiter divided by its rate, 0.0: exit 70.
+    result = run(sandbox, pairs_csv(tmp_path / "in.csv", 2), "--rate", rate)
+    line = one_line_usage_error(result)
+    assert line.startswith("bulklink: error: --rate must be 0 (no limit), or from 0.0001")
+    assert sandbox.requests == []
 
 
 @pytest.mark.parametrize("explicit_output", [True, False])

@@ -40,6 +40,7 @@ from tests.helpers import (
     run,
     run_against,
     sent_checked,
+    wait_until,
     write_csv,
 )
 
@@ -134,6 +135,30 @@ def test_a_file_changed_after_sending_began_stops_the_run_with_every_row_account
     assert [r["outcome"] for r in rows] == ["linked"] * 2 + ["skipped"] * 4
     assert all("the input changed" in r["error"] for r in rows[2:])
     assert [n for n in files_in(tmp_path) if "bulklink-input" in n] == []  # snapshot gone
+
+
+@pytest.mark.parametrize("how", ["rewritten", "renamed", "grown"])
+def test_a_file_of_one_chunk_changed_while_its_rows_are_sent_stops_the_run(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path, how: str
+) -> None:
+    # Every row was read before the change: only a watch of the file itself can see it.
+    server = start_sandbox(latency=0.05)
+    src = pairs_csv(tmp_path / "in.csv", 40)
+
+    def change() -> None:
+        wait_until(lambda: len(server.requests) >= 2, "the first requests")
+        CHANGES[how](src)
+
+    changer = threading.Thread(target=change)
+    changer.start()
+    result = run(server, src, "--concurrency", "1")
+    changer.join()
+    assert result.exit_code == 1, result.stderr
+    assert f"stopped: the input changed while the run read it: {src}" in result.stderr
+    rows = read_report(tmp_path / "in.results.csv")
+    assert ids(rows) == input_pairs(40)  # the snapshot's rows, each accounted for
+    assert rows[-1]["outcome"] == "skipped" and "the input changed" in rows[-1]["error"]
+    assert len(server.requests) < 40
 
 
 def test_a_file_still_being_written_while_copied_is_refused(
@@ -239,6 +264,18 @@ def test_a_header_over_64_kib_is_read_whole(sandbox: Sandbox, tmp_path: Path) ->
     rows = linked_from(sandbox, src, pairs)
     assert list(rows[0])[-len(names) :] == names
     assert [r["column_name_005999"] for r in rows] == ["x"] * 3
+
+
+@pytest.mark.parametrize("delimiter", [",", ";"])
+def test_a_header_over_csvs_field_limit_is_read_whole(
+    sandbox: Sandbox, tmp_path: Path, delimiter: str
+) -> None:
+    # Over 128 KiB the header is one field too long for csv under every other delimiter.
+    names = [f"column_name_{i:06d}" for i in range(8000)]  # ~150 KB, the IDs last
+    pairs = input_pairs(2)
+    rows = [[*names, *HEAD], *[["", *names[1:], *p] for p in pairs]]
+    rows = linked_from(sandbox, write_csv(tmp_path / "in.csv", rows, delimiter), pairs)
+    assert list(rows[0])[-len(names) :] == names
 
 
 def test_a_header_row_over_16_mib_is_refused_in_one_line(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -375,6 +412,21 @@ def test_two_outputs_that_are_one_file_are_refused(
     assert line.endswith(f"choose another path for {ROLES.get(second, second)}")
     assert sandbox.requests == []
     assert not out.exists() or out.read_bytes() == b""  # a log is opened before the check
+
+
+@pytest.mark.parametrize("option", SIDE_OPTIONS)
+@pytest.mark.parametrize("side", [".lock", ".journal"])
+def test_an_output_at_the_reports_lock_or_journal_is_refused(
+    sandbox: Sandbox, tmp_path: Path, option: str, side: str
+) -> None:
+    # The lock is removed when the run ends: a summary or log written there was lost, and
+    # a lock replaced by a summary's rename let a second run in.
+    src = pairs_csv(tmp_path / "in.csv", 2)
+    path = tmp_path / f"./in.results.csv{side}"
+    line = one_line_usage_error(run(sandbox, src, option, path))
+    what = "the lock file" if side == ".lock" else "the journal"
+    assert f"{ROLES.get(option, option)} {path} is the same file as {what}" in line
+    assert sandbox.requests == []
 
 
 def test_retry_refuses_a_summary_that_is_its_report_and_a_journal_as_the_store(

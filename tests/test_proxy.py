@@ -17,6 +17,7 @@ from bulklink.net.proxy import bypassed, parse_proxy, resolve_proxies
 from bulklink.options import ConnectionOptions
 from bulklink.sandbox import Sandbox
 from tests.helpers import (
+    FAST_UNPACED,
     ORG,
     TOKEN,
     Certs,
@@ -33,6 +34,7 @@ from tests.helpers import (
     run,
     sent,
     serve_connect_proxy,
+    spawn,
 )
 
 N = 6
@@ -132,6 +134,29 @@ def test_proxy_credentials_are_sent_and_never_shown(
             assert secret.encode() not in path.read_bytes()
 
 
+@pytest.mark.parametrize("typed", ["bob:wr:ong%40pw", "b%6Fb:wr:ong@pw"])
+def test_proxy_credentials_typed_half_encoded_are_never_shown(
+    sandbox: Sandbox, tmp_path: Path, typed: str
+) -> None:
+    """A ``:`` left raw in the password, a letter encoded for no reason: the run history
+    kept the credentials as typed, a spelling no encoding of the decoded ones gives."""
+    user, password = "bob", "wr:ong@pw"
+    expect = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    src, state, log = pairs_csv(tmp_path / "in.csv", 2), tmp_path / "s.sqlite3", tmp_path / "l"
+    with serve_connect_proxy(expect) as proxy:
+        given = proxy.url.replace("//", f"//{typed.replace('@', '%40')}@")
+        args = ("run", src, *FAST_UNPACED, "--proxy", given, "--state", state, "--log-file", log)
+        child = spawn(sandbox, *args)  # the run history keeps a command line typed as such
+        out, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err
+    assert proxy.seen and {auth for _, auth in proxy.seen} == {expect}
+    with sqlite3.connect(state) as db:
+        history = json.dumps(db.execute("SELECT * FROM runs").fetchall())
+    assert "--proxy http://***@127.0.0.1:" in history
+    for text in (out, err, history, log.read_text()):
+        assert "ong" not in text and "b%6Fb" not in text
+
+
 @pytest.mark.parametrize(
     ("given", "scheme"), [("none", "https"), ("wrong", "https"), ("wrong", "http")]
 )
@@ -218,6 +243,10 @@ api.corp.example  other.example,*.corp.example   direct
 10.1.2.3          10.1.2.3                       direct
 10.1.2.4          10.1.2.3                       proxy
 ::1               [::1]                          direct
+::1               [::1]:443                      direct
+::1               [::1]:80                       proxy
+::1               ::1                            direct
+2001:db8::1:443   2001:db8::1:443                direct
 127.0.0.1         -                              proxy
 localhost         localhost:443                  direct
 localhost         localhost:80                   proxy

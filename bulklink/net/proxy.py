@@ -28,6 +28,7 @@ from bulklink.options import ConnectionOptions
 from bulklink.text import has_controls
 
 _PORT = re.compile(r"[^:\]]:[0-9]+$")  # ``host:port``, not an IPv6 address
+_BRACKETED = re.compile(r"\[([^\]]+)\](?::([0-9]+))?")  # an IPv6 address, maybe a port
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,8 @@ class Route:
     source: str  # "--proxy", "BULKLINK_PROXY", "HTTPS_PROXY", ...
     user: str = field(default="", repr=False)
     password: str = field(default="", repr=False)
+    # The credentials as typed (``user:wr:ong%40pw``), a spelling no decoded form gives.
+    typed: tuple[str, ...] = field(default=(), repr=False)
 
     def request_options(self, url: str) -> dict[str, Any]:
         """aiohttp's per-request keywords to go through this proxy. The credentials go as
@@ -86,7 +89,12 @@ class Proxies:
             secret
             for route in self.routes
             if route.user
-            for secret in (f"{route.user}:{route.password}", route.user, route.password)
+            for secret in (
+                f"{route.user}:{route.password}",
+                route.user,
+                route.password,
+                *route.typed,
+            )
         ]
 
     def describe(self, url: str) -> str:
@@ -106,22 +114,34 @@ def bypassed(host: str, port: int | None, no_proxy: str) -> bool:
     for entry in (e.strip().lower() for e in no_proxy.split(",")):
         if entry == "*":
             return True
-        if address is not None and _address(entry.strip("[]")) is not None:
-            if address == _address(entry.strip("[]")):
-                return True
-            continue
-        if address is not None and "/" in entry:
-            with contextlib.suppress(ValueError):
-                if address in ipaddress.ip_network(entry, strict=False):
-                    return True
-            continue
-        name, _, wanted = entry.rpartition(":") if _PORT.search(entry) else (entry, "", "")
-        name = name.lstrip("*").lstrip(".").rstrip(".")
+        name, wanted = _split_port(entry)
         if wanted and str(port) != wanted:
             continue
+        if address is not None and _address(name) is not None:
+            if address == _address(name):
+                return True
+            continue
+        if address is not None and "/" in name:
+            with contextlib.suppress(ValueError):
+                if address in ipaddress.ip_network(name, strict=False):
+                    return True
+            continue
+        name = name.lstrip("*").lstrip(".").rstrip(".")
         if name and (host == name or host.endswith(f".{name}")):
             return True
     return False
+
+
+def _split_port(entry: str) -> tuple[str, str]:
+    """A ``NO_PROXY`` entry's name and port (``""`` for any): ``host:port``, ``[::1]:8080``;
+    a bare IPv6 address has none."""
+    bracketed = _BRACKETED.fullmatch(entry)
+    if bracketed is not None:
+        return bracketed[1], bracketed[2] or ""
+    if _address(entry) is None and _PORT.search(entry):
+        name, _, wanted = entry.rpartition(":")
+        return name, wanted
+    return entry, ""
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -161,6 +181,7 @@ def parse_proxy(value: str, source: str) -> Route:
         source=source,
         user=unquote(parts.username or ""),
         password=unquote(parts.password or ""),
+        typed=(parts.netloc.rpartition("@")[0], parts.username or "", parts.password or ""),
     )
 
 

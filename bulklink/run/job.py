@@ -441,6 +441,7 @@ class _Run:
                 await asyncio.sleep(0.5)
                 job.console.progress(self.assembler.done_this_run, runner.in_flight)
                 self.check_health()
+                await self.watch_input()
                 self.flush_store()
                 if time.monotonic() - last_sync >= 1.0 and journal.take_dirty():
                     last_sync = time.monotonic()
@@ -476,6 +477,15 @@ class _Run:
                 f"gave up: no answer settled a row for {format_duration(give_up)} "
                 f"({runner.in_flight} requests waiting for an answer)"
             )
+
+    async def watch_input(self) -> None:
+        """An input that changes while rows are sent stops the run, also when every row
+        was read before the change (a file of one chunk); the stat is off the event loop."""
+        snapshot = self.job.plan.table.snapshot
+        if snapshot is None or self.runner.stop_reason:
+            return
+        if await asyncio.to_thread(snapshot.changed):
+            self.runner.stop(_input_changed(self.job))
 
     def flush_store(self) -> None:
         """The store's batch, when :meth:`Ledger.due`, in a worker thread.
@@ -621,6 +631,10 @@ class _ChunkStream:
             self._next.cancel()
 
 
+def _input_changed(job: Job) -> str:
+    return f"the input changed while the run read it: {job.plan.table.name}"
+
+
 async def _feed(
     job: Job, journal: Journal, assembler: Assembler, stream: _ChunkStream, runner: Runner
 ) -> AsyncIterator[list[Pair]]:
@@ -631,7 +645,7 @@ async def _feed(
     while (chunk := await stream.get()) is not None:
         assembler.add_chunk(chunk)
         if chunk.input_changed:  # what is left may not be what was validated: stop
-            runner.stop(f"the input changed while the run read it: {job.plan.table.name}")
+            runner.stop(_input_changed(job))
             return
         async for batch in _batches(chunk, codes, journal, budget):
             yield batch

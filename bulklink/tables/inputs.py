@@ -655,7 +655,10 @@ def _sniff_delimiter(text: str) -> str:
     lines = [ln for ln in text.splitlines()[:50] if ln.strip()]
     best, best_score = ",", (0, 0)
     for delim in DELIMITERS:
-        rows = list(csv.reader(lines, delimiter=delim))
+        try:
+            rows = list(csv.reader(lines, delimiter=delim))
+        except csv.Error:  # a field over csv's limit: a wide header that this does not split
+            continue
         if not rows:
             continue
         width = len(rows[0])
