@@ -11,6 +11,7 @@ import re
 import signal
 import sqlite3
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -260,6 +261,36 @@ def test_runs_and_the_next_run_survive_a_history_row_someone_edited(
     assert json.loads(as_json.stdout)[0][column] == value
     again = h.run_against(sandbox, *args, "--relink")
     assert again.exit_code == 0, again.stderr
+
+
+@pytest.fixture
+def mounted(tmp_path: Path) -> Iterator[Path]:
+    """A file system of its own (a tmpfs), which the test may remount read-only."""
+    folder = tmp_path / "mnt"
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("mounting a file system needs root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_runs_and_a_dry_run_read_a_store_on_a_read_only_file_system(
+    tmp_path: Path, sandbox: Sandbox, mounted: Path
+) -> None:
+    state = mounted / "state.sqlite3"
+    src = h.pairs_csv(tmp_path / "in.csv", 3)
+    assert h.run_against(sandbox, "run", src, "--state", state, *FAST_UNPACED).exit_code == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(mounted)], check=True)
+    listed = h.run_against(sandbox, "runs", "--state", state)
+    assert listed.exit_code == 0, listed.output
+    assert "linked 3" in listed.stdout
+    dry = h.run_against(sandbox, "run", src, "--state", state, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "already linked 3" in dry.stdout
+    assert sorted(p.name for p in mounted.iterdir()) == ["state.sqlite3"]
 
 
 @pytest.mark.parametrize("limit", ["99999999999999999999", "0", "-1", "nan"])

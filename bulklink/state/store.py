@@ -311,7 +311,9 @@ class Store:
     def open_existing(
         cls, path: str | os.PathLike[str], *, busy_timeout: float | None = None
     ) -> Store | None:
-        """The store at ``path``, or None when there is none (``runs``, ``--dry-run``)."""
+        """The store at ``path`` to read, or None when there is none (``runs``,
+        ``--dry-run``): opened read-only, so a store on a read-only file system (a
+        mounted backup, a locked-down host) can still be looked at."""
         return cls._open(Path(path), create=False, busy_timeout=busy_timeout)
 
     @classmethod
@@ -326,15 +328,16 @@ class Store:
                 _check_header(path, header)
             _check_side_files(path)
             try:
-                db = sqlite3.connect(
-                    path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-                )
+                db = _connect(path, busy_timeout, read_only=not create)
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot open the state store {path}: {exc}") from None
             store = cls(path, db, busy_timeout)
             try:
                 with store._errors():
-                    store._prepare(fd)
+                    if create:
+                        store._prepare(fd)
+                    else:
+                        store._check_readable(fd)
                 _check_side_files(path)
             except BaseException:
                 db.close()
@@ -342,6 +345,18 @@ class Store:
             return store
         finally:
             os.close(fd)
+
+    def _check_readable(self, fd: int) -> None:
+        """A store opened to read: recognised, and the file that was checked."""
+        app, version, tables = _identity(self._db)
+        if (app, version, tables) != (0, 0, 0):
+            _check_identity(self.path, app, version)
+        self._check_unreplaced(fd)
+
+    def _check_unreplaced(self, fd: int) -> None:
+        st, now = os.fstat(fd), os.lstat(self.path)
+        if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+            raise StoreError(f"the state store {self.path} was replaced while opening it")
 
     def _prepare(self, fd: int) -> None:
         db = self._db
@@ -380,9 +395,7 @@ class Store:
         db.execute("PRAGMA cache_size = -32768")
         db.execute("PRAGMA wal_autocheckpoint = 10000")
         db.execute("PRAGMA journal_size_limit = 67108864")
-        st, now = os.fstat(fd), os.lstat(self.path)
-        if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
-            raise StoreError(f"the state store {self.path} was replaced while opening it")
+        self._check_unreplaced(fd)
 
     def close(self) -> None:
         with self._lock:
@@ -613,6 +626,28 @@ class Store:
 
 def _slices(flat: list[str], start: int, stop: int, width: int) -> list[list[str]]:
     return [flat[i : i + width] for i in range(start, stop, width)]
+
+
+def _connect(path: Path, busy_timeout: float, *, read_only: bool) -> sqlite3.Connection:
+    """A connection; to read only, ``mode=ro``, else (a read-only file system, where
+    SQLite cannot make the WAL's shared-memory file) ``immutable=1``: nobody can be
+    writing a store there."""
+
+    def connect(target: str | Path, uri: bool = False) -> sqlite3.Connection:
+        return sqlite3.connect(
+            target, timeout=busy_timeout, isolation_level=None, check_same_thread=False, uri=uri
+        )
+
+    if not read_only:
+        return connect(path)
+    uri = path.absolute().as_uri()
+    db = connect(f"{uri}?mode=ro", uri=True)
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.OperationalError:
+        db.close()
+        return connect(f"{uri}?immutable=1", uri=True)
 
 
 def _open_file(path: Path, create: bool) -> int | None:
