@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import shlex
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bulklink._fs import refuse_same_files
 from bulklink.console import Console
@@ -33,6 +35,7 @@ from bulklink.options import (
     JobOptions,
     RetryOptions,
     StateOptions,
+    Where,
     entry,
     file_entry,
 )
@@ -83,7 +86,30 @@ class DryRun:
     pace: str = ""  # with --rate auto, how the run will pace itself (it learns the rest)
 
 
-@file_entry(JobOptions)
+def notify_refused_command(
+    command: str, first: Where, output: Where | None, given: Mapping[str, Any], exc: UsageError
+) -> None:
+    """A command refused before its options existed (click's checks, a value the options
+    refuse, a report folder that is missing): the notice, from what the command says of
+    its webhook, so a typo in a crontab does not silence the job."""
+    keys = ("notify", "notify_on", "job", "allow_http", "proxy", "no_proxy", "ca_bundle")
+    try:
+        options = RetryOptions(**{k: given[k] for k in keys if given.get(k) is not None})
+    except (BulklinkError, TypeError, ValueError):
+        return  # the webhook or the network options are what was refused
+    source = None if str(first) == "-" else Path(first)
+    try:
+        report = resolve_report(source, Path(output) if output else None)
+    except BulklinkError:
+        report = Path(output) if output else Path(first)
+    if command == "retry":
+        report = Path(output) if output else Path(first)
+    console = given.get("console") or Console.silent()
+    secrets = Redactor([given.get("token"), given.get("api_key")])
+    notify_refusal(report, options, _refused(report, exc), console, secrets=secrets)
+
+
+@file_entry(JobOptions, refused=functools.partial(notify_refused_command, "run"))
 def run_job(input: str | Path, output: str | Path | None, options: JobOptions) -> Summary:
     """Link every pair in ``input`` and write the report; what ``bulklink run`` does.
 
@@ -96,7 +122,12 @@ def run_job(input: str | Path, output: str | Path | None, options: JobOptions) -
     stdin = str(input) == "-"
     if stdin and output is None:
         raise UsageError("reading from standard input ('-') needs -o/--output")
-    report = resolve_report(None if stdin else Path(input), Path(output) if output else None)
+    try:
+        report = resolve_report(None if stdin else Path(input), Path(output) if output else None)
+    except UsageError as exc:
+        fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+        notify_refused_command("run", input, output, fields, exc)
+        raise
     given = None if stdin else Path(input)
     prepared = _prepare(report, f"bulklink run {os.fsdecode(input)}", options, given)
 
@@ -111,7 +142,7 @@ def run_job(input: str | Path, output: str | Path | None, options: JobOptions) -
     return _published(prepared, [report], work, input=None if stdin else Path(input))
 
 
-@file_entry(RetryOptions)
+@file_entry(RetryOptions, refused=functools.partial(notify_refused_command, "retry"))
 def retry_job(report: str | Path, output: str | Path | None, options: RetryOptions) -> Summary:
     """Resend a report's ``failed`` and ``skipped`` rows; rewrite it (or ``output``) in place.
 

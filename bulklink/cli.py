@@ -32,13 +32,41 @@ holds the report or the input; 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM."""
 
 
 class _Group(click.Group):
-    """Click's own refusals (a bad option value, an unknown option) as one line, as ours."""
+    """Click's own refusals (a bad option value, an unknown option) as one line, as ours,
+    and, for ``run`` and ``retry``, notified as every refused run is."""
+
+    raw_args: tuple[str, ...] = ()
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        self.raw_args = tuple(args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:
+            self._notify_refusal(ctx, exc)
             _fail(exc.format_message(), exc.exit_code)
+
+    def _notify_refusal(self, ctx: click.Context, exc: click.UsageError) -> None:
+        """The command line's own words for its webhook, its values taken as typed."""
+        name, *rest = self.raw_args or [""]
+        command = self.commands.get(name) if name in ("run", "retry") else None
+        if command is None:
+            return
+        sub = click.Context(command, parent=ctx, info_name=name, resilient_parsing=True)
+        try:
+            values = command.make_parser(sub).parse_args(rest)[0]
+        except click.UsageError:
+            return
+        given = {str(k): v for k, v in values.items()}
+        first = given.get("input" if name == "run" else "report")
+        if isinstance(first, str):
+            from bulklink.api import notify_refused_command
+            from bulklink.errors import UsageError
+
+            refusal = UsageError(exc.format_message())
+            notify_refused_command(name, first, given.get("output"), given, refusal)
 
 
 def _apply(options: list[Callable[[F], F]]) -> Callable[[F], F]:

@@ -351,15 +351,24 @@ class FileEntry(Protocol[P, R_co]):
 
 def file_entry(
     options: Callable[P, Opts],
+    *,
+    refused: Callable[[Where, Where | None, dict[str, Any], UsageError], None] | None = None,
 ) -> Callable[[Callable[[Where, Where | None, Opts], R]], FileEntry[P, R]]:
-    """``func(path, output, options)`` as ``func(path, output=None, **fields of options)``."""
+    """``func(path, output, options)`` as ``func(path, output=None, **fields of options)``;
+    ``refused`` hears of options refused before they could be built (to notify it)."""
 
     def decorate(func: Callable[[Where, Where | None, Opts], R]) -> FileEntry[P, R]:
         @functools.wraps(func)
         def wrapper(
             path: Where, /, output: Where | None = None, *args: P.args, **kwargs: P.kwargs
         ) -> R:
-            return func(path, output, options(*args, **kwargs))
+            try:
+                built = options(*args, **kwargs)
+            except UsageError as exc:
+                if refused is not None:
+                    refused(path, output, dict(kwargs), exc)
+                raise
+            return func(path, output, built)
 
         return _described(wrapper, func, options)
 

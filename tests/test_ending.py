@@ -446,6 +446,11 @@ def test_a_second_run_on_the_same_input_exits_75_whatever_its_report_home_or_sto
         (("--summary-json", "{tmp}/missing/s.json"), "--summary-json: no such folder"),
         (("--base-url", "http://alice:PASSW0RD@127.0.0.1:1"), "must not hold a user name"),
         (("--input-is-missing",), "missing.csv"),
+        # refused by click's own checks, by the options, or for the report's folder
+        (("--rate", "nan"), "Invalid value for '--rate'"),
+        (("--limit", "x"), "Invalid value for '--limit'"),
+        (("--give-up-after", "soon"), "--give-up-after"),
+        (("-o", "{tmp}/missing/r.csv"), "the report's folder does not exist"),
     ],
 )
 def test_a_run_refused_before_it_starts_sends_its_notice(
