@@ -97,13 +97,10 @@ def notify_refused_command(
         options = RetryOptions(**{k: given[k] for k in keys if given.get(k) is not None})
     except (BulklinkError, TypeError, ValueError):
         return  # the webhook or the network options are what was refused
-    source = None if str(first) == "-" else Path(first)
-    try:
-        report = resolve_report(source, Path(output) if output else None)
-    except BulklinkError:
-        report = Path(output) if output else Path(first)
-    if command == "retry":
-        report = Path(output) if output else Path(first)
+    report = Path(output) if output else Path(first)  # retry's, and a refused -o
+    if command == "run" and not output:
+        with contextlib.suppress(BulklinkError):  # the run's default report's name
+            report = resolve_report(None if str(first) == "-" else Path(first), None)
     console = given.get("console") or Console.silent()
     secrets = Redactor([given.get("token"), given.get("api_key")])
     notify_refusal(report, options, _refused(report, exc), console, secrets=secrets)
