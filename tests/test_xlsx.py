@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import openpyxl
@@ -20,7 +20,8 @@ import pytest
 from openpyxl.chart import BarChart, Reference
 from openpyxl.styles import Font
 
-from bulklink.sandbox import Sandbox
+from bulklink.models import TICKET_FIELDS
+from bulklink.sandbox import Reply, Sandbox
 from bulklink.tables.report import xlsx
 from bulklink.tables.report.schema import RunInfo
 from bulklink.tables.report.xlsx import write_workbook
@@ -371,3 +372,33 @@ def test_an_old_xls_named_xlsx_is_told_to_be_saved_as_xlsx(
     line = one_line_error(result)
     assert "old Office file (.xls?)" in line and "password" not in line
     assert sandbox.requests == []
+
+
+# Answers an xlsx report must hold as sent: text shaped like the sheet's own XML (a rich
+# string, Excel's _xHHHH_ escapes), integers a double cannot hold, one beyond a double's
+# range (XlsxWriter refused it, failing the whole report).
+HOSTILE_TICKETS = {
+    "S1": {"title": "<r><t>rich</t></r>", "description": "</t></is></c><c>&amp;"},
+    "S2": {"ticketId": 2**53 + 1, "storyPoints": -(10**20)},
+    "S3": {"ticketId": int("9" * 400), "title": " spaced "},
+}
+
+
+def test_ticket_values_shaped_like_the_sheet_or_too_big_for_a_double_read_back_exactly(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    script = {}
+    for source, values in HOSTILE_TICKETS.items():
+        ticket = {name: None for name in TICKET_FIELDS} | {"id": source} | values
+        script[source] = [Reply(200, body={"status": True, "message": "ok", "data": ticket})]
+    server = start_sandbox(script=script)
+    inp = write_csv(tmp_path / "in.csv", [HEAD, *([s, f"L{s}"] for s in HOSTILE_TICKETS)])
+    out = tmp_path / "out.xlsx"
+    result = run(server, inp, "-o", out)
+    assert result.exit_code == 0, result.stderr
+    _, rows = read_any(out)
+    got = {row["sourceTicketId"]: row for row in rows}
+    for source, values in HOSTILE_TICKETS.items():
+        for name, value in values.items():
+            expected = value if isinstance(value, str) else str(value)  # exact digits, as text
+            assert got[source][f"ticket.{name}"] == expected, (source, name)

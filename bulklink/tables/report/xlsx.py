@@ -19,12 +19,17 @@ the cell says so and where to get the whole text.
 
 from __future__ import annotations
 
+import io
+import math
 import re
+import shutil
+import tempfile
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from bulklink.errors import InputError
 from bulklink.models import ErrorGroup, ErrorTally, Outcome
@@ -40,6 +45,17 @@ MAX_CELL = 32_767  # characters a cell holds
 _FILTER_BUTTON = 2  # the header's dropdown arrow covers about two characters
 #: XML cannot hold C0 controls other than tab, line feed and carriage return.
 _ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+#: What a text cell's XML cannot copy as it is: markup, controls (a carriage return is
+#: Excel's ``_x000D_``), Excel's own ``_xHHHH_`` escapes, the two non-characters.
+_SPECIAL = re.compile("[\x00-\x08\x0b-\x1f&<>_\ufffe\uffff]")
+_EXCEL_ESCAPE = re.compile("(_x[0-9a-fA-F]{4}_)")
+_EXACT = 2**53  # beyond it, a double (what Excel holds) loses an integer's digits
+#: Excel's error values for what JSON's NaN and infinities mean, as XlsxWriter writes them.
+_NON_FINITE = {"nan": ("#NUM!", "#NUM!"), "inf": ("1/0", "#DIV/0!"), "-inf": ("-1/0", "#DIV/0!")}
+_ROWS_PART = "xl/worksheets/sheet1.xml"  # the first sheet's part: the rows sheet
+_DIMENSION = re.compile(r'<dimension ref="[A-Z]+[0-9]+(:[A-Z]+[0-9]+)?"/>')
+_LEVEL = 1  # half zlib's default time (XlsxWriter's) for a file a fifth larger
+_ZIP64_FROM = (1 << 31) - (1 << 20)  # zipfile needs to know up front, a little under 2 GiB
 #: Bar colours per outcome, so the night's state shows before a number is read.
 _COLOURS = {
     Outcome.LINKED: "4CAF50",
@@ -92,25 +108,57 @@ def write_workbook(
 
     ``rows()`` is called once. Cells are ``None``, ``bool``, ``int``, ``float``, ``str``
     or JSON lists and objects (written as JSON text); ``success`` may be the text
-    ``true``/``false``.
+    ``true``/``false``. The data rows go to a temporary file first (their widths and
+    tallies shape the rest), XlsxWriter then writes the workbook around them, and the
+    two are put together in ``target``'s zip.
     """
     import xlsxwriter
+    from xlsxwriter.utility import xl_col_to_name
 
     options = {
         "constant_memory": True,
         "strings_to_formulas": False,
         "strings_to_urls": False,
         "strings_to_numbers": False,
-        "nan_inf_to_errors": True,
     }
-    book = xlsxwriter.Workbook(target, options)
-    bold = book.add_format({"bold": True})
-    sheet = book.add_worksheet(ROWS_SHEET)
-    summary = book.add_worksheet(SUMMARY_SHEET)
-    plain = (book.add_format(), book.add_format())
-    tally = _write_rows_sheet(sheet, bold, plain, columns, rows)
-    _write_summary_sheet(book, summary, bold, tally, run or RunInfo())
-    book.close()
+    with tempfile.TemporaryFile() as body:
+        text = io.TextIOWrapper(body, encoding="utf-8", errors="backslashreplace")
+        tally = _write_rows(text, columns, rows)
+        text.detach()
+        frame = io.BytesIO()
+        book = xlsxwriter.Workbook(frame, options)
+        bold = book.add_format({"bold": True})
+        sheet = book.add_worksheet(ROWS_SHEET)
+        summary = book.add_worksheet(SUMMARY_SHEET)
+        plain = (book.add_format(), book.add_format())
+        _write_rows_sheet(sheet, bold, plain, columns, tally)
+        _write_summary_sheet(book, summary, bold, tally, run or RunInfo())
+        book.close()
+        _put_together(frame, body, target, f"{xl_col_to_name(len(columns) - 1)}{tally.rows + 1}")
+
+
+def _put_together(frame: io.BytesIO, body: IO[bytes], target: Path | BinaryIO, last: str) -> None:
+    """Copy XlsxWriter's workbook to ``target``, the data rows put into its rows sheet
+    after the header row, and the sheet's dimension stretched over them (readers size
+    the sheet from it)."""
+    size = body.tell()
+    body.seek(0)
+    with (
+        zipfile.ZipFile(frame) as src,
+        zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, compresslevel=_LEVEL) as dst,
+    ):
+        for info in src.infolist():
+            if info.filename != _ROWS_PART:
+                dst.writestr(info, src.read(info))
+                continue
+            head, tail = src.read(info).decode("utf-8").split("</row></sheetData>")
+            head, found = _DIMENSION.subn(f'<dimension ref="A1:{last}"/>', head, count=1)
+            if not found:
+                raise RuntimeError(f"XlsxWriter wrote {_ROWS_PART} without a dimension")
+            with dst.open(_ROWS_PART, "w", force_zip64=size > _ZIP64_FROM) as part:
+                part.write(head.encode("utf-8") + b"</row>")
+                shutil.copyfileobj(body, part, 1 << 20)
+                part.write(b"</sheetData>" + tail.encode("utf-8"))
 
 
 # -- the rows sheet -------------------------------------------------------------------
@@ -144,12 +192,12 @@ def _typed(value: Any, kind: str) -> Any:
 
 def _shown_width(value: Any) -> int:
     """Characters a cell takes on screen: its longest line; booleans as TRUE/FALSE."""
+    if isinstance(value, str):  # first: nearly every cell is text
+        return max(map(len, value.split("\n"))) if "\n" in value else len(value)
     if value is None:
         return 0
     if value is True or value is False:
         return 5
-    if isinstance(value, str):
-        return max(map(len, value.split("\n"))) if "\n" in value else len(value)
     return len(str(value))
 
 
@@ -166,8 +214,37 @@ def _cell_text(text: str) -> str:
     return text
 
 
+def _string_xml(ref: str, text: str) -> str:
+    """A text cell, spelt as XlsxWriter spells it: an inline string, markup escaped, a
+    carriage return as Excel's ``_x000D_`` (and a literal ``_x000D_`` escaped in turn, so
+    it reads back as typed), whitespace at either end kept."""
+    if _SPECIAL.search(text) or len(text) > MAX_CELL:
+        text = _EXCEL_ESCAPE.sub(r"_x005F\1", _cell_text(text))
+        text = text.replace("\r", "_x000D_").replace("\ufffe", "_xFFFE_")
+        text = text.replace("\uffff", "_xFFFF_")
+        text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    space = ' xml:space="preserve"' if text[:1].isspace() or text[-1:].isspace() else ""
+    return f'<c r="{ref}" t="inlineStr"><is><t{space}>{text}</t></is></c>'
+
+
+def _cell_xml(ref: str, cell: Any) -> str:
+    """One cell of the rows sheet by its type: text is always an inline string, never a
+    formula. A number too big for a double's exact digits is text, as in the CSV report:
+    Excel would show it rounded (and XlsxWriter refused one beyond a double's range)."""
+    if isinstance(cell, str):  # first: nearly every cell is text
+        return _string_xml(ref, cell)
+    if cell is True or cell is False:
+        return f'<c r="{ref}" t="b"><v>{int(cell)}</v></c>'
+    if isinstance(cell, float) and not math.isfinite(cell):
+        formula, error = _NON_FINITE[str(cell)]
+        return f'<c r="{ref}" t="e"><f>{formula}</f><v>{error}</v></c>'
+    if isinstance(cell, float) or abs(cell) <= _EXACT:
+        return f'<c r="{ref}"><v>{cell:.16G}</v></c>'
+    return _string_xml(ref, str(cell))
+
+
 def _write(sheet: _Sheet, row: int, col: int, cell: Any, style: Any = None) -> None:
-    """One cell by its type; text is always a text cell, never a formula or an error."""
+    """One cell of the Summary by its type; text is always a text cell, never a formula."""
     if cell is None or cell == "":
         return
     if cell is True or cell is False:
@@ -213,33 +290,52 @@ class _Counting:
         return str(row[at] or "") if at is not None else ""
 
 
-def _write_rows_sheet(
-    sheet: _Sheet, bold: Any, plain: tuple[Any, Any], columns: Sequence[str], rows: Rows
-) -> _Tally:
+def _write_rows(out: IO[str], columns: Sequence[str], rows: Rows) -> _Tally:
+    """The data rows' ``<row>`` elements, as XlsxWriter's constant-memory mode writes them.
+
+    Written here rather than cell by cell through XlsxWriter, whose per-cell machinery
+    (dimension checks, a format lookup, three escaping passes) costs about ten times
+    this loop (benchmarks/NOTES.md); the header row, the widths, the filter and the
+    Summary stay XlsxWriter's.
+    """
+    from xlsxwriter.utility import xl_col_to_name
+
     kinds = _kinds(columns)
+    letters = [xl_col_to_name(col) for col in range(len(columns))]
     longest = [len(name) + _FILTER_BUTTON for name in columns]
     counting = _Counting(columns)
-    for col, name in enumerate(columns):
-        sheet.write_string(0, col, _cell_text(name), bold)
     n = 0
     for n, row in enumerate(rows(), 1):
-        for col, (value, kind) in enumerate(zip(row, kinds, strict=True)):
+        line = []
+        at = str(n + 1)  # the row's number in the sheet, below the header
+        for col, value in enumerate(row):
             if value is None or value == "":
                 continue  # most ticket cells of a row not linked now: nothing to write
-            cell = _typed(value, kind)
-            _write(sheet, n, col, cell)
+            kind = kinds[col]
+            cell = value if kind == "any" and isinstance(value, str) else _typed(value, kind)
+            line.append(_cell_xml(letters[col] + at, cell))
             if (width := _shown_width(cell)) > longest[col]:
                 longest[col] = width
+        if line:
+            out.write(f'<row r="{at}">{"".join(line)}</row>')
         counting.add(row, n)
     widths = [min(max(w + 1, MIN_WIDTH), MAX_WIDTH) for w in longest]
-    for col, width in enumerate(widths):
+    return _Tally(widths, counting.counts, counting.errors.groups(), n)
+
+
+def _write_rows_sheet(
+    sheet: _Sheet, bold: Any, plain: tuple[Any, Any], columns: Sequence[str], tally: _Tally
+) -> None:
+    """Everything of the rows sheet but its data rows: header, widths, pane, filter."""
+    for col, name in enumerate(columns):
+        sheet.write_string(0, col, _cell_text(name), bold)
+    for col, width in enumerate(tally.widths):
         # XlsxWriter writes neighbours alike as one <col> range, and openpyxl (how scripts
         # read reports) then gives the width to the first column only: two empty
         # formats, taken in turn, keep each column its own.
         _set_width(sheet, col, width, plain[col % 2])
     sheet.freeze_panes(1, 0)
-    sheet.autofilter(0, 0, n, len(columns) - 1)
-    return _Tally(widths, counting.counts, counting.errors.groups(), n)
+    sheet.autofilter(0, 0, tally.rows, len(columns) - 1)
 
 
 # -- the Summary sheet ----------------------------------------------------------------
