@@ -14,6 +14,7 @@ import sys
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import openpyxl
 import pytest
@@ -377,7 +378,7 @@ def test_an_old_xls_named_xlsx_is_told_to_be_saved_as_xlsx(
 # Answers an xlsx report must hold as sent: text shaped like the sheet's own XML (a rich
 # string, Excel's _xHHHH_ escapes), integers a double cannot hold, one beyond a double's
 # range (XlsxWriter refused it, failing the whole report).
-HOSTILE_TICKETS = {
+HOSTILE_TICKETS: dict[str, dict[str, Any]] = {
     "S1": {"title": "<r><t>rich</t></r>", "description": "</t></is></c><c>&amp;"},
     "S2": {"ticketId": 2**53 + 1, "storyPoints": -(10**20)},
     "S3": {"ticketId": int("9" * 400), "title": " spaced "},
@@ -389,7 +390,8 @@ def test_ticket_values_shaped_like_the_sheet_or_too_big_for_a_double_read_back_e
 ) -> None:
     script = {}
     for source, values in HOSTILE_TICKETS.items():
-        ticket = {name: None for name in TICKET_FIELDS} | {"id": source} | values
+        ticket: dict[str, Any] = {name: None for name in TICKET_FIELDS}
+        ticket.update(id=source, **values)
         script[source] = [Reply(200, body={"status": True, "message": "ok", "data": ticket})]
     server = start_sandbox(script=script)
     inp = write_csv(tmp_path / "in.csv", [HEAD, *([s, f"L{s}"] for s in HOSTILE_TICKETS)])

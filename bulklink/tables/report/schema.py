@@ -56,6 +56,7 @@ _COLUMN_NAMES = {"source": "sourceTicketId", "linked": "linkedTicketId"}
 RESULT_COLUMNS: tuple[str, ...] = tuple(_COLUMN_NAMES.get(f, f) for f in ReportRow._fields)
 #: Where some of bulklink's cells sit in a row, for the formats that treat them apart.
 SUCCESS_AT = ReportRow._fields.index("success")
+OUTCOME_AT = ReportRow._fields.index("outcome")
 ERROR_AT = ReportRow._fields.index("error")
 LINKED_AT_AT = ReportRow._fields.index("linked_at")
 #: Where the ticket's cells start in a row.

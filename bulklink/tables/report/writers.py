@@ -33,6 +33,7 @@ from bulklink.tables.inputs import CHUNK_ROWS, read_csv
 from bulklink.tables.report.schema import (
     ERROR_AT,
     LINKED_AT_AT,
+    OUTCOME_AT,
     SUCCESS_AT,
     TICKET_AT,
     Layout,
@@ -224,7 +225,9 @@ class XlsxWriter(ReportWriter):
         self._rows: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
 
     def write(self, cells: Sequence[Any], late: Late) -> None:
-        pickle.dump((cells, late), self._rows, protocol=pickle.HIGHEST_PROTOCOL)
+        row = list(cells)
+        row[OUTCOME_AT] = str(row[OUTCOME_AT])  # plain text: pickle rebuilds an enum slowly
+        pickle.dump((row, late), self._rows, protocol=pickle.HIGHEST_PROTOCOL)
         self.rows += 1
 
     def commit(self, run: RunInfo | None = None) -> None:
