@@ -404,3 +404,13 @@ def test_ticket_values_shaped_like_the_sheet_or_too_big_for_a_double_read_back_e
         for name, value in values.items():
             expected = value if isinstance(value, str) else str(value)  # exact digits, as text
             assert got[source][f"ticket.{name}"] == expected, (source, name)
+
+
+def test_nan_and_infinities_from_the_api_are_excel_error_values(tmp_path: Path) -> None:
+    """JSON's NaN and Infinity (Python's json reads them) have no number in Excel."""
+    columns = ["row", "outcome", "success", "ticket.a", "ticket.b", "ticket.c"]
+    out = io.BytesIO()
+    values = [float("nan"), float("inf"), float("-inf")]
+    write_workbook(out, columns, lambda: [[1, "linked", True, *values]], RunInfo())
+    sheet = openpyxl.load_workbook(io.BytesIO(out.getvalue()), data_only=True)["report"]
+    assert [sheet.cell(2, col).value for col in (4, 5, 6)] == ["#NUM!", "#DIV/0!", "#DIV/0!"]
