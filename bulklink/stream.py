@@ -72,6 +72,7 @@ async def link_pairs(
             max_connections=options.workers or AUTO_CAP,
             proxies=connection.api_proxies,
             trust=connection.trust,
+            rate_headers=options.auto_rate,
         ) as client,
     ):
         runner = Runner(client, options, stream.done.put_nowait)

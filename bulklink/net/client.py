@@ -405,8 +405,11 @@ class Client:
         allow_http: bool = False,
         proxies: Proxies | None = None,
         trust: Trust | None = None,
+        rate_headers: bool = True,
     ) -> None:
-        """``proxies`` and ``trust`` None: from the environment, as curl reads it."""
+        """``proxies`` and ``trust`` None: from the environment, as curl reads it;
+        ``rate_headers``: read each answer's rate-limit budgets (only ``--rate auto``
+        paces by them)."""
         self.url = check_url(base_url, what="--base-url", allow_http=allow_http) + LINK_PATH
         self.auth = auth
         self.timeout = timeout
@@ -417,6 +420,7 @@ class Client:
         self.trust = trust if trust is not None else resolve_trust(ConnectionOptions())
         self.host = host_of(self.url)
         self._max_connections = max_connections
+        self._rate_headers = rate_headers
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
@@ -460,7 +464,7 @@ class Client:
                 if status == 407 and self.route is not None:  # plain http, through it
                     return proxy_refused(self.route)
                 answer = classify(status, resp.headers, self.scrub(body), url=self.url)
-                budgets = read_budgets(resp.headers)
+                budgets = read_budgets(resp.headers) if self._rate_headers else ()
                 if budgets:
                     answer = answer._replace(budgets=budgets)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:

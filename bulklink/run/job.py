@@ -327,6 +327,7 @@ async def _run(
             max_connections=job.options.workers or 256,
             proxies=job.connection.api_proxies,
             trust=job.connection.trust,
+            rate_headers=job.options.auto_rate,
         ) as client,
     ):
         await _Run(job, journal, assembler, ending, client).go(t0)

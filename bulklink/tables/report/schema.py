@@ -30,6 +30,9 @@ TICKET_COLUMNS: tuple[str, ...] = tuple(f"ticket.{name}" for name in TICKET_FIEL
 _DOCUMENTED = frozenset(TICKET_FIELDS)
 _RISKY = re.compile(r"'*[=+\-@\t\r]")
 _RISKY_FIRST = frozenset("'=+-@\t\r")  # what a match of _RISKY can start with
+#: What :func:`text_cell` writes as JSON (a tuple made once: a union such as
+#: ``dict | list`` in ``isinstance`` is a new object at every call).
+_JSON_TYPES = (dict, list)
 
 
 class ReportRow(NamedTuple):
@@ -85,8 +88,8 @@ def split_ticket(ticket: dict[str, Any] | None) -> tuple[list[Any], dict[str, An
     """Documented fields in order, and the undocumented ones (or None)."""
     if ticket is None:
         return [None] * len(TICKET_FIELDS), None
-    cells = [ticket.get(name) for name in TICKET_FIELDS]
-    if ticket.keys() <= _DOCUMENTED:  # the usual answer: no field but the documented ones
+    cells = list(map(ticket.get, TICKET_FIELDS))
+    if _DOCUMENTED.issuperset(ticket):  # the usual answer: no field but the documented ones
         return cells, None
     return cells, {k: v for k, v in ticket.items() if k not in _DOCUMENTED}
 
@@ -192,7 +195,7 @@ def text_cell(value: Any) -> str:
         return "true"
     if value is False:
         return "false"
-    if isinstance(value, dict | list):
+    if isinstance(value, _JSON_TYPES):
         if not value:
             return "[]" if isinstance(value, list) else "{}"
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
@@ -202,8 +205,8 @@ def text_cell(value: Any) -> str:
 def neutralize(text: str) -> str:
     """Prefix a quote to text a spreadsheet would run as a formula (``= + - @``, a tab or
     a carriage return first, as OWASP advises); bijective, so a report reads back exactly."""
-    # The set test first: it spares the regex for nearly every cell of every row.
-    return "'" + text if text[:1] in _RISKY_FIRST and _RISKY.match(text) else text
+    # The first character's test first: it spares the regex for nearly every cell.
+    return "'" + text if text and text[0] in _RISKY_FIRST and _RISKY.match(text) else text
 
 
 def unneutralize(text: str) -> str:

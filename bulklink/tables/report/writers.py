@@ -112,12 +112,16 @@ def _api_cells(values: Iterable[Any]) -> list[Any]:
     return [neutralize(v) if isinstance(v, str) else _non_text_cell(v) for v in values]
 
 
+#: A tuple made once: a union (``bool | dict | list``) is a new object at every call.
+_FLAG_OR_JSON = (bool, dict, list)
+
+
 def _non_text_cell(value: Any) -> Any:
     """A flag or JSON (which starts with ``[`` or ``{``) cannot be a formula; the csv
     module writes None as empty and an int as its digits; anything else is text."""
     if value is None:
         return None
-    if isinstance(value, bool | dict | list):
+    if isinstance(value, _FLAG_OR_JSON):
         return text_cell(value)
     if isinstance(value, int):
         return value
