@@ -559,3 +559,25 @@ def test_a_webhook_secret_echoed_in_any_spelling_is_never_shown_logged_or_kept(
     assert "warning" in result.stderr  # the receiver's 500 is said, without the secret
     for secret in secrets:
         h.no_secret_anywhere(secret, result.output, files=(log, summary, state))
+
+
+def test_a_full_temporary_disk_while_spooling_the_report_is_one_line(
+    tmp_path: Path,
+    sandbox: Sandbox,
+    mounted: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every worker's write fails at once: one message, exit 74, no worker's traceback."""
+    import gc
+    import tempfile
+
+    (mounted / "filler").write_bytes(b"\0" * (8 * 1024 * 1024 - 200 * 1024))
+    monkeypatch.setattr(tempfile, "tempdir", str(mounted))
+    src = h.pairs_csv(tmp_path / "in.csv", 3000)
+    result = h.run_against(sandbox, "run", src, "-o", tmp_path / "out.xlsx", *FAST_UNPACED)
+    gc.collect()  # a task whose exception nobody looked at is reported when collected
+    assert result.exit_code == 74, result.output
+    assert "No space left on device" in h.one_line_error(result)
+    unretrieved = [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert unretrieved == [], "each worker's traceback printed by asyncio"

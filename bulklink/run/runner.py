@@ -144,7 +144,15 @@ class Runner:
     def _spawn(self) -> None:
         task = asyncio.create_task(self._worker())
         self._workers.add(task)
-        task.add_done_callback(self._workers.discard)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """Forget a finished worker, its exception looked at: a worker that fails after
+        the first (a full disk fails them all) is no longer waited on, and asyncio would
+        print each one's traceback as never retrieved."""
+        self._workers.discard(task)
+        if not task.cancelled():
+            task.exception()
 
     async def _autosize(self) -> None:
         while True:
