@@ -312,12 +312,8 @@ def _write_rows(out: IO[str], columns: Sequence[str], rows: Rows) -> _Tally:
             if value is None or value == "":
                 continue  # most ticket cells of a row not linked now: nothing to write
             kind = kinds[col]
-            if kind == "any" and isinstance(value, str):  # nearly every cell: text as it is
-                cell = value
-                line.append(_string_xml(letters[col] + at, value))
-            else:
-                cell = _typed(value, kind)
-                line.append(_cell_xml(letters[col] + at, cell))
+            cell = value if kind == "any" and isinstance(value, str) else _typed(value, kind)
+            line.append(_cell_xml(letters[col] + at, cell))
             if (width := _shown_width(cell)) > longest[col]:
                 longest[col] = width
         if line:
