@@ -7,6 +7,7 @@ Heavy libraries (pandas, aiohttp) are imported inside the commands that need the
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -166,6 +167,18 @@ class _Rate(click.ParamType):  # type: ignore[type-arg]
         if not rate >= 0 or rate == float("inf"):
             self.fail(f"{value!r} is not a finite number of 0 or more, or 'auto'.", param, ctx)
         return rate
+
+
+class _Measure(click.FloatRange):
+    """A number in a range, never NaN: NaN passes every comparison, so click's range
+    alone lets ``nan`` through (the run's options check it in their value objects; the
+    sandbox's have none)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number.", param, ctx)
+        return number
 
 
 #: How hard to push.
@@ -724,21 +737,21 @@ Examples:
 )
 @click.option(
     "--latency",
-    type=click.FloatRange(0, 3600),
+    type=_Measure(0, 3600),
     default=0.0,
     show_default=True,
     help="Seconds added to every answer.",
 )
 @click.option(
     "--error-rate",
-    type=click.FloatRange(0, 1),
+    type=_Measure(0, 1),
     default=0.0,
     show_default=True,
     help="Fraction of requests answered with a transient 503.",
 )
 @click.option(
     "--rate-limit",
-    type=click.FloatRange(0, 1_000_000),
+    type=_Measure(0, 1_000_000),
     default=0.0,
     show_default=True,
     help="Requests per second allowed before answering 429 with X-RateLimit-* "

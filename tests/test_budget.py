@@ -179,6 +179,10 @@ def test_the_metrics_say_what_the_run_learnt(
         (("sandbox", "--budget", "300"), "'300': give N/S, e.g. 300/10"),
         (("sandbox", "--budget", "300/0"), "give N/S"),
         (("sandbox", "--budget-variant", "Org=3"), "SCOPE one of IP, UserID, OrgID, Path"),
+        (("sandbox", "--error-rate", "nan"), "'--error-rate': 'nan' is not a number."),
+        (("sandbox", "--latency", "NaN"), "'--latency': 'NaN' is not a number."),
+        (("sandbox", "--rate-limit", "nan"), "'--rate-limit': 'nan' is not a number."),
+        (("sandbox", "--latency", "inf"), "inf is not in the range 0<=x<=3600"),
     ],
 )
 def test_bad_pacing_options_are_refused_before_anything_starts(
