@@ -2,7 +2,9 @@
 
     BulklinkError                 base of everything below; ``exit_code`` is the CLI's
     ├── UsageError                bad options or environment (exit 2)
-    │   └── TokenExpiredError     the Bearer JWT's ``exp`` is in the past (exit 2)
+    │   ├── TokenExpiredError     the Bearer JWT's ``exp`` is in the past (exit 2)
+    │   └── StoreError            the state store cannot be used as it is (exit 2)
+    │       └── StoreLocked       another process held it past the busy timeout
     ├── InputError                the input file cannot be used; nothing was sent (exit 2)
     ├── LockedError               another run holds the report's lock (exit 75)
     ├── CredentialsRejected       the API answered 401/403; the run stopped (exit 3)
@@ -53,6 +55,23 @@ class SameFileError(UsageError):
 
 class TokenExpiredError(UsageError):
     """The Bearer token's JWT ``exp`` claim is already past: sending would only collect 401s."""
+
+
+class StoreError(UsageError):
+    """The state store cannot be used as it is; nothing was sent and nothing overwritten.
+
+    ``os_error`` is the disk's error behind it when SQLite gave one (a full disk, an I/O
+    error), so that a run stopped by it says what any other full disk says (exit 74).
+    """
+
+    def __init__(self, message: str, *, os_error: OSError | None = None) -> None:
+        super().__init__(message)
+        self.os_error = os_error
+
+
+class StoreLocked(StoreError):
+    """Another process (an ``sqlite3`` shell, a ``VACUUM``) held the store past the busy
+    timeout: nothing is wrong with the disk, so the message must not say so."""
 
 
 class InputError(BulklinkError):

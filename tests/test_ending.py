@@ -581,3 +581,38 @@ def test_a_full_temporary_disk_while_spooling_the_report_is_one_line(
     assert "No space left on device" in h.one_line_error(result)
     unretrieved = [r for r in caplog.records if "never retrieved" in r.getMessage()]
     assert unretrieved == [], "each worker's traceback printed by asyncio"
+
+
+def test_a_full_disk_under_the_state_store_exits_74_and_the_rerun_sends_nothing_twice(
+    tmp_path: Path, sandbox: Sandbox, mounted: Path
+) -> None:
+    """SQLite's SQLITE_FULL is a full disk, told by its code: exit 74 naming the store,
+    the linked pairs kept in the journal, and recorded by the rerun without a resend."""
+    state = mounted / "state.sqlite3"
+    header = ("sourceTicketId", "linkedTicketId")
+    first = h.write_csv(tmp_path / "first.csv", [header, ("F1", "F2")])
+    assert h.run_against(sandbox, "run", first, "--state", state, *FAST_UNPACED).exit_code == 0
+    free = os.statvfs(mounted).f_bavail * os.statvfs(mounted).f_frsize
+    (mounted / "filler").write_bytes(b"\0" * (free - 48 * 1024))
+    src = tmp_path / "in.csv"
+    pairs = [(f"S{n:06d}-{'x' * 40}", f"L{n:06d}-{'y' * 40}") for n in range(4000)]
+    h.write_csv(src, [header, *pairs])
+    args = ("run", src, "-o", tmp_path / "out.csv", "--state", state, *FAST_UNPACED)
+
+    full = h.run_against(sandbox, *args)
+    assert full.exit_code == 74, full.output
+    said = [line for line in full.stderr.splitlines() if line.startswith("bulklink:")]
+    assert said == [f"bulklink: error: No space left on device: {state}"], full.stderr
+    h.no_traceback(full.output)
+
+    (mounted / "filler").unlink()
+    again = h.run_against(sandbox, *args)
+    assert again.exit_code == 0, again.output
+    assert len(h.sent(sandbox)) == 4001  # every pair once, over the three runs
+    assert {r["outcome"] for r in h.read_report(tmp_path / "out.csv")} <= {
+        "linked",
+        "already-linked",
+    }
+    runs = json.loads(h.run_against(sandbox, "runs", "--state", state, "--json").stdout)
+    # The full run could not write its own ending: it stays unfinished in the history.
+    assert [r["exit_code"] for r in sorted(runs, key=lambda r: r["id"])] == [0, None, 0]

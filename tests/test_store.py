@@ -14,14 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bulklink.errors import UsageError
+from bulklink.errors import StoreError, UsageError
 from bulklink.state.scope import Scope
-from bulklink.state.store import (
-    Store,
-    StoreError,
-    default_state_path,
-    resolve_state_path,
-)
+from bulklink.state.store import Store, default_state_path, resolve_state_path
 from bulklink.text import utc_stamp
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -34,6 +34,8 @@ from bulklink.errors import (
     DiskError,
     InternalError,
     Interrupted,
+    StoreError,
+    StoreLocked,
     UsageError,
 )
 from bulklink.models import BudgetSeen, Outcome, Pair, Summary
@@ -47,7 +49,6 @@ from bulklink.run.runner import CREDENTIALS_REJECTED, INTERNAL_ERROR, Runner, de
 from bulklink.state.journal import Journal, hand_over_links, journal_path
 from bulklink.state.ledger import Ledger
 from bulklink.state.scope import Scope
-from bulklink.state.store import StoreLocked
 from bulklink.tables.inputs import SEND, Chunk, Plan
 from bulklink.tables.report.schema import Layout, RunInfo
 from bulklink.tables.report.writers import ReportWriter, open_writer
@@ -286,13 +287,12 @@ def _give_up_report(
 
 
 def _as_os_error(exc: BaseException) -> OSError:
-    """A store failure as the disk error it is (SQLite reports a full disk in words)."""
+    """A failure to write as the disk error it is: a store error says which, if any."""
     if isinstance(exc, OSError):
         return exc
-    full = "full" in str(exc)
-    return OSError(
-        errno.ENOSPC if full else errno.EIO, os.strerror(errno.ENOSPC) if full else str(exc)
-    )
+    if isinstance(exc, StoreError) and exc.os_error is not None:
+        return exc.os_error
+    return OSError(errno.EIO, str(exc))
 
 
 def _discard(writer: ReportWriter) -> None:

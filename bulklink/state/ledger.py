@@ -42,7 +42,7 @@ class Ledger:
 
     @classmethod
     def open(cls, path: Path | None, scope: Scope, *, relink: bool = False) -> Ledger:
-        """Open the store at ``path``, if any (raises :class:`~bulklink.state.store.StoreError`)."""
+        """Open the store at ``path``, if any (raises :class:`~bulklink.errors.StoreError`)."""
         store = Store.open(path) if path is not None else None
         return cls(store, scope, relink=relink)
 

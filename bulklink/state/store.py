@@ -23,8 +23,10 @@ Interface (all times are UTC text made by :func:`utc_stamp`, ``2026-11-26T03:00:
 
 Every failure (a symlink at the path or at a ``-wal``/``-shm``/``-journal`` side file, a
 file that is not a bulklink store, a damaged or truncated one, one from a newer bulklink,
-a lock held past the busy timeout) raises :class:`StoreError`, a ``UsageError`` (exit 2)
-with a one-line message naming the path. Nothing is written to a file that is not ours.
+a lock held past the busy timeout) raises :class:`~bulklink.errors.StoreError`, a
+``UsageError`` (exit 2) with a one-line message naming the path; SQLite's result code,
+not its words, tells a lock (:class:`~bulklink.errors.StoreLocked`) and a full disk or an
+I/O error (its ``os_error``) apart. Nothing is written to a file that is not ours.
 The path is checked with ``O_NOFOLLOW`` before SQLite opens it; SQLite itself opens files
 by name, so keep the store's folder writable only by its owner (the default folder is
 created 0700).
@@ -38,6 +40,7 @@ versions its schema with ``PRAGMA user_version`` (1).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sqlite3
@@ -52,7 +55,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from bulklink.errors import UsageError
+from bulklink.errors import StoreError, StoreLocked
 from bulklink.options import StateOptions
 from bulklink.state.scope import Scope
 from bulklink.text import parse_stamp, utc_stamp
@@ -111,20 +114,13 @@ PRAGMA user_version = {SCHEMA_VERSION};
 _ROWS_PER_INSERT = 250
 _INSERT = "INSERT INTO linked_pairs (scope_id, source, linked, linked_at, run_id) VALUES "
 _ROW = "({scope}, ?, ?, ?, {run})"
+#: SQLite's result codes that are the disk's errors, as the errno they stand for.
+_DISK_ERRNO = {sqlite3.SQLITE_FULL: errno.ENOSPC, sqlite3.SQLITE_IOERR: errno.EIO}
 _ON_CONFLICT = {
     True: " ON CONFLICT (scope_id, source, linked) "
     "DO UPDATE SET linked_at = excluded.linked_at, run_id = excluded.run_id",
     False: " ON CONFLICT (scope_id, source, linked) DO NOTHING",
 }
-
-
-class StoreError(UsageError):
-    """The state store cannot be used as it is; nothing was sent and nothing overwritten."""
-
-
-class StoreLocked(StoreError):
-    """Another process (an ``sqlite3`` shell, a ``VACUUM``) held the store past the busy
-    timeout: nothing is wrong with the disk, so the message must not say so."""
 
 
 def default_state_path(env: Mapping[str, str] | None = None) -> Path:
@@ -611,12 +607,17 @@ class Store:
         try:
             yield
         except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise StoreLocked(
                     f"the state store {self.path} stayed locked by another process "
                     f"past the busy timeout ({self.busy_timeout:g} s)"
                 ) from None
-            raise StoreError(f"the state store {self.path} cannot be used: {exc}") from None
+            number = _DISK_ERRNO.get(code)
+            raise StoreError(
+                f"the state store {self.path} cannot be used: {exc}",
+                os_error=OSError(number, os.strerror(number)) if number else None,
+            ) from None
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"the state store {self.path} is damaged or truncated ({exc}); "
