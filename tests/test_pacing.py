@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from bulklink.net.client import Budget
+from bulklink.net.client import MAX_SERVER_WAIT, Budget
 from bulklink.run.pacing import MIN_RATE, RESET_MARGIN, BudgetPace, Pacer, bucket_capacity
 from tests.helpers import START, Clock, run_in_fake_time
 
@@ -368,3 +368,19 @@ def test_the_budget_pace_takes_the_freshest_remaining_and_learns_the_window() ->
     assert pace.even_rate() == 10.0 and str(pace.seen()) == "100 per 10 s"
     # Past the reset with no answer from the new window yet: the even pace of a window.
     assert pace.pace(1021.0, 0) == (10.0, 0.0)
+
+
+def test_a_turned_window_with_more_in_flight_than_it_holds_pauses_never_unlimits() -> None:
+    """A server clock behind ours puts every reset in the past: with more in flight than a
+    window holds, the pace is a short pause, not a rate of 0 (which is no limit)."""
+    pace = BudgetPace(10)
+    pace.learn((Budget("", 5, 5, 1000.0),))
+    pace.learn((Budget("", 5, 5, 1001.0),))  # the window is 1 s long
+    assert pace.pace(1031.0, 2) == pytest.approx((2.5, 0.0))  # 5 less 0.5 kept, less 2
+    assert pace.pace(1031.0, 5) == (0.0, RESET_MARGIN)
+
+
+def test_a_reset_far_off_is_waited_for_at_most_as_long_as_a_retry_after() -> None:
+    pace = BudgetPace(10)
+    pace.learn((Budget("", 300, 0, 1000.0 + 365 * 86400),))
+    assert pace.pace(1000.0, 0) == (0.0, MAX_SERVER_WAIT + RESET_MARGIN)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from aiolimiter import AsyncLimiter
 
 from bulklink.models import BudgetSeen
-from bulklink.net.client import Budget
+from bulklink.net.client import MAX_SERVER_WAIT, Budget
 from bulklink.options import TrafficOptions
 
 MIN_RATE = 0.5  # requests/s the adaptive rate never goes below
@@ -83,7 +83,8 @@ class BudgetPace:
 
     def pace(self, wall: float, in_flight: int) -> tuple[float, float]:
         """(rate, pause): requests per second the tightest budget allows now, and, when it
-        allows none until its reset, the seconds to wait for that (else 0)."""
+        allows none until its reset, the seconds to wait for that (else 0). The rate is
+        above 0 unless there is a pause: a rate of 0 would mean no limit at all."""
         best, pause = math.inf, 0.0
         for scope, window in self.windows.items():
             left = window.reset - wall
@@ -91,10 +92,16 @@ class BudgetPace:
             if left <= 0:  # the window has turned, and no answer has said how it starts
                 if window.length is None:
                     continue
-                rate, wait = (window.limit - keep - in_flight) / window.length, 0.0
+                # A whole window less what is in flight; with nothing to spare (more in
+                # flight than the window holds), a moment for their answers to tell more.
+                spare, left = window.limit - keep - in_flight, window.length
+                rate, wait = (spare / left, 0.0) if spare >= 1 else (0.0, RESET_MARGIN)
             else:
                 spare = window.remaining - keep - in_flight
-                rate, wait = (spare / left, 0.0) if spare >= 1 else (0.0, left + RESET_MARGIN)
+                # A reset far off (a wrong clock, a header that lies) is waited for as long
+                # as a Retry-After is at most: the run still ends.
+                later = min(left, MAX_SERVER_WAIT) + RESET_MARGIN
+                rate, wait = (spare / left, 0.0) if spare >= 1 else (0.0, later)
             if rate < best or (rate == best and wait > pause):
                 best, pause, self.governing = rate, wait, scope
         return best, pause
