@@ -30,6 +30,11 @@ MIN_SECRET = 4  # a shorter secret would mangle ordinary words when redacted
 _MIN_QUERY_VALUE = 8  # a webhook's ``sig=`` or ``key=``; ``sv=1.0`` is not a secret
 _MIN_PATH_SEGMENT = 16  # a Slack or Teams key segment; ``services`` or ``invoke`` is not
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
+#: Escapes that can spell any character: a secret may hide behind any mix of them.
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}")
+_JSON_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})")
+#: Rounds of decoding tried on one text (a secret percent-encoded twice takes two).
+_DECODE_ROUNDS = 3
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -130,7 +135,22 @@ class Redactor:
         return Redactor(self._secrets | other._secrets)
 
     def __call__(self, text: str) -> str:
-        """``text`` with every form of every secret replaced by ``***``."""
+        """``text`` with every form of every secret replaced by ``***``.
+
+        A text with percent or ``\\uXXXX`` escapes is looked at decoded too (a gateway's
+        page may spell every character of a secret so, in any mix): when the decoded text
+        holds a secret, it is what is shown, with the secret masked.
+        """
+        text = decoded = self._masked(text)
+        for _ in range(_DECODE_ROUNDS if self.forms else 0):  # encoded twice: two rounds
+            if not _ESCAPE.search(decoded):
+                break
+            decoded = _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), unquote(decoded))
+            if any(form in decoded for form in self.forms):
+                text = decoded = self._masked(decoded)
+        return text
+
+    def _masked(self, text: str) -> str:
         for form in self.forms:
             if form in text:
                 text = text.replace(form, MASK)
@@ -146,7 +166,7 @@ class Redactor:
         backslash is decoded, redacted string by string and encoded again, so that neither
         the ticket nor the journal can hold the secret.
         """
-        if b"\\" in body:
+        if b"\\" in body or b"%" in body:  # a string may spell a secret in escapes
             try:
                 obj = json.loads(body)
                 clean = redact_value(obj, self)

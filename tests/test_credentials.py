@@ -513,10 +513,18 @@ def _json_literal(text: str) -> str:
     return json.dumps(text)[1:-1]
 
 
+def _every_byte(text: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in text.encode())
+
+
+def _u_escapes(text: str) -> str:
+    return "".join(f"\\u{ord(c):04x}" for c in text)
+
+
 ECHOES: dict[str, tuple[str, str]] = {
     # name: (the text a JSON decoder yields, how the server spells it in the JSON string)
     "json-escaped": (ODD_TOKEN, _json_literal(ODD_TOKEN)),
-    "all-unicode-escapes": (ODD_TOKEN, "".join(f"\\u{ord(c):04x}" for c in ODD_TOKEN)),
+    "all-unicode-escapes": (ODD_TOKEN, _u_escapes(ODD_TOKEN)),
     "slash-escaped": (ODD_TOKEN, _json_literal(ODD_TOKEN).replace("/", "\\/")),
     "url-encoded": (quote(ODD_TOKEN, safe=""), quote(ODD_TOKEN, safe="")),
     "url-encoded-plus": (quote_plus(ODD_TOKEN), quote_plus(ODD_TOKEN)),
@@ -526,6 +534,17 @@ ECHOES: dict[str, tuple[str, str]] = {
     ),
     "base64": (base64.b64encode(ODD_TOKEN.encode()).decode(),) * 2,
     "html": (html.escape(ODD_TOKEN), _json_literal(html.escape(ODD_TOKEN))),
+    # Every byte percent-encoded, as encoders of binary data spell it, in either case,
+    # and that encoded again; a mix of raw, percent and \u escapes; \u escapes in a
+    # page that is no JSON (the decoder never sees them).
+    "every-byte-percent": (_every_byte(ODD_TOKEN),) * 2,
+    "every-byte-percent-lower": (_every_byte(ODD_TOKEN).lower(),) * 2,
+    "percent-twice": (quote(_every_byte(ODD_TOKEN), safe=""),) * 2,
+    "mixed-escapes": (
+        ODD_TOKEN[:3] + _every_byte(ODD_TOKEN[3:9]) + ODD_TOKEN[9:],
+        ODD_TOKEN[:3] + _every_byte(ODD_TOKEN[3:9]) + _u_escapes(ODD_TOKEN[9:]),
+    ),
+    "unicode-escapes-as-text": (_u_escapes(ODD_TOKEN), _json_literal(_u_escapes(ODD_TOKEN))),
 }
 
 
@@ -565,6 +584,39 @@ def test_an_echoed_token_never_reaches_any_output(
         rows = read_report(out)
         assert rows[1]["outcome"] == "linked" and rows[1]["ticket.title"] == "hi ***"
         assert rows[0]["error"] == "HTTP 404 no access for ***"
+
+
+CUT_ECHOES = {
+    # A debug header echoing the request's Authorization, past aiohttp's 8190-byte
+    # limit: its error quotes the line's start, which bulklink cuts to 120 characters.
+    "long header": Reply(500, headers={"X-Echo": "A" * 70 + TOKEN + "B" * 9000}),
+    # A Location whose query holds the token past the 300 characters a redirect shows.
+    "long redirect": Reply(307, headers={"Location": f"http://evil.example/{'a' * 265}?t={TOKEN}"}),
+    # A page that is no JSON, the token (every byte percent-encoded) where its excerpt
+    # (200 characters) is cut.
+    "long page": Reply(400, "x" * 190 + " " + _every_byte(TOKEN) + " " + "y" * 500),
+}
+
+
+@pytest.mark.parametrize("echo", list(CUT_ECHOES))
+def test_a_token_cut_short_with_what_the_server_said_shows_no_part_of_it(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path, echo: str
+) -> None:
+    """What the server said is redacted before it is cut to a readable length: a secret
+    cut in two is in no spelling the redactor knows."""
+    server = start_sandbox(script={"T00001": [CUT_ECHOES[echo]]})
+    out, log, summary = tmp_path / "out.csv", tmp_path / "run.log", tmp_path / "summary.json"
+    result = run_against(
+        server, "run", pairs_csv(tmp_path / "in.csv", 2), "-o", out, "--rate", "0",
+        "--max-retries", "0", "--log-file", log, "--summary-json", summary, *FAST,
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    texts = [result.output, out.read_text(), log.read_text(), summary.read_text()]
+    if journal_of(out).exists():
+        texts.append(journal_of(out).read_text())
+    assert read_report(out)[0]["outcome"] == "failed"
+    assert "***" in read_report(out)[0]["error"]
+    assert [t for t in texts if TOKEN[:8] in t or _every_byte(TOKEN)[:12] in t] == []
 
 
 def test_every_spelling_of_a_secret_is_redacted() -> None:

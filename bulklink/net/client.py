@@ -17,7 +17,7 @@ import re
 import ssl
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
@@ -135,13 +135,21 @@ class Answer(NamedTuple):
         return self.http_status == 429
 
 
-def describe_body(body: bytes) -> str:
-    """The server's message from a NestJS error body, or a short excerpt of anything else."""
+def _as_is(text: str) -> str:
+    return text
+
+
+def describe_body(body: bytes, redact: Callable[[str], str] = _as_is) -> str:
+    """The server's message from a NestJS error body, or a short excerpt of anything else.
+
+    ``redact`` runs before an excerpt is cut: a secret cut in two is in no spelling the
+    redactor knows.
+    """
     try:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        text = _TAGS.sub(" ", body[:2000].decode("utf-8", "replace"))
-        text = _SPACE.sub(" ", text).strip()
+        text = _TAGS.sub(" ", body[:4000].decode("utf-8", "replace"))
+        text = redact(_SPACE.sub(" ", text).strip())
         return text[:200] + ("..." if len(text) > 200 else "")
     if isinstance(obj, dict):
         message = obj.get("message") or obj.get("error") or obj.get("detail")
@@ -149,7 +157,7 @@ def describe_body(body: bytes) -> str:
             return "; ".join(str(m) for m in message)
         if message is not None:
             return str(message)
-    return _SPACE.sub(" ", json.dumps(obj))[:200]
+    return redact(_SPACE.sub(" ", json.dumps(obj)))[:200]
 
 
 def _seconds(value: str | None) -> float | None:
@@ -195,8 +203,11 @@ def server_wait(
     return min(max(delta, 0.0), MAX_SERVER_WAIT)
 
 
-def _redirect(status: int, headers: Mapping[str, str], url: str) -> Answer:
-    """A 3xx, not followed: say where it points, and what --base-url that would mean."""
+def _redirect(
+    status: int, headers: Mapping[str, str], url: str, redact: Callable[[str], str]
+) -> Answer:
+    """A 3xx, not followed: say where it points, and what --base-url that would mean
+    (redacted before it is cut short)."""
     location = (headers.get("Location") or "").strip()
     if not location:
         return Answer(
@@ -209,6 +220,7 @@ def _redirect(status: int, headers: Mapping[str, str], url: str) -> Answer:
         parts = urlsplit(target)
     except ValueError:
         target, parts = location, None
+    target = redact(target)
     shown = target if len(target) <= 300 else target[:300] + "..."
     hint = "check --base-url"
     if (
@@ -222,27 +234,35 @@ def _redirect(status: int, headers: Mapping[str, str], url: str) -> Answer:
     return Answer(Verdict.REDIRECT, status, f"HTTP {status}: the API redirected to {shown}: {hint}")
 
 
-def classify(status: int, headers: Mapping[str, str], body: bytes, *, url: str = "") -> Answer:
+def classify(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    url: str = "",
+    redact: Callable[[str], str] = _as_is,
+) -> Answer:
     """Every HTTP answer goes through here once; the table in the tests pins it down.
 
-    ``url`` is the request's, to resolve a relative ``Location``.
+    ``url`` is the request's, to resolve a relative ``Location``; ``redact`` is applied
+    to what the server said before any of it is cut short.
     """
     if 200 <= status < 300:
         try:
             obj = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):
             return Answer(
-                Verdict.FAIL, status, f"HTTP {status} but not JSON: {describe_body(body)}"
+                Verdict.FAIL, status, f"HTTP {status} but not JSON: {describe_body(body, redact)}"
             )
         if isinstance(obj, dict) and obj.get("status") is True:
             data = obj.get("data")
             ticket = data if isinstance(data, dict) else None
             return Answer(Verdict.LINKED, status, "", ticket, body)
-        message = describe_body(body) if isinstance(obj, dict) else "unexpected JSON"
+        message = describe_body(body, redact) if isinstance(obj, dict) else "unexpected JSON"
         return Answer(Verdict.FAIL, status, f"HTTP {status} status false: {message}")
     if 300 <= status < 400:
-        return _redirect(status, headers, url)
-    message = describe_body(body)
+        return _redirect(status, headers, url, redact)
+    message = describe_body(body, redact)
     error = f"HTTP {status} {message}".rstrip()
     if status == 401:
         return Answer(Verdict.ABORT, status, error)
@@ -270,9 +290,11 @@ def classify_exception(
     host: str = "",
     trust: Trust | None = None,
     route: Route | None = None,
+    redact: Callable[[str], str] = _as_is,
 ) -> Answer:
     """Transport failures, most specific first: TLS failures and a proxy's 407 stop the
-    run (they would fail the same way every night); the rest are worth another try."""
+    run (they would fail the same way every night); the rest are worth another try.
+    ``redact`` is applied to what the server sent before it is cut short."""
     if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLCertVerificationError):
         return Answer(Verdict.HALT, None, tls_failure(exc, host, trust or Trust()))
     if route is not None and (answer := _proxy_failure(exc, route)) is not None:
@@ -283,7 +305,7 @@ def classify_exception(
         exc.__cause__, HttpProcessingError
     ):  # a header past aiohttp's limit, a broken chunked body: the same would come back
         what = str(exc.__cause__.message).splitlines()[0] if exc.__cause__.message else ""
-        return Answer(Verdict.FAIL, None, f"malformed answer: {_clip(what, 120)}")
+        return Answer(Verdict.FAIL, None, f"malformed answer: {_clip(redact(what), 120)}")
     if isinstance(exc, aiohttp.ClientPayloadError):
         return Answer(Verdict.RETRY, None, "connection broke while reading the answer")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -366,7 +388,8 @@ async def read_capped(resp: aiohttp.ClientResponse) -> bytes | str:
     elif coding in ("gzip", "x-gzip", "deflate"):
         inflater = _Inflater(coding)
     else:
-        return f"answer encoded as {_clip(coding, 40)!r}, which bulklink did not ask for"
+        # Whole: the caller redacts the message before cutting it (a header may echo a secret).
+        return f"answer encoded as {coding!r}, which bulklink did not ask for"
     body = bytearray()
     try:
         async for chunk in resp.content.iter_chunked(_CHUNK):
@@ -463,13 +486,20 @@ class Client:
                     return Answer(Verdict.FAIL, status, f"HTTP {status} {body}")
                 if status == 407 and self.route is not None:  # plain http, through it
                     return proxy_refused(self.route)
-                answer = classify(status, resp.headers, self.scrub(body), url=self.url)
+                answer = classify(
+                    status, resp.headers, self.scrub(body), url=self.url, redact=self.auth.redact
+                )
                 budgets = read_budgets(resp.headers) if self._rate_headers else ()
                 if budgets:
                     answer = answer._replace(budgets=budgets)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             answer = classify_exception(  # may quote what the server sent
-                exc, self.timeout, host=self.host, trust=self.trust, route=self.route
+                exc,
+                self.timeout,
+                host=self.host,
+                trust=self.trust,
+                route=self.route,
+                redact=self.auth.redact,
             )
         if answer.error:  # decoded text: a secret echoed in any spelling is caught here
             return answer._replace(error=_clip(self.auth.redact(answer.error)))
