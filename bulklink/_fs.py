@@ -92,6 +92,42 @@ def refuse_same_files(files: Sequence[tuple[str, Path | None, bool]]) -> None:
                 )
 
 
+_SYSTEM_FOLDERS = (Path("/dev"), Path("/proc"), Path("/sys"))
+_KIND_NAMES = {
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a folder",
+}
+
+
+def refuse_unreplaceable(path: Path, what: str) -> None:
+    """Refuse to rename a file over ``path`` when it is no regular file (``/dev/null``, a
+    FIFO a collector reads, a folder) or a link to one (``/dev/stdout``): the rename would
+    replace it, and a run as root would put a regular file where ``/dev/null`` was. A
+    link to a regular file, or to nothing, is replaced as any link is; nothing is made in
+    the system's own folders (``/dev/stdout`` links to whatever stdout is)."""
+    folder = path.parent.resolve()
+    if any(place in (folder, *folder.parents) for place in _SYSTEM_FOLDERS):
+        raise UsageError(
+            f"{what} {path} is in {folder}, where bulklink makes no file (it writes a new "
+            "file and renames it into place): give the path of a file"
+        )
+    try:
+        mode = path.stat().st_mode  # through a link: what a user means by the name
+    except OSError:
+        return  # nothing there (or a dangling link): a new file is made
+    kind = _KIND_NAMES.get(stat.S_IFMT(mode))
+    if kind is None:
+        return
+    link = "a symbolic link to " if path.is_symlink() else ""
+    raise UsageError(
+        f"{what} {path} is {link}{kind}, not a file: bulklink writes a new file and "
+        "renames it into place, which would replace it; give the path of a file"
+    )
+
+
 def open_fixed(path: Path, flags: int, what: str, mode: int = 0o600) -> int | None:
     """An fd on the regular file ``path``, never through a link; None when it is missing
     (and ``flags`` lacks ``O_CREAT``). ``what`` names the file in the refusal."""
@@ -152,6 +188,7 @@ class AtomicFile:
     metrics), so every temporary name is one :func:`sweep` knows."""
 
     def __init__(self, target: Path, *, kind: str = "tmp", mode: int = 0o666, flags: int = 0):
+        refuse_unreplaceable(target, "the file")  # callers check earlier, by their name
         self.target = target
         self.fd, self.tmp = create_temp(target, kind, mode, flags)
 

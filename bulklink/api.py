@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bulklink._fs import refuse_same_files
+from bulklink._fs import refuse_same_files, refuse_unreplaceable
 from bulklink.console import Console
 from bulklink.errors import BulklinkError, LockedError, SameFileError, UsageError
 from bulklink.models import Pair, Summary
@@ -313,7 +313,7 @@ def _prepare(report: Path, command: str, options: RetryOptions, input: Path | No
         connection = connect(options)
         output = output_for(report, options, allow_http=connection.allow_http)
         store = store_path(options, sandbox=connection.sandbox)
-        _refuse_same_files(input, report, output, console, store)
+        _refuse_unusable_files(input, report, output, console, store)
     except BulklinkError as exc:
         if isinstance(exc, SameFileError) and "--log-file" in exc.roles:
             console.forget_log()  # not a word more into the file it would destroy
@@ -342,25 +342,28 @@ def _prepare(report: Path, command: str, options: RetryOptions, input: Path | No
     )
 
 
-def _refuse_same_files(
+def _refuse_unusable_files(
     input: Path | None, report: Path, output: Output, console: Console, store: Path | None
 ) -> None:
     """Every file the run reads or writes, by how it is written (``False``: by a rename,
-    which replaces a symbolic link at the name rather than write through it)."""
-    refuse_same_files(
-        [
-            ("the input", input, True),
-            ("the report", report, False),
-            # The report's own side files before the paths a user gives, so that a
-            # refusal names the option to change; a lock that is another file is no lock.
-            ("the journal", journal_path(report), True),
-            ("the lock file", lock_path(report), True),
-            ("--summary-json", output.summary_json, False),
-            ("--metrics-file", output.metrics_file, False),
-            ("--log-file", console.log_path, True),
-            ("the state store", store, True),
-        ]
-    )
+    which replaces a symbolic link at the name rather than write through it); none that
+    is renamed into place may be a device, a pipe or a folder."""
+    files: list[tuple[str, Path | None, bool]] = [
+        ("the input", input, True),
+        ("the report", report, False),
+        # The report's own side files before the paths a user gives, so that a
+        # refusal names the option to change; a lock that is another file is no lock.
+        ("the journal", journal_path(report), True),
+        ("the lock file", lock_path(report), True),
+        ("--summary-json", output.summary_json, False),
+        ("--metrics-file", output.metrics_file, False),
+        ("--log-file", console.log_path, True),
+        ("the state store", store, True),
+    ]
+    refuse_same_files(files)
+    for what, path, follows in files:
+        if path is not None and not follows:
+            refuse_unreplaceable(path, what)
 
 
 def _execute(

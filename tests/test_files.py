@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from bulklink._fs import refuse_unreplaceable
+from bulklink.errors import UsageError
 from bulklink.sandbox import Reply, Sandbox
 from tests.helpers import (
     FAST,
@@ -27,6 +30,7 @@ from tests.helpers import (
     input_pairs,
     interrupt_at_row_11,
     journal_of,
+    one_line_error,
     pairs_csv,
     read_any,
     read_report,
@@ -311,3 +315,46 @@ def test_the_log_file_is_appended_to_and_private(tmp_path: Path, sandbox: Sandbo
     fresh = tmp_path / "new.log"
     assert run_against(sandbox, "run", src, "--log-file", fresh, "--no-state").exit_code == 0
     assert fresh.stat().st_mode & 0o007 == 0, "others cannot read a new log"
+
+
+def _node(folder: Path, kind: str) -> Path:
+    """A file system node that is no regular file, made in ``folder``."""
+    path = folder / f"out-{kind}.csv"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "null device":  # the same device as /dev/null, made here (root only)
+        if os.geteuid() != 0:
+            pytest.skip("making a device node needs root")
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    else:  # a link to a FIFO
+        os.mkfifo(folder / "pipe")
+        path.symlink_to(folder / "pipe")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "null device", "link to a fifo"])
+@pytest.mark.parametrize("flag", ["-o", "--summary-json", "--metrics-file"])
+def test_a_path_that_is_no_file_is_refused_before_anything_is_sent_and_left_alone(
+    folder: Path, sandbox: Sandbox, kind: str, flag: str
+) -> None:
+    """Renaming a new file over /dev/null (cron's "I don't want it"), or over a FIFO a
+    collector reads, would replace it: refused in one line, exit 2, nothing sent."""
+    node = _node(folder, kind)
+    before = os.lstat(node)
+    result = run_against(sandbox, "run", pairs_csv(folder / "in.csv", 3), flag, node, *FAST_UNPACED)
+    assert result.exit_code == 2, result.output
+    said = one_line_error(result)
+    assert str(node) in said and ("not a file" in said or kind == "folder"), said
+    assert sandbox.requests == []
+    after = os.lstat(node)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+
+
+@pytest.mark.parametrize("path", ["/dev/stdout", "/dev/null", "/proc/self/fd/1"])
+def test_no_file_is_ever_made_in_the_systems_folders(path: str) -> None:
+    """``/dev/stdout`` links to whatever stdout is, a regular file under cron: it would
+    be replaced, as root, by the summary (checked without running: it would be destroyed)."""
+    with pytest.raises(UsageError, match="where bulklink makes no file"):
+        refuse_unreplaceable(Path(path), "--summary-json")
