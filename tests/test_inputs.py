@@ -154,18 +154,48 @@ def test_trailing_delimiter_on_every_row_keeps_the_columns(
 
 
 def test_extra_cell_in_first_row_never_shifts_ids(sandbox: Sandbox, tmp_path: Path) -> None:
-    # More cells than header names: either ignore the extra cell or refuse the file;
-    # linking "B1" to "extra" would link the wrong tickets.
+    # More cells than header names: linking "B1" to "extra" would link the wrong
+    # tickets, and so may A1 to B1 (a cell before them may hold an unquoted delimiter):
+    # the row is invalid, saying why, and the others go.
     path = tmp_path / "pairs.csv"
     path.write_text("sourceTicketId,linkedTicketId\nA1,B1,extra\nA2,B2\n")
     result = run(sandbox, path)
-    assert set(sent_checked(sandbox)) <= {("A1", "B1"), ("A2", "B2")}, sent_checked(sandbox)
-    if result.exit_code == 2:
-        one_line_error(result)
-        assert sandbox.requests == []
-    else:
-        assert result.exit_code == 0, result.output
-        assert ids(report_of(path)) == [("A1", "B1"), ("A2", "B2")]
+    assert result.exit_code == 1, result.output
+    assert sent_checked(sandbox) == [("A2", "B2")]
+    rows = report_of(path)
+    assert ids(rows) == [("A1", "B1"), ("A2", "B2")]
+    assert rows[0]["outcome"] == "invalid" and "more cells than the header" in rows[0]["error"]
+
+
+@pytest.mark.parametrize(
+    ("line", "sent"),
+    [
+        ("Acme, Inc.,T101,T201", []),  # an unquoted comma: the IDs shifted
+        ("Trail,T1,T2,", [("T1", "T2")]),  # a trailing delimiter: nothing past the header
+        ("Wide,T3,T4,,,,,,,,x", []),  # far past the header
+    ],
+)
+def test_a_row_with_more_cells_than_the_header_is_never_sent(
+    sandbox: Sandbox, tmp_path: Path, line: str, sent: list[tuple[str, str]]
+) -> None:
+    path = tmp_path / "pairs.csv"
+    path.write_text(f"customer,sourceTicketId,linkedTicketId\nGlobex,T100,T200\n{line}\n")
+    result = run(sandbox, path)
+    assert sent_checked(sandbox) == [("T100", "T200"), *sent]
+    row = report_of(path)[1]
+    assert (row["outcome"] == "invalid") == (not sent), row
+    assert result.exit_code == (0 if sent else 1), result.output
+
+
+def test_a_row_far_wider_than_the_header_refuses_the_file_in_one_line(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    path = tmp_path / "pairs.csv"
+    path.write_text("sourceTicketId,linkedTicketId\nA1,B1\n" + ",".join("x" * 20) + "\n")
+    result = run(sandbox, path)
+    assert result.exit_code == 2
+    assert "line 3 has 20 cells where the header has 2" in one_line_error(result)
+    assert sandbox.requests == []
 
 
 def test_repeated_column_name_is_carried_not_a_crash(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -37,6 +37,9 @@ _KINDS = {
 #: An ID longer than any ticket's (a runaway cell): never sent, so no request is huge.
 TOO_LONG_SOURCE, TOO_LONG_LINKED = 24, 25
 MAX_ID = 256
+#: A CSV row with a value past the header's last column: a cell holding the delimiter
+#: unquoted (``Acme, Inc.``) has shifted the cells after it, so its IDs cannot be trusted.
+EXTRA_CELLS = 26
 # Generic words per code; :func:`invalid_text` names the character or error of the row.
 INVALID_REASONS = {
     BLANK_SOURCE: "blank source ticket ID",
@@ -51,6 +54,11 @@ INVALID_REASONS = {
     LOST_DIGITS_LINKED: "Excel stored the linked ID as a number and lost digits",
     TOO_LONG_SOURCE: f"source ticket ID is longer than {MAX_ID} characters",
     TOO_LONG_LINKED: f"linked ticket ID is longer than {MAX_ID} characters",
+    EXTRA_CELLS: (
+        "the row has more cells than the header: a cell holding the delimiter unquoted "
+        "shifts the cells after it, so its IDs may not be the ones meant; quote that "
+        "cell or remove the extra one"
+    ),
 }
 INVALID_REASONS.update(
     {

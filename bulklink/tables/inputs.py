@@ -38,6 +38,7 @@ from bulklink.tables.ids import (
     CONTROL_SOURCE,
     EXCEL_ERROR_LINKED,
     EXCEL_ERROR_SOURCE,
+    EXTRA_CELLS,
     TOO_LONG_LINKED,
     TOO_LONG_SOURCE,
     TRIM,
@@ -130,6 +131,8 @@ class Chunk:
     columns: dict[str, list[str]]
     #: The file the snapshot was taken of changed before this chunk was read.
     input_changed: bool = False
+    #: Rows with a value past the header's last column (a CSV's), or None for none.
+    overfull: np.ndarray[Any, Any] | None = None
     end: int = field(init=False)  # one past its last row: read for every row written
 
     def __post_init__(self) -> None:
@@ -493,6 +496,7 @@ class Table:
             chunk_rows,
             Path(self.name),
             skip=self._skip,
+            spill=SPILL_COLUMNS,
         )
 
     def chunks(self, chunk_rows: int | None = None) -> Iterator[Chunk]:
@@ -506,16 +510,31 @@ class Table:
         start = 0
         filled: set[str] = set()
         for frame in self._read_frames(chunk_rows):
+            frame, overfull = _overfull(frame, len(self.columns))
             source = _trimmed(frame[self.source_col].tolist())
             linked = _trimmed(frame[self.linked_col].tolist())
             columns = {c: frame[c].tolist() for c in self.other_cols}
             filled.update(c for c in self._unnamed if any(v not in ("", None) for v in columns[c]))
             changed = self.snapshot is not None and self.snapshot.changed()
-            yield Chunk(start, source, linked, columns, changed)
+            yield Chunk(start, source, linked, columns, changed, overfull)
             start += len(source)
         if self._unnamed:
             empty, self._unnamed = self._unnamed - filled, set()
             self.other_cols = [c for c in self.other_cols if c not in empty]
+
+
+def _overfull(frame: pd.DataFrame, width: int) -> tuple[pd.DataFrame, np.ndarray[Any, Any] | None]:
+    """The frame without its spill columns (see :func:`read_csv`), and the rows with a
+    value in one (None for none)."""
+    spill = list(frame.columns[width:])
+    if not spill:
+        return frame, None
+    found = (frame[spill] != "").any(axis=1).to_numpy()
+    return frame.drop(columns=spill), found if found.any() else None
+
+
+#: Columns read past the header's last one, to see a row that has more cells than it.
+SPILL_COLUMNS = 8
 
 
 def read_csv(
@@ -527,25 +546,29 @@ def read_csv(
     name: Path,
     *,
     skip: int = 0,
+    spill: int = 0,
 ) -> Iterator[pd.DataFrame]:
     """A CSV file's rows after its header, in chunks, every cell the text as written.
 
     The one CSV parser for rows (an input, a report, the report writer's own file): one
     set of rules and no field-size limit. ``name`` is the file as errors call it.
+    ``spill`` more columns are read past the header's (named by position, after it), so
+    that a row with more cells than the header shows: an empty one is a trailing
+    delimiter, a value means the row's cells have shifted.
     """
     import pandas as pd
 
+    names = [*columns, *(f"\0spill{n}" for n in range(spill))]
     try:
-        # names + usecols: the header decides the columns. A trailing delimiter on
-        # every row (a common export quirk) or a stray extra cell can then neither
-        # turn the first column into an index nor shift the IDs.
+        # The header row read as a row (and dropped) under our own names, so that the
+        # header decides the columns: a trailing delimiter on every row (a common export
+        # quirk) cannot turn the first column into an index, and a row is cut nowhere.
         with pd.read_csv(
             source,
             sep=delimiter,
             skiprows=skip,
-            header=0,
-            names=columns,
-            usecols=range(len(columns)),
+            header=None,
+            names=names,
             dtype=str,
             keep_default_na=False,
             na_filter=False,
@@ -555,13 +578,28 @@ def read_csv(
             engine="c",
             skip_blank_lines=True,
         ) as reader:
+            try:
+                first = reader.get_chunk(chunk_rows + 1)  # the header, then a whole chunk
+            except StopIteration:
+                return
+            if len(first) > 1:
+                yield first.iloc[1:]
             yield from reader
     except (ValueError, csv.Error, UnicodeError, OverflowError, MemoryError) as exc:
         # ParserError, EmptyDataError and UnicodeDecodeError are ValueErrors.
         reason = str(exc).strip() or type(exc).__name__
+        if (wide := _TOO_WIDE.search(reason)) is not None:
+            line, cells = wide.groups()
+            reason = (
+                f"line {line} has {cells} cells where the header has {len(columns)} "
+                "(a cell holding the delimiter unquoted?)"
+            )
         raise InputError(f"{name} is not valid CSV: {reason}") from None
     except OSError as exc:
         raise InputError(f"cannot read {name}: {exc.strerror or exc}") from None
+
+
+_TOO_WIDE = re.compile(r"Expected \d+ fields in line (\d+), saw (\d+)")
 
 
 def _json_kind(value: object) -> str:
@@ -839,6 +877,8 @@ def _row_codes(table: Table, chunk: Chunk, keep: Any) -> np.ndarray[Any, Any]:
                 codes[kinds == kind] = cell_code(int(kind), side)
     codes[long_rows(chunk.linked)] = TOO_LONG_LINKED  # the runaway cell says it all
     codes[long_rows(chunk.source)] = TOO_LONG_SOURCE
+    if chunk.overfull is not None:  # the IDs read may not be the row's at all
+        codes[chunk.overfull] = EXTRA_CELLS
     if keep is not None:
         codes[np.asarray(keep(chunk), dtype=bool)] = KEEP
     return codes
