@@ -141,6 +141,32 @@ def test_a_formula_never_calculated_is_invalid_saying_how_to_fix_it(
     )
 
 
+def test_rows_made_only_of_formulas_never_calculated_are_reported_not_dropped(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """calamine gives a formula with no cached value as empty: a row of them is no blank
+    row, and is reported invalid like a row with one."""
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(HEAD)
+    sheet.append(["T1", "L1"])
+    for n in (2, 3):
+        sheet.append([f'=CONCAT("T","{n}")', f'=CONCAT("L","{n}")'])
+    sheet.append(["T4", "L4"])
+    path = tmp_path / "f.xlsx"
+    book.save(path)
+    result = run(sandbox, path)
+    assert result.exit_code == 1, result.output
+    assert sent_checked(sandbox) == [("T1", "L1"), ("T4", "L4")]
+    report = report_of(path)
+    assert [r["outcome"] for r in report] == ["linked", "invalid", "invalid", "linked"]
+    assert [r["row"] for r in report] == ["1", "2", "3", "4"]
+    assert "formula that was never calculated" in report[1]["error"]
+
+
 def test_retry_reads_a_report_cell_as_run_reads_an_input_cell(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:

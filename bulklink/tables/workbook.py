@@ -388,8 +388,10 @@ def _collect(
     Rows and columns are looked at whole where they can be (``count``, ``set(map(type))``):
     a cell at a time only in columns that are not all text.
     """
-    errors = {r - at - 1 for r, _ in found.errors}  # a row of error cells is no blank row
-    keep = [i for i, row in enumerate(rows) if i in errors or row.count("") != len(row)]
+    # A row of error cells, or of formulas never calculated (calamine gives both as
+    # empty), is no blank row: it is reported, invalid, with the rest.
+    shown = {r - at - 1 for r, _ in (*found.errors, *found.formulas)}
+    keep = [i for i, row in enumerate(rows) if i in shown or row.count("") != len(row)]
     every = len(keep) == len(rows)
     rows.clear()  # the cells live on in ``columns``: the rows' lists can go
     width = _width(columns, header, {c for _, c in found.errors})
