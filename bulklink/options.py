@@ -16,6 +16,7 @@ This module is a leaf: it imports nothing that sends, stores or reads a table.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import functools
 import inspect
@@ -86,6 +87,27 @@ class ReadOptions(_Checked):
             if len(delimiter) != 1:
                 raise UsageError("--delimiter must be one character (or 'tab')")
             object.__setattr__(self, "delimiter", delimiter)
+        if self.encoding is not None:
+            _text_encoding(self.encoding)
+
+
+def _text_encoding(name: str) -> None:
+    """Refuse a codec that reads no text the way the reader asks (rot13 and hex are codecs
+    between other things; idna refuses to replace a bad byte)."""
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        raise UsageError(f"unknown encoding: {name}") from None
+    try:  # through it and back, as the reader decodes: incrementally, bad bytes replaced
+        data = "id".encode(name)
+        text = codecs.getincrementaldecoder(name)("replace").decode(data, final=True)
+    except (LookupError, UnicodeError, TypeError, ValueError, AssertionError):
+        text = None
+    if not isinstance(text, str):
+        raise UsageError(
+            f"--encoding {name!r} is not a text encoding bulklink can read a file in "
+            "(utf-8, cp1252, utf-16, latin-1...)"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

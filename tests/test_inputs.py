@@ -91,6 +91,27 @@ def test_cp1252_bytes_fall_back_and_run(sandbox: Sandbox, tmp_path: Path) -> Non
     assert [r["note"] for r in report_of(path)] == ["café", "naïve \u2013 5€"]
 
 
+@pytest.mark.parametrize(
+    ("encoding", "said"),
+    [
+        ("nonsense", "unknown encoding: nonsense"),
+        ("rot13", "--encoding 'rot13' is not a text encoding"),  # str to str
+        ("hex", "--encoding 'hex' is not a text encoding"),  # bytes to bytes
+        ("idna", "--encoding 'idna' is not a text encoding"),  # replaces no bad byte
+        ("undefined", "--encoding 'undefined' is not a text encoding"),
+        ("utf-32", "cannot be read as utf-32: UTF-32 stream does not start with BOM"),
+    ],
+)
+def test_an_encoding_that_cannot_read_the_file_is_one_line_and_exit_2(
+    sandbox: Sandbox, tmp_path: Path, encoding: str, said: str
+) -> None:
+    path = write_csv(tmp_path / "in.csv", [HEAD, ["A1", "B1"]])
+    result = run(sandbox, path, "--encoding", encoding)
+    assert result.exit_code == 2, result.output
+    assert said in one_line_error(result)
+    assert sandbox.requests == []
+
+
 def test_encoding_option_overrides_detection(sandbox: Sandbox, tmp_path: Path) -> None:
     rows = [[*HEAD, "note"], ["A1", "B1", "Привет"]]
     path = write_csv(tmp_path / "cyr.csv", rows, encoding="cp1251")

@@ -382,6 +382,8 @@ class Table:
             text = codecs.getincrementaldecoder(self.encoding)("replace").decode(head)
         except LookupError:
             raise InputError(f"unknown encoding: {self.options.encoding}") from None
+        except UnicodeError as exc:  # UTF-16/32 without a byte-order mark, say
+            raise InputError(f"{self.name} cannot be read as {self.encoding}: {exc}") from None
         text = text.removeprefix("\ufeff")
         # Text in UTF-8 may hold any character (a test file of hostile IDs, say); random
         # bytes never are UTF-8, and read as cp1252 they are full of control characters.
