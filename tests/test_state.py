@@ -216,6 +216,28 @@ def test_failed_and_skipped_pairs_are_sent_again_the_next_night(
     assert len(linked_pairs(store)) == 10
 
 
+@pytest.mark.parametrize("store", ["the store", "--no-state"])
+def test_retry_of_a_second_night_sends_only_its_failures_with_or_without_the_store(
+    tmp_path: Path, sandbox: Sandbox, store: str
+) -> None:
+    """An ``already-linked`` row is linked: ``retry`` keeps it as it keeps a ``linked``
+    one, so a report carried to another host (or its store gone) resends none of them."""
+    src = pairs_csv(tmp_path / "export.csv", 20)
+    report = tmp_path / "export.results.csv"
+    assert night(sandbox, "run", src)[1].exit_code == 0
+    write_csv(src, [HEADER, *input_pairs(20), ("MISSING1", "B1")])
+    requests, second = night(sandbox, "run", src, "--max-retries", "0")
+    assert (requests, second.exit_code) == (1, 1), second.stderr
+    sandbox.config.unknown_prefix = ""
+    since = len(sandbox.requests)
+    extra = ["--no-state"] if store == "--no-state" else []
+    retried = run_against(sandbox, "retry", report, *extra, *FAST)
+    assert retried.exit_code == 0, retried.stderr
+    assert sent(sandbox, since) == [("MISSING1", "B1")]
+    outcomes = [r["outcome"] for r in read_report(report)]
+    assert outcomes == ["already-linked"] * 20 + ["linked"]
+
+
 def test_relink_sends_every_pair_and_updates_the_record(tmp_path: Path, sandbox: Sandbox) -> None:
     src = pairs_csv(tmp_path / "in.csv", 20)
     report = tmp_path / "in.results.csv"

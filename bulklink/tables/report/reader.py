@@ -71,7 +71,8 @@ def _refuse_odd_cells(path: str, table: Table) -> None:
 
 
 def kept_rows(chunk: Chunk) -> list[bool]:
-    """Rows ``retry`` leaves alone: linked, invalid, and duplicates of a linked row."""
+    """Rows ``retry`` leaves alone: linked (by this run or, ``already-linked``, an earlier
+    one: so without the store too), invalid, and duplicates of a linked row."""
     reader = RowReader(chunk.columns, escaped=False)
     keep = []
     for at in range(len(chunk)):
@@ -79,7 +80,8 @@ def kept_rows(chunk: Chunk) -> list[bool]:
         if outcome not in _OUTCOMES:
             raise InputError(f"unknown outcome {outcome!r} in the report")
         keep.append(
-            outcome in ("linked", "invalid") or (outcome == "duplicate" and reader.success(at))
+            outcome in ("linked", "already-linked", "invalid")
+            or (outcome == "duplicate" and reader.success(at))
         )
     return keep
 
