@@ -424,7 +424,7 @@ def _print_summary(console: Console, summary: Summary) -> None:
         pace = f" | budget {summary.budget}, {summary.average_rate:.1f}/s used"
     console.summary(
         f"{counts} | {summary.rows} rows{resumed} in {summary.elapsed:.1f}s{pace} | "
-        f"report: {summary.report}",
+        f"report: {summary.report or 'none written'}",
         important=important,
     )
 

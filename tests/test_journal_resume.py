@@ -666,6 +666,32 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+def test_a_full_disk_still_tells_the_summary_json_metrics_and_history_what_was_done(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox], small_tmpfs: Path
+) -> None:
+    """The report could not be written, but pairs were linked: the machine-readable end
+    says so (not an empty run of 0 rows), and the history holds that run once, ended."""
+    server = start_sandbox(latency=0.005)
+    n = 300
+    src = pairs_csv(tmp_path / "in.csv", n)
+    summary, metrics = tmp_path / "summary.json", tmp_path / "m.prom"
+    result = run_against(
+        server, "run", src, "-o", small_tmpfs / "nightly.results.csv", "--rate", "0",
+        "--concurrency", "4", "--summary-json", summary, "--metrics-file", metrics, *FAST,
+    )  # fmt: skip
+    assert result.exit_code == 74, result.stderr
+    linked = len(sent(server))
+    assert 0 < linked < n
+    end = json.loads(summary.read_text())
+    assert (end["exit_code"], end["rows"], end["requests"]) == (74, n, linked)
+    assert end["counts"]["linked"] == linked and sum(end["counts"].values()) == n
+    assert f'bulklink_last_run_rows{{job="nightly.results",outcome="linked"}} {linked}.0' in (
+        metrics.read_text()
+    )
+    history = json.loads(invoke("runs", "--json").stdout)
+    assert [(r["exit_code"], r["counts"].get("linked")) for r in history] == [(74, linked)]
+
+
 def test_a_real_full_disk_exits_74_then_resumes_after_freeing_space(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox], small_tmpfs: Path
 ) -> None:

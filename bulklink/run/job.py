@@ -129,14 +129,47 @@ def execute(job: Job) -> Summary:
         _run_to_completion(lambda: _run(job, journal, assembler, ending, t0))
     except BaseException as exc:
         job.lifetime.after_sending()
-        _give_up_report(job, ending, writer, journal, exc)
+        # A write failed past the runner (the report's own file, as the rest was written
+        # as skipped): what was done still goes to the history, summary JSON and metrics.
+        summary = _summary(job, assembler, journal, ending, started, t0)
+        _give_up_report(job, ending, writer, journal, exc, summary)
     job.lifetime.after_sending()
-    summary = Summary(
+    summary = _summary(job, assembler, journal, ending, started, t0)
+    error = _stop_error(job, ending, summary)
+    try:  # the summary first: the xlsx report has a sheet for it
+        writer.commit(RunInfo.from_summary(summary, job.input_name))
+    except BaseException as exc:
+        _give_up_report(job, ending, writer, journal, exc, summary)
+    error = error or job.lifetime.late(summary, "the report and the state store are written")
+    error = _record(job, ending, summary, error)
+    if ending.stop_reason or error is not None:
+        journal.close()  # kept: a rerun resumes from it
+    else:
+        journal.remove()
+    error = _last_writes(job, summary, error)
+    if error is not None:
+        raise error from ending.bug
+    return summary
+
+
+def _summary(
+    job: Job,
+    assembler: Assembler,
+    journal: Journal,
+    ending: _Ending,
+    started: datetime,
+    t0: float,
+) -> Summary:
+    """The run's end; rows no result was written for (a run cut short by a failed write)
+    count as ``skipped``, so the counts always add up to the input's rows."""
+    counts = {o.value: assembler.counts.get(o.value, 0) for o in Outcome}
+    counts[Outcome.SKIPPED.value] += job.plan.rows - sum(counts.values())
+    return Summary(
         report=str(job.report),
         rows=job.plan.rows,
-        counts={o.value: assembler.counts.get(o.value, 0) for o in Outcome},
+        counts=counts,
         errors=assembler.errors.groups(),
-        retryable_rows=assembler.counts["failed"] + assembler.counts["skipped"],
+        retryable_rows=counts["failed"] + counts["skipped"],
         resumed_rows=journal.resumed,
         started=utc_stamp(started),
         finished=utc_stamp(),
@@ -148,21 +181,6 @@ def execute(job: Job) -> Summary:
         average_rate=ending.average_rate,
         budget=ending.budget,
     )
-    error = _stop_error(job, ending, summary)
-    try:  # the summary first: the xlsx report has a sheet for it
-        writer.commit(RunInfo.from_summary(summary, job.input_name))
-    except BaseException as exc:
-        _give_up_report(job, ending, writer, journal, exc)
-    error = error or job.lifetime.late(summary, "the report and the state store are written")
-    error = _record(job, ending, summary, error)
-    if ending.stop_reason or error is not None:
-        journal.close()  # kept: a rerun resumes from it
-    else:
-        journal.remove()
-    error = _last_writes(job, summary, error)
-    if error is not None:
-        raise error from ending.bug
-    return summary
 
 
 def _open_journal(job: Job) -> Journal:
@@ -276,13 +294,31 @@ def _failure(
 
 
 def _give_up_report(
-    job: Job, ending: _Ending, writer: ReportWriter, journal: Journal, exc: BaseException
+    job: Job,
+    ending: _Ending,
+    writer: ReportWriter,
+    journal: Journal,
+    exc: BaseException,
+    summary: Summary | None = None,
 ) -> NoReturn:
-    """No report can be installed: drop the half-written one, keep the journal, say why."""
+    """No report can be installed: drop the half-written one, keep the journal, say why.
+
+    With the run's ``summary`` (the report was complete but could not be installed: a
+    full disk), the error carries it, and the history records the run's end with it: the
+    summary JSON and the metrics say what was done, not that nothing was.
+    """
     _discard(writer)
-    journal.close()
     if isinstance(exc, Exception) and not isinstance(exc, BulklinkError):
-        raise _failure(job, ending, exc, None) from (ending.bug or exc)
+        error = _failure(job, ending, exc, summary)
+        if summary is not None:
+            summary.exit_code = error.exit_code
+            summary.stopped = summary.stopped or str(error)
+            summary.report = ""  # none was installed
+            _record(job, ending, summary, error)
+            _last_writes(job, summary, error)
+        journal.close()
+        raise error from (ending.bug or exc)
+    journal.close()
     raise exc
 
 
@@ -384,6 +420,12 @@ class _Run:
             await self.drain(stream)
         finally:
             ticker.cancel()
+            # What the run did, however it ends (a failed write may end it here).
+            self.ending.stop_reason, self.ending.halted = runner.stop_reason, runner.halted
+            pacer = runner.pacer
+            self.ending.requests, self.ending.throttled = pacer.requests, pacer.throttled
+            self.ending.average_rate = pacer.average_rate
+            self.ending.budget = pacer.budget.seen() if pacer.budget is not None else None
             if self.committing is not None:  # its error, if any, is the run's too
                 await self.committing
             if deadline is not None:
@@ -393,11 +435,6 @@ class _Run:
             stream.close()
         self.journal.sync()
         job.console.finish_progress(self.assembler.done_this_run)
-        self.ending.stop_reason, self.ending.halted = runner.stop_reason, runner.halted
-        pacer = runner.pacer
-        self.ending.requests, self.ending.throttled = pacer.requests, pacer.throttled
-        self.ending.average_rate = pacer.average_rate
-        self.ending.budget = pacer.budget.seen() if pacer.budget is not None else None
 
     async def dispatch(self, stream: _ChunkStream) -> None:
         """Send everything; a failed write or a bug stops the run as a signal does."""
