@@ -217,10 +217,11 @@ def _published(
             raise
         finally:
             if summary is not None:
-                with lifetime.cut_short():
-                    publish(
+                ended = summary
+                lifetime.cut_short(
+                    lambda: publish(
                         output,
-                        summary,
+                        ended,
                         console,
                         previous_exit_code=previous.exit_code if previous else None,
                         last_success=ledger.last_success(output.job),
@@ -228,6 +229,7 @@ def _published(
                         connection=prepared.connection,
                         summary_json=refused,
                     )
+                )
         late = lifetime.late(summary, "the report and the state store are written; "
                              "the notice and the metrics may not be")  # fmt: skip
         if late is not None:

@@ -228,6 +228,32 @@ def test_a_signal_during_a_slow_notice_cuts_it_short_but_writes_everything_else(
     assert linked_pairs(state) == set(h.input_pairs(n))
 
 
+def test_a_signal_while_the_report_is_written_ends_143_not_as_a_bug(
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM from cron's or systemd's timeout just as the sending ended: the report, the
+    store and the summary line are written, and the work a signal drops is skipped (it
+    was an internal error, exit 70: the context that drops it never ran its body)."""
+    from bulklink.tables.report.writers import CsvWriter
+
+    commit = CsvWriter.commit
+
+    def signalled_commit(self: CsvWriter, *args: Any) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # handled: bulklink records it
+        commit(self, *args)
+
+    monkeypatch.setattr(CsvWriter, "commit", signalled_commit)
+    state = tmp_path / "state.sqlite3"
+    src = h.pairs_csv(tmp_path / "in.csv", 4)
+    result = h.run_against(sandbox, "run", src, "--state", state, *FAST_UNPACED)
+    assert result.exit_code == 143, result.output
+    assert "internal error" not in result.output
+    assert "interrupted by SIGTERM after the sending" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("linked 4,")
+    assert {r["outcome"] for r in h.read_report(tmp_path / "in.results.csv")} == {"linked"}
+    assert linked_pairs(state) == set(h.input_pairs(4))
+
+
 # -- a run history someone edited ----------------------------------------------------------------
 
 

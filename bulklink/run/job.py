@@ -622,13 +622,14 @@ class Lifetime:
             # An event loop (the notice): its tasks cancelled, so asyncio.run ends cleanly.
             loop.call_soon_threadsafe(_cancel_all, loop)
 
-    @contextlib.contextmanager
-    def cut_short(self) -> Iterator[None]:
-        """Work a signal after sending drops (it has been recorded in :attr:`signum`)."""
+    def cut_short(self, work: Callable[[], object]) -> None:
+        """Run ``work`` that a signal after sending drops: not at all once one has come
+        (it is recorded in :attr:`signum`), and cut short when one comes meanwhile."""
+        if self.signum:
+            return
         self._cutting = True
         try:
-            if not self.signum:
-                yield
+            work()
         except (_CutShort, asyncio.CancelledError):
             pass
         finally:
