@@ -112,6 +112,39 @@ def test_an_encoding_that_cannot_read_the_file_is_one_line_and_exit_2(
     assert sandbox.requests == []
 
 
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        # UTF-8 IDs, then a note in cp1252: read as cp1252, TKT-Müller-1 went as MÃ¼ller.
+        (
+            "sourceTicketId,linkedTicketId,note\nTKT-Müller-1,T200,ok\n".encode()
+            + "T103,T203,café\n".encode("cp1252"),
+            3,
+        ),
+        # The other way round: a cp1252 line first, UTF-8 text after it.
+        (
+            "sourceTicketId,linkedTicketId,note\nA1,B1,café\n".encode("cp1252")
+            + "A2,B2,Müller\n".encode(),
+            2,
+        ),
+    ],
+    ids=["utf-8 then cp1252", "cp1252 then utf-8"],
+)
+def test_a_file_of_two_encodings_is_refused_naming_the_line(
+    sandbox: Sandbox, tmp_path: Path, data: bytes, line: int
+) -> None:
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(data)
+    result = run(sandbox, path)
+    assert result.exit_code == 2, result.output
+    assert f"mixes encodings: it holds UTF-8 text, but line {line} is not UTF-8" in (
+        one_line_error(result)
+    )
+    assert sandbox.requests == []
+    given = run(sandbox, path, "--encoding", "cp1252")  # the user decides: all of it so
+    assert given.exit_code == 0, given.output
+
+
 def test_encoding_option_overrides_detection(sandbox: Sandbox, tmp_path: Path) -> None:
     rows = [[*HEAD, "note"], ["A1", "B1", "Привет"]]
     path = write_csv(tmp_path / "cyr.csv", rows, encoding="cp1251")

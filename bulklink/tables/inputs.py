@@ -320,7 +320,9 @@ class Table:
         head, utf8 = self._hash_and_check()
         if self.options.encoding is None:
             self.encoding = _bom_encoding(head) or ("utf-8-sig" if utf8 else "cp1252")
-        text = self._head_text(head)
+        text = self._head_text(head)  # refuses what is no text first
+        if self.options.encoding is None and self.encoding == "cp1252":
+            self._refuse_mixed_encodings()
         sep = _SEP_LINE.match(text)
         if sep is not None:  # Excel's own line naming the delimiter: it is no header
             text, self._skip = text[sep.end() :], 1
@@ -362,6 +364,34 @@ class Table:
         self.digest = digest.hexdigest()
         # ... and a sequence cut off at the very end is no UTF-8 either.
         return self._cut_head(bytes(head)), utf8 and _decodes(decoder, b"", final=True)
+
+    def _refuse_mixed_encodings(self) -> None:
+        """A file that is not all UTF-8 but holds UTF-8 text (two exports pasted together)
+        has no one encoding: read as cp1252, its UTF-8 IDs would be sent garbled
+        (``MÃ¼ller``). Refused, naming the first line that is not UTF-8."""
+        decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        first_bad: int | None = None  # the line of the first byte that is not UTF-8
+        utf8_seen = False
+        lines = 0
+        try:
+            with self.path.open("rb") as fh:
+                while block := fh.read(1 << 20):
+                    text = decoder.decode(block)
+                    if first_bad is None and (bad := _NOT_UTF8.search(text)) is not None:
+                        first_bad = lines + text.count("\n", 0, bad.start()) + 1
+                    utf8_seen = utf8_seen or _UTF8_TEXT.search(text) is not None
+                    if utf8_seen and first_bad is not None:
+                        raise self._mixed(first_bad)
+                    lines += text.count("\n")
+        except OSError as exc:
+            raise InputError(f"cannot read {self.name}: {exc.strerror}") from None
+
+    def _mixed(self, line: int) -> InputError:
+        return InputError(
+            f"{self.name} mixes encodings: it holds UTF-8 text, but line {line} is not "
+            "UTF-8 (two exports pasted together?); save it in one encoding, or give "
+            "--encoding to read all of it in one"
+        )
 
     def _cut_head(self, head: bytes) -> bytes:
         """The first 64 KiB, or more: up to the end of the third line (Excel's ``sep=``
@@ -601,6 +631,9 @@ def read_csv(
         raise InputError(f"cannot read {name}: {exc.strerror or exc}") from None
 
 
+#: A byte that is not UTF-8 (surrogateescape) and a character only UTF-8 can have spelt.
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+_UTF8_TEXT = re.compile("[^\x00-\x7f\udc80-\udcff]")
 _TOO_WIDE = re.compile(r"Expected \d+ fields in line (\d+), saw (\d+)")
 
 
