@@ -21,7 +21,7 @@ import bulklink
 from bulklink.models import Summary
 from bulklink.net.client import Budget, read_budgets
 from bulklink.sandbox import Reply, Sandbox
-from tests.helpers import FAST, ORG, TOKEN, invoke, pairs_csv, run_against
+from tests.helpers import FAST, ORG, TOKEN, invoke, pairs_csv, read_report, run_against
 
 AUTO = (*FAST, "--rate", "auto", "--no-state")
 
@@ -203,6 +203,9 @@ def test_dry_run_says_how_auto_will_pace(tmp_path: Path) -> None:
     assert "less 20% left for other clients" in result.stdout
 
 
+NOW = 1_900_000_000.0  # UNIX seconds, as an answer's Reset is
+
+
 @pytest.mark.parametrize(
     ("headers", "budgets"),
     [
@@ -220,7 +223,7 @@ def test_dry_run_says_how_auto_will_pace(tmp_path: Path) -> None:
                 "X-RateLimit-Remaining-OrgID": "0",
                 "X-RateLimit-Reset-OrgID": "4",
             },
-            [Budget("OrgID", 50, 0, 1000.0 + 4)],
+            [Budget("OrgID", 50, 0, NOW + 4)],
         ),
         ({"X-RateLimit-Limit": "300", "X-RateLimit-Remaining": "-1", "X-RateLimit-Reset": "9"}, []),
         ({"X-RateLimit-Limit": "nan", "X-RateLimit-Remaining": "1", "X-RateLimit-Reset": "9"}, []),
@@ -231,11 +234,65 @@ def test_dry_run_says_how_auto_will_pace(tmp_path: Path) -> None:
                 "X-RateLimit-Remaining-Path": "99",
                 "X-RateLimit-Reset-Path": "1",
             },
-            [Budget("Path", 10, 10, 1001.0)],
+            [Budget("Path", 10, 10, NOW + 1)],
+        ),
+        # A reset that is not ahead (0: "now"; a server clock behind ours) paces by
+        # nothing; one more than a day ahead (milliseconds, garbage) by nearly nothing.
+        ({"X-RateLimit-Limit": "20", "X-RateLimit-Remaining": "5", "X-RateLimit-Reset": "0"}, []),
+        (
+            {
+                "X-RateLimit-Limit": "5",
+                "X-RateLimit-Remaining": "5",
+                "X-RateLimit-Reset": str(int(NOW) - 30),
+            },
+            [],
+        ),
+        (
+            {
+                "X-RateLimit-Limit": "10",
+                "X-RateLimit-Remaining": "10",
+                "X-RateLimit-Reset": "1900000010000",
+            },
+            [],
+        ),
+        (
+            {
+                "X-RateLimit-Limit": "10",
+                "X-RateLimit-Remaining": "10",
+                "X-RateLimit-Reset": "99999999999999",
+            },
+            [],
         ),
     ],
 )
 def test_rate_limit_headers_are_read_totally(
     headers: dict[str, str], budgets: list[Budget]
 ) -> None:
-    assert list(read_budgets(headers, now=1000.0)) == budgets
+    assert list(read_budgets(headers, now=NOW)) == budgets
+
+
+def test_a_budget_that_allows_nothing_for_long_is_given_up_on(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    """Remaining 0 until a reset an hour away (a quota spent, or a header that lies): the
+    pause is cut to the 300 s a Retry-After gets, and --give-up-after ends the run
+    with the rows skipped for the next one, instead of a night idle with the lock held."""
+    import time
+
+    spent = {
+        "X-RateLimit-Limit": "100",
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": str(int(time.time()) + 3600),
+    }
+    server = start_sandbox(script={"T00001": [Reply(200, headers=spent)]})
+    src = pairs_csv(tmp_path / "in.csv", 5)
+    started = time.monotonic()
+    result = run_against(
+        server, "run", src, "--rate", "auto", "--give-up-after", "2s", "--concurrency", "1", *FAST
+    )
+    assert time.monotonic() - started < 30, "the run waited for the reset"
+    assert result.exit_code == 1, result.output
+    assert "gave up: the pace allowed no request for 2s" in result.stderr
+    assert len(server.requests) == 1
+    rows = [r["outcome"] for r in read_report(tmp_path / "in.results.csv")]
+    assert rows == ["linked"] + ["skipped"] * 4

@@ -384,3 +384,13 @@ def test_a_reset_far_off_is_waited_for_at_most_as_long_as_a_retry_after() -> Non
     pace = BudgetPace(10)
     pace.learn((Budget("", 300, 0, 1000.0 + 365 * 86400),))
     assert pace.pace(1000.0, 0) == (0.0, MAX_SERVER_WAIT + RESET_MARGIN)
+
+
+def test_a_reset_that_moves_by_a_fraction_of_a_second_is_the_same_window() -> None:
+    """Resets are whole seconds; one spelt with a jittering fraction starts no window of
+    a few milliseconds (whose pace would be thousands a second)."""
+    pace = BudgetPace(0)
+    pace.learn((Budget("", 20, 10, 1010.0),))
+    pace.learn((Budget("", 20, 8, 1010.4),))
+    assert pace.even_rate() is None  # no window length learnt
+    assert pace.pace(1000.0, 0) == pytest.approx((8 / 10, 0.0))  # the fresher remaining

@@ -34,6 +34,7 @@ from bulklink.text import compact_json
 from bulklink.urls import LINK_PATH, check_url, host_of
 
 MAX_SERVER_WAIT = 300.0  # seconds; a longer Retry-After is capped so a nightly run still ends
+MAX_RESET_AHEAD = 86_400.0  # seconds; a budget's reset further ahead is not believed
 MAX_ANSWER = 8 * 1024 * 1024  # decompressed bytes; a ticket is about 2 KB
 TOO_LARGE = "answer larger than 8 MB"
 USER_AGENT = (
@@ -109,8 +110,14 @@ def read_budgets(headers: Mapping[str, str], now: float | None = None) -> tuple[
         assert most is not None and left is not None and reset is not None
         if most < 1 or most != int(most) or left != int(left):
             continue
+        now = time.time() if now is None else now
         if reset <= 1e9:
-            reset += time.time() if now is None else now
+            reset += now
+        # A reset not ahead (0, a clock behind ours) tells no pace, and one more than a
+        # day ahead is a wrong unit (milliseconds) or garbage: either would pace by
+        # nothing or flood, so it is ignored like any other garbage.
+        if not now < reset <= now + MAX_RESET_AHEAD:
+            continue
         budgets.append(Budget(scope, int(most), min(int(left), int(most)), reset))
     return tuple(budgets)
 

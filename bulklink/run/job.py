@@ -515,6 +515,11 @@ class _Run:
                 f"gave up: no answer settled a row for {format_duration(give_up)} "
                 f"({runner.in_flight} requests waiting for an answer)"
             )
+        elif runner.held:  # rows to send, none let through: a budget that allows nothing
+            runner.stop(
+                f"gave up: the pace allowed no request for {format_duration(give_up)} "
+                "(the API's rate-limit headers left nothing to spend)"
+            )
 
     async def watch_input(self) -> None:
         """An input that changes while rows are sent stops the run, also when every row

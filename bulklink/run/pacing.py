@@ -35,6 +35,9 @@ SLOTS_PER_SECOND = 4
 #: Seconds past a budget's reset before sending again: the server's window must have
 #: turned when the first request of the next one arrives.
 RESET_MARGIN = 0.02
+#: Seconds a reset must move on by to start another window: resets are whole seconds, so
+#: a smaller step is the same window spelt with a fraction, never a window that short.
+MIN_WINDOW = 1.0
 #: A budget's pace is applied when it differs from the current rate by more than this
 #: fraction: each change replaces the limiter, and tiny ones would only cost that.
 RETUNE = 0.02
@@ -69,7 +72,7 @@ class BudgetPace:
             window = self.windows.get(budget.scope)
             if window is None:
                 self.windows[budget.scope] = _Window(budget.limit, budget.remaining, budget.reset)
-            elif budget.reset > window.reset:  # the next window
+            elif budget.reset >= window.reset + MIN_WINDOW:  # the next window
                 step = budget.reset - window.reset
                 window.length = step if window.length is None else min(window.length, step)
                 window.limit, window.remaining, window.reset = (
@@ -77,7 +80,7 @@ class BudgetPace:
                     budget.remaining,
                     budget.reset,
                 )
-            elif budget.reset == window.reset:
+            elif budget.reset > window.reset - MIN_WINDOW:  # this one (a reset in ms jitters)
                 window.remaining = min(window.remaining, budget.remaining)
                 window.limit = budget.limit
 

@@ -89,6 +89,11 @@ class Runner:
         self._abandon: asyncio.TimerHandle | None = None
         self.abandoned = False
 
+    @property
+    def held(self) -> int:
+        """Workers waiting for their turn (a backoff, the pacer): rows that would go."""
+        return len(self._waiting)
+
     def stop(self, reason: str) -> None:
         """Dispatch nothing new; requests in flight finish, waiting ones give up."""
         if self.stop_reason:
