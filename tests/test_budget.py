@@ -8,6 +8,7 @@ small, so each run takes two or three seconds.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -296,3 +297,5 @@ def test_a_budget_that_allows_nothing_for_long_is_given_up_on(
     assert len(server.requests) == 1
     rows = [r["outcome"] for r in read_report(tmp_path / "in.results.csv")]
     assert rows == ["linked"] + ["skipped"] * 4
+    used = re.search(r"budget 100 per window, ([0-9.]+)/s used", result.stderr)
+    assert used is not None and float(used.group(1)) < 1, result.stderr  # 1 in 2 s or more

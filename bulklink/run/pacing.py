@@ -205,10 +205,12 @@ class Pacer:
 
     @property
     def average_rate(self) -> float:
-        """Requests per second from the first start to the last answer (for the summary)."""
-        if self._first_start is None or self._last_answer <= self._first_start:
+        """Requests per second from the first start until now (the end of the sending,
+        when the summary reads it): a run held idle by its pace counts its idle time."""
+        end = max(self._last_answer, self.clock())
+        if self._first_start is None or end <= self._first_start:
             return 0.0
-        return self._requests / (self._last_answer - self._first_start)
+        return self._requests / (end - self._first_start)
 
     @property
     def idle(self) -> bool:
