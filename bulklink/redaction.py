@@ -31,11 +31,12 @@ _MIN_QUERY_VALUE = 8  # a webhook's ``sig=`` or ``key=``; ``sv=1.0`` is not a se
 _MIN_PATH_SEGMENT = 16  # a Slack or Teams key segment; ``services`` or ``invoke`` is not
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
 #: Escapes that can spell any character: a secret may hide behind any mix of them.
-_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}")
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|&#?\w+;")
 _JSON_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})")
 #: Rounds of decoding tried on one text (a secret percent-encoded twice takes two).
 _DECODE_ROUNDS = 3
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_B64 = "[A-Za-z0-9+/=_-]"  # a character of base64, standard or URL-safe
 
 
 def secret_forms(secret: str) -> set[str]:
@@ -68,6 +69,25 @@ def secret_forms(secret: str) -> set[str]:
     }
     forms |= {_PERCENT.sub(lambda m: m.group().lower(), form) for form in list(forms)}
     return {form for form in forms if len(form) >= MIN_SECRET}
+
+
+def base64_cores(secret: str) -> set[str]:
+    """What base64 of any text holding ``secret`` holds of it, at each of the three byte
+    alignments (``Bearer <token>`` encoded whole, say): the characters that depend on the
+    secret's bytes alone. The run of base64 holding one is masked whole."""
+    if len(secret) < MIN_SECRET:
+        return set()
+    raw = secret.encode("utf-8", "surrogatepass")
+    cores = set()
+    for shift in range(3):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            text = encode(b"\0" * shift + raw).decode()
+            # A group holding a byte that is not the secret's (ours before it, whatever
+            # follows it) is spelt otherwise in another text: only whole groups are kept.
+            start = 4 if shift else 0
+            end = len(text) if (shift + len(raw)) % 3 == 0 else len(text) - 4
+            cores.add(text[start:end])
+    return {core for core in cores if len(core) >= MIN_SECRET}
 
 
 def url_secrets(url: str) -> set[str]:
@@ -123,10 +143,14 @@ class Redactor:
         forms = {form for secret in found for form in secret_forms(secret)}
         self.forms: tuple[str, ...] = tuple(sorted(forms, key=len, reverse=True))
         self._forms_bytes = [form.encode("utf-8", "surrogatepass") for form in self.forms]
+        cores = sorted({core for secret in found for core in base64_cores(secret)})
+        inner = "|".join(map(re.escape, cores))
+        self._runs = re.compile(f"{_B64}*(?:{inner}){_B64}*") if cores else None
+        self._runs_bytes = re.compile(self._runs.pattern.encode()) if self._runs else None
         # The forms to look for first: one contains another (base64 with and without
         # padding, say), so when no shortest one is in a body, none of the rest is.
         self._probes: list[bytes] = []
-        for form in sorted(self._forms_bytes, key=len):
+        for form in sorted([*self._forms_bytes, *(c.encode() for c in cores)], key=len):
             if not any(probe in form for probe in self._probes):
                 self._probes.append(form)
 
@@ -146,6 +170,7 @@ class Redactor:
             if not _ESCAPE.search(decoded):
                 break
             decoded = _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), unquote(decoded))
+            decoded = html.unescape(decoded)  # &#x2F; and &sol; as much as &amp;
             if any(form in decoded for form in self.forms):
                 text = decoded = self._masked(decoded)
         return text
@@ -154,6 +179,8 @@ class Redactor:
         for form in self.forms:
             if form in text:
                 text = text.replace(form, MASK)
+        if self._runs is not None:
+            text = self._runs.sub(MASK, text)
         return text
 
     def value(self, value: Any) -> Any:
@@ -166,7 +193,7 @@ class Redactor:
         backslash is decoded, redacted string by string and encoded again, so that neither
         the ticket nor the journal can hold the secret.
         """
-        if b"\\" in body or b"%" in body:  # a string may spell a secret in escapes
+        if b"\\" in body or b"%" in body or b"&" in body:  # escapes may spell a secret
             try:
                 obj = json.loads(body)
                 clean = redact_value(obj, self)
@@ -181,4 +208,6 @@ class Redactor:
         for form in self._forms_bytes:
             if form in body:
                 body = body.replace(form, MASK.encode())
+        if self._runs_bytes is not None:
+            body = self._runs_bytes.sub(MASK.encode(), body)
         return body

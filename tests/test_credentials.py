@@ -545,6 +545,10 @@ ECHOES: dict[str, tuple[str, str]] = {
         ODD_TOKEN[:3] + _every_byte(ODD_TOKEN[3:9]) + _u_escapes(ODD_TOKEN[9:]),
     ),
     "unicode-escapes-as-text": (_u_escapes(ODD_TOKEN), _json_literal(_u_escapes(ODD_TOKEN))),
+    # Every character an HTML numeric reference; the Authorization header's whole value
+    # base64-encoded, as a debugging proxy may echo it.
+    "html-numeric": ("".join(f"&#x{ord(c):x};" for c in ODD_TOKEN),) * 2,
+    "base64-of-the-header": (base64.b64encode(f"Bearer {ODD_TOKEN}".encode()).decode(),) * 2,
 }
 
 
