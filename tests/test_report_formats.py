@@ -831,3 +831,25 @@ def test_jsonl_with_a_line_separator_inside_a_string_is_one_row(tmp_path: Path) 
     result = h.invoke("report", path)
     assert result.exit_code == 1, result.output
     assert "failed 1" in result.output
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx", ".jsonl"])
+def test_a_ticket_nested_too_deeply_to_write_again_is_linked_with_a_note(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path, suffix: str
+) -> None:
+    """Valid JSON nested 960 deep parses, but writing it again (a report cell, the
+    journal line) recursed past Python's limit: exit 70 and no report at all. The row is
+    linked (the server said so), the value kept as a note, every other row written."""
+    deep = "[" * 960 + "1" + "]" * 960  # spelt out: the test's own json would recurse
+    body = f'{{"status":true,"data":{{"id":"X","title":"kept","account":{deep}}}}}'
+    server = start_sandbox(script={"T00002": [Reply(200, body.encode())]})
+    out = tmp_path / f"out{suffix}"
+    src = h.pairs_csv(tmp_path / "in.csv", 3)
+    # A process of its own, as users run it: its stack is as shallow as theirs.
+    with h.spawn(server, "run", src, "-o", out, "--allow-http", *h.FAST_UNPACED) as proc:
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    rows = h.read_any(out)[1]
+    assert [r["outcome"] for r in rows] == ["linked"] * 3
+    assert rows[1]["ticket.title"] == "kept"
+    assert rows[1]["ticket.account"] == "(nested more than 32 levels deep: not kept)"

@@ -146,6 +146,35 @@ def _as_is(text: str) -> str:
     return text
 
 
+#: Levels of lists and objects a ticket's value may nest (a real one nests three or four);
+#: deeper ones are kept as a note, since writing them out again would recurse past Python's
+#: limit in the writers and the journal.
+MAX_NESTING = 32
+TOO_DEEP = "(nested more than 32 levels deep: not kept)"
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects more than ``limit`` levels (no recursion)."""
+    level = [value]
+    for _ in range(limit + 1):
+        level = [
+            item
+            for node in level
+            if isinstance(node, dict | list)
+            for item in (node.values() if isinstance(node, dict) else node)
+        ]
+        if not level:
+            return False
+    return True
+
+
+def _flattened(ticket: dict[str, Any], limit: int) -> dict[str, Any]:
+    """The ticket with each value that nests too deeply replaced by :data:`TOO_DEEP`."""
+    return {
+        key: TOO_DEEP if _deeper_than(value, limit - 1) else value for key, value in ticket.items()
+    }
+
+
 def describe_body(body: bytes, redact: Callable[[str], str] = _as_is) -> str:
     """The server's message from a NestJS error body, or a short excerpt of anything else.
 
@@ -264,6 +293,12 @@ def classify(
         if isinstance(obj, dict) and obj.get("status") is True:
             data = obj.get("data")
             ticket = data if isinstance(data, dict) else None
+            opened = body.count(b"[") + body.count(b"{")  # bounds the depth, at C speed
+            if ticket is not None and opened > MAX_NESTING and _deeper_than(ticket, MAX_NESTING):
+                # Linked all the same; what no report cell or journal line can hold
+                # again (encoding recurses) is kept as a note, and the line holds that.
+                ticket = _flattened(ticket, MAX_NESTING)
+                body = json.dumps({"status": True, "data": ticket}).encode()
             return Answer(Verdict.LINKED, status, "", ticket, body)
         message = describe_body(body, redact) if isinstance(obj, dict) else "unexpected JSON"
         return Answer(Verdict.FAIL, status, f"HTTP {status} status false: {message}")
