@@ -853,3 +853,34 @@ def test_a_ticket_nested_too_deeply_to_write_again_is_linked_with_a_note(
     assert [r["outcome"] for r in rows] == ["linked"] * 3
     assert rows[1]["ticket.title"] == "kept"
     assert rows[1]["ticket.account"] == "(nested more than 32 levels deep: not kept)"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_undocumented_fields_of_new_names_in_every_answer_get_at_most_100_columns(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path, suffix: str
+) -> None:
+    """Each answer adds 30 fields no other had: a column each made the CSV quadratic in
+    its rows and the xlsx wider than Excel's 16,384 columns. The first 100 get one."""
+    n = 8
+    script = {
+        f"T{i:05d}": [
+            Reply(
+                200,
+                {"status": True, "data": {"id": f"X{i}", **{f"f{i}_{k}": k for k in range(30)}}},
+            )
+        ]
+        for i in range(1, n + 1)
+    }
+    server = start_sandbox(script=script)
+    out = tmp_path / f"out{suffix}"
+    result = h.run_against(server, "run", h.pairs_csv(tmp_path / "in.csv", n), "-o", out,
+                           *h.FAST_UNPACED)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "the API sent 140 more undocumented ticket fields than the report has columns" in (
+        result.stderr
+    )
+    header, rows = h.read_any(out)
+    extra = [c for c in header if re.fullmatch(r"ticket\.f\d+_\d+", c)]
+    assert len(extra) == 100 and extra[:2] == ["ticket.f1_0", "ticket.f1_1"]
+    assert [r["outcome"] for r in rows] == ["linked"] * n
+    assert rows[0]["ticket.f1_29"] in (29, "29")

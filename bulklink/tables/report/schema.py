@@ -28,6 +28,8 @@ from bulklink.text import escape_controls
 #: rows succeeded.
 TICKET_COLUMNS: tuple[str, ...] = tuple(f"ticket.{name}" for name in TICKET_FIELDS)
 _DOCUMENTED = frozenset(TICKET_FIELDS)
+#: Columns for ticket fields beyond the documented ones, at most, in one report.
+MAX_EXTRA_FIELDS = 100
 _RISKY = re.compile(r"'*[=+\-@\t\r]")
 _RISKY_FIRST = frozenset("'=+-@\t\r")  # what a match of _RISKY can start with
 #: What :func:`text_cell` writes as JSON (a tuple made once: a union such as
@@ -116,6 +118,7 @@ class Schema:
         self.extra_fields = list(layout.extra_fields)
         self.carried = carried_names(layout.passthrough)
         self.late: dict[str, None] = {}  # late fields, in the order they first appeared
+        self.dropped: set[str] = set()  # late fields past MAX_EXTRA_FIELDS: no column
         self._known = frozenset(self.extra_fields)
         self._no_extras = [None] * len(self.extra_fields)  # a row without extra fields
         extra = [f"ticket.{name}" for name in self.extra_fields]
@@ -141,8 +144,24 @@ class Schema:
         cells = [*head, *ticket, *(extras.get(name) for name in self.extra_fields), *carried]
         late = {k: v for k, v in extras.items() if k not in self._known} or None
         if late is not None:
-            self.late.update(dict.fromkeys(late))
+            late = self._admit(late)
         return cells, late
+
+    def _admit(self, late: dict[str, Any]) -> dict[str, Any] | None:
+        """The late fields that have, or get, a column: at most :data:`MAX_EXTRA_FIELDS`
+        in all, so an API adding fields of new names to every answer cannot grow the
+        report by a column a row (a CSV quadratic in its rows, an xlsx past Excel's
+        16,384 columns). The others are counted in :attr:`dropped`."""
+        room = MAX_EXTRA_FIELDS - len(self.extra_fields) - len(self.late)
+        for name in late:
+            if name not in self.late:
+                if room > 0:
+                    self.late[name] = None
+                    room -= 1
+                else:
+                    self.dropped.add(name)
+        kept = {k: v for k, v in late.items() if k in self.late}
+        return kept or None
 
     def complete(self, cells: Sequence[Any], late: dict[str, Any] | None) -> list[Any]:
         """A row's cells under the final header: its late values put in their columns."""
