@@ -8,14 +8,29 @@ line that reaches a terminal, a log or a notice has its control characters made 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 #: Compact JSON (no spaces), as the PATCH body and the journal's lines are written: one
 #: encoder made once, since ``json.dumps`` with any option makes a new one each call.
 compact_json = json.JSONEncoder(separators=(",", ":")).encode
 _STAMP = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def _finite_or_text(literal: str) -> float | str:
+    number = float(literal)
+    return number if math.isfinite(number) else literal
+
+
+def answer_json(data: bytes | str) -> Any:
+    """An API answer (or a journal line holding one) parsed as JSON is written: ``NaN``,
+    ``Infinity`` and a float beyond a double's range (``1e400``), which Python's json
+    reads as numbers no JSON or spreadsheet holds, are kept as the text the server sent.
+    Raises what ``json.loads`` raises."""
+    return json.loads(data, parse_constant=str, parse_float=_finite_or_text)
 
 # What a terminal acts on instead of showing: C0 controls (newline and tab included: a
 # server's message must not start a line of its own), DEL, C1 (0x9b is a CSI on some

@@ -840,7 +840,7 @@ def test_a_ticket_nested_too_deeply_to_write_again_is_linked_with_a_note(
     """Valid JSON nested 960 deep parses, but writing it again (a report cell, the
     journal line) recursed past Python's limit: exit 70 and no report at all. The row is
     linked (the server said so), the value kept as a note, every other row written."""
-    deep = "[" * 960 + "1" + "]" * 960  # spelt out: the test's own json would recurse
+    deep = "[" * DEPTH + "1" + "]" * DEPTH  # spelt out: the test's own json would recurse
     body = f'{{"status":true,"data":{{"id":"X","title":"kept","account":{deep}}}}}'
     server = start_sandbox(script={"T00002": [Reply(200, body.encode())]})
     out = tmp_path / f"out{suffix}"
@@ -884,3 +884,44 @@ def test_undocumented_fields_of_new_names_in_every_answer_get_at_most_100_column
     assert len(extra) == 100 and extra[:2] == ["ticket.f1_0", "ticket.f1_1"]
     assert [r["outcome"] for r in rows] == ["linked"] * n
     assert rows[0]["ticket.f1_29"] in (29, "29")
+
+
+DEPTH = 940  # parses in a process of its own; writing it again recursed too deep
+
+
+def _strict_json(line: str) -> Any:
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is no JSON")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx", ".jsonl"])
+def test_nan_and_infinity_from_the_api_are_kept_as_the_text_it_sent(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path, suffix: str
+) -> None:
+    """Python's json reads NaN, Infinity and 1e400 as numbers that no JSON line holds
+    (the .jsonl report was no JSON) and Excel holds only as error formulas (which retry
+    then rewrote): they are the text the server sent, in every format, and retry keeps it."""
+    body = (
+        b'{"status":true,"data":{"id":"X","storyPoints":NaN,"createdAt":1e400,"extra":-Infinity}}'
+    )
+    server = start_sandbox(script={"T00001": [Reply(200, body)], "T00002": [Reply(400, "no")]})
+    out = tmp_path / f"out{suffix}"
+    src = h.pairs_csv(tmp_path / "in.csv", 2)
+    assert h.run_against(server, "run", src, "-o", out, *h.FAST_UNPACED).exit_code == 1
+    expected = {
+        "ticket.storyPoints": "NaN",
+        "ticket.createdAt": "1e400",
+        "ticket.extra": "-Infinity",
+    }
+
+    def kept() -> dict[str, Any]:  # a CSV's text formula-escaped as always ('-Infinity)
+        row = h.read_any(out)[1][0]
+        return {k: unneutralize(row[k]) if suffix == ".csv" else row[k] for k in expected}
+
+    assert kept() == expected
+    if suffix == ".jsonl":
+        [_strict_json(line) for line in out.read_text().splitlines()]  # every line is JSON
+    assert h.run_against(server, "retry", out, *h.FAST_UNPACED).exit_code == 0
+    assert kept() == expected

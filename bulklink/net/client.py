@@ -30,7 +30,7 @@ from bulklink.net.credentials import Auth
 from bulklink.net.proxy import Proxies, Route, resolve_proxies
 from bulklink.net.tls import Trust, resolve_trust, tls_failure
 from bulklink.options import ConnectionOptions
-from bulklink.text import compact_json
+from bulklink.text import answer_json, compact_json
 from bulklink.urls import LINK_PATH, check_url, host_of
 
 MAX_SERVER_WAIT = 300.0  # seconds; a longer Retry-After is capped so a nightly run still ends
@@ -285,7 +285,7 @@ def classify(
     """
     if 200 <= status < 300:
         try:
-            obj = json.loads(body)
+            obj = answer_json(body)
         except (ValueError, UnicodeDecodeError, RecursionError):
             return Answer(
                 Verdict.FAIL, status, f"HTTP {status} but not JSON: {describe_body(body, redact)}"

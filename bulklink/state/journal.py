@@ -35,7 +35,7 @@ from typing import IO, Any
 from bulklink._fs import AtomicFile, open_fixed, side_path
 from bulklink.models import Outcome, Result
 from bulklink.state.scope import Scope
-from bulklink.text import compact_json
+from bulklink.text import answer_json, compact_json
 
 FORMAT = 3  # 2: the header holds the scope; 3: a CRC-32 ends each line; "t", "s", "l"
 UNREADABLE = "not attempted: its journal line could not be read back"
@@ -309,7 +309,7 @@ def journal_line(result: Result) -> bytes:
 def parse_line(line: bytes) -> Result | None:
     """A journal line as the result it records, or None when it is not one."""
     try:
-        obj = json.loads(line)
+        obj = answer_json(line)
         body = obj["b"]
         ticket = body.get("data") if isinstance(body, dict) else None
         status, error, attempts = obj["h"], obj["e"], obj["a"]
