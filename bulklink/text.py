@@ -30,7 +30,13 @@ def answer_json(data: bytes | str) -> Any:
     ``Infinity`` and a float beyond a double's range (``1e400``), which Python's json
     reads as numbers no JSON or spreadsheet holds, are kept as the text the server sent.
     Raises what ``json.loads`` raises."""
-    return json.loads(data, parse_constant=str, parse_float=_finite_or_text)
+    if isinstance(data, bytes):  # as json.loads reads bytes
+        data = data.decode(json.detect_encoding(data), "surrogatepass")
+    return _ANSWERS.decode(data)
+
+
+#: Made once: ``json.loads`` with any option makes a new decoder each call.
+_ANSWERS = json.JSONDecoder(parse_constant=str, parse_float=_finite_or_text)
 
 # What a terminal acts on instead of showing: C0 controls (newline and tab included: a
 # server's message must not start a line of its own), DEL, C1 (0x9b is a CSI on some
