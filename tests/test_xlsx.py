@@ -440,3 +440,42 @@ def test_nan_and_infinities_from_the_api_are_excel_error_values(tmp_path: Path) 
     write_workbook(out, columns, lambda: [[1, "linked", True, *values]], RunInfo())
     sheet = openpyxl.load_workbook(io.BytesIO(out.getvalue()), data_only=True)["report"]
     assert [sheet.cell(2, col).value for col in (4, 5, 6)] == ["#NUM!", "#DIV/0!", "#DIV/0!"]
+
+
+@pytest.mark.parametrize("cell", [(1048575, 16383), (1048575, 99)], ids=["XFD1048576", "CV1048576"])
+def test_a_value_far_beyond_the_table_is_refused_in_one_line_not_an_abort(
+    sandbox: Sandbox, tmp_path: Path, cell: tuple[int, int]
+) -> None:
+    """calamine holds the whole rectangle from A1 to the last value: one typed in Excel's
+    last cell asked for 549 GB and aborted the process (exit 134, a Rust backtrace)."""
+    import xlsxwriter
+
+    path = tmp_path / "stray.xlsx"
+    book = xlsxwriter.Workbook(str(path))
+    sheet = book.add_worksheet()
+    sheet.write_row(0, 0, HEAD)
+    sheet.write_row(1, 0, ["T1", "L1"])
+    sheet.write(*cell, "x")
+    book.close()
+    result = run(sandbox, path)
+    assert result.exit_code == 2, result.output
+    said = one_line_error(result)
+    assert "because of a value far from the table" in said and "Ctrl+End" in said, said
+    assert sandbox.requests == []
+
+
+def test_a_formatted_cell_far_beyond_the_table_adds_nothing(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    import xlsxwriter
+
+    path = tmp_path / "formatted.xlsx"
+    book = xlsxwriter.Workbook(str(path))
+    sheet = book.add_worksheet()
+    sheet.write_row(0, 0, HEAD)
+    sheet.write_row(1, 0, ["T1", "L1"])
+    sheet.write_blank(1048575, 16383, None, book.add_format({"bold": True}))
+    book.close()
+    result = run(sandbox, path)
+    assert result.exit_code == 0, result.output
+    assert sent_checked(sandbox) == [("T1", "L1")]

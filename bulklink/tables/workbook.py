@@ -148,6 +148,7 @@ def _read(
     if wanted is None and report and "report" in names:
         wanted = "report"  # the rows sheet, even if someone moved Summary first
     name, hint = _choose(book.sheets_metadata, path, wanted)
+    _refuse_sprawl(archive, names.index(name), name, path)
     grid = _grid(book, archive, name, names.index(name))
     at = next((i for i, row in enumerate(grid) if not _blank(row)), None)
     if at is None:
@@ -161,6 +162,46 @@ def _read(
     numbers = any({int, float} & set(map(type, columns[i])) for i in ids if i < len(columns))
     found = _scan_xml(archive, names.index(name), ids, numbers)
     return _collect(name, rows, columns, at, header, ids, found, report)
+
+
+#: Cells of the rectangle from A1 to a sheet's last value that calamine is let hold: it
+#: holds every one (some 32 bytes each), and a value typed by mistake in Excel's last cell
+#: (XFD1048576) asks for 17 billion, which ends the process (exit 134) rather than raise.
+MAX_CELLS = 50_000_000
+_DIMENSION = re.compile(rb'<(?:\w+:)?dimension\s+ref="(?:[A-Z]+[0-9]+:)?([A-Z]+)([0-9]+)"')
+#: A cell with a value (not ``<c .../>``), its column letters and row.
+_VALUE_CELL = re.compile(rb'<(?:\w+:)?c\s+r="([A-Z]{1,3})([0-9]+)"[^>]*?(?<!/)>')
+
+
+def _refuse_sprawl(archive: zipfile.ZipFile, index: int, name: str, path: Path) -> None:
+    """Refuse a sheet whose values span more than :data:`MAX_CELLS` from A1, before
+    calamine is asked to hold them. The sheet's own ``<dimension>`` answers for the
+    usual file; without one, or with a large one (it counts formatted cells too), the
+    cells with a value are looked at."""
+    part, _ = _parts(archive, index)
+    with archive.open(part) as fh:
+        head = fh.read(1 << 16)
+    found = _DIMENSION.search(head)
+    if found is not None and (_column(found.group(1)) + 1) * int(found.group(2)) <= MAX_CELLS:
+        return
+    width = height = 0
+    last = ""
+    with archive.open(part) as fh:
+        tail = b""
+        while block := fh.read(_BLOCK):
+            text = tail + block
+            for cell in _VALUE_CELL.finditer(text):
+                column, row = _column(cell.group(1)) + 1, int(cell.group(2))
+                if column > width or row > height:
+                    width, height = max(width, column), max(height, row)
+                    last = (cell.group(1) + cell.group(2)).decode()
+            tail = text[-64:]  # a cell's start cut by the block's end is matched next time
+    if width * height > MAX_CELLS:
+        raise InputError(
+            f"sheet {name!r} of {path} spans A1:{last} ({width * height:,} cells, more than "
+            f"{MAX_CELLS:,}) because of a value far from the table: delete what lies beyond "
+            "it (Ctrl+End in Excel goes to the last cell) and save it, or save it as CSV"
+        )
 
 
 _ERROR_VALUE = re.compile(rb'(<c\b[^>]*?\bt="e"[^>]*>(?:(?!</c>).)*?<v>)[^<]*(</v>)', re.DOTALL)
