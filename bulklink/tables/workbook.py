@@ -33,6 +33,7 @@ MAX_EXACT = 10**15  # Excel holds 15 significant digits: an integer from here on
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # an OLE compound file: .xls, or encrypted
 LISTED_SHEETS = 5  # a missing sheet's error lists this many names, then a count
 _BLOCK = 1 << 22  # bytes of sheet XML looked at at a time
+_CARRY = 1 << 16  # bytes carried to the next block when one holds no end of a cell
 _NS_REL = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id"
 #: Excel's built-in number formats that pad or decorate an integer; the rest show its digits.
 _BUILTIN_FORMATS = {1: "0", 49: "@"}
@@ -316,12 +317,20 @@ def _scan_xml(archive: zipfile.ZipFile, index: int, ids: Sequence[int], formats:
     with archive.open(part) as fh:
         while block := fh.read(_BLOCK):
             text = rest + block
-            cut = text.rfind(b"</row>") + len(b"</row>") if len(block) == _BLOCK else len(text)
+            cut = _cut(text) if len(block) == _BLOCK else len(text)
             text, rest = text[:cut], text[cut:]
             if shaping or b't="e"' in text or b"<f" in text:
                 for match in _CELL.finditer(text):
                     _look(match, wanted, shaping, found)
     return found
+
+
+def _cut(text: bytes) -> int:
+    """Where a block's XML may be cut: after its last row or cell. With neither (a run of
+    blank cells, a bloated or hostile part), only a tail no cell can start in is carried
+    on, so the pass stays linear in the part's size."""
+    ends = [text.rfind(tag) + len(tag) for tag in (b"</row>", b"</c>") if tag in text]
+    return max(ends) if ends else max(0, len(text) - _CARRY)
 
 
 def _look(match: re.Match[bytes], wanted: set[int], shaping: dict[int, str], found: _Found) -> None:
