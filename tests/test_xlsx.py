@@ -491,3 +491,25 @@ def test_the_xml_pass_carries_only_a_tail_past_a_block_without_an_end_of_cell() 
     row = b'<row r="1"><c r="A1"><v>1</v></c></row>'
     assert _cut(row + blanks) == len(row)
     assert _cut(b'<c r="A1"><v>1</v></c><c r="B1"><v>2') == len(b'<c r="A1"><v>1</v></c>')
+
+
+def test_a_formula_in_a_workbook_to_be_recalculated_is_never_calculated(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """XlsxWriter (and pandas through it) writes 0 as every formula's value and asks Excel
+    to recalculate on opening: the ID was sent as ticket "0"."""
+    import xlsxwriter
+
+    path = tmp_path / "built.xlsx"
+    book = xlsxwriter.Workbook(str(path))
+    sheet = book.add_worksheet()
+    sheet.write_row(0, 0, [*HEAD, "prefix", "number"])
+    sheet.write_row(1, 0, ["T1", "L1", "x", "y"])
+    sheet.write_row(2, 0, ["", "L2", "TKT-", 200])
+    sheet.write_formula(2, 0, "=C3&D3")
+    book.close()
+    result = run(sandbox, path)
+    assert result.exit_code == 1, result.output
+    assert sent_checked(sandbox) == [("T1", "L1")]
+    error = report_of(path)[1]["error"]
+    assert error.startswith("sourceTicketId cell is a formula that was never calculated (=C3&D3)")

@@ -287,6 +287,9 @@ class _Found:
     errors: dict[tuple[int, int], str] = field(default_factory=dict)
     formulas: dict[tuple[int, int], str] = field(default_factory=dict)  # never calculated
     shown: dict[tuple[int, int], str] = field(default_factory=dict)  # a padded number
+    #: The workbook asks to be recalculated when opened (XlsxWriter's, pandas'): its
+    #: formulas' values were never calculated, whatever they hold (XlsxWriter writes 0).
+    stale: bool = False
 
 
 _CELL = re.compile(rb"<c\b([^>]*?)(?:/>|>(.*?)</c>)", re.DOTALL)
@@ -311,7 +314,7 @@ def _scan_xml(archive: zipfile.ZipFile, index: int, ids: Sequence[int], formats:
     """
     part, styles = _parts(archive, index)
     shaping = _shaping_styles(archive, styles) if formats else {}
-    found = _Found()
+    found = _Found(stale=_recalculated_on_load(archive))
     wanted = set(ids)
     rest = b""
     with archive.open(part) as fh:
@@ -345,12 +348,19 @@ def _look(match: re.Match[bytes], wanted: set[int], shaping: dict[int, str], fou
         found.errors[where] = unescape((value.group(1) if value else b"").decode())
     elif where[1] not in wanted:
         return
-    elif (formula := _FORMULA.search(body)) is not None and not (value and value.group(1)):
+    elif (formula := _FORMULA.search(body)) is not None and (value is None or found.stale):
         found.formulas[where] = "=" + unescape((formula.group(1) or b"").decode())
     elif value and attrs.get(b"t", b"n") == b"n" and (code := shaping.get(_style(attrs))):
         number = float(value.group(1))
         if number.is_integer() and abs(number) < MAX_EXACT:
             found.shown[where] = _padded(code, int(number))
+
+
+def _recalculated_on_load(archive: zipfile.ZipFile) -> bool:
+    calc = next(
+        (e for e in _xml(archive, "xl/workbook.xml").iter() if e.tag.endswith("}calcPr")), None
+    )
+    return calc is not None and calc.get("fullCalcOnLoad") in ("1", "true")
 
 
 def _xml(archive: zipfile.ZipFile, name: str) -> ElementTree.Element:
