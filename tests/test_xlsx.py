@@ -513,3 +513,41 @@ def test_a_formula_in_a_workbook_to_be_recalculated_is_never_calculated(
     assert sent_checked(sandbox) == [("T1", "L1")]
     error = report_of(path)[1]["error"]
     assert error.startswith("sourceTicketId cell is a formula that was never calculated (=C3&D3)")
+
+
+@pytest.mark.parametrize("spelling", ["prefixed", "single quotes"])
+def test_the_sheets_xml_is_read_however_it_is_spelt(
+    sandbox: Sandbox, tmp_path: Path, spelling: str
+) -> None:
+    """Elements with a namespace prefix (``<x:c>``, OpenXML SDK exporters) and attributes
+    in single quotes are as valid as Excel's spelling: 123 formatted 00000 went as 123
+    and a #N/A cell as a blank, since the XML pass saw no cell."""
+    import re
+    import zipfile
+
+    import xlsxwriter
+
+    plain = tmp_path / "plain.xlsx"
+    book = xlsxwriter.Workbook(str(plain))
+    sheet = book.add_worksheet("S")
+    sheet.write_row(0, 0, HEAD)
+    sheet.write_number(1, 0, 123, book.add_format({"num_format": "00000"}))
+    sheet.write_string(1, 1, "L1")
+    sheet.write_formula(2, 0, "=NA()", None, "#N/A")
+    sheet.write_string(2, 1, "L2")
+    book.close()
+    path = tmp_path / "respelt.xlsx"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w") as out:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                if spelling == "prefixed":
+                    data = data.replace(b'<worksheet xmlns="', b'<worksheet xmlns:x="')
+                    data = re.sub(rb"<(/?)(\w+)([ >/])", rb"<\1x:\2\3", data)
+                else:
+                    data = re.sub(rb"(<c [^>]*)", lambda m: m.group(1).replace(b'"', b"'"), data)
+            out.writestr(item.filename, data)
+    result = run(sandbox, path)
+    assert result.exit_code == 1, result.output
+    assert sent_checked(sandbox) == [("00123", "L1")]
+    assert report_of(path)[1]["error"] == "Excel error #N/A in sourceTicketId"

@@ -171,7 +171,7 @@ def _read(
 MAX_CELLS = 50_000_000
 _DIMENSION = re.compile(rb'<(?:\w+:)?dimension\s+ref="(?:[A-Z]+[0-9]+:)?([A-Z]+)([0-9]+)"')
 #: A cell with a value (not ``<c .../>``), its column letters and row.
-_VALUE_CELL = re.compile(rb'<(?:\w+:)?c\s+r="([A-Z]{1,3})([0-9]+)"[^>]*?(?<!/)>')
+_VALUE_CELL = re.compile(rb"""<(?:\w+:)?c\s+r=["']([A-Z]{1,3})([0-9]+)["'][^>]*?(?<!/)>""")
 
 
 def _refuse_sprawl(archive: zipfile.ZipFile, index: int, name: str, path: Path) -> None:
@@ -205,7 +205,11 @@ def _refuse_sprawl(archive: zipfile.ZipFile, index: int, name: str, path: Path) 
         )
 
 
-_ERROR_VALUE = re.compile(rb'(<c\b[^>]*?\bt="e"[^>]*>(?:(?!</c>).)*?<v>)[^<]*(</v>)', re.DOTALL)
+_ERROR_VALUE = re.compile(
+    rb"""(<(?:\w+:)?c\b[^>]*?\bt=["']e["'][^>]*>(?:(?!</(?:\w+:)?c>).)*?<(?:\w+:)?v>)[^<]*"""
+    rb"(</(?:\w+:)?v>)",
+    re.DOTALL,
+)
 
 
 def _grid(book: Any, archive: zipfile.ZipFile, name: str, index: int) -> list[list[Any]]:
@@ -292,11 +296,15 @@ class _Found:
     stale: bool = False
 
 
-_CELL = re.compile(rb"<c\b([^>]*?)(?:/>|>(.*?)</c>)", re.DOTALL)
-_ATTR = re.compile(rb'\b(r|s|t)="([^"]*)"')
+# Elements with or without a namespace prefix (``<x:c>``, as OpenXML SDK writers spell
+# them), attributes in either quotes: each is as valid as Excel's own spelling.
+_CELL = re.compile(rb"<(?:\w+:)?c\b([^>]*?)(?:/>|>(.*?)</(?:\w+:)?c>)", re.DOTALL)
+_ATTR = re.compile(rb"""\b(r|s|t)=(?:"([^"]*)"|'([^']*)')""")
 _REF = re.compile(rb"([A-Z]+)([0-9]+)")
-_VALUE = re.compile(rb"<v>([^<]*)</v>")
-_FORMULA = re.compile(rb"<f\b[^>]*?(?:/>|>([^<]*)</f>)")
+_VALUE = re.compile(rb"<(?:\w+:)?v>([^<]*)</(?:\w+:)?v>")
+_FORMULA = re.compile(rb"<(?:\w+:)?f\b[^>]*?(?:/>|>([^<]*)</(?:\w+:)?f>)")
+#: What makes a block worth matching cells in: an error cell or a formula.
+_NOTEWORTHY = re.compile(rb"""\bt=["']e["']|<(?:\w+:)?f\b""")
 
 
 def _column(letters: bytes) -> int:
@@ -322,7 +330,7 @@ def _scan_xml(archive: zipfile.ZipFile, index: int, ids: Sequence[int], formats:
             text = rest + block
             cut = _cut(text) if len(block) == _BLOCK else len(text)
             text, rest = text[:cut], text[cut:]
-            if shaping or b't="e"' in text or b"<f" in text:
+            if shaping or _NOTEWORTHY.search(text):
                 for match in _CELL.finditer(text):
                     _look(match, wanted, shaping, found)
     return found
@@ -332,12 +340,13 @@ def _cut(text: bytes) -> int:
     """Where a block's XML may be cut: after its last row or cell. With neither (a run of
     blank cells, a bloated or hostile part), only a tail no cell can start in is carried
     on, so the pass stays linear in the part's size."""
-    ends = [text.rfind(tag) + len(tag) for tag in (b"</row>", b"</c>") if tag in text]
+    tags = (b"</row>", b":row>", b"</c>", b":c>")  # an end tag, with or without a prefix
+    ends = [text.rfind(tag) + len(tag) for tag in tags if tag in text]
     return max(ends) if ends else max(0, len(text) - _CARRY)
 
 
 def _look(match: re.Match[bytes], wanted: set[int], shaping: dict[int, str], found: _Found) -> None:
-    attrs = dict(_ATTR.findall(match.group(1)))
+    attrs = {name: double or single for name, double, single in _ATTR.findall(match.group(1))}
     ref = _REF.fullmatch(attrs.get(b"r", b""))
     if ref is None:
         return  # a cell without its reference: its place is known only to calamine
