@@ -68,6 +68,10 @@ FORMATTED = [
     (124, "@", "124"),  # typed before the column was made Text: Excel shows the digits
     (123456789012345, "0", "123456789012345"),  # 15 digits: exact, shown whole
     (98765, None, "98765"),  # General
+    (42, '"T-"#', "T-42"),  # text around placeholders that pad nothing
+    (42, '"T-"General', "T-42"),
+    (42, '#"-X"', "42-X"),
+    (123456, "000-000", "123-456"),  # digits fill placeholders split by text
     (1234, "#,##0", "1234"),  # grouping is no part of an ID: the digits
 ]
 

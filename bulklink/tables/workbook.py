@@ -418,28 +418,46 @@ def _shaping_styles(archive: zipfile.ZipFile, styles: str | None) -> dict[int, s
     return shaping
 
 
-_TOKEN = re.compile(r'"([^"]*)"|\\(.)|_.|\*.|\[[^\]]*\]|([0#?])|([-+$/():!^&\'~{}<>= ])|(.)')
+_TOKEN = re.compile(
+    r'"([^"]*)"|\\(.)|_.|\*.|\[[^\]]*\]|([0#?])|(General|@)|([-+$/():!^&\'~{}<>= ])|(.)',
+    re.IGNORECASE,
+)
+#: What a digit placeholder shows where the number has no digit left for it.
+_EMPTY_PLACE = {"0": "0", "#": "", "?": " "}
 
 
 def _padded(code: str, number: int) -> str:
-    """``number`` as Excel shows it in format ``code``, for formats made only of digit
-    placeholders and literal text (``00000``, ``"ID-"0000``); others show the digits."""
-    prefix = suffix = ""
-    zeros = placeholders = 0
+    """``number`` as Excel shows it in format ``code``, for formats made of digit
+    placeholders (``00000``, ``000-000``), ``General`` or ``@``, and literal text
+    (``"ID-"0000``, ``"T-"#``); others (a decimal point, a date code) show the digits."""
+    parts: list[str | None] = []  # literal text, or None for a digit placeholder
+    places: list[str] = []
+    whole = False
     for match in _TOKEN.finditer(code.split(";")[0]):  # a positive ID: the first section
-        quoted, escaped, digit, literal, other = match.groups()
-        if other is not None or (digit is not None and suffix):
-            return str(number)  # a decimal point, a date code, digits split by text
-        if digit is not None:
-            placeholders += 1
-            zeros += digit == "0"
-        elif placeholders:
-            suffix += quoted or escaped or literal or ""
+        quoted, escaped, digit, general, literal, other = match.groups()
+        if other is not None:
+            return str(number)
+        if general is not None:  # General or @: the number's own digits, here
+            parts.append(str(number))
+            whole = True
+        elif digit is not None:
+            parts.append(None)
+            places.append(digit)
         else:
-            prefix += quoted or escaped or literal or ""
-    if not zeros:
+            parts.append(quoted or escaped or literal or "")
+    if whole:
+        return "".join(part or "" for part in parts)
+    if not places:
         return str(number)
-    return prefix + str(number).zfill(zeros) + suffix
+    # Digits fill the placeholders from the right; the first takes any left over.
+    digits = str(number)
+    filled = [_EMPTY_PLACE[place] for place in places]
+    for at in range(len(places) - 1, -1, -1):
+        if digits:
+            filled[at], digits = digits[-1], digits[:-1]
+    filled[0] = digits + filled[0]
+    shown = iter(filled)
+    return "".join(p if p is not None else next(shown) for p in parts)
 
 
 def _collect(
