@@ -4,6 +4,7 @@ they were in every format, and a --limit canary completes through retry.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable
@@ -294,3 +295,23 @@ def test_limit_counts_only_pairs_that_would_be_sent(sandbox: Sandbox, tmp_path: 
         "invalid", "linked", "duplicate", "invalid", "linked", "skipped",
     ]  # fmt: skip
     assert rows[5]["error"] == "not attempted (--limit 2)"
+
+
+@pytest.mark.parametrize(("value", "shown"), [(True, "true"), (1e20, "1e+20"), (1.0, "1.0")])
+def test_a_jsonl_report_whose_id_is_no_text_is_refused_naming_the_line(
+    tmp_path: Path, sandbox: Sandbox, value: object, shown: str
+) -> None:
+    """A script rewrote an ID as a JSON bool or float: str() sent True or 1e+20, IDs no
+    file held; refused in one line as an xlsx report's odd ID cell is, nothing sent."""
+    report = tmp_path / "out.jsonl"
+    data = write_csv(tmp_path / "in.csv", [["source", "linked"], ["MISSING1", "L1"], ["S2", "L2"]])
+    assert run_against(sandbox, "run", data, "-o", report, "--rate", "0", *FAST).exit_code == 1
+    lines = [json.loads(line) for line in report.read_text().splitlines()]
+    lines[0]["sourceTicketId"] = value
+    report.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    before = len(sandbox.requests)
+    result = run_against(sandbox, "retry", report, "--rate", "0", *FAST)
+    assert result.exit_code == 2, result.output
+    assert "line 1: sourceTicketId is" in one_line_error(result)
+    assert f"({shown}), not the text of a ticket ID" in result.stderr
+    assert len(sandbox.requests) == before

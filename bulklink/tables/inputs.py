@@ -487,6 +487,15 @@ class Table:
                         f"{self.name}: line {number}: {name} is "
                         f"{_json_kind(record[name])}, not a single value"
                     )
+            for name in (self.options.source_col, self.options.linked_col):
+                value = record.get(name)
+                # A whole number is its digits; a bool or a float is no ID anyone wrote
+                # (str() would send True or 1e+20).
+                if isinstance(value, bool | float):
+                    raise InputError(
+                        f"{self.name}: line {number}: {name} is {_json_kind(value)} "
+                        f"({json.dumps(value)}), not the text of a ticket ID"
+                    )
             records.append(record)
         columns = list(dict.fromkeys(k for record in records for k in record))
         # Built column by column as objects: from_records would turn an int column with a
