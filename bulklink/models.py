@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -182,6 +183,25 @@ class Summary:
         }
 
 
+_HTTP_HEAD = re.compile(r"HTTP \d{3} ")
+
+
+def _folded(error: str, value: str, name: str) -> str:
+    """``error`` with the row's ID ``value`` as ``name``, only where it quotes the ID:
+    in parentheses, as bulklink's own words do (``a date (2024-01-01)``), and as a word
+    of what a server said after its status (``HTTP 404 Ticket T1 not found``); never
+    inside bulklink's words (an ID ``TRUE`` in ``a TRUE/FALSE value``, ``ticket`` in
+    ``blank linked ticket ID``) or the status (an ID ``404``)."""
+    quoted = f"({value})"
+    if quoted in error:
+        return error.replace(quoted, f"({name})")
+    head = _HTTP_HEAD.match(error)
+    if head is None:
+        return error
+    said = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", name, error[head.end() :])
+    return error[: head.end()] + said
+
+
 class ErrorTally:
     """Failures grouped by error text, each row's own IDs folded out so groups form."""
 
@@ -194,7 +214,7 @@ class ErrorTally:
         for value, name in ((source, "<source>"), (linked, "<linked>")):
             # An Excel error value (#N/A) is the error itself, not an ID to fold out.
             if len(value) >= 3 and not value.startswith("#"):
-                key = key.replace(value, name)
+                key = _folded(key, value, name)
         self._counts[key] += 1
         examples = self._examples.setdefault(key, [])
         if len(examples) < 5:

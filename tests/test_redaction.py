@@ -13,6 +13,7 @@ import pytest
 import yarl
 
 from bulklink.errors import UsageError
+from bulklink.models import ErrorTally
 from bulklink.redaction import Redactor
 from bulklink.text import escape_controls, format_duration, parse_stamp, utc_stamp
 from bulklink.urls import check_url, normalise_url
@@ -136,3 +137,35 @@ def test_every_stamp_is_utc_with_z() -> None:
 
 def test_control_characters_are_shown_not_obeyed() -> None:
     assert escape_controls("a\x1b[2Jb\u202e\n") == "a\\x1b[2Jb\\u202e\\x0a"
+
+
+@pytest.mark.parametrize(
+    ("errors", "groups"),
+    [
+        # Boolean ID cells: one kind of error, one group; bulklink's words intact.
+        (
+            [
+                ("sourceTicketId cell is a TRUE/FALSE value (TRUE), not text", "TRUE", "L1"),
+                ("sourceTicketId cell is a TRUE/FALSE value (FALSE), not text", "FALSE", "L2"),
+            ],
+            {"sourceTicketId cell is a TRUE/FALSE value (<source>), not text": 2},
+        ),
+        # An ID that is a word of bulklink's message is no quote of the ID.
+        ([("blank linked ticket ID", "ticket", "")], {"blank linked ticket ID": 1}),
+        # A server's words after its status: the IDs folded, the status kept.
+        (
+            [
+                ("HTTP 404 Ticket 404 not found", "404", "L1"),
+                ("HTTP 404 Ticket T77 not found", "T77", "L2"),
+            ],
+            {"HTTP 404 Ticket <source> not found": 2},
+        ),
+    ],
+)
+def test_failures_group_by_their_words_with_only_quoted_ids_folded(
+    errors: list[tuple[str, str, str]], groups: dict[str, int]
+) -> None:
+    tally = ErrorTally()
+    for row, (error, source, linked) in enumerate(errors, 1):
+        tally.add(row, error, source, linked)
+    assert {g.error: g.count for g in tally.groups()} == groups

@@ -466,7 +466,6 @@ class Table:
         except OSError as exc:
             raise InputError(f"cannot read {self.name}: {exc.strerror}") from None
         self.digest = hashlib.sha256(data).hexdigest()
-        scalar_fields = {*RESULT_COLUMNS, self.options.source_col, self.options.linked_col}
         records = []
         # Split on newlines only: str.splitlines() would also cut at U+2028 inside a string.
         for number, line in enumerate(data.decode("utf-8-sig", "replace").split("\n"), 1):
@@ -476,27 +475,7 @@ class Table:
                 record = json.loads(line)
             except (ValueError, RecursionError):
                 raise InputError(f"{self.name}: line {number} is not JSON") from None
-            if not isinstance(record, dict):
-                raise InputError(
-                    f"{self.name}: line {number} is {_json_kind(record)}, not an object "
-                    "(each line of a report is one row as an object)"
-                )
-            for name in scalar_fields:
-                if isinstance(record.get(name), dict | list):
-                    raise InputError(
-                        f"{self.name}: line {number}: {name} is "
-                        f"{_json_kind(record[name])}, not a single value"
-                    )
-            for name in (self.options.source_col, self.options.linked_col):
-                value = record.get(name)
-                # A whole number is its digits; a bool or a float is no ID anyone wrote
-                # (str() would send True or 1e+20).
-                if isinstance(value, bool | float):
-                    raise InputError(
-                        f"{self.name}: line {number}: {name} is {_json_kind(value)} "
-                        f"({json.dumps(value)}), not the text of a ticket ID"
-                    )
-            records.append(record)
+            records.append(self._checked_record(record, f"{self.name}: line {number}"))
         columns = list(dict.fromkeys(k for record in records for k in record))
         # Built column by column as objects: from_records would turn an int column with a
         # null in it into floats (42 -> 42.0, and 20-digit IDs lose digits).
@@ -509,6 +488,30 @@ class Table:
                 frame[name] = frame[name].map(lambda v: "" if v is None else str(v))
         self._frame = frame
         return self._resolve(columns)
+
+    def _checked_record(self, record: Any, where: str) -> dict[str, Any]:
+        """One line of a JSON-lines report, refused unless it is a row bulklink can read."""
+        if not isinstance(record, dict):
+            raise InputError(
+                f"{where} is {_json_kind(record)}, not an object "
+                "(each line of a report is one row as an object)"
+            )
+        ids = (self.options.source_col, self.options.linked_col)
+        for name in {*RESULT_COLUMNS, *ids}:
+            if isinstance(record.get(name), dict | list):
+                raise InputError(
+                    f"{where}: {name} is {_json_kind(record[name])}, not a single value"
+                )
+        for name in ids:
+            value = record.get(name)
+            # A whole number is its digits; a bool or a float is no ID anyone wrote (str()
+            # would send True or 1e+20).
+            if isinstance(value, bool | float):
+                raise InputError(
+                    f"{where}: {name} is {_json_kind(value)} ({json.dumps(value)}), "
+                    "not the text of a ticket ID"
+                )
+        return record
 
     @property
     def has_odd_cells(self) -> bool:
