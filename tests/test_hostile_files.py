@@ -630,6 +630,17 @@ def test_excels_sep_line_is_the_delimiter_not_the_header(
     assert [r["note"] for r in rows] == ["x,y", "z"]
 
 
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"], ids=["LF", "CRLF", "CR"])
+def test_excels_sep_line_is_read_with_every_line_end(
+    sandbox: Sandbox, tmp_path: Path, end: str
+) -> None:
+    src = tmp_path / "in.csv"
+    src.write_bytes(end.join(["sep=;", "sourceTicketId;linkedTicketId", "A1;B1", ""]).encode())
+    result = run(sandbox, src)
+    assert result.exit_code == 0, result.output
+    assert sent_checked(sandbox) == [("A1", "B1")]
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True

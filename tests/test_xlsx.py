@@ -555,3 +555,35 @@ def test_the_sheets_xml_is_read_however_it_is_spelt(
     assert result.exit_code == 1, result.output
     assert sent_checked(sandbox) == [("00123", "L1")]
     assert report_of(path)[1]["error"] == "Excel error #N/A in sourceTicketId"
+
+
+def test_a_strict_open_xml_workbook_is_read(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Excel's 'Strict Open XML Spreadsheet' names its parts in other namespaces: it was
+    refused as 'not a readable .xlsx file (None)'."""
+    import zipfile
+
+    import xlsxwriter
+
+    plain = tmp_path / "t.xlsx"
+    book = xlsxwriter.Workbook(str(plain))
+    book.add_worksheet("S").write_row(0, 0, HEAD)
+    book.worksheets()[0].write_row(1, 0, ["T1", "L1"])
+    book.close()
+    strict = tmp_path / "strict.xlsx"
+    spaces = {
+        b"http://schemas.openxmlformats.org/spreadsheetml/2006/main": (
+            b"http://purl.oclc.org/ooxml/spreadsheetml/main"
+        ),
+        b"http://schemas.openxmlformats.org/officeDocument/2006/relationships": (
+            b"http://purl.oclc.org/ooxml/officeDocument/relationships"
+        ),
+    }
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(strict, "w") as out:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            for old, new in spaces.items():
+                data = data.replace(old, new)
+            out.writestr(item.filename, data)
+    result = run(sandbox, strict)
+    assert result.exit_code == 0, result.output
+    assert sent_checked(sandbox) == [("T1", "L1")]

@@ -96,7 +96,7 @@ _MAGIC = (
 _BINARY_SHARE = 0.05  # control characters in text this share of the start: not text
 _HEAD = 1 << 16  # the start of a text file kept to sniff it, or more: its header row whole
 _HEADER_MAX = 1 << 24  # a header row longer than this is no table's
-_SEP_LINE = re.compile(r"sep=(.)[ \t]*\r?(?:\n|$)")  # Excel's delimiter line, before the header
+_SEP_LINE = re.compile(r"sep=(.)[ \t]*(?:\r\n|\r|\n|$)")  # Excel's delimiter line, any line end
 STILL_CHANGING = "input is still changing (being written?)"
 
 

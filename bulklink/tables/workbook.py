@@ -34,7 +34,11 @@ OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # an OLE compound file: .xls, o
 LISTED_SHEETS = 5  # a missing sheet's error lists this many names, then a count
 _BLOCK = 1 << 22  # bytes of sheet XML looked at at a time
 _CARRY = 1 << 16  # bytes carried to the next block when one holds no end of a cell
-_NS_REL = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id"
+#: A sheet's relationship id, in the transitional namespace and in Strict Open XML's.
+_NS_RELS = (
+    "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id",
+    "{http://purl.oclc.org/ooxml/officeDocument/relationships}id",
+)
 #: Excel's built-in number formats that pad or decorate an integer; the rest show its digits.
 _BUILTIN_FORMATS = {1: "0", 49: "@"}
 
@@ -395,7 +399,8 @@ def _parts(archive: zipfile.ZipFile, index: int) -> tuple[str, str | None]:
     def resolve(target: str) -> str:
         return target.lstrip("/") if target.startswith("/") else posixpath.join("xl", target)
 
-    part = resolve(targets[sheets[index].get(_NS_REL)])
+    ids = (sheets[index].get(name) for name in _NS_RELS)
+    part = resolve(targets[next((i for i in ids if i is not None), None)])
     return part, resolve(styles) if styles else None
 
 
