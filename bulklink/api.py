@@ -52,7 +52,7 @@ from bulklink.run.pacing import auto_rate_plan
 from bulklink.run.publish import Output, notify_refusal, output_for, publish
 from bulklink.state.journal import journal_path
 from bulklink.state.ledger import Ledger
-from bulklink.state.lock import hold, hold_input, lock_path
+from bulklink.state.lock import hold, hold_input, hold_read, lock_path
 from bulklink.state.scope import Scope
 from bulklink.state.store import RunRecord, Store, store_path
 from bulklink.stream import endpoint
@@ -161,7 +161,7 @@ def retry_job(report: str | Path, output: str | Path | None, options: RetryOptio
 
     # The report read is locked too: another run writing it, or another retry of it
     # (even to a different -o), would send the same rows twice.
-    return _published(prepared, [target] if same else [source, target], work)
+    return _published(prepared, [target], work, read=None if same else source)
 
 
 def _published(
@@ -170,8 +170,10 @@ def _published(
     work: Callable[[Ledger], Summary],
     *,
     input: Path | None = None,
+    read: Path | None = None,
 ) -> Summary:
-    """Run ``work`` holding the report locks and the state store, then publish its end.
+    """Run ``work`` holding the report locks and the state store, then publish its end;
+    ``read`` is a report only read (``retry`` to another ``-o``), held too.
 
     The summary JSON, metrics and notice go out however the run ended, including input
     errors (a bad nightly export needs a human). A run refused because another holds the
@@ -184,6 +186,8 @@ def _published(
         try:
             for path in locks:
                 stack.enter_context(hold(path, prepared.command))
+            if read is not None:
+                stack.enter_context(hold_read(read, prepared.command))
             if input is not None:  # another report's run on it would send it all again
                 stack.enter_context(hold_input(input))
         except LockedError as exc:

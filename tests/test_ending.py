@@ -645,3 +645,26 @@ def test_a_full_disk_under_the_state_store_exits_74_and_the_rerun_sends_nothing_
     runs = json.loads(h.run_against(sandbox, "runs", "--state", state, "--json").stdout)
     # The full run could not write its own ending: it stays unfinished in the history.
     assert [r["exit_code"] for r in sorted(runs, key=lambda r: r["id"])] == [0, None, 0]
+
+
+def test_retry_of_a_report_on_a_read_only_file_system_writes_its_output_elsewhere(
+    tmp_path: Path, sandbox: Sandbox, mounted: Path
+) -> None:
+    """Last night's report from a read-only backup (or under ProtectSystem=strict): only
+    -o is written, so retry holds the report it reads by a flock on it, as run holds its
+    input, instead of refusing for want of a lock file beside it."""
+    report = mounted / "in.results.csv"
+    src = h.write_csv(
+        tmp_path / "in.csv",
+        [["sourceTicketId", "linkedTicketId"], ["A1", "B1"], ["MISSING2", "B2"]],
+    )
+    first = h.run_against(sandbox, "run", src, "-o", report, "--max-retries", "0", *FAST_UNPACED)
+    assert first.exit_code == 1, first.output
+    subprocess.run(["mount", "-o", "remount,ro", str(mounted)], check=True)
+    sandbox.config.unknown_prefix = ""
+    out = tmp_path / "retried.csv"
+    since = len(sandbox.requests)
+    retried = h.run_against(sandbox, "retry", report, "-o", out, *FAST_UNPACED)
+    assert retried.exit_code == 0, retried.output
+    assert h.sent(sandbox, since) == [("MISSING2", "B2")]
+    assert [r["outcome"] for r in h.read_report(out)] == ["linked", "linked"]

@@ -30,6 +30,20 @@ def lock_path(report: Path) -> Path:
 
 
 @contextlib.contextmanager
+def hold_read(report: Path, command: str) -> Iterator[None]:
+    """The lock of a report only read (``retry REPORT -o elsewhere``): its lock file, or,
+    when its folder cannot be written (a read-only backup, ``ProtectSystem=strict``), so
+    that no run there can be writing it either, a ``flock`` on the report itself, as an
+    input is held: another retry of it still meets this one."""
+    if os.access(report.parent, os.W_OK):
+        with hold(report, command):
+            yield
+    else:
+        with hold_input(report):
+            yield
+
+
+@contextlib.contextmanager
 def hold(report: Path, command: str) -> Iterator[None]:
     """Hold the report's lock for the block, or raise :class:`LockedError` at once."""
     path = lock_path(report)
