@@ -394,3 +394,16 @@ def test_a_reset_that_moves_by_a_fraction_of_a_second_is_the_same_window() -> No
     pace.learn((Budget("", 20, 8, 1010.4),))
     assert pace.even_rate() is None  # no window length learnt
     assert pace.pace(1000.0, 0) == pytest.approx((8 / 10, 0.0))  # the fresher remaining
+
+
+def test_before_a_window_is_seen_to_turn_its_length_is_at_least_what_the_first_answer_says() -> (
+    None
+):
+    """A request sent at 1000 was counted in the window ending at 1002: the window lasts
+    2 s at least, so once it has turned (answers lag under latency) the pace is that of a
+    2 s window, not the 10/s of no headers (a sandbox at 1.5 s latency answered 19 of 79
+    requests 429)."""
+    pace = BudgetPace(10)
+    pace.learn((Budget("", 10, 9, 1002.0),), sent=1000.0)
+    assert pace.even_rate() == pytest.approx(4.5)
+    assert pace.pace(1002.5, 0) == pytest.approx((4.5, 0.0))  # turned: a whole window of 2 s

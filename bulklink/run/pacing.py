@@ -51,6 +51,14 @@ class _Window:
     remaining: int
     reset: float  # UNIX seconds
     length: float | None = None  # seconds, learnt when the reset moves on
+    #: Seconds the window lasts at least, before :attr:`length` is known: a request sent
+    #: at ``s`` was counted in the window ending at ``reset``, so it began by ``s``.
+    at_least: float = 0.0
+
+    @property
+    def span(self) -> float | None:
+        """The window's length as far as known: learnt, else its lower bound."""
+        return self.length if self.length is not None else (self.at_least or None)
 
 
 class BudgetPace:
@@ -67,11 +75,16 @@ class BudgetPace:
         self.windows: dict[str, _Window] = {}
         self.governing = ""  # the scope of the tightest budget at the last reckoning
 
-    def learn(self, budgets: tuple[Budget, ...]) -> None:
+    def learn(self, budgets: tuple[Budget, ...], sent: float | None = None) -> None:
+        """What an answer's budgets say; ``sent`` is when its request left (UNIX seconds)."""
         for budget in budgets:
             window = self.windows.get(budget.scope)
             if window is None:
-                self.windows[budget.scope] = _Window(budget.limit, budget.remaining, budget.reset)
+                window = self.windows[budget.scope] = _Window(
+                    budget.limit, budget.remaining, budget.reset
+                )
+                if sent is not None:
+                    window.at_least = max(0.0, budget.reset - sent)
             elif budget.reset >= window.reset + MIN_WINDOW:  # the next window
                 step = budget.reset - window.reset
                 window.length = step if window.length is None else min(window.length, step)
@@ -93,11 +106,12 @@ class BudgetPace:
             left = window.reset - wall
             keep = self.reserve * window.limit
             if left <= 0:  # the window has turned, and no answer has said how it starts
-                if window.length is None:
+                span = window.span
+                if span is None:
                     continue
                 # A whole window less what is in flight; with nothing to spare (more in
                 # flight than the window holds), a moment for their answers to tell more.
-                spare, left = window.limit - keep - in_flight, window.length
+                spare, left = window.limit - keep - in_flight, span
                 rate, wait = (spare / left, 0.0) if spare >= 1 else (0.0, RESET_MARGIN)
             else:
                 spare = window.remaining - keep - in_flight
@@ -120,9 +134,9 @@ class BudgetPace:
         """The governing budget's limit less the reserve, per second, once its window's
         length is known: the pace a window starts at before its first answer."""
         window = self.windows.get(self.governing)
-        if window is None or window.length is None:
+        if window is None or window.span is None:
             return None
-        return window.limit * (1 - self.reserve) / window.length
+        return window.limit * (1 - self.reserve) / window.span
 
 
 def auto_rate_plan(options: TrafficOptions) -> str:
@@ -267,7 +281,7 @@ class Pacer:
         self._last_answer = now
         if self.budget is not None and (budgets or self.budget.windows):
             self._throttled += throttled
-            self._follow(self.budget, budgets, in_flight)
+            self._follow(self.budget, budgets, in_flight, self.wall() - (now - sent_at))
             return
         slot = int(now * SLOTS_PER_SECOND)
         if slot != self._slot:
@@ -296,11 +310,14 @@ class Pacer:
                 target = min(target, self.ceiling)
             self._set_rate(target if self.ceiling > 0 or target < 10_000 else 0.0)
 
-    def _follow(self, budget: BudgetPace, budgets: tuple[Budget, ...], in_flight: int) -> None:
+    def _follow(
+        self, budget: BudgetPace, budgets: tuple[Budget, ...], in_flight: int, sent: float
+    ) -> None:
         """The budgets' pace, or a pause until the tightest one's reset when it has none
-        to spare (then the even pace of a whole window, till the next answer says more)."""
+        to spare (then the even pace of a whole window, till the next answer says more);
+        ``sent`` is when the answer's request left (UNIX seconds)."""
         first = not budget.windows
-        budget.learn(budgets)
+        budget.learn(budgets, sent)
         rate, pause = budget.pace(self.wall(), in_flight)
         if first and self.note is not None:
             self.note(f"--rate auto: the API's budget is {budget.seen()}: pacing by it")
