@@ -161,9 +161,10 @@ class Redactor:
     def __call__(self, text: str) -> str:
         """``text`` with every form of every secret replaced by ``***``.
 
-        A text with percent or ``\\uXXXX`` escapes is looked at decoded too (a gateway's
-        page may spell every character of a secret so, in any mix): when the decoded text
-        holds a secret, it is what is shown, with the secret masked.
+        A text with percent, ``\\uXXXX`` or HTML escapes is looked at decoded too (a
+        gateway's page may spell every character of a secret so, in any mix): when the
+        decoded text holds a secret, it is what is shown, with the secret masked. A secret
+        base64-encoded inside a longer value masks the whole run of base64.
         """
         text = decoded = self._masked(text)
         for _ in range(_DECODE_ROUNDS if self.forms else 0):  # encoded twice: two rounds

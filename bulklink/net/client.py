@@ -150,7 +150,7 @@ def _as_is(text: str) -> str:
 #: deeper ones are kept as a note, since writing them out again would recurse past Python's
 #: limit in the writers and the journal.
 MAX_NESTING = 32
-TOO_DEEP = "(nested more than 32 levels deep: not kept)"
+TOO_DEEP = f"(nested more than {MAX_NESTING} levels deep: not kept)"
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
