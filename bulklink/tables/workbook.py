@@ -307,6 +307,9 @@ _ATTR = re.compile(rb"""\b(r|s|t)=(?:"([^"]*)"|'([^']*)')""")
 _REF = re.compile(rb"([A-Z]+)([0-9]+)")
 _VALUE = re.compile(rb"<(?:\w+:)?v>([^<]*)</(?:\w+:)?v>")
 _FORMULA = re.compile(rb"<(?:\w+:)?f\b[^>]*?(?:/>|>([^<]*)</(?:\w+:)?f>)")
+#: A row's start tag, or a cell: every cell's place, in order.
+_PLACE = re.compile(rb"(<(?:\w+:)?row\b[^>]*>)|" + _CELL.pattern, re.DOTALL)
+_ROW_NUMBER = re.compile(rb"""\br=["']([0-9]+)["']""")
 #: What makes a block worth matching cells in: an error cell or a formula.
 _NOTEWORTHY = re.compile(rb"""\bt=["']e["']|<(?:\w+:)?f\b""")
 
@@ -328,16 +331,30 @@ def _scan_xml(archive: zipfile.ZipFile, index: int, ids: Sequence[int], formats:
     shaping = _shaping_styles(archive, styles) if formats else {}
     found = _Found(stale=_recalculated_on_load(archive))
     wanted = set(ids)
+    place = [-1, -1]  # the row and column of the last cell seen, 0-based
     rest = b""
     with archive.open(part) as fh:
         while block := fh.read(_BLOCK):
             text = rest + block
             cut = _cut(text) if len(block) == _BLOCK else len(text)
             text, rest = text[:cut], text[cut:]
-            if shaping or _NOTEWORTHY.search(text):
+            if shaping:  # every block, in order: a cell without its reference has a place
+                for match in _PLACE.finditer(text):
+                    if match.group(1) is not None:
+                        _next_row(match.group(1), place)
+                    else:
+                        _look(match.group(2), match.group(3), wanted, shaping, found, place)
+            elif _NOTEWORTHY.search(text):
                 for match in _CELL.finditer(text):
-                    _look(match, wanted, shaping, found)
+                    _look(match.group(1), match.group(2), wanted, shaping, found, None)
     return found
+
+
+def _next_row(tag: bytes, place: list[int]) -> None:
+    """A row starts: its number, or the one after the last (``r`` is optional)."""
+    number = _ROW_NUMBER.search(tag)
+    place[0] = int(number.group(1)) - 1 if number is not None else place[0] + 1
+    place[1] = -1
 
 
 def _cut(text: bytes) -> int:
@@ -349,13 +366,28 @@ def _cut(text: bytes) -> int:
     return max(ends) if ends else max(0, len(text) - _CARRY)
 
 
-def _look(match: re.Match[bytes], wanted: set[int], shaping: dict[int, str], found: _Found) -> None:
-    attrs = {name: double or single for name, double, single in _ATTR.findall(match.group(1))}
+def _look(
+    tag: bytes,
+    inner: bytes | None,
+    wanted: set[int],
+    shaping: dict[int, str],
+    found: _Found,
+    place: list[int] | None,
+) -> None:
+    """One cell: its attributes ``tag`` and its content ``inner``. Its place is its
+    reference, else (``r`` is optional; some streaming writers leave it out) the one after
+    the last cell's, when every cell is seen in order (``place``); else it is skipped."""
+    attrs = {name: double or single for name, double, single in _ATTR.findall(tag)}
     ref = _REF.fullmatch(attrs.get(b"r", b""))
-    if ref is None:
-        return  # a cell without its reference: its place is known only to calamine
-    where = (int(ref.group(2)) - 1, _column(ref.group(1)))
-    body = match.group(2) or b""
+    if ref is not None:
+        where = (int(ref.group(2)) - 1, _column(ref.group(1)))
+    elif place is not None:
+        where = (place[0], place[1] + 1)
+    else:
+        return
+    if place is not None:
+        place[:] = where
+    body = inner or b""
     value = _VALUE.search(body)
     if attrs.get(b"t") == b"e":
         found.errors[where] = unescape((value.group(1) if value else b"").decode())
