@@ -18,7 +18,7 @@ import html
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 import yarl
@@ -36,7 +36,9 @@ _JSON_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})")
 #: Rounds of decoding tried on one text (a secret percent-encoded twice takes two).
 _DECODE_ROUNDS = 3
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-_B64 = "[A-Za-z0-9+/=_-]"  # a character of base64, standard or URL-safe
+_Text = TypeVar("_Text", str, bytes)
+#: The characters of base64, standard and URL-safe.
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-"
 
 
 def secret_forms(secret: str) -> set[str]:
@@ -131,6 +133,29 @@ def redact_value(value: Any, redact: Callable[[str], str]) -> Any:
     return value
 
 
+def _mask_runs(text: _Text, core: _Text, alphabet: _Text, mask: _Text) -> _Text:
+    """``text`` with each run of base64 holding ``core`` masked whole. Found by plain
+    search, then widened a character at a time: linear however long the runs are (a
+    regular expression ``[base64]*core[base64]*`` backtracks quadratically in a long run
+    that holds no core, such as an inline image of a ticket's description)."""
+    out: list[_Text] = []
+    done = 0
+    at = text.find(core)
+    while at >= 0:
+        start, end = at, at + len(core)
+        while start > done and text[start - 1 : start] in alphabet:
+            start -= 1
+        while end < len(text) and text[end : end + 1] in alphabet:
+            end += 1
+        out += [text[done:start], mask]
+        done = end
+        at = text.find(core, done)
+    if not out:
+        return text
+    out.append(text[done:])
+    return text[:0].join(out)
+
+
 class Redactor:
     """Replaces every known spelling of the secrets with ``***``; callable on text."""
 
@@ -144,9 +169,7 @@ class Redactor:
         self.forms: tuple[str, ...] = tuple(sorted(forms, key=len, reverse=True))
         self._forms_bytes = [form.encode("utf-8", "surrogatepass") for form in self.forms]
         cores = sorted({core for secret in found for core in base64_cores(secret)})
-        inner = "|".join(map(re.escape, cores))
-        self._runs = re.compile(f"{_B64}*(?:{inner}){_B64}*") if cores else None
-        self._runs_bytes = re.compile(self._runs.pattern.encode()) if self._runs else None
+        self._cores = cores
         # The forms to look for first: one contains another (base64 with and without
         # padding, say), so when no shortest one is in a body, none of the rest is.
         self._probes: list[bytes] = []
@@ -180,8 +203,9 @@ class Redactor:
         for form in self.forms:
             if form in text:
                 text = text.replace(form, MASK)
-        if self._runs is not None:
-            text = self._runs.sub(MASK, text)
+        for core in self._cores:
+            if core in text:
+                text = _mask_runs(text, core, _B64, MASK)
         return text
 
     def value(self, value: Any) -> Any:
@@ -209,6 +233,7 @@ class Redactor:
         for form in self._forms_bytes:
             if form in body:
                 body = body.replace(form, MASK.encode())
-        if self._runs_bytes is not None:
-            body = self._runs_bytes.sub(MASK.encode(), body)
+        for core in self._cores:
+            if core.encode() in body:
+                body = _mask_runs(body, core.encode(), _B64.encode(), MASK.encode())
         return body
