@@ -245,10 +245,10 @@ def test_a_row_far_wider_than_the_header_refuses_the_file_in_one_line(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
     path = tmp_path / "pairs.csv"
-    path.write_text("sourceTicketId,linkedTicketId\nA1,B1\n" + ",".join("x" * 20) + "\n")
+    path.write_text("sourceTicketId,linkedTicketId\nA1,B1\n" + ",".join("x" * 1100) + "\n")
     result = run(sandbox, path)
     assert result.exit_code == 2
-    assert "line 3 has 20 cells where the header has 2" in one_line_error(result)
+    assert "line 3 has 1100 cells where the header has 2" in one_line_error(result)
     assert sandbox.requests == []
 
 
@@ -685,3 +685,35 @@ def test_broken_csv_far_into_the_file_is_one_line_and_nothing_sent(
         assert "CSV" in line
     assert sandbox.requests == []
     assert files_in(tmp_path) == before
+
+
+def test_empty_padding_past_the_header_is_harmless_however_long(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Excel pads a blank row with delimiters to the sheet's widest row: 12 or 20 empty
+    cells past the header refused the file (the reader made room for 8); a value that
+    far out still makes its row invalid, and blanks are no value."""
+    path = tmp_path / "padded.csv"
+    path.write_text(
+        "sourceTicketId,linkedTicketId\nT1,L1\n" + "," * 12 + "\nT2,L2" + "," * 20
+        + "\nT3,L3" + "," * 20 + "x\nT4,L4, \t\n"
+    )  # fmt: skip
+    result = run(sandbox, path)
+    assert result.exit_code == 1, result.output
+    assert sent_checked(sandbox) == [("T1", "L1"), ("T2", "L2"), ("T4", "L4")]
+    rows = report_of(path)
+    assert [r["outcome"] for r in rows] == ["linked", "invalid", "linked", "invalid", "linked"]
+    assert "more cells than the header" in rows[3]["error"]
+
+
+def test_a_cp1252_file_whose_bytes_happen_to_spell_utf8_is_read_as_cp1252(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """É and a closing quotation mark are C9 92 in cp1252: valid UTF-8 by chance, which
+    is no UTF-8 text (the file was refused as mixing encodings)."""
+    path = tmp_path / "legacy.csv"
+    data = "customer,sourceTicketId,linkedTicketId\nJOS\u00c9\u2019S TACOS,T1,L1\nCafé Z,Té2,L2\n"
+    path.write_bytes(data.encode("cp1252"))
+    result = run(sandbox, path)
+    assert result.exit_code == 0, result.output
+    assert sent_checked(sandbox) == [("T1", "L1"), ("Té2", "L2")]

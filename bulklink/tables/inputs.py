@@ -569,11 +569,16 @@ class Table:
 
 def _overfull(frame: pd.DataFrame, width: int) -> tuple[pd.DataFrame, np.ndarray[Any, Any] | None]:
     """The frame without its spill columns (see :func:`read_csv`), and the rows with a
-    value in one (None for none)."""
+    value in one (None for none): a cell of blanks only is no value, as no blank ID is."""
+    import numpy as np
+
     spill = list(frame.columns[width:])
     if not spill:
         return frame, None
-    found = (frame[spill] != "").any(axis=1).to_numpy()
+    cells = frame[spill].to_numpy()
+    if not cells.any():  # the usual chunk: "" everywhere, told at C speed
+        return frame.drop(columns=spill), None
+    found = np.array([any(cell.strip(TRIM) for cell in row) for row in cells], dtype=bool)
     return frame.drop(columns=spill), found if found.any() else None
 
 
@@ -598,54 +603,104 @@ def read_csv(
     set of rules and no field-size limit. ``name`` is the file as errors call it.
     ``spill`` more columns are read past the header's (named by position, after it), so
     that a row with more cells than the header shows: an empty one is a trailing
-    delimiter, a value means the row's cells have shifted.
+    delimiter, a value means the row's cells have shifted. A file with a row wider still
+    (an Excel export padding a blank row with delimiters) is read again from its start
+    with room for it, the rows already given skipped.
     """
+    given = 0
+    while True:
+        try:
+            for frame in _csv_frames(source, columns, delimiter, encoding, chunk_rows, skip, spill):
+                if given >= len(frame):
+                    given -= len(frame)
+                    continue
+                yield frame.iloc[given:] if given else frame
+                given = 0
+            return
+        except _TooWide as wide:
+            if not spill or not isinstance(source, Path) or wide.cells - len(columns) > MAX_SPILL:
+                raise InputError(
+                    f"{name} is not valid CSV: line {wide.line} has {wide.cells} cells where "
+                    f"the header has {len(columns)} (a cell holding the delimiter unquoted?)"
+                ) from None
+            spill = wide.cells - len(columns)
+            given = wide.given
+        except (ValueError, csv.Error, UnicodeError, OverflowError, MemoryError) as exc:
+            # ParserError, EmptyDataError and UnicodeDecodeError are ValueErrors.
+            reason = str(exc).strip() or type(exc).__name__
+            raise InputError(f"{name} is not valid CSV: {reason}") from None
+        except OSError as exc:
+            raise InputError(f"cannot read {name}: {exc.strerror or exc}") from None
+
+
+#: Cells past the header a row may have, read again with room for them; a row wider than
+#: that refuses the file.
+MAX_SPILL = 1024
+
+
+class _TooWide(Exception):
+    """A row has more cells than the spill columns leave room for."""
+
+    def __init__(self, line: int, cells: int, given: int) -> None:
+        super().__init__(line, cells)
+        self.line, self.cells, self.given = line, cells, given
+
+
+def _csv_frames(
+    source: Path | IO[bytes],
+    columns: list[str],
+    delimiter: str,
+    encoding: str,
+    chunk_rows: int,
+    skip: int,
+    spill: int,
+) -> Iterator[pd.DataFrame]:
+    """:func:`read_csv`'s one pass, counting the rows it gave (for a read again)."""
     import pandas as pd
 
     names = [*columns, *(f"\0spill{n}" for n in range(spill))]
-    try:
-        # The header row read as a row (and dropped) under our own names, so that the
-        # header decides the columns: a trailing delimiter on every row (a common export
-        # quirk) cannot turn the first column into an index, and a row is cut nowhere.
-        with pd.read_csv(
-            source,
-            sep=delimiter,
-            skiprows=skip,
-            header=None,
-            names=names,
-            dtype=str,
-            keep_default_na=False,
-            na_filter=False,
-            encoding=encoding,
-            encoding_errors="replace",
-            chunksize=chunk_rows,
-            engine="c",
-            skip_blank_lines=True,
-        ) as reader:
-            try:
-                first = reader.get_chunk(chunk_rows + 1)  # the header, then a whole chunk
-            except StopIteration:
-                return
+    given = 0
+    # The header row read as a row (and dropped) under our own names, so that the
+    # header decides the columns: a trailing delimiter on every row (a common export
+    # quirk) cannot turn the first column into an index, and a row is cut nowhere.
+    with pd.read_csv(
+        source,
+        sep=delimiter,
+        skiprows=skip,
+        header=None,
+        names=names,
+        dtype=str,
+        keep_default_na=False,
+        na_filter=False,
+        encoding=encoding,
+        encoding_errors="replace",
+        chunksize=chunk_rows,
+        engine="c",
+        skip_blank_lines=True,
+    ) as reader:
+        try:
+            first = reader.get_chunk(chunk_rows + 1)  # the header, then a whole chunk
             if len(first) > 1:
+                given += len(first) - 1
                 yield first.iloc[1:]
-            yield from reader
-    except (ValueError, csv.Error, UnicodeError, OverflowError, MemoryError) as exc:
-        # ParserError, EmptyDataError and UnicodeDecodeError are ValueErrors.
-        reason = str(exc).strip() or type(exc).__name__
-        if (wide := _TOO_WIDE.search(reason)) is not None:
-            line, cells = wide.groups()
-            reason = (
-                f"line {line} has {cells} cells where the header has {len(columns)} "
-                "(a cell holding the delimiter unquoted?)"
-            )
-        raise InputError(f"{name} is not valid CSV: {reason}") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {name}: {exc.strerror or exc}") from None
+            for frame in reader:
+                given += len(frame)
+                yield frame
+        except StopIteration:
+            return
+        except ValueError as exc:
+            wide = _TOO_WIDE.search(str(exc))
+            if wide is None:
+                raise
+            raise _TooWide(int(wide.group(1)), int(wide.group(2)), given) from None
 
 
-#: A byte that is not UTF-8 (surrogateescape) and a character only UTF-8 can have spelt.
+#: A byte that is not UTF-8 (as surrogateescape decodes it), and what only UTF-8 text
+#: spells: a Latin-1 letter (two bytes: the é of a UTF-8 name) or a character of three or
+#: four bytes. Other two-byte characters are no evidence: in a cp1252 file, É and a
+#: closing quotation mark (C9 92) happen to be valid UTF-8 too.
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
-_UTF8_TEXT = re.compile("[^\x00-\x7f\udc80-\udcff]")
+_UTF8_TEXT = re.compile("[\u00c0-\u00ff\u0800-\ud7ff\ue000-\U0010ffff]")
 _TOO_WIDE = re.compile(r"Expected \d+ fields in line (\d+), saw (\d+)")
 
 
