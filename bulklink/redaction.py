@@ -31,8 +31,8 @@ _MIN_QUERY_VALUE = 8  # a webhook's ``sig=`` or ``key=``; ``sv=1.0`` is not a se
 _MIN_PATH_SEGMENT = 16  # a Slack or Teams key segment; ``services`` or ``invoke`` is not
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
 #: Escapes that can spell any character: a secret may hide behind any mix of them.
-_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|&#?\w+;")
-_JSON_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})")
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\[\\/\"]|&#?\w+;")
+_JSON_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})|\\([\\/\"])")  # \u0074, and \/ as PHP writes
 #: Rounds of decoding tried on one text (a secret percent-encoded twice takes two).
 _DECODE_ROUNDS = 3
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -133,6 +133,11 @@ def redact_value(value: Any, redact: Callable[[str], str]) -> Any:
     return value
 
 
+def _unescaped(match: re.Match[str]) -> str:
+    code, char = match.groups()
+    return chr(int(code, 16)) if code else char
+
+
 def _mask_runs(text: _Text, core: _Text, alphabet: _Text, mask: _Text) -> _Text:
     """``text`` with each run of base64 holding ``core`` masked whole. Found by plain
     search, then widened a character at a time: linear however long the runs are (a
@@ -193,7 +198,7 @@ class Redactor:
         for _ in range(_DECODE_ROUNDS if self.forms else 0):  # encoded twice: two rounds
             if not _ESCAPE.search(decoded):
                 break
-            decoded = _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), unquote(decoded))
+            decoded = _JSON_ESCAPE.sub(_unescaped, unquote(decoded))
             decoded = html.unescape(decoded)  # &#x2F; and &sol; as much as &amp;
             if any(form in decoded for form in self.forms):
                 text = decoded = self._masked(decoded)

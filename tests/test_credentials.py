@@ -548,6 +548,8 @@ ECHOES: dict[str, tuple[str, str]] = {
     # Every character an HTML numeric reference; the Authorization header's whole value
     # base64-encoded, as a debugging proxy may echo it.
     "html-numeric": ("".join(f"&#x{ord(c):x};" for c in ODD_TOKEN),) * 2,
+    # JSON's short escapes in a page that is no JSON (PHP's json_encode writes \/).
+    "json-slash-as-text": ((shown := _json_literal(ODD_TOKEN).replace("/", "\\/")),) * 2,
     "base64-of-the-header": (base64.b64encode(f"Bearer {ODD_TOKEN}".encode()).decode(),) * 2,
 }
 
