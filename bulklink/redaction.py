@@ -39,6 +39,7 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _Text = TypeVar("_Text", str, bytes)
 #: The characters of base64, standard and URL-safe.
 _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-"
+_B64_BYTES = _B64.encode()
 
 
 def secret_forms(secret: str) -> set[str]:
@@ -173,12 +174,12 @@ class Redactor:
         forms = {form for secret in found for form in secret_forms(secret)}
         self.forms: tuple[str, ...] = tuple(sorted(forms, key=len, reverse=True))
         self._forms_bytes = [form.encode("utf-8", "surrogatepass") for form in self.forms]
-        cores = sorted({core for secret in found for core in base64_cores(secret)})
-        self._cores = cores
+        self._cores = sorted({core for secret in found for core in base64_cores(secret)})
+        self._cores_bytes = [core.encode() for core in self._cores]  # base64 is ASCII
         # The forms to look for first: one contains another (base64 with and without
         # padding, say), so when no shortest one is in a body, none of the rest is.
         self._probes: list[bytes] = []
-        for form in sorted([*self._forms_bytes, *(c.encode() for c in cores)], key=len):
+        for form in sorted([*self._forms_bytes, *self._cores_bytes], key=len):
             if not any(probe in form for probe in self._probes):
                 self._probes.append(form)
 
@@ -238,7 +239,7 @@ class Redactor:
         for form in self._forms_bytes:
             if form in body:
                 body = body.replace(form, MASK.encode())
-        for core in self._cores:
-            if core.encode() in body:
-                body = _mask_runs(body, core.encode(), _B64.encode(), MASK.encode())
+        for core in self._cores_bytes:
+            if core in body:
+                body = _mask_runs(body, core, _B64_BYTES, MASK.encode())
         return body

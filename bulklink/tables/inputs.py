@@ -623,7 +623,8 @@ def read_csv(
                     f"{name} is not valid CSV: line {wide.line} has {wide.cells} cells where "
                     f"the header has {len(columns)} (a cell holding the delimiter unquoted?)"
                 ) from None
-            spill = wide.cells - len(columns)
+            # At least twice the room each time: rows ever wider cost a few reads, not one each.
+            spill = min(max(wide.cells - len(columns), 2 * spill), MAX_SPILL)
             given = wide.given
         except (ValueError, csv.Error, UnicodeError, OverflowError, MemoryError) as exc:
             # ParserError, EmptyDataError and UnicodeDecodeError are ValueErrors.
