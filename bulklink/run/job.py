@@ -50,7 +50,7 @@ from bulklink.state.journal import Journal, hand_over_links, journal_path
 from bulklink.state.ledger import Ledger
 from bulklink.state.scope import Scope
 from bulklink.tables.inputs import SEND, Chunk, Plan
-from bulklink.tables.report.schema import MAX_EXTRA_FIELDS, Layout, RunInfo
+from bulklink.tables.report.schema import MAX_DROPPED_NAMES, MAX_EXTRA_FIELDS, Layout, RunInfo
 from bulklink.tables.report.writers import ReportWriter, open_writer
 from bulklink.text import format_duration, utc_stamp
 
@@ -142,7 +142,7 @@ def execute(job: Job) -> Summary:
         _give_up_report(job, ending, writer, journal, exc, summary)
     if writer.schema.dropped:
         job.console.error(
-            f"warning: the API sent {len(writer.schema.dropped)} more undocumented ticket "
+            f"warning: the API sent {_count_of(writer.schema.dropped)} more undocumented ticket "
             f"fields than the report has columns for ({MAX_EXTRA_FIELDS}): they are not in it"
         )
     error = error or job.lifetime.late(summary, "the report and the state store are written")
@@ -155,6 +155,11 @@ def execute(job: Job) -> Summary:
     if error is not None:
         raise error from ending.bug
     return summary
+
+
+def _count_of(dropped: set[str]) -> str:
+    shown = f"{len(dropped):,}"
+    return shown if len(dropped) < MAX_DROPPED_NAMES else f"{shown} or"
 
 
 def _summary(

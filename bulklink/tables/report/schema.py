@@ -30,6 +30,9 @@ TICKET_COLUMNS: tuple[str, ...] = tuple(f"ticket.{name}" for name in TICKET_FIEL
 _DOCUMENTED = frozenset(TICKET_FIELDS)
 #: Columns for ticket fields beyond the documented ones, at most, in one report.
 MAX_EXTRA_FIELDS = 100
+#: Names of the fields left out that are remembered, to count them: an API naming new
+#: fields in every answer must not grow memory by a set entry each.
+MAX_DROPPED_NAMES = 10_000
 _RISKY = re.compile(r"'*[=+\-@\t\r]")
 _RISKY_FIRST = frozenset("'=+-@\t\r")  # what a match of _RISKY can start with
 #: What :func:`text_cell` writes as JSON (a tuple made once: a union such as
@@ -158,7 +161,7 @@ class Schema:
                 if room > 0:
                     self.late[name] = None
                     room -= 1
-                else:
+                elif len(self.dropped) < MAX_DROPPED_NAMES:  # a count, not every name
                     self.dropped.add(name)
         kept = {k: v for k, v in late.items() if k in self.late}
         return kept or None
