@@ -559,6 +559,60 @@ def test_the_sheets_xml_is_read_however_it_is_spelt(
     assert report_of(path)[1]["error"] == "Excel error #N/A in sourceTicketId"
 
 
+@pytest.mark.parametrize(
+    ("spelling", "error"),
+    [
+        ("prefixed formula", "sourceTicketId cell is a formula that was never calculated (=A9)"),
+        ("single-quoted error", "Excel error #N/A in sourceTicketId"),
+        ("plain formula", "sourceTicketId cell is a formula that was never calculated (=A9)"),
+        ("plain error", "Excel error #N/A in sourceTicketId"),
+    ],
+)
+def test_odd_cells_are_found_however_spelt_in_a_sheet_without_number_formats(
+    sandbox: Sandbox, tmp_path: Path, spelling: str, error: str
+) -> None:
+    """Without a number format to look for, the XML pass reads only the blocks that may
+    hold an error cell or a formula, found by byte search first: each spelling must
+    count (``<x:f>``, ``t='e'``), or the cell is read as a blank or as its ID."""
+    import re
+    import zipfile
+
+    import xlsxwriter
+
+    plain = tmp_path / "plain.xlsx"
+    book = xlsxwriter.Workbook(str(plain))
+    sheet = book.add_worksheet("S")
+    sheet.write_row(0, 0, HEAD)
+    sheet.write_row(1, 0, ["T1", "L1"])
+    if spelling.endswith("error"):
+        sheet.write_formula(2, 0, "=NA()", None, "#N/A")
+    else:
+        sheet.write_formula(2, 0, "=A9", None, "T9")
+    sheet.write_string(2, 1, "L2")
+    book.close()
+    path = tmp_path / "respelt.xlsx"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w") as out:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                if spelling.endswith("error"):  # the cached error alone: no formula
+                    data = re.sub(rb"<f>[^<]*</f>", b"", data)
+                else:  # the formula alone: no value (never calculated), no type
+                    cell = rb'<c r="A3"[^>]*><f>A9</f><v>T9</v>'
+                    data = re.sub(cell, b'<c r="A3"><f>A9</f>', data)
+                    assert b'<c r="A3"><f>A9</f></c>' in data
+                if spelling == "prefixed formula":
+                    data = data.replace(b'<worksheet xmlns="', b'<worksheet xmlns:x="')
+                    data = re.sub(rb"<(/?)(\w+)([ >/])", rb"<\1x:\2\3", data)
+                if spelling == "single-quoted error":
+                    data = re.sub(rb"(<c [^>]*)", lambda m: m.group(1).replace(b'"', b"'"), data)
+            out.writestr(item.filename, data)
+    result = run(sandbox, path)
+    assert result.exit_code == 1, result.output
+    assert sent_checked(sandbox) == [("T1", "L1")]
+    assert report_of(path)[1]["error"].startswith(error)
+
+
 def test_a_strict_open_xml_workbook_is_read(sandbox: Sandbox, tmp_path: Path) -> None:
     """Excel's 'Strict Open XML Spreadsheet' names its parts in other namespaces: it was
     refused as 'not a readable .xlsx file (None)'."""
