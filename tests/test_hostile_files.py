@@ -677,3 +677,89 @@ def test_an_input_name_of_any_valid_length_works(sandbox: Sandbox, tmp_path: Pat
     (default,) = set(names) - {out.name, src.name}
     assert default.startswith("é" * 100) and default.endswith(".results.csv")
     assert ids(read_report(tmp_path / default)) == input_pairs(3)
+
+
+# -- line ends and header names: other cases of shifted cells ------------------------------------
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"])
+def test_a_file_of_cr_line_ends_keeps_a_rows_empty_first_cell_after_a_blank_line(
+    sandbox: Sandbox, tmp_path: Path, delimiter: str
+) -> None:
+    """pandas' parser dropped the empty first cell of a line after a blank line ended by a
+    CR alone (a classic Mac export): ``,T2,L2,L9`` was sent as the pair L2 -> L9."""
+    src = tmp_path / "in.csv"
+    lines = [["note", *HEAD, "other"], ["n1", "T1", "L1", "o1"], [], ["", "T2", "L2", "L9"]]
+    lines += [["  "], ["", "T3", "L3", ""]]
+    src.write_bytes("".join(delimiter.join(cells) + "\r" for cells in lines).encode())
+    result = run(sandbox, src, "--delimiter", delimiter)
+    assert result.exit_code == 0, result.output
+    assert sent_checked(sandbox) == [("T1", "L1"), ("T2", "L2"), ("T3", "L3")]
+    rows = read_report(tmp_path / "in.results.csv")
+    assert [(r["note"], r["other"]) for r in rows] == [("n1", "o1"), ("", "L9"), ("", "")]
+
+
+def test_a_file_mixing_line_ends_that_would_be_read_shifted_is_refused(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """With LF line ends too, no one line end can be given to the parser: a blank line
+    ended by a CR alone before a leading empty cell is refused, naming the line."""
+    src = tmp_path / "in.csv"
+    src.write_bytes(b"note,sourceTicketId,linkedTicketId,other\nn1,T1,L1,o1\n\r,T2,L2,L9\n")
+    line = one_line_usage_error(run(sandbox, src))
+    assert "line 3 is blank and ends in a carriage return alone" in line
+    assert sandbox.requests == []
+
+
+def test_a_lone_cr_inside_a_quoted_cell_of_a_crlf_file_is_kept(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    src = tmp_path / "in.csv"
+    src.write_bytes(b'note,sourceTicketId,linkedTicketId\r\n"a\rb",T1,L1\r\n\r\n,T2,L2\r\n')
+    result = run(sandbox, src)
+    assert result.exit_code == 0, result.output
+    assert sent_checked(sandbox) == [("T1", "L1"), ("T2", "L2")]
+    assert [r["note"] for r in read_report(tmp_path / "in.results.csv")] == ["a\rb", ""]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_a_header_name_that_deduplication_would_make_twice_is_made_unique(
+    sandbox: Sandbox, tmp_path: Path, suffix: str
+) -> None:
+    """``note``, ``note.1``, ``note``: the second ``note`` became ``note.1`` too, which
+    refused the CSV and ended an .xlsx run with exit 70."""
+    header = [*HEAD, "note", "note.1", "note"]
+    rows = [["S1", "L1", "first", "second", "third"]]
+    if suffix == ".csv":
+        src = write_csv(tmp_path / "in.csv", [header, *rows])
+    else:
+        src = make_xlsx(tmp_path / "in.xlsx", {"S": [header, *rows]})
+    result = run(sandbox, src, "-o", tmp_path / "out.csv")
+    assert result.exit_code == 0, result.output
+    assert sent_checked(sandbox) == [("S1", "L1")]
+    row = read_report(tmp_path / "out.csv")[0]
+    assert (row["note"], row["note.1"], row["note.2"]) == ("first", "second", "third")
+
+
+def test_a_cr_only_file_longer_than_the_header_limit_is_read(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The header's end was looked for as an LF only: every CR-only file over the limit
+    (16 MiB, made small here) was refused as 'the header row is longer than' it."""
+    monkeypatch.setattr(inputs, "_HEADER_MAX", 1 << 17)
+    src = tmp_path / "in.csv"
+    pairs = [(f"S{i:07d}", f"L{i:07d}") for i in range(12_000)]
+    src.write_bytes("\r".join([",".join(HEAD), *(",".join(p) for p in pairs), ""]).encode())
+    assert src.stat().st_size > 1 << 17
+    result = run(sandbox, src)
+    assert result.exit_code == 0, result.output
+    assert len(sandbox.requests) == len(pairs)
+
+
+def test_a_mixed_encoding_refusal_names_the_line_in_a_cr_only_file(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    src = tmp_path / "in.csv"
+    src.write_bytes(b"sourceTicketId,linkedTicketId\rT\xc3\xa91,L1\rT2,L2\rT\xe93,L3\r")
+    assert "line 4 is not UTF-8" in one_line_usage_error(run(sandbox, src))
+    assert sandbox.requests == []

@@ -275,6 +275,9 @@ class Table:
         self.kind = _kind(Path(self.name), report, stream=stream)
         self.report = report
         self._skip = 0  # lines before the header: Excel's ``sep=;``
+        self._lone_cr = False  # a CR byte not followed by LF: the file may end lines in CR alone
+        #: ``"\r"`` when every line ends in a CR alone (a classic Mac export), else None.
+        self._line_end: str | None = None
         self._unnamed: set[str] = set()  # trailing columns with no name: kept once filled
         self.digest = ""
         self._frame: pd.DataFrame | None = None
@@ -330,6 +333,8 @@ class Table:
         elif self.options.delimiter is None and self.kind == "csv":
             # The header whole, and what else the first 64 KiB hold (never a row's huge cell).
             self.delimiter = _sniff_delimiter(text[: max(_HEAD, text.find("\n") + 1)])
+        if self._lone_cr:
+            self._line_end = self._line_ends()
         try:
             rows = csv.reader(io.StringIO(text, newline=None), delimiter=self.delimiter)
             header = [h.strip() for h in next((row for row in rows if row), [])]
@@ -356,14 +361,44 @@ class Table:
                     digest.update(block)
                     if not head:  # a UTF-16/32 mark decides; a UTF-8 one is checked on
                         utf8 = utf8 and _bom_encoding(block) in (None, "utf-8-sig")
-                    if len(head) < _HEAD or (head.count(b"\n") < 3 and len(head) < _HEADER_MAX):
+                    if len(head) < _HEAD or (_lines(head) < 3 and len(head) < _HEADER_MAX):
                         head += block
                     utf8 = utf8 and _decodes(decoder, block)
+                    # A superset (a CRLF cut by the block's end counts): the text decides.
+                    self._lone_cr = self._lone_cr or block.count(b"\r") > block.count(b"\r\n")
         except OSError as exc:
             raise InputError(f"cannot read {self.name}: {exc.strerror}") from None
         self.digest = digest.hexdigest()
         # ... and a sequence cut off at the very end is no UTF-8 either.
         return self._cut_head(bytes(head)), utf8 and _decodes(decoder, b"", final=True)
+
+    def _line_ends(self) -> str | None:
+        """``"\r"`` for a file whose lines all end in a CR alone (a classic Mac export),
+        which pandas' parser is then told; None otherwise. A file mixing such line ends
+        with LF ones is refused where pandas would misread it: after a blank line ended by
+        a CR alone it drops the empty first cell of the next line, whose cells then shift
+        left, so another pair would be sent (``,T2,L2`` read as ``T2,L2``)."""
+        lone = lf = blank_cr = False
+        shifted = 0  # the first blank line ended by a CR alone before a leading empty cell
+        try:
+            # newline="": lines split at CR, LF and CRLF alike, each keeping its end.
+            with self.path.open(encoding=self.encoding, errors="replace", newline="") as fh:
+                for number, line in enumerate(fh, 1):
+                    if blank_cr and not shifted and line.startswith(self.delimiter):
+                        shifted = number - 1
+                    lf = lf or line.endswith("\n")
+                    blank_cr = line.endswith("\r")
+                    if blank_cr:
+                        lone, blank_cr = True, not line[:-1].strip(" \t")
+        except OSError as exc:
+            raise InputError(f"cannot read {self.name}: {exc.strerror}") from None
+        if shifted and lf:
+            raise InputError(
+                f"{self.name}: line {shifted} is blank and ends in a carriage return alone, "
+                "and the next starts with an empty cell, which would be read shifted; save "
+                "the file with one kind of line end (CRLF or LF)"
+            )
+        return "\r" if lone and not lf else None
 
     def _refuse_mixed_encodings(self) -> None:
         """A file that is not all UTF-8 but holds UTF-8 text (two exports pasted together)
@@ -378,11 +413,11 @@ class Table:
                 while block := fh.read(1 << 20):
                     text = decoder.decode(block)
                     if first_bad is None and (bad := _NOT_UTF8.search(text)) is not None:
-                        first_bad = lines + text.count("\n", 0, bad.start()) + 1
+                        first_bad = lines + _lines(text[: bad.start()]) + 1
                     utf8_seen = utf8_seen or _UTF8_TEXT.search(text) is not None
                     if utf8_seen and first_bad is not None:
                         raise self._mixed(first_bad)
-                    lines += text.count("\n")
+                    lines += _lines(text)
         except OSError as exc:
             raise InputError(f"cannot read {self.name}: {exc.strerror}") from None
 
@@ -396,9 +431,7 @@ class Table:
     def _cut_head(self, head: bytes) -> bytes:
         """The first 64 KiB, or more: up to the end of the third line (Excel's ``sep=``
         line, the header, a row to sniff the delimiter from), so no header is cut."""
-        ends: list[int] = []
-        while len(ends) < 3 and (at := head.find(b"\n", ends[-1] if ends else 0)) >= 0:
-            ends.append(at + 1)
+        ends = [m.end() for _, m in zip(range(3), _LINE_END_BYTES.finditer(head), strict=False)]
         if not ends and len(head) >= _HEADER_MAX:
             raise InputError(f"{self.name}: the header row is longer than {_HEADER_MAX >> 20} MiB")
         return head[: max(_HEAD, ends[-1])] if ends else head
@@ -541,6 +574,7 @@ class Table:
             Path(self.name),
             skip=self._skip,
             spill=SPILL_COLUMNS,
+            line_end=self._line_end,
         )
 
     def chunks(self, chunk_rows: int | None = None) -> Iterator[Chunk]:
@@ -596,6 +630,7 @@ def read_csv(
     *,
     skip: int = 0,
     spill: int = 0,
+    line_end: str | None = None,
 ) -> Iterator[pd.DataFrame]:
     """A CSV file's rows after its header, in chunks, every cell the text as written.
 
@@ -605,12 +640,16 @@ def read_csv(
     that a row with more cells than the header shows: an empty one is a trailing
     delimiter, a value means the row's cells have shifted. A file with a row wider still
     (an Excel export padding a blank row with delimiters) is read again from its start
-    with room for it, the rows already given skipped.
+    with room for it, the rows already given skipped. ``line_end`` ``"\\r"``: every line
+    ends in a CR alone (see :meth:`Table._line_ends`).
     """
     given = 0
     while True:
         try:
-            for frame in _csv_frames(source, columns, delimiter, encoding, chunk_rows, skip, spill):
+            frames = _csv_frames(
+                source, columns, delimiter, encoding, chunk_rows, skip, spill, line_end
+            )
+            for frame in frames:
                 if given >= len(frame):
                     given -= len(frame)
                     continue
@@ -655,6 +694,7 @@ def _csv_frames(
     chunk_rows: int,
     skip: int,
     spill: int,
+    line_end: str | None,
 ) -> Iterator[pd.DataFrame]:
     """:func:`read_csv`'s one pass, counting the rows it gave (for a read again)."""
     import pandas as pd
@@ -678,6 +718,7 @@ def _csv_frames(
         chunksize=chunk_rows,
         engine="c",
         skip_blank_lines=True,
+        lineterminator=line_end,
     ) as reader:
         try:
             first = reader.get_chunk(chunk_rows + 1)  # the header, then a whole chunk
@@ -703,6 +744,18 @@ def _csv_frames(
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
 _UTF8_TEXT = re.compile("[\u00c0-\u00ff\u0800-\ud7ff\ue000-\U0010ffff]")
 _TOO_WIDE = re.compile(r"Expected \d+ fields in line (\d+), saw (\d+)")
+
+
+#: A line's end: LF, CRLF or a CR alone, as the CSV readers take them.
+_LINE_END = re.compile("\r\n?|\n")
+_LINE_END_BYTES = re.compile(b"\r\n?|\n")
+
+
+def _lines(text: str | bytes | bytearray) -> int:
+    """Line ends in ``text`` (a CRLF cut by the end of a block may count twice)."""
+    if not isinstance(text, str):
+        return len(_LINE_END_BYTES.findall(text))
+    return len(_LINE_END.findall(text))
 
 
 def _json_kind(value: object) -> str:
@@ -761,15 +814,19 @@ def _misdecoded(names: list[str]) -> bool:
 
 
 def _unique(names: list[str]) -> list[str]:
-    """Header names made unique the way pandas does it (``note``, ``note.1``)."""
-    seen: dict[str, int] = {}
-    out = []
+    """Header names made unique the way pandas does it (``note``, ``note.1``), skipping
+    a number another column already has (``note``, ``note.1``, ``note``: ``note.2``)."""
+    taken = set(names)
+    counts: dict[str, int] = {}
+    out: list[str] = []
     for index, name in enumerate(names):
         name = name or f"column{index + 1}"
-        if name in seen:
-            seen[name] += 1
-            name = f"{name}.{seen[name]}"
-        seen.setdefault(name, 0)
+        if name in counts:
+            base = name
+            while name in counts or name in taken:
+                counts[base] += 1
+                name = f"{base}.{counts[base]}"
+        counts.setdefault(name, 0)
         out.append(name)
     return out
 
