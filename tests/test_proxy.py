@@ -185,6 +185,35 @@ def test_a_407_stops_the_run_naming_the_proxy(
     assert sent(server) == []
 
 
+@pytest.mark.parametrize(
+    ("refusal", "said"),
+    [
+        (b"401 Unauthorized", "it refused the credentials in --proxy"),
+        (b"403 Forbidden", "it refuses to connect to the API's host"),
+    ],
+)
+def test_a_proxy_refusing_the_connect_with_401_or_403_stops_the_run(
+    https: Sandbox, certs: Certs, tmp_path: Path, refusal: bytes, said: str
+) -> None:
+    """tinyproxy answers wrong credentials 401, not 407: each row was retried, six failed
+    logins a row for the proxy's account (a lockout), and the run ended exit 1."""
+    src = pairs_csv(tmp_path / "in.csv", 30)
+    with serve_connect_proxy("Basic right") as proxy:
+        proxy.refusal = refusal
+        typed = proxy.url.replace("//", "//bob:wrong-pass@")
+        result = run(
+            https, src, "--proxy", typed, "--ca-bundle", certs.bundle, "--concurrency", "2"
+        )
+    assert result.exit_code == 3, result.output
+    status = refusal.split()[0].decode()
+    assert f"HTTP {status} from the proxy {proxy.url.split('//')[1]}: {said}" in result.stderr
+    assert "wrong-pass" not in result.output
+    assert 1 <= len(proxy.seen) <= 2  # the requests already started, no more
+    rows = read_report(tmp_path / "in.results.csv")
+    assert {r["outcome"] for r in rows} == {"skipped"}
+    assert sent(https) == []
+
+
 def test_a_proxy_that_fails_the_connect_otherwise_is_retried(
     https: Sandbox, certs: Certs, tmp_path: Path
 ) -> None:

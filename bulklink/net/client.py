@@ -317,12 +317,18 @@ def classify(
     return Answer(Verdict.FAIL, status, error)
 
 
-def proxy_refused(route: Route) -> Answer:
-    """A 407: the proxy wants credentials, or other ones; every request would get it."""
-    given = "refused the credentials in" if route.user else "asks for credentials: none in"
-    return Answer(
-        Verdict.HALT, 407, f"HTTP 407 from the proxy {route.host}: it {given} {route.source}"
-    )
+def proxy_refused(route: Route, status: int = 407) -> Answer:
+    """A 407 (or the 401 some proxies send, tinyproxy among them): the proxy wants
+    credentials, or other ones; a 403: it will not connect to the API's host. Every
+    request would get the same, and each retry would be one more failed login for the
+    proxy's account (a lockout), so the run stops."""
+    if status == 403:
+        said = "it refuses to connect to the API's host: check its rules for it"
+    elif route.user:
+        said = f"it refused the credentials in {route.source}"
+    else:
+        said = f"it asks for credentials: none in {route.source}"
+    return Answer(Verdict.HALT, status, f"HTTP {status} from the proxy {route.host}: {said}")
 
 
 def classify_exception(
@@ -360,10 +366,10 @@ def classify_exception(
 
 
 def _proxy_failure(exc: BaseException, route: Route) -> Answer | None:
-    """What the proxy did, when it was the proxy: a 407 stops the run, the rest retry."""
+    """What the proxy did, when it was the proxy: a refusal stops the run, the rest retry."""
     if isinstance(exc, aiohttp.ClientHttpProxyError):
-        if exc.status == 407:
-            return proxy_refused(route)
+        if exc.status in (401, 403, 407):
+            return proxy_refused(route, exc.status)
         return Answer(Verdict.RETRY, None, f"the proxy {route.host} answered HTTP {exc.status}")
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
         why = exc.os_error.strerror or exc
