@@ -15,7 +15,7 @@ import pytest
 from bulklink.errors import UsageError
 from bulklink.net.proxy import bypassed, parse_proxy, resolve_proxies
 from bulklink.options import ConnectionOptions
-from bulklink.sandbox import Sandbox
+from bulklink.sandbox import Reply, Sandbox
 from tests.helpers import (
     FAST_UNPACED,
     ORG,
@@ -378,3 +378,38 @@ def test_sandbox_command_refuses_a_cert_without_its_key(certs: Certs) -> None:
     result = invoke("sandbox", "--tls-cert", cert, "--port", "0")
     assert result.exit_code == 2
     assert "--tls-key" in one_line_error(result)
+
+
+def test_proxy_credentials_echoed_into_answers_are_masked_in_the_report_and_summary(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    """A proxy's error page (or the server behind it) quoting the request's
+    Proxy-Authorization reached the report and the summary JSON unmasked: the client's
+    redactor knew the API's credentials only. The sandbox plays the plain-http proxy."""
+    secret = "puser:pSECRETpass9"
+    basic = base64.b64encode(secret.encode()).decode()
+    proxy = start_sandbox(
+        script={
+            "T00001": [
+                Reply(502, f"Upstream error. Your headers: Proxy-Authorization: Basic {basic}")
+            ],
+            "T00002": [Reply(502, {"message": f"proxy user {secret} not allowed upstream"})],
+            "T00003": [
+                Reply(200, {"status": True, "data": {"id": "T00003", "title": f"via {secret}"}})
+            ],
+        }
+    )
+    src = pairs_csv(tmp_path / "in.csv", 3)
+    summary = tmp_path / "summary.json"
+    via = proxy.url.replace("//", f"//{secret}@")
+    result = run(
+        proxy, src, "--base-url", "http://127.0.0.1:9", "--allow-http", "--proxy", via,
+        "--max-retries", "0", "--summary-json", summary,
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    rows = read_report(tmp_path / "in.results.csv")
+    assert [r["outcome"] for r in rows] == ["failed", "failed", "linked"]
+    assert "***" in rows[0]["error"] and "***" in rows[1]["error"]
+    assert rows[2]["ticket.title"] == "via ***"
+    for text in ((tmp_path / "in.results.csv").read_text(), summary.read_text(), result.output):
+        assert "pSECRETpass9" not in text and basic not in text

@@ -26,6 +26,7 @@ import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
 
 from bulklink.models import VERSION
+from bulklink.net.connection import secrets_redactor
 from bulklink.net.credentials import Auth
 from bulklink.net.proxy import Proxies, Route, resolve_proxies
 from bulklink.net.tls import Trust, resolve_trust, tls_failure
@@ -462,8 +463,9 @@ class Client:
 
     Redirects are never followed (aiohttp would carry ``x-api-key`` and ``x-org-id`` to
     another origin); answers are read up to MAX_ANSWER decoded bytes; the credentials are
-    scrubbed from every answer before it is parsed or stored, in every spelling
-    :meth:`Auth.redact` knows and, for JSON, after decoding.
+    scrubbed from every answer before it is parsed or stored, in every spelling the
+    redactor knows and, for JSON, after decoding; the proxies' credentials too, which a
+    proxy's error page may quote.
     """
 
     def __init__(
@@ -486,6 +488,7 @@ class Client:
         self.timeout = timeout
         proxies = proxies if proxies is not None else resolve_proxies(ConnectionOptions())
         self.route = proxies.route(self.url)
+        self.redact = secrets_redactor(auth, proxies)
         self._via = self.route.request_options(self.url) if self.route else {}
         self._via["headers"] = self.auth.headers() | self._via.get("headers", {})
         self.trust = trust if trust is not None else resolve_trust(ConnectionOptions())
@@ -535,7 +538,7 @@ class Client:
                 if status == 407 and self.route is not None:  # plain http, through it
                     return proxy_refused(self.route)
                 answer = classify(
-                    status, resp.headers, self.scrub(body), url=self.url, redact=self.auth.redact
+                    status, resp.headers, self.scrub(body), url=self.url, redact=self.redact
                 )
                 budgets = read_budgets(resp.headers) if self._rate_headers else ()
                 if budgets:
@@ -547,11 +550,11 @@ class Client:
                 host=self.host,
                 trust=self.trust,
                 route=self.route,
-                redact=self.auth.redact,
+                redact=self.redact,
             )
         if answer.error:  # decoded text: a secret echoed in any spelling is caught here
-            return answer._replace(error=_clip(self.auth.redact(answer.error)))
+            return answer._replace(error=_clip(self.redact(answer.error)))
         return answer
 
     def scrub(self, body: bytes) -> bytes:
-        return self.auth.redact.body(body)
+        return self.redact.body(body)

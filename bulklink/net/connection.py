@@ -34,12 +34,18 @@ class Connection:
     @property
     def redact(self) -> Redactor:
         """The credentials and the proxies' credentials out of any text."""
-        return self.auth.redact | Redactor(self.proxies.secrets())
+        return secrets_redactor(self.auth, self.proxies)
 
     def describe(self, notify_url: str | None = None) -> str:
         return describe_network(
             self.proxies, self.trust, self.base_url, notify_url, sandbox=self.sandbox
         )
+
+
+def secrets_redactor(auth: Auth, proxies: Proxies) -> Redactor:
+    """Every secret a run holds: the API's credentials and the proxies' (which a proxy's
+    error page, or the server behind it, may echo into an answer)."""
+    return auth.redact | Redactor(proxies.secrets())
 
 
 def describe_network(
