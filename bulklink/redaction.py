@@ -27,6 +27,9 @@ from bulklink.text import escape_name_bytes
 
 MASK = "***"
 MIN_SECRET = 4  # a shorter secret would mangle ordinary words when redacted
+#: A secret's first characters that mark what is left of it where a library cut a text
+#: short before bulklink saw it (aiohttp quotes a too-long header's first 100 bytes).
+_HEAD = 16
 _MIN_QUERY_VALUE = 8  # a webhook's ``sig=`` or ``key=``; ``sv=1.0`` is not a secret
 _MIN_PATH_SEGMENT = 16  # a Slack or Teams key segment; ``services`` or ``invoke`` is not
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
@@ -46,8 +49,8 @@ def secret_forms(secret: str) -> set[str]:
     """Every spelling of ``secret`` a server is known to echo it back in.
 
     Raw, JSON-escaped (minimal and ``ensure_ascii``), URL-encoded (``quote`` and
-    ``quote_plus``, upper- and lower-case hex) and decoded, HTML-escaped and base64
-    (standard and URL-safe, with and without padding). JSON with arbitrary ``\\uXXXX``
+    ``quote_plus``, upper- and lower-case hex) and decoded, HTML-escaped, base64
+    (standard and URL-safe, with and without padding) and hex. JSON with arbitrary ``\\uXXXX``
     escapes has infinitely many spellings: :meth:`Redactor.body` decodes such bodies first.
     """
     if len(secret) < MIN_SECRET:
@@ -69,6 +72,8 @@ def secret_forms(secret: str) -> set[str]:
         b64.rstrip("="),
         b64url,
         b64url.rstrip("="),
+        raw.hex(),  # a gateway's or a logger's dump of the header
+        raw.hex().upper(),
     }
     forms |= {_PERCENT.sub(lambda m: m.group().lower(), form) for form in list(forms)}
     return {form for form in forms if len(form) >= MIN_SECRET}
@@ -162,6 +167,25 @@ def _mask_runs(text: _Text, core: _Text, alphabet: _Text, mask: _Text) -> _Text:
     return text[:0].join(out)
 
 
+def _mask_heads(text: _Text, head: _Text, secret: _Text, mask: _Text) -> _Text:
+    """``text`` with each run that begins like ``secret`` (its first :data:`_HEAD`
+    characters at least) masked as far as it goes on like it: a secret cut short."""
+    out: list[_Text] = []
+    done = 0
+    at = text.find(head)
+    while at >= 0:
+        end = at + len(head)
+        while end - at < len(secret) and text[end : end + 1] == secret[end - at : end - at + 1]:
+            end += 1
+        out += [text[done:at], mask]
+        done = end
+        at = text.find(head, done)
+    if not out:
+        return text
+    out.append(text[done:])
+    return text[:0].join(out)
+
+
 class Redactor:
     """Replaces every known spelling of the secrets with ``***``; callable on text."""
 
@@ -176,10 +200,16 @@ class Redactor:
         self._forms_bytes = [form.encode("utf-8", "surrogatepass") for form in self.forms]
         self._cores = sorted({core for secret in found for core in base64_cores(secret)})
         self._cores_bytes = [core.encode() for core in self._cores]  # base64 is ASCII
+        self._heads = sorted((secret[:_HEAD], secret) for secret in found if len(secret) > _HEAD)
+        self._heads_bytes = [
+            (head.encode("utf-8", "surrogatepass"), secret.encode("utf-8", "surrogatepass"))
+            for head, secret in self._heads
+        ]
         # The forms to look for first: one contains another (base64 with and without
         # padding, say), so when no shortest one is in a body, none of the rest is.
         self._probes: list[bytes] = []
-        for form in sorted([*self._forms_bytes, *self._cores_bytes], key=len):
+        heads = [head for head, _ in self._heads_bytes]
+        for form in sorted([*self._forms_bytes, *self._cores_bytes, *heads], key=len):
             if not any(probe in form for probe in self._probes):
                 self._probes.append(form)
 
@@ -212,6 +242,9 @@ class Redactor:
         for core in self._cores:
             if core in text:
                 text = _mask_runs(text, core, _B64, MASK)
+        for head, secret in self._heads:
+            if head in text:
+                text = _mask_heads(text, head, secret, MASK)
         return text
 
     def value(self, value: Any) -> Any:
@@ -236,10 +269,16 @@ class Redactor:
                 return b"answer nested too deeply to read"
         if not any(probe in body for probe in self._probes):
             return body
+        return self._masked_bytes(body)
+
+    def _masked_bytes(self, body: bytes) -> bytes:
         for form in self._forms_bytes:
             if form in body:
                 body = body.replace(form, MASK.encode())
         for core in self._cores_bytes:
             if core in body:
                 body = _mask_runs(body, core, _B64_BYTES, MASK.encode())
+        for head, secret in self._heads_bytes:
+            if head in body:
+                body = _mask_heads(body, head, secret, MASK.encode())
         return body

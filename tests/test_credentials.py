@@ -551,6 +551,9 @@ ECHOES: dict[str, tuple[str, str]] = {
     # JSON's short escapes in a page that is no JSON (PHP's json_encode writes \/).
     "json-slash-as-text": ((shown := _json_literal(ODD_TOKEN).replace("/", "\\/")),) * 2,
     "base64-of-the-header": (base64.b64encode(f"Bearer {ODD_TOKEN}".encode()).decode(),) * 2,
+    # A gateway's or a logger's hex dump of the header, in either case.
+    "hex": (ODD_TOKEN.encode().hex(),) * 2,
+    "hex-upper": (ODD_TOKEN.encode().hex().upper(),) * 2,
 }
 
 
@@ -623,6 +626,92 @@ def test_a_token_cut_short_with_what_the_server_said_shows_no_part_of_it(
     assert read_report(out)[0]["outcome"] == "failed"
     assert "***" in read_report(out)[0]["error"]
     assert [t for t in texts if TOKEN[:8] in t or _every_byte(TOKEN)[:12] in t] == []
+
+
+LONG_TOKEN = "sk_live_" + "nd0wgrsjLYIy4uVoV2ySsQIRmMha0ZnFYTsSMDl9mb8uAq8WdBMwlJ" * 3
+
+
+def test_a_long_token_cut_short_by_the_http_library_shows_no_part_of_it(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    """aiohttp quotes only a too-long header's first 100 bytes: what is left of a long
+    token (a JWT, an opaque key) there was in no spelling the redactor knew."""
+    echo = Reply(500, headers={"X-Echo": "Bearer " + LONG_TOKEN + "B" * 9000})
+    server = start_sandbox(token=LONG_TOKEN, script={"T00001": [echo]})
+    out, summary = tmp_path / "out.csv", tmp_path / "summary.json"
+    result = run_against(
+        server, "run", pairs_csv(tmp_path / "in.csv", 2), "-o", out, "--rate", "0",
+        "--max-retries", "0", "--summary-json", summary, *FAST,
+        env={"THENA_TOKEN": LONG_TOKEN},
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert read_report(out)[0]["error"].startswith("malformed answer: ")
+    assert "Bearer ***" in read_report(out)[0]["error"]
+    for text in (result.output, out.read_text(), summary.read_text()):
+        assert LONG_TOKEN[:16] not in text and LONG_TOKEN[20:40] not in text
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_a_token_echoed_in_an_answer_in_utf16_or_utf32_is_masked(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path, encoding: str
+) -> None:
+    """The redactor looked for the UTF-8 bytes of the token only, while the parser reads
+    JSON in UTF-16 and UTF-32 too: the report's ticket held it, and an error page's
+    message spelt it with NULs between its letters."""
+    json_type = {"Content-Type": f"application/json; charset={encoding}"}
+    page_type = {"Content-Type": f"text/html; charset={encoding}"}
+    ticket = {"status": True, "data": {"id": "X", "title": f"req by {TOKEN}"}}
+    page = f"<html><body>Bad gateway: Authorization: Bearer {TOKEN}</body></html>"
+    script = {
+        "T00001": [Reply(200, json.dumps(ticket).encode(encoding), json_type)],
+        "T00002": [Reply(502, page.encode(encoding), page_type)],
+    }
+    server = start_sandbox(script=script)
+    out, summary = tmp_path / "out.csv", tmp_path / "summary.json"
+    result = run_against(
+        server, "run", pairs_csv(tmp_path / "in.csv", 3), "-o", out, "--rate", "0",
+        "--max-retries", "0", "--summary-json", summary, *FAST,
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    rows = read_report(out)
+    assert (rows[0]["outcome"], rows[0]["ticket.title"]) == ("linked", "req by ***")
+    assert (
+        rows[1]["error"]
+        == "HTTP 502 Bad gateway: Authorization: Bearer *** (gave up after 1 attempts)"
+    )
+    spellings = [TOKEN.encode(), TOKEN.encode("utf-16-le"), TOKEN.encode("utf-16-be")]
+    for data in (result.output.encode(), out.read_bytes(), summary.read_bytes()):
+        assert [s for s in spellings if s in data] == []
+
+
+def test_a_json_answer_in_the_charset_it_declares_is_read(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    """A gateway transcoding to Latin-1, saying so: the pair was linked, but the answer
+    was taken for no JSON and the row reported failed every night."""
+    body = json.dumps({"status": True, "data": {"id": "X", "title": "café"}}, ensure_ascii=False)
+    latin = {"Content-Type": "application/json; charset=iso-8859-1"}
+    server = start_sandbox(script={"T00001": [Reply(200, body.encode("latin-1"), latin)]})
+    out = tmp_path / "out.csv"
+    result = run_against(server, "run", pairs_csv(tmp_path / "in.csv", 1), "-o", out, *FAST)
+    assert result.exit_code == 0, result.output
+    assert read_report(out)[0]["ticket.title"] == "café"
+
+
+def test_a_token_echoed_in_an_unknown_content_encoding_is_masked(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    """The encoding was quoted lower-cased: a token spelt otherwise in no case at all."""
+    echo = Reply(200, b"{}", {"Content-Encoding": f"br; {TOKEN}"})
+    server = start_sandbox(script={"T00001": [echo]})
+    out = tmp_path / "out.csv"
+    result = run_against(server, "run", pairs_csv(tmp_path / "in.csv", 1), "-o", out, *FAST)
+    assert result.exit_code == 1, result.output
+    assert (
+        read_report(out)[0]["error"]
+        == "HTTP 200 answer encoded as 'br; ***', which bulklink did not ask for"
+    )
+    assert TOKEN.lower() not in result.output and TOKEN.lower() not in out.read_text()
 
 
 def test_every_spelling_of_a_secret_is_redacted() -> None:

@@ -425,8 +425,8 @@ def _zlib_header(data: bytes) -> bool:
 
 async def read_capped(resp: aiohttp.ClientResponse) -> bytes | str:
     """The decoded body, or why not (too large, an encoding not asked for, corrupt)."""
-    coding = resp.headers.get("Content-Encoding")
-    coding = "" if coding is None else coding.strip().lower()
+    sent = (resp.headers.get("Content-Encoding") or "").strip()
+    coding = sent.lower()
     if coding in ("", "identity"):
         length = resp.content_length
         if length is not None and length <= MAX_ANSWER:
@@ -437,8 +437,9 @@ async def read_capped(resp: aiohttp.ClientResponse) -> bytes | str:
     elif coding in ("gzip", "x-gzip", "deflate"):
         inflater = _Inflater(coding)
     else:
-        # Whole: the caller redacts the message before cutting it (a header may echo a secret).
-        return f"answer encoded as {coding!r}, which bulklink did not ask for"
+        # Whole and as sent: the caller redacts the message before cutting it (a header
+        # may echo a secret, which lower-cased is in no spelling the redactor knows).
+        return f"answer encoded as {sent!r}, which bulklink did not ask for"
     body = bytearray()
     try:
         async for chunk in resp.content.iter_chunked(_CHUNK):
@@ -451,6 +452,27 @@ async def read_capped(resp: aiohttp.ClientResponse) -> bytes | str:
     if inflater is not None and inflater.truncated:
         return f"the answer's {coding} data is corrupt"
     return bytes(body)
+
+
+def as_utf8(body: bytes, charset: str | None) -> bytes:
+    """An answer in UTF-8, which the redactor, the parser and the journal work on: JSON in
+    UTF-16 or UTF-32 (a byte-order mark, or JSON's pattern of NULs), or a body that is no
+    UTF-8 in the charset its Content-Type names (a gateway's Latin-1). A secret echoed in
+    UTF-16 is in no UTF-8 spelling the redactor looks for; a body that decodes as neither
+    is left as it came."""
+    encoding: str = json.detect_encoding(body)
+    if encoding.startswith("utf-8"):
+        try:
+            body.decode(encoding)
+            return body
+        except UnicodeDecodeError:
+            if charset is None:
+                return body
+            encoding = charset
+    try:
+        return body.decode(encoding).encode("utf-8", "surrogatepass")
+    except (UnicodeDecodeError, LookupError):
+        return body
 
 
 def link_body(source: str, linked: str) -> bytes:
@@ -534,15 +556,11 @@ class Client:
                 else:
                     body = await read_capped(resp)
                 if isinstance(body, str):  # not retried: the same answer would come back
-                    return Answer(Verdict.FAIL, status, f"HTTP {status} {body}")
-                if status == 407 and self.route is not None:  # plain http, through it
-                    return proxy_refused(self.route)
-                answer = classify(
-                    status, resp.headers, self.scrub(body), url=self.url, redact=self.redact
-                )
-                budgets = read_budgets(resp.headers) if self._rate_headers else ()
-                if budgets:
-                    answer = answer._replace(budgets=budgets)
+                    answer = Answer(Verdict.FAIL, status, f"HTTP {status} {body}")
+                elif status == 407 and self.route is not None:  # plain http, through it
+                    answer = proxy_refused(self.route)
+                else:
+                    answer = self._classify(resp, status, body)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             answer = classify_exception(  # may quote what the server sent
                 exc,
@@ -555,6 +573,13 @@ class Client:
         if answer.error:  # decoded text: a secret echoed in any spelling is caught here
             return answer._replace(error=_clip(self.redact(answer.error)))
         return answer
+
+    def _classify(self, resp: aiohttp.ClientResponse, status: int, body: bytes) -> Answer:
+        if not body.isascii() or 0 in body[:2]:  # else UTF-8: the usual answer
+            body = as_utf8(body, resp.charset)
+        answer = classify(status, resp.headers, self.scrub(body), url=self.url, redact=self.redact)
+        budgets = read_budgets(resp.headers) if self._rate_headers else ()
+        return answer._replace(budgets=budgets) if budgets else answer
 
     def scrub(self, body: bytes) -> bytes:
         return self.redact.body(body)
