@@ -39,6 +39,7 @@ from tests.helpers import (
     lock_of,
     make_jwt,
     no_secret_anywhere,
+    one_line_usage_error,
     pairs_csv,
     read_report,
     run,
@@ -736,3 +737,23 @@ def test_a_token_file_others_can_read_is_warned_about_even_when_quiet(
     token_file.chmod(0o600)
     quiet = invoke("run", src, "--token-file", token_file, "-q", "--no-state", env=env)
     assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+
+
+@pytest.mark.parametrize(
+    ("where", "org"), [("env", "org_1\norg_2"), ("option", "org\x01x"), ("env", "org\x7f")]
+)
+def test_an_org_id_no_header_can_hold_is_one_line_and_nothing_sent(
+    sandbox: Sandbox, tmp_path: Path, where: str, org: str
+) -> None:
+    """It ended the run exit 70, 'a bug in bulklink', every row skipped, every night."""
+    src = pairs_csv(tmp_path / "in.csv", 2)
+    if where == "env":
+        result = run_against(sandbox, "run", src, *FAST, env={"THENA_ORG_ID": org})
+        origin = "THENA_ORG_ID"
+    else:
+        result = run_against(sandbox, "run", src, "--org-id", org, *FAST)
+        origin = "--org-id"
+    line = one_line_usage_error(result)
+    assert f"the organization ID from {origin} contains a control character" in line
+    assert sandbox.requests == []
+    assert not (tmp_path / "in.results.csv").exists()

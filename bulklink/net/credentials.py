@@ -150,18 +150,22 @@ def _check(secret: Secret | None, what: str) -> None:
         raise UsageError(f'{origin} holds "Bearer ..."; {only}')
     if _HEADER_LINE.match(value):
         raise UsageError(f"{origin} holds a header line ({value.split(':')[0]}: ...); {only}")
+    _refuse_odd_characters(value, f"the credential from {origin}", what)
+
+
+def _refuse_odd_characters(value: str, holder: str, what: str) -> None:
+    """A header's value (a credential, the org ID) is plain ASCII without spaces."""
     for index, ch in enumerate(value):
         code = ord(ch)
         if code < 32 or code == 127:
             # aiohttp would refuse the header mid-run; say so before anything is sent.
             raise UsageError(
-                f"the credential from {origin} contains a control character "
-                f"(U+{code:04X} at position {index + 1})"
+                f"{holder} contains a control character (U+{code:04X} at position {index + 1})"
             )
         if code > 126 or ch == " ":
-            # A pasted typographic character or a zero-width space: never part of a token.
+            # A pasted typographic character or a zero-width space: never part of one.
             raise UsageError(
-                f"the credential from {origin} contains "
+                f"{holder} contains "
                 f"{'a space' if ch == ' ' else f'the character U+{code:04X}'} at position "
                 f"{index + 1}; a {what} is plain ASCII without spaces"
             )
@@ -205,9 +209,14 @@ def resolve_auth(options: ConnectionOptions, env: Mapping[str, str] | None = Non
 
 
 def chosen_org_id(options: ConnectionOptions, env: Mapping[str, str] | None = None) -> str | None:
-    """``--org-id``, else ``THENA_ORG_ID``; None when neither is set."""
+    """``--org-id``, else ``THENA_ORG_ID``; None when neither is set. It is sent as a
+    header, so it is refused as a credential is for what no header can hold (a line
+    break: ``$(cat orgs.txt)`` of a two-line file)."""
     env = os.environ if env is None else env
-    return (options.org_id or env.get("THENA_ORG_ID", "")).strip() or None
+    origin = "--org-id" if options.org_id else "THENA_ORG_ID"
+    org = (options.org_id or env.get("THENA_ORG_ID", "")).strip()
+    _refuse_odd_characters(org, f"the organization ID from {origin}", "organization ID")
+    return org or None
 
 
 def _warnings(secret: Secret) -> tuple[str, ...]:
