@@ -763,3 +763,31 @@ def test_a_mixed_encoding_refusal_names_the_line_in_a_cr_only_file(
     src.write_bytes(b"sourceTicketId,linkedTicketId\rT\xc3\xa91,L1\rT2,L2\rT\xe93,L3\r")
     assert "line 4 is not UTF-8" in one_line_usage_error(run(sandbox, src))
     assert sandbox.requests == []
+
+
+@pytest.mark.parametrize("delimiter", ["\t", ","])
+def test_a_stray_quote_that_would_hide_rows_in_one_cell_is_refused(
+    sandbox: Sandbox, tmp_path: Path, delimiter: str
+) -> None:
+    """A dump that quotes nothing, a title starting with a quote: the lines up to the next
+    quote were read as one cell, and their pairs were neither sent nor reported."""
+    lines = [
+        ["title", *HEAD], ['"Urgent: printer', "T1", "L1"], ["Login fails", "T2", "L2"],
+        ['Screen 27" flickers', "T3", "L3"], ["Mail down", "T5", "L5"],
+    ]  # fmt: skip
+    src = tmp_path / ("in.tsv" if delimiter == "\t" else "in.csv")
+    src.write_text("".join(delimiter.join(cells) + "\n" for cells in lines))
+    line = one_line_usage_error(run(sandbox, src))
+    assert "lines 2-4 were read as one cell" in line and "stray quote" in line
+    assert sandbox.requests == []
+
+
+def test_a_quoted_cell_spanning_lines_with_delimiters_in_it_is_read(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    src = tmp_path / "in.csv"
+    src.write_text('note,sourceTicketId,linkedTicketId\n"one, two,\nthree, four",T1,L1\nx,T2,L2\n')
+    result = run(sandbox, src)
+    assert result.exit_code == 0, result.output
+    assert sent_checked(sandbox) == [("T1", "L1"), ("T2", "L2")]
+    assert read_report(tmp_path / "in.results.csv")[0]["note"] == "one, two,\nthree, four"

@@ -276,6 +276,7 @@ class Table:
         self.report = report
         self._skip = 0  # lines before the header: Excel's ``sep=;``
         self._lone_cr = False  # a CR byte not followed by LF: the file may end lines in CR alone
+        self._quoting_checked = False  # see _refuse_stray_quotes
         #: ``"\r"`` when every line ends in a CR alone (a classic Mac export), else None.
         self._line_end: str | None = None
         self._unnamed: set[str] = set()  # trailing columns with no name: kept once filled
@@ -399,6 +400,32 @@ class Table:
                 "the file with one kind of line end (CRLF or LF)"
             )
         return "\r" if lone and not lf else None
+
+    def _refuse_stray_quotes(self, cells: list[list[str]]) -> None:
+        """A quoted cell may span lines; one whose closing quote is followed by more text
+        began with a stray quote (``"Urgent: printer`` in a dump that quotes nothing), and
+        the lines up to the next quote, rows and all, were read as that one cell: their
+        pairs would be neither sent nor reported. Refused, naming the lines (the strict
+        reading of RFC 4180, looked at only once a chunk's ``cells`` hold a line break)."""
+        if not any(_line_break_in(column) for column in cells):
+            return
+        self._quoting_checked = True
+        try:
+            with self.path.open(encoding=self.encoding, errors="replace", newline="") as fh:
+                rows = csv.reader(fh, delimiter=self.delimiter, strict=True)
+                start = 1
+                for _ in rows:
+                    start = rows.line_num + 1
+        except csv.Error as exc:
+            if "expected after" not in str(exc):
+                return  # not about quoting (a field past the csv module's limit, say)
+            raise InputError(
+                f"{self.name}: lines {start}-{rows.line_num} were read as one cell: a quote "
+                "that opens a cell is closed by one followed by more text (a stray quote at "
+                'the start of a cell?); remove it, or quote the cell ("" for a quote inside)'
+            ) from None
+        except OSError as exc:
+            raise InputError(f"cannot read {self.name}: {exc.strerror}") from None
 
     def _refuse_mixed_encodings(self) -> None:
         """A file that is not all UTF-8 but holds UTF-8 text (two exports pasted together)
@@ -592,6 +619,8 @@ class Table:
             source = _trimmed(frame[self.source_col].tolist())
             linked = _trimmed(frame[self.linked_col].tolist())
             columns = {c: frame[c].tolist() for c in self.other_cols}
+            if self._frame is None and not self._quoting_checked:  # a CSV's
+                self._refuse_stray_quotes([source, linked, *columns.values()])
             filled.update(c for c in self._unnamed if any(v not in ("", None) for v in columns[c]))
             changed = self.snapshot is not None and self.snapshot.changed()
             yield Chunk(start, source, linked, columns, changed, overfull)
@@ -599,6 +628,11 @@ class Table:
         if self._unnamed:
             empty, self._unnamed = self._unnamed - filled, set()
             self.other_cols = [c for c in self.other_cols if c not in empty]
+
+
+def _line_break_in(cells: list[str]) -> bool:
+    joined = "".join(cells)  # one pass at C speed over the chunk's column
+    return "\n" in joined or "\r" in joined
 
 
 def _overfull(frame: pd.DataFrame, width: int) -> tuple[pd.DataFrame, np.ndarray[Any, Any] | None]:
