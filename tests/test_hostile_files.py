@@ -791,3 +791,34 @@ def test_a_quoted_cell_spanning_lines_with_delimiters_in_it_is_read(
     assert result.exit_code == 0, result.output
     assert sent_checked(sandbox) == [("T1", "L1"), ("T2", "L2")]
     assert read_report(tmp_path / "in.results.csv")[0]["note"] == "one, two,\nthree, four"
+
+
+@pytest.mark.parametrize(
+    ("codec", "first"),
+    [("cp932", "チケット1"), ("cp932", "ﾁｹｯﾄ2"), ("cp949", "티켓1"), ("big5", "票1"),
+     ("gb18030", "北京工单1")],
+)  # fmt: skip
+def test_an_east_asian_csv_read_as_cp1252_is_refused_and_read_with_its_encoding(
+    sandbox: Sandbox, tmp_path: Path, codec: str, first: str
+) -> None:
+    """Excel's "CSV" on Japanese, Korean or Chinese Windows is no UTF-8: read as cp1252,
+    ``チケット1`` went out as ``ƒ`ƒPƒbƒg1`` and was reported linked."""
+    src = tmp_path / "in.csv"
+    src.write_bytes(f"sourceTicketId,linkedTicketId,note\nT1,L1,x\n{first},L2,番\n".encode(codec))
+    line = one_line_usage_error(run(sandbox, src))
+    assert "look like East Asian text read in the wrong encoding (row 2:" in line
+    assert "--encoding: cp932 (Japanese)" in line
+    assert sandbox.requests == []
+    result = run(sandbox, src, "--encoding", codec)
+    assert result.exit_code == 0, result.output
+    assert sent_checked(sandbox) == [("T1", "L1"), (first, "L2")]
+
+
+def test_a_cp1252_csv_with_accented_ids_is_still_read_as_cp1252(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    src = tmp_path / "in.csv"
+    src.write_bytes("sourceTicketId,linkedTicketId\nMüller,L1\nGrüße,L2\n".encode("cp1252"))
+    result = run(sandbox, src)
+    assert result.exit_code == 0, result.output
+    assert sent_checked(sandbox) == [("Müller", "L1"), ("Grüße", "L2")]

@@ -20,6 +20,7 @@ import os
 import re
 import stat
 import sys
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,6 +278,7 @@ class Table:
         self._skip = 0  # lines before the header: Excel's ``sep=;``
         self._lone_cr = False  # a CR byte not followed by LF: the file may end lines in CR alone
         self._quoting_checked = False  # see _refuse_stray_quotes
+        self._guessed = False  # the encoding is cp1252 for want of a better one: see _refuse_cjk
         #: ``"\r"`` when every line ends in a CR alone (a classic Mac export), else None.
         self._line_end: str | None = None
         self._unnamed: set[str] = set()  # trailing columns with no name: kept once filled
@@ -327,6 +329,7 @@ class Table:
         text = self._head_text(head)  # refuses what is no text first
         if self.options.encoding is None and self.encoding == "cp1252":
             self._refuse_mixed_encodings()
+            self._guessed = True
         sep = _SEP_LINE.match(text)
         if sep is not None:  # Excel's own line naming the delimiter: it is no header
             text, self._skip = text[sep.end() :], 1
@@ -400,6 +403,42 @@ class Table:
                 "the file with one kind of line end (CRLF or LF)"
             )
         return "\r" if lone and not lf else None
+
+    def _refuse_cjk(self, source: list[str], linked: list[str], start: int) -> None:
+        """A file that is not UTF-8 is read as cp1252. One whose IDs then look like East
+        Asian text read wrongly (Excel's "CSV" on Japanese, Chinese or Korean Windows)
+        would have them sent garbled (``チケット1`` as ``ƒ`ƒPƒbƒg1``): refused, asking for
+        --encoding. Looked at once, on the first ID beyond ASCII: when it is mostly such
+        characters, the whole file is text in a double-byte encoding, and the ID read in
+        it holds East Asian characters (an ID with a Latin letter or two, ``Müller``,
+        passes)."""
+        ids = next((ids for ids in (source, linked) if not "".join(ids).isascii()), None)
+        if ids is None:
+            return
+        self._guessed = False
+        row, shown = next((n, v) for n, v in enumerate(ids, start + 1) if not v.isascii())
+        odd = sum(not char.isascii() for char in shown)
+        if odd < 2 or odd * 5 < len(shown) * 2:
+            return
+        decoders = {codec: codecs.getincrementaldecoder(codec)() for codec in _EAST_ASIAN}
+        try:
+            with self.path.open("rb") as fh:
+                while decoders and (block := fh.read(1 << 20)):
+                    decoders = {c: d for c, d in decoders.items() if _decodes(d, block)}
+        except OSError as exc:
+            raise InputError(f"cannot read {self.name}: {exc.strerror}") from None
+        for codec, decoder in decoders.items():
+            if not _decodes(decoder, b"", final=True):
+                continue
+            meant = shown.encode("cp1252", "ignore").decode(codec, "ignore")
+            if any(unicodedata.east_asian_width(char) in "WFH" for char in meant):
+                raise InputError(
+                    f"{self.name} is not UTF-8, and read as cp1252 its IDs look like East "
+                    f"Asian text read in the wrong encoding (row {row}: {shown!r}); give its "
+                    "encoding with --encoding: cp932 (Japanese), cp949 (Korean), big5 "
+                    "(Traditional Chinese), gb18030 (Simplified Chinese), or cp1252 if it "
+                    "is that"
+                )
 
     def _refuse_stray_quotes(self, cells: list[list[str]]) -> None:
         """A quoted cell may span lines; one whose closing quote is followed by more text
@@ -621,6 +660,8 @@ class Table:
             columns = {c: frame[c].tolist() for c in self.other_cols}
             if self._frame is None and not self._quoting_checked:  # a CSV's
                 self._refuse_stray_quotes([source, linked, *columns.values()])
+            if self._guessed:
+                self._refuse_cjk(source, linked, start)
             filled.update(c for c in self._unnamed if any(v not in ("", None) for v in columns[c]))
             changed = self.snapshot is not None and self.snapshot.changed()
             yield Chunk(start, source, linked, columns, changed, overfull)
@@ -628,6 +669,11 @@ class Table:
         if self._unnamed:
             empty, self._unnamed = self._unnamed - filled, set()
             self.other_cols = [c for c in self.other_cols if c not in empty]
+
+
+#: Double-byte encodings Excel writes "CSV" in on East Asian Windows (Shift-JIS, Korean,
+#: Big5, GBK), tried on a file that is not UTF-8 whose IDs are not ASCII read as cp1252.
+_EAST_ASIAN = ("cp932", "cp949", "big5", "gb18030")
 
 
 def _line_break_in(cells: list[str]) -> bool:
