@@ -31,6 +31,7 @@ from tests.helpers import (
     ROOT,
     make_xlsx,
     one_line_error,
+    one_line_usage_error,
     pairs_csv,
     read_any,
     report_header,
@@ -278,6 +279,33 @@ def test_a_chart_sheet_first_is_passed_over(sandbox: Sandbox, tmp_path: Path) ->
     result = run(sandbox, path, "--sheet", "Chart", "--dry-run")
     assert result.exit_code == 2
     assert "'Chart'" in one_line_error(result) and "is a chart" in result.stderr
+
+
+def test_a_hidden_worksheet_behind_a_chart_is_not_read_unless_named(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """With a chart the only visible sheet, the hidden one (old pairs put away on
+    purpose) was read and linked without a word."""
+    book = openpyxl.Workbook()
+    data = book.active
+    assert data is not None
+    data.title = "old pairs"
+    for row in (HEAD, ["HID1", "HID2"]):
+        data.append(row)
+    chart_sheet = book.create_chartsheet("Dashboard", 0)
+    chart = BarChart()
+    chart.add_data(Reference(data, min_col=1, min_row=1, max_row=2))
+    chart_sheet.add_chart(chart)
+    data.sheet_state = "hidden"
+    book.active = 0
+    path = tmp_path / "dash.xlsx"
+    book.save(path)
+    line = one_line_usage_error(run(sandbox, path))
+    assert "has no visible worksheet" in line and "'old pairs' (hidden)" in line
+    assert sandbox.requests == []
+    result = run(sandbox, path, "--sheet", "old pairs")
+    assert result.exit_code == 0, result.output
+    assert sent_checked(sandbox) == [("HID1", "HID2")]
 
 
 def test_an_encrypted_workbook_is_called_password_protected(

@@ -257,11 +257,14 @@ def _choose(sheets: Sequence[Any], path: Path, wanted: str | None) -> tuple[str,
     tables = [s for s in sheets if s.typ == python_calamine.SheetTypeEnum.WorkSheet]
     if wanted is None:
         # Excel never shows a hidden sheet, so the first sheet a user sees is the first
-        # visible one; a chart sheet holds no rows.
+        # visible one; a chart sheet holds no rows. A hidden one (old pairs, put away on
+        # purpose) is read only when named.
         visible = [s for s in tables if s.visible == python_calamine.SheetVisibleEnum.Visible]
-        if not (visible or tables):
-            raise InputError(f"{path} has no worksheet with rows; its sheets: {listed(sheets)}")
-        sheet = (visible or tables)[0]
+        if not visible:
+            what = "visible worksheet" if tables else "worksheet with rows"
+            hint = " (pick one with --sheet)" if tables else ""
+            raise InputError(f"{path} has no {what}; its sheets: {listed(sheets)}{hint}")
+        sheet = visible[0]
     else:
         sheet = _by_name(sheets, wanted, path, listed)
         if sheet not in tables:
