@@ -296,6 +296,17 @@ BAD_CHARS = {
     "\u200b": "U+200B ZERO WIDTH SPACE",
     "\u202e": "U+202E RIGHT-TO-LEFT OVERRIDE",
     "\ufffd": "U+FFFD REPLACEMENT CHARACTER",
+    # What Unicode shows as nothing beyond Cf, and the Braille blank: a cell of one looks
+    # blank, an ID with one looks like another ID.
+    "\u3164": "U+3164 HANGUL FILLER",
+    "\uffa0": "U+FFA0 HALFWIDTH HANGUL FILLER",
+    "\u2800": "U+2800 BRAILLE PATTERN BLANK",
+    "\ufe0f": "U+FE0F VARIATION SELECTOR-16",
+    "\U000e0100": "U+E0100 VARIATION SELECTOR-17",
+    "\u034f": "U+034F COMBINING GRAPHEME JOINER",
+    "\u115f": "U+115F HANGUL CHOSEONG FILLER",
+    "\u17b4": "U+17B4 KHMER VOWEL INHERENT AQ",
+    "\u180b": "U+180B MONGOLIAN FREE VARIATION SELECTOR ONE",
 }
 
 

@@ -104,36 +104,45 @@ EXCEL_ERRORS = frozenset(
 )
 
 # Characters no ticket ID holds: Unicode's controls (Cc: C0, DEL, C1), format characters
-# (Cf: zero-width space and joiners, bidi overrides, soft hyphen, BOM U+FEFF, tags), line
-# and paragraph separators (Zl, Zp), surrogates (Cs), the replacement character U+FFFD (the
+# (Cf: zero-width space and joiners, bidi overrides, soft hyphen, BOM U+FEFF, tags), the
+# rest of what Unicode says to show as nothing (Default_Ignorable_Code_Point: variation
+# selectors, the combining grapheme joiner, Hangul fillers, Mongolian and Khmer ones) and
+# the Braille blank (a cell of either looks empty, or like another ID), line and
+# paragraph separators (Zl, Zp), surrogates (Cs), the replacement character U+FFFD (the
 # file was read in the wrong encoding) and the noncharacters U+FFFE/U+FFFF. Spaces are
 # not in it. Listed as code point ranges, so that no table is built at start-up.
 _UNSAFE_RANGES = (
     (0x0000, 0x001F),
     (0x007F, 0x009F),
     (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
     (0x0600, 0x0605),
     (0x061C, 0x061C),
     (0x06DD, 0x06DD),
     (0x070F, 0x070F),
     (0x0890, 0x0891),
     (0x08E2, 0x08E2),
-    (0x180E, 0x180E),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
     (0x200B, 0x200F),
     (0x2028, 0x202E),
     (0x2060, 0x2064),
     (0x2066, 0x206F),
+    (0x2800, 0x2800),
+    (0x3164, 0x3164),
     (0xD800, 0xDFFF),
+    (0xFE00, 0xFE0F),
     (0xFEFF, 0xFEFF),
-    (0xFFF9, 0xFFFB),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFFB),
     (0xFFFD, 0xFFFF),
     (0x110BD, 0x110BD),
     (0x110CD, 0x110CD),
     (0x13430, 0x13438),
     (0x1BCA0, 0x1BCA3),
     (0x1D173, 0x1D17A),
-    (0xE0001, 0xE0001),
-    (0xE0020, 0xE007F),
+    (0xE0000, 0xE0FFF),
 )
 _UNSAFE = re.compile(
     "[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in _UNSAFE_RANGES) + "]"
@@ -187,7 +196,9 @@ def _what(char: str) -> str:
         return "a line break character"
     if category == "Cf":
         return "an invisible formatting character"
-    return "a character that is not text"
+    if category == "Cs" or ord(char) & 0xFFFE == 0xFFFE:
+        return "a character that is not text"
+    return "an invisible character"
 
 
 def unsafe_char(value: str) -> str | None:
