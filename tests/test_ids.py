@@ -520,3 +520,16 @@ def test_duplicates_of_linked_rows_exit_zero(sandbox: Sandbox, tmp_path: Path) -
     assert result.exit_code == 0, result.output
     assert len(sandbox.requests) == 2
     assert [r["outcome"] for r in report_of(path)] == ["linked", "linked", "duplicate"]
+
+
+@pytest.mark.parametrize("value", ["Err:502", "Err:522", "Loading..."])
+def test_libreoffice_and_google_sheets_errors_are_invalid_like_excels(
+    sandbox: Sandbox, tmp_path: Path, value: str
+) -> None:
+    """LibreOffice's CSV export writes Err:5xx where Excel writes #VALUE!, and Google
+    Sheets 'Loading...' for a formula still waiting: they were sent as ticket IDs."""
+    path = write_csv(tmp_path / "ids.csv", [HEAD, ["A1", "B1"], [value, "B2"]])
+    result = run(sandbox, path)
+    assert result.exit_code == 1, result.output
+    assert sent(sandbox) == [("A1", "B1")]
+    assert report_of(path)[1]["error"] == f"spreadsheet error {value} in sourceTicketId"

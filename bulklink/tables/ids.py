@@ -100,7 +100,12 @@ EXCEL_ERRORS = frozenset(
         "#EXTERNAL!",
         "#PYTHON!",
         "#ERROR!",
+        # Google Sheets' export of a formula still waiting for its data (IMPORTRANGE).
+        "Loading...",
     }
+    # LibreOffice Calc's error values (Err:502 invalid argument, Err:522 circular...),
+    # which its CSV export writes where Excel writes #VALUE!.
+    | {f"Err:{code}" for code in range(501, 540)}
 )
 
 # Characters no ticket ID holds: Unicode's controls (Cc: C0, DEL, C1), format characters
@@ -245,7 +250,8 @@ def excel_error_rows(values: list[str]) -> np.ndarray[Any, Any]:
     import numpy as np
     import pandas as pd
 
-    if "#" not in "".join(values):
+    joined = "".join(values)
+    if "#" not in joined and "Err:" not in joined and "Loading..." not in joined:
         return np.zeros(0, dtype=np.int64)
     return np.flatnonzero(pd.Series(values, dtype=object).isin(EXCEL_ERRORS).to_numpy())
 
@@ -300,7 +306,8 @@ def invalid_text(code: int, source: str, linked: str) -> str:
     if code >= _KIND_BASE:
         return _kind_text(code, _COLUMN[side], value)
     if code in (EXCEL_ERROR_SOURCE, EXCEL_ERROR_LINKED):
-        return f"Excel error {value} in {_COLUMN[side]}"
+        kind = "Excel error" if value.startswith("#") else "spreadsheet error"
+        return f"{kind} {value} in {_COLUMN[side]}"
     if code in (LOST_DIGITS_SOURCE, LOST_DIGITS_LINKED):
         return (
             f"Excel stored this ID as a number and lost digits ({_COLUMN[side]} {value}); "
