@@ -102,7 +102,8 @@ def notify_refused_command(
         with contextlib.suppress(BulklinkError):  # the run's default report's name
             report = resolve_report(None if str(first) == "-" else Path(first), None)
     console = given.get("console") or Console.silent()
-    secrets = Redactor([given.get("token"), given.get("api_key")])
+    # As given, refused or not: a token of the wrong type is no text to mask.
+    secrets = Redactor(v for v in (given.get("token"), given.get("api_key")) if isinstance(v, str))
     notify_refusal(report, options, _refused(report, exc), console, secrets=secrets)
 
 

@@ -10,6 +10,7 @@ import gc
 import inspect
 import logging
 import os
+import re
 import time
 import typing
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -21,9 +22,18 @@ import pytest
 
 import bulklink
 from bulklink.cli import cli
-from bulklink.options import JobOptions, RetryOptions
+from bulklink.options import JobOptions, RetryOptions, StreamOptions
 from bulklink.sandbox import Sandbox
-from tests.helpers import KEY, ORG, TOKEN, make_jwt, pairs_csv, read_report, sent, write_csv
+from tests.helpers import (
+    KEY,
+    ORG,
+    TOKEN,
+    make_jwt,
+    pairs_csv,
+    read_report,
+    sent,
+    write_csv,
+)
 
 # -- the public surface -----------------------------------------------------------------------
 
@@ -139,9 +149,56 @@ def test_options_hold_what_the_run_takes() -> None:
     assert (options.workers, options.give_up_seconds, options.deadline_seconds) == (16, 5400, None)
     assert options.delimiter == "\t"
     assert JobOptions().workers is None and JobOptions().give_up_seconds == 600
-    numbers = JobOptions(rate="20", timeout=1, max_retries=2.0)  # type: ignore[arg-type]
+    numbers = JobOptions(rate="20", timeout=1, max_retries=2)  # type: ignore[arg-type]
     assert (numbers.rate, numbers.timeout, numbers.max_retries) == (20.0, 1.0, 2)
-    assert isinstance(numbers.rate, float) and isinstance(numbers.max_retries, int)
+    assert isinstance(numbers.rate, float) and isinstance(numbers.timeout, float)
+
+
+#: Values of the wrong type, as a config file, an environment variable or a typo gives
+#: them, and the refusal each gets: a bool is no number, a float no count.
+WRONG_TYPES = [
+    ({"limit": 2.5}, "--limit must be a whole number or None, got 2.5"),
+    ({"limit": 5.0}, "--limit must be a whole number or None, got 5.0"),
+    ({"limit": "5"}, "--limit must be a whole number or None, got '5'"),
+    ({"limit": True}, "--limit must be a whole number or None, got True"),
+    ({"concurrency": [3]}, "--concurrency must be a whole number or text or None, got [3]"),
+    ({"concurrency": 2.5}, "--concurrency must be a whole number or text or None, got 2.5"),
+    ({"max_retries": 2.7}, "--max-retries must be a whole number, got 2.7"),
+    ({"rate": True}, "--rate must be a number or 'auto', got True"),
+    ({"timeout": "30"}, "--timeout must be a number, got '30'"),
+    ({"give_up_after": True}, "--give-up-after must be a number or text or None, got True"),
+    ({"give_up_after": [1]}, "--give-up-after must be a number or text or None, got [1]"),
+    ({"deadline": {}}, "--deadline must be a number or text or None, got {}"),
+    ({"delimiter": 44}, "--delimiter must be text or None, got 44"),
+    ({"encoding": 5}, "--encoding must be text or None, got 5"),
+    ({"state": 5}, "--state must be text or a path or None, got 5"),
+    ({"source_col": 5}, "--source-col must be text or None, got 5"),
+    ({"org_id": 42}, "--org-id must be text or None, got 42"),
+    ({"base_url": 5}, "--base-url must be text or None, got 5"),
+    ({"token": 12345}, "--token must be text or None, got a value of type int"),
+    ({"fresh": 1}, "--fresh must be True or False, got 1"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), WRONG_TYPES)
+def test_a_wrong_option_type_is_refused_before_anything_is_read_or_sent(
+    sandbox: Sandbox, tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    src = pairs_csv(tmp_path / "in.csv", 3)
+    out = tmp_path / "out.csv"
+    given = {"base_url": sandbox.url, "token": TOKEN, "org_id": ORG, "rate": 0, **values}
+    with pytest.raises(bulklink.UsageError) as refused:
+        bulklink.run_job(src, out, **given)
+    assert str(refused.value) == message
+    assert refused.value.exit_code == 2
+    with pytest.raises(bulklink.UsageError, match=f"^{re.escape(message)}$"):
+        bulklink.dry_run(tmp_path / "never-read.csv", **given)
+    if values.keys() <= {f.name for f in dataclasses.fields(StreamOptions)}:
+        with pytest.raises(bulklink.UsageError, match=f"^{re.escape(message)}$"):
+            asyncio.run(collect([("A1", "B1")], **given))
+    assert sandbox.requests == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+    assert str(TOKEN) not in str(refused.value)
 
 
 # -- run_job ----------------------------------------------------------------------------------
