@@ -34,7 +34,7 @@ from bulklink.options import (
     ConnectionOptions,
     JobOptions,
     RetryOptions,
-    StateOptions,
+    RunsOptions,
     Where,
     entry,
     file_entry,
@@ -416,13 +416,14 @@ def _execute(
 
 def list_runs(state: str | Path | None = None, limit: int | None = 20) -> list[RunRecord]:
     """Recent runs from the state store, newest first; an empty list when there is none."""
-    path = store_path(StateOptions(state=state), sandbox=False)
+    options = RunsOptions(state=state, limit=limit)
+    path = store_path(options, sandbox=False)
     assert path is not None  # no --no-state here
     store = Store.open_existing(path)
     if store is None:
         return []
     with store:
-        return store.runs(limit)
+        return store.runs(options.limit)
 
 
 @entry(JobOptions)

@@ -363,6 +363,20 @@ class StateOptions(_Checked):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RunsOptions(StateOptions):
+    """What :func:`bulklink.list_runs` and ``bulklink runs`` take."""
+
+    limit: int | None = 20  # None: every run
+
+    MAX_LIMIT: ClassVar[int] = 1_000_000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.limit is not None and not 1 <= self.limit <= self.MAX_LIMIT:
+            raise UsageError(f"--limit must be from 1 to {self.MAX_LIMIT:,}, got {self.limit}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class OutputOptions(_Checked):
     """What is written or sent beside the report, and where the run's words go."""
 

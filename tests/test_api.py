@@ -28,6 +28,7 @@ from tests.helpers import (
     KEY,
     ORG,
     TOKEN,
+    invoke,
     make_jwt,
     pairs_csv,
     read_report,
@@ -301,6 +302,32 @@ def test_run_job_inside_a_running_event_loop(sandbox: Sandbox, tmp_path: Path) -
     assert summary.counts["linked"] == 5
     assert len(sandbox.requests) == 5
     assert {r["outcome"] for r in read_report(out)} == {"linked"}
+
+
+def test_list_runs_refuses_a_limit_the_cli_would(sandbox: Sandbox, tmp_path: Path) -> None:
+    store = tmp_path / "state.sqlite3"
+    for night in ("one", "two"):
+        bulklink.run_job(
+            pairs_csv(tmp_path / f"{night}.csv", 2, night), base_url=sandbox.url, token=TOKEN,
+            org_id=ORG, rate=0, state=store,
+        )  # fmt: skip
+    before = store.read_bytes()
+    assert [r.input for r in bulklink.list_runs(store, limit=1)] == [str(tmp_path / "two.csv")]
+    assert len(bulklink.list_runs(store, limit=None)) == 2
+    refusals = {
+        2.5: "--limit must be a whole number or None, got 2.5",
+        True: "--limit must be a whole number or None, got True",
+        0: "--limit must be from 1 to 1,000,000, got 0",
+        -1: "--limit must be from 1 to 1,000,000, got -1",
+        1_000_001: "--limit must be from 1 to 1,000,000, got 1000001",
+    }
+    for limit, message in refusals.items():
+        with pytest.raises(bulklink.UsageError) as refused:
+            bulklink.list_runs(store, limit=limit)  # type: ignore[arg-type]
+        assert str(refused.value) == message, "not 'the state store is damaged'"
+    assert store.read_bytes() == before
+    assert "1<=x<=1000000" in invoke("runs", "--state", store, "--limit", "0").stderr
+    assert len(sandbox.requests) == 4
 
 
 # -- link_pairs -------------------------------------------------------------------------------
