@@ -469,6 +469,7 @@ def _scope_key(options: ConnectionOptions) -> str | None:
 
 
 def _describe(plan: Plan, name: str, url: str, limit: int | None) -> DryRun:
+    """The dry run's counts and examples, as a run with ``limit`` would send."""
     counts = {
         "send": plan.counts.get(SEND, 0),
         "invalid": sum(plan.counts.get(code, 0) for code in INVALID_REASONS),
@@ -483,6 +484,6 @@ def _describe(plan: Plan, name: str, url: str, limit: int | None) -> DryRun:
         plan.rows,
         counts,
         plan.invalid_examples[:20],
-        plan.send_examples,
+        plan.send_examples[:limit],  # a run sends the first ``limit`` (None: all)
         url.rstrip("/"),
     )

@@ -28,6 +28,8 @@ from tests.helpers import (
     KEY,
     ORG,
     TOKEN,
+    env_for,
+    input_pairs,
     invoke,
     make_jwt,
     pairs_csv,
@@ -328,6 +330,30 @@ def test_list_runs_refuses_a_limit_the_cli_would(sandbox: Sandbox, tmp_path: Pat
     assert store.read_bytes() == before
     assert "1<=x<=1000000" in invoke("runs", "--state", store, "--limit", "0").stderr
     assert len(sandbox.requests) == 4
+
+
+# -- dry_run ----------------------------------------------------------------------------------
+
+
+def test_dry_run_lists_only_the_requests_a_limit_lets_out(sandbox: Sandbox, tmp_path: Path) -> None:
+    src = write_csv(
+        tmp_path / "in.csv",
+        [["sourceTicketId", "linkedTicketId"], ["A1", "B1"], ["", "B2"], *input_pairs(6)],
+    )
+    common: dict[str, Any] = {"base_url": sandbox.url, "token": TOKEN, "org_id": ORG}
+    listed = {
+        limit: [p.row for p in bulklink.dry_run(src, limit=limit, **common).sample_requests]
+        for limit in (None, 0, 1, 3)
+    }
+    assert listed == {None: [1, 3, 4, 5, 6], 0: [], 1: [1], 3: [1, 3, 4]}
+    assert bulklink.dry_run(src, limit=3, **common).counts["send"] == 3
+
+    env = env_for(sandbox.url)
+    one = invoke("run", src, "--dry-run", "--limit", "1", env=env).stdout
+    assert "would send 1," in one and re.findall(r"row (\d+): PATCH", one) == ["1"]
+    none = invoke("run", src, "--dry-run", "--limit", "0", env=env).stdout
+    assert "would send 0," in none and "first requests" not in none and "PATCH" not in none
+    assert sandbox.requests == []
 
 
 # -- link_pairs -------------------------------------------------------------------------------
