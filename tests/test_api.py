@@ -478,3 +478,53 @@ def test_link_pairs_stops_cleanly_when_the_caller_breaks(
     assert settled == later, "no request is sent after the caller stopped reading"
     assert later < 60
     assert not [r for r in caplog.records if r.name.startswith(("asyncio", "aiohttp"))]
+
+
+def test_link_pairs_takes_ids_as_the_file_reader_does(sandbox: Sandbox) -> None:
+    """A number is its digits while a float holds them; any other value is never sent as
+    its ``str()`` (``123.0``, ``1e+20``, ``True``) but is ``invalid``, saying why."""
+    import numpy as np
+
+    pairs: list[Any] = [
+        (123.0, "L1"),  # an int column with a blank, as pandas gives it
+        (np.float64(8.0), 9),
+        (np.int64(7), " L7 "),
+        (10**20, "L20"),  # a Python int is exact however long
+        ("S2", 999_999_999_999_999.0),
+        (1e20, "L3"),
+        (12345678901234567.0, "L4"),  # a float that lost digits
+        (1.5, "L5"),
+        (float("inf"), "L6"),
+        (True, "L8"),
+        ("S9", False),
+        (b"bytes", "L10"),
+        (["x"], "L11"),
+        ("S12", {"id": 1}),
+        (None, "L13"),
+        (float("nan"), "L14"),
+    ]
+    results = asyncio.run(collect(pairs, base_url=sandbox.url, token=TOKEN, org_id=ORG, rate=0))
+    assert sorted(sent(sandbox)) == sorted(
+        [("123", "L1"), ("8", "9"), ("7", "L7"), (str(10**20), "L20"), ("S2", "999999999999999")]
+    )
+    outcomes = {(r.source, r.linked): (r.outcome, r.error) for r in results}
+    assert len(results) == len(pairs)
+    for pair in sent(sandbox):
+        assert outcomes.pop(pair) == ("linked", "")
+    neither = "ticket ID is neither text nor a whole number held exactly"
+    assert outcomes == {
+        ("1e+20", "L3"): ("invalid", f"source {neither} (1e+20); give IDs as text"),
+        ("1.2345678901234568e+16", "L4"): (
+            "invalid",
+            f"source {neither} (1.2345678901234568e+16); give IDs as text",
+        ),
+        ("1.5", "L5"): ("invalid", f"source {neither} (1.5); give IDs as text"),
+        ("inf", "L6"): ("invalid", f"source {neither} (inf); give IDs as text"),
+        ("True", "L8"): ("invalid", f"source {neither} (True); give IDs as text"),
+        ("S9", "False"): ("invalid", f"linked {neither} (False); give IDs as text"),
+        ("b'bytes'", "L10"): ("invalid", f"source {neither} (b'bytes'); give IDs as text"),
+        ("['x']", "L11"): ("invalid", f"source {neither} (['x']); give IDs as text"),
+        ("S12", "{'id': 1}"): ("invalid", f"linked {neither} ({{'id': 1}}); give IDs as text"),
+        ("", "L13"): ("invalid", "blank source ticket ID"),
+        ("", "L14"): ("invalid", "blank source ticket ID"),
+    }
