@@ -34,7 +34,7 @@ from bulklink.options import (
     ConnectionOptions,
     JobOptions,
     RetryOptions,
-    StateOptions,
+    RunsOptions,
     Where,
     entry,
     file_entry,
@@ -102,7 +102,8 @@ def notify_refused_command(
         with contextlib.suppress(BulklinkError):  # the run's default report's name
             report = resolve_report(None if str(first) == "-" else Path(first), None)
     console = given.get("console") or Console.silent()
-    secrets = Redactor([given.get("token"), given.get("api_key")])
+    # As given, refused or not: a token of the wrong type is no text to mask.
+    secrets = Redactor(v for v in (given.get("token"), given.get("api_key")) if isinstance(v, str))
     notify_refusal(report, options, _refused(report, exc), console, secrets=secrets)
 
 
@@ -415,13 +416,14 @@ def _execute(
 
 def list_runs(state: str | Path | None = None, limit: int | None = 20) -> list[RunRecord]:
     """Recent runs from the state store, newest first; an empty list when there is none."""
-    path = store_path(StateOptions(state=state), sandbox=False)
+    options = RunsOptions(state=state, limit=limit)
+    path = store_path(options, sandbox=False)
     assert path is not None  # no --no-state here
     store = Store.open_existing(path)
     if store is None:
         return []
     with store:
-        return store.runs(limit)
+        return store.runs(options.limit)
 
 
 @entry(JobOptions)
@@ -467,6 +469,7 @@ def _scope_key(options: ConnectionOptions) -> str | None:
 
 
 def _describe(plan: Plan, name: str, url: str, limit: int | None) -> DryRun:
+    """The dry run's counts and examples, as a run with ``limit`` would send."""
     counts = {
         "send": plan.counts.get(SEND, 0),
         "invalid": sum(plan.counts.get(code, 0) for code in INVALID_REASONS),
@@ -481,6 +484,6 @@ def _describe(plan: Plan, name: str, url: str, limit: int | None) -> DryRun:
         plan.rows,
         counts,
         plan.invalid_examples[:20],
-        plan.send_examples,
+        plan.send_examples[:limit],  # a run sends the first ``limit`` (None: all)
         url.rstrip("/"),
     )

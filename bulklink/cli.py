@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
+from bulklink.options import RunsOptions  # a leaf: no heavy library
+
 if TYPE_CHECKING:
     from bulklink.console import Console
     from bulklink.models import Summary
@@ -682,7 +684,7 @@ Examples:
 )
 @click.option(
     "--limit",
-    type=click.IntRange(1, 1_000_000),
+    type=click.IntRange(1, RunsOptions.MAX_LIMIT),
     default=20,
     show_default=True,
     help="Show at most this many runs.",

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import dataclasses
 import functools
 import inspect
 import math
 import random
 import re
+import reprlib
 import typing
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
@@ -53,10 +55,68 @@ ENVIRONMENT = {
 
 class _Checked:
     """The root of every group: each group's ``__post_init__`` checks its own fields and
-    calls ``super()``, so a combination checks all of them."""
+    calls ``super()``, so a combination checks all of them. This root checks first that
+    each field's value is of its declared type, so the groups' checks see only those."""
 
     def __post_init__(self) -> None:
-        pass
+        group: type = type(self)
+        for name, allowed, shown in _declared(group):
+            value = getattr(self, name)
+            if not _is(value, allowed):
+                what = reprlib.repr(value) if shown else f"a value of type {type(value).__name__}"
+                words = " or ".join(_WORDS.get(kind, repr(kind)) for kind in allowed)
+                raise UsageError(f"--{name.replace('_', '-')} must be {words}, got {what}")
+
+
+#: How an error names a declared type; a ``Literal``'s values are named as themselves.
+_WORDS: dict[object, str] = {
+    bool: "True or False",
+    int: "a whole number",
+    float: "a number",
+    str: "text",
+    Path: "a path",
+    type(None): "None",
+    Console: "a bulklink.Console",
+}
+
+
+@functools.cache
+def _declared(group: type) -> list[tuple[str, tuple[object, ...], bool]]:
+    """Each option of ``group``: its name, its declared type's alternatives and whether
+    its value may be shown (a secret's may not)."""
+    hints = typing.get_type_hints(group)
+    return [
+        (f.name, _alternatives(hints[f.name]), f.repr) for f in dataclasses.fields(group) if f.init
+    ]
+
+
+def _alternatives(hint: object) -> tuple[object, ...]:
+    """``int | None`` as ``(int, NoneType)``; ``float | Literal["auto"]`` as ``(float, "auto")``."""
+    kinds = typing.get_args(hint) or (hint,)
+    return tuple(
+        alt
+        for kind in kinds
+        for alt in (typing.get_args(kind) if typing.get_origin(kind) is Literal else (kind,))
+    )
+
+
+def _is(value: object, allowed: tuple[object, ...]) -> bool:
+    """Whether ``value`` is one of ``allowed``: a bool is no number, an int is a float
+    (as for a type checker) but a float is no whole number (the CLI takes none either),
+    and any text stands for a Literal's (the option's own check reads it: " Auto", "20")."""
+    for kind in allowed:
+        if isinstance(kind, str):
+            if isinstance(value, str):
+                return True
+        elif isinstance(value, bool):
+            if kind is bool:
+                return True
+        elif kind is float:
+            if isinstance(value, int | float):
+                return True
+        elif isinstance(kind, type) and isinstance(value, kind):
+            return True
+    return False
 
 
 def _finite(value: float | str, option: str) -> float:
@@ -162,11 +222,11 @@ class TrafficOptions(_Checked):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        # Numbers as their field says (the CLI and callers may give "20" or 0 for 0.0).
+        # Numbers as their field says (a caller may give 0 for 0.0, or --rate "20").
         auto = isinstance(self.rate, str) and self.rate.strip().lower() == "auto"
         rate = self.AUTO_FALLBACK if auto else _rate(self.rate)
         timeout, reserve = _finite(self.timeout, "--timeout"), _finite(self.reserve, "--reserve")
-        backoff, max_retries = _finite(self.backoff, "--backoff"), _whole(self.max_retries)
+        backoff = _finite(self.backoff, "--backoff")
         if not 0 <= rate <= self.MAX_RATE or 0 < rate < self.MIN_RATE:
             raise UsageError(
                 f"--rate must be 0 (no limit), or from {self.MIN_RATE:g} (a request every "
@@ -174,10 +234,10 @@ class TrafficOptions(_Checked):
             )
         if not 0 <= reserve < 100:
             raise UsageError("--reserve must be a percentage from 0 to less than 100")
-        if not 0 <= max_retries <= self.MAX_RETRIES:
+        if not 0 <= self.max_retries <= self.MAX_RETRIES:
             raise UsageError(
                 "--max-retries must be 0 or more"
-                if max_retries < 0
+                if self.max_retries < 0
                 else f"--max-retries must be at most {self.MAX_RETRIES}"
             )
         if not 0 < timeout <= self.MAX_TIMEOUT:
@@ -195,7 +255,6 @@ class TrafficOptions(_Checked):
         object.__setattr__(self, "rate", "auto" if auto else rate)
         object.__setattr__(self, "auto_rate", auto)
         object.__setattr__(self, "ceiling", rate)
-        object.__setattr__(self, "max_retries", max_retries)
         object.__setattr__(self, "workers", _workers(self.concurrency))
 
     def delay(self, attempt: int) -> float:
@@ -211,13 +270,6 @@ def _rate(rate: float | str) -> float:
         except ValueError:
             raise UsageError(f"--rate must be a number or 'auto', got {rate!r}") from None
     return _finite(rate, "--rate")
-
-
-def _whole(max_retries: int) -> int:
-    try:
-        return int(max_retries)
-    except (TypeError, ValueError):
-        raise UsageError(f"--max-retries must be a number, got {max_retries!r}") from None
 
 
 def _workers(concurrency: int | str | None) -> int | None:
@@ -270,7 +322,7 @@ MAX_DURATION = 366 * 86_400.0
 
 def parse_duration(value: float | str | None, option: str) -> float | None:
     """``90s``, ``10m``, ``2h``, ``1h30m`` or plain seconds; ``0``, ``off`` or None: no limit."""
-    if value is None or isinstance(value, bool):
+    if value is None:
         return None
     if isinstance(value, int | float):
         seconds = float(value)
@@ -308,6 +360,20 @@ class StateOptions(_Checked):
         super().__post_init__()
         if self.no_state and self.state is not None:
             raise UsageError("give --state or --no-state, not both")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunsOptions(StateOptions):
+    """What :func:`bulklink.list_runs` and ``bulklink runs`` take."""
+
+    limit: int | None = 20  # None: every run
+
+    MAX_LIMIT: ClassVar[int] = 1_000_000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.limit is not None and not 1 <= self.limit <= self.MAX_LIMIT:
+            raise UsageError(f"--limit must be from 1 to {self.MAX_LIMIT:,}, got {self.limit}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,7 +12,7 @@ from bulklink.net.client import Client
 from bulklink.net.connection import Connection, connect
 from bulklink.options import StreamOptions, streaming_entry
 from bulklink.run.runner import AUTO_CAP, CREDENTIALS_REJECTED, Runner
-from bulklink.tables.inputs import clean_id, invalid_reason
+from bulklink.tables.inputs import caller_pair
 
 #: What a caller may hand in for an ID: text, a number, or a blank (None, or NaN from pandas).
 IdLike = str | int | float | None
@@ -52,10 +52,11 @@ async def link_pairs(
     """Link ``(source, linked)`` pairs in the caller's event loop, yielding each result.
 
     The keyword arguments are the connection and traffic options of ``run``. Results
-    come in completion order, one per pair. IDs are trimmed text (numbers are turned
-    into text; ``None`` and NaN are blank); a blank ID or a self-link is ``invalid``
-    and not sent. Rate limit, retries and the stop on 401/403 work as in ``run``: after
-    a rejection the remaining pairs come out ``skipped`` and then
+    come in completion order, one per pair. IDs are trimmed text, an int or a whole float
+    below 10**15 as its digits, ``None`` and NaN blank; a blank ID, a self-link and any
+    other value (a bool, ``1e20``, bytes) are ``invalid`` and not sent. Rate limit,
+    retries and the stop on 401/403 work as in ``run``: after a rejection the remaining
+    pairs come out ``skipped`` and then
     :class:`~bulklink.errors.CredentialsRejected` is raised (after a TLS failure or a
     proxy's 407, :class:`~bulklink.errors.Blocked`). No journal, report or
     lock: the caller owns the results.
@@ -108,9 +109,9 @@ class _Stream:
         """What the runner sends; invalid pairs go straight to the results."""
         async for raw_source, raw_linked in self.source:
             self.counter += 1
-            pair = Pair(self.counter, clean_id(raw_source), clean_id(raw_linked))
-            self.ids[self.counter] = (pair.source, pair.linked)
-            reason = invalid_reason(pair.source, pair.linked)
+            source, linked, reason = caller_pair(raw_source, raw_linked)
+            pair = Pair(self.counter, source, linked)
+            self.ids[self.counter] = (source, linked)
             if reason is not None:
                 self.done.put_nowait(Result(self.counter, Outcome.INVALID, None, reason, 0))
                 continue
@@ -129,7 +130,7 @@ class _Stream:
     async def rest_skipped(self, why: str) -> AsyncGenerator[LinkResult]:
         """The pairs never read from the caller, each ``skipped``: one result per pair."""
         async for raw_source, raw_linked in self.source:
-            source, linked = clean_id(raw_source), clean_id(raw_linked)
+            source, linked, _ = caller_pair(raw_source, raw_linked)
             yield LinkResult(source, linked, Outcome.SKIPPED, None, why, 0, None)
 
     def _as_link(self, result: Result) -> LinkResult:

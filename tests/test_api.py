@@ -10,6 +10,7 @@ import gc
 import inspect
 import logging
 import os
+import re
 import time
 import typing
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -21,9 +22,21 @@ import pytest
 
 import bulklink
 from bulklink.cli import cli
-from bulklink.options import JobOptions, RetryOptions
+from bulklink.options import JobOptions, RetryOptions, StreamOptions
 from bulklink.sandbox import Sandbox
-from tests.helpers import KEY, ORG, TOKEN, make_jwt, pairs_csv, read_report, sent, write_csv
+from tests.helpers import (
+    KEY,
+    ORG,
+    TOKEN,
+    env_for,
+    input_pairs,
+    invoke,
+    make_jwt,
+    pairs_csv,
+    read_report,
+    sent,
+    write_csv,
+)
 
 # -- the public surface -----------------------------------------------------------------------
 
@@ -139,9 +152,56 @@ def test_options_hold_what_the_run_takes() -> None:
     assert (options.workers, options.give_up_seconds, options.deadline_seconds) == (16, 5400, None)
     assert options.delimiter == "\t"
     assert JobOptions().workers is None and JobOptions().give_up_seconds == 600
-    numbers = JobOptions(rate="20", timeout=1, max_retries=2.0)  # type: ignore[arg-type]
+    numbers = JobOptions(rate="20", timeout=1, max_retries=2)  # type: ignore[arg-type]
     assert (numbers.rate, numbers.timeout, numbers.max_retries) == (20.0, 1.0, 2)
-    assert isinstance(numbers.rate, float) and isinstance(numbers.max_retries, int)
+    assert isinstance(numbers.rate, float) and isinstance(numbers.timeout, float)
+
+
+#: Values of the wrong type, as a config file, an environment variable or a typo gives
+#: them, and the refusal each gets: a bool is no number, a float no count.
+WRONG_TYPES = [
+    ({"limit": 2.5}, "--limit must be a whole number or None, got 2.5"),
+    ({"limit": 5.0}, "--limit must be a whole number or None, got 5.0"),
+    ({"limit": "5"}, "--limit must be a whole number or None, got '5'"),
+    ({"limit": True}, "--limit must be a whole number or None, got True"),
+    ({"concurrency": [3]}, "--concurrency must be a whole number or text or None, got [3]"),
+    ({"concurrency": 2.5}, "--concurrency must be a whole number or text or None, got 2.5"),
+    ({"max_retries": 2.7}, "--max-retries must be a whole number, got 2.7"),
+    ({"rate": True}, "--rate must be a number or 'auto', got True"),
+    ({"timeout": "30"}, "--timeout must be a number, got '30'"),
+    ({"give_up_after": True}, "--give-up-after must be a number or text or None, got True"),
+    ({"give_up_after": [1]}, "--give-up-after must be a number or text or None, got [1]"),
+    ({"deadline": {}}, "--deadline must be a number or text or None, got {}"),
+    ({"delimiter": 44}, "--delimiter must be text or None, got 44"),
+    ({"encoding": 5}, "--encoding must be text or None, got 5"),
+    ({"state": 5}, "--state must be text or a path or None, got 5"),
+    ({"source_col": 5}, "--source-col must be text or None, got 5"),
+    ({"org_id": 42}, "--org-id must be text or None, got 42"),
+    ({"base_url": 5}, "--base-url must be text or None, got 5"),
+    ({"token": 12345}, "--token must be text or None, got a value of type int"),
+    ({"fresh": 1}, "--fresh must be True or False, got 1"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), WRONG_TYPES)
+def test_a_wrong_option_type_is_refused_before_anything_is_read_or_sent(
+    sandbox: Sandbox, tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    src = pairs_csv(tmp_path / "in.csv", 3)
+    out = tmp_path / "out.csv"
+    given = {"base_url": sandbox.url, "token": TOKEN, "org_id": ORG, "rate": 0, **values}
+    with pytest.raises(bulklink.UsageError) as refused:
+        bulklink.run_job(src, out, **given)
+    assert str(refused.value) == message
+    assert refused.value.exit_code == 2
+    with pytest.raises(bulklink.UsageError, match=f"^{re.escape(message)}$"):
+        bulklink.dry_run(tmp_path / "never-read.csv", **given)
+    if values.keys() <= {f.name for f in dataclasses.fields(StreamOptions)}:
+        with pytest.raises(bulklink.UsageError, match=f"^{re.escape(message)}$"):
+            asyncio.run(collect([("A1", "B1")], **given))
+    assert sandbox.requests == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+    assert str(TOKEN) not in str(refused.value)
 
 
 # -- run_job ----------------------------------------------------------------------------------
@@ -244,6 +304,56 @@ def test_run_job_inside_a_running_event_loop(sandbox: Sandbox, tmp_path: Path) -
     assert summary.counts["linked"] == 5
     assert len(sandbox.requests) == 5
     assert {r["outcome"] for r in read_report(out)} == {"linked"}
+
+
+def test_list_runs_refuses_a_limit_the_cli_would(sandbox: Sandbox, tmp_path: Path) -> None:
+    store = tmp_path / "state.sqlite3"
+    for night in ("one", "two"):
+        bulklink.run_job(
+            pairs_csv(tmp_path / f"{night}.csv", 2, night), base_url=sandbox.url, token=TOKEN,
+            org_id=ORG, rate=0, state=store,
+        )  # fmt: skip
+    before = store.read_bytes()
+    assert [r.input for r in bulklink.list_runs(store, limit=1)] == [str(tmp_path / "two.csv")]
+    assert len(bulklink.list_runs(store, limit=None)) == 2
+    refusals = {
+        2.5: "--limit must be a whole number or None, got 2.5",
+        True: "--limit must be a whole number or None, got True",
+        0: "--limit must be from 1 to 1,000,000, got 0",
+        -1: "--limit must be from 1 to 1,000,000, got -1",
+        1_000_001: "--limit must be from 1 to 1,000,000, got 1000001",
+    }
+    for limit, message in refusals.items():
+        with pytest.raises(bulklink.UsageError) as refused:
+            bulklink.list_runs(store, limit=limit)  # type: ignore[arg-type]
+        assert str(refused.value) == message, "not 'the state store is damaged'"
+    assert store.read_bytes() == before
+    assert "1<=x<=1000000" in invoke("runs", "--state", store, "--limit", "0").stderr
+    assert len(sandbox.requests) == 4
+
+
+# -- dry_run ----------------------------------------------------------------------------------
+
+
+def test_dry_run_lists_only_the_requests_a_limit_lets_out(sandbox: Sandbox, tmp_path: Path) -> None:
+    src = write_csv(
+        tmp_path / "in.csv",
+        [["sourceTicketId", "linkedTicketId"], ["A1", "B1"], ["", "B2"], *input_pairs(6)],
+    )
+    common: dict[str, Any] = {"base_url": sandbox.url, "token": TOKEN, "org_id": ORG}
+    listed = {
+        limit: [p.row for p in bulklink.dry_run(src, limit=limit, **common).sample_requests]
+        for limit in (None, 0, 1, 3)
+    }
+    assert listed == {None: [1, 3, 4, 5, 6], 0: [], 1: [1], 3: [1, 3, 4]}
+    assert bulklink.dry_run(src, limit=3, **common).counts["send"] == 3
+
+    env = env_for(sandbox.url)
+    one = invoke("run", src, "--dry-run", "--limit", "1", env=env).stdout
+    assert "would send 1," in one and re.findall(r"row (\d+): PATCH", one) == ["1"]
+    none = invoke("run", src, "--dry-run", "--limit", "0", env=env).stdout
+    assert "would send 0," in none and "first requests" not in none and "PATCH" not in none
+    assert sandbox.requests == []
 
 
 # -- link_pairs -------------------------------------------------------------------------------
@@ -368,3 +478,53 @@ def test_link_pairs_stops_cleanly_when_the_caller_breaks(
     assert settled == later, "no request is sent after the caller stopped reading"
     assert later < 60
     assert not [r for r in caplog.records if r.name.startswith(("asyncio", "aiohttp"))]
+
+
+def test_link_pairs_takes_ids_as_the_file_reader_does(sandbox: Sandbox) -> None:
+    """A number is its digits while a float holds them; any other value is never sent as
+    its ``str()`` (``123.0``, ``1e+20``, ``True``) but is ``invalid``, saying why."""
+    import numpy as np
+
+    pairs: list[Any] = [
+        (123.0, "L1"),  # an int column with a blank, as pandas gives it
+        (np.float64(8.0), 9),
+        (np.int64(7), " L7 "),
+        (10**20, "L20"),  # a Python int is exact however long
+        ("S2", 999_999_999_999_999.0),
+        (1e20, "L3"),
+        (12345678901234567.0, "L4"),  # a float that lost digits
+        (1.5, "L5"),
+        (float("inf"), "L6"),
+        (True, "L8"),
+        ("S9", False),
+        (b"bytes", "L10"),
+        (["x"], "L11"),
+        ("S12", {"id": 1}),
+        (None, "L13"),
+        (float("nan"), "L14"),
+    ]
+    results = asyncio.run(collect(pairs, base_url=sandbox.url, token=TOKEN, org_id=ORG, rate=0))
+    assert sorted(sent(sandbox)) == sorted(
+        [("123", "L1"), ("8", "9"), ("7", "L7"), (str(10**20), "L20"), ("S2", "999999999999999")]
+    )
+    outcomes = {(r.source, r.linked): (r.outcome, r.error) for r in results}
+    assert len(results) == len(pairs)
+    for pair in sent(sandbox):
+        assert outcomes.pop(pair) == ("linked", "")
+    neither = "ticket ID is neither text nor a whole number held exactly"
+    assert outcomes == {
+        ("1e+20", "L3"): ("invalid", f"source {neither} (1e+20); give IDs as text"),
+        ("1.2345678901234568e+16", "L4"): (
+            "invalid",
+            f"source {neither} (1.2345678901234568e+16); give IDs as text",
+        ),
+        ("1.5", "L5"): ("invalid", f"source {neither} (1.5); give IDs as text"),
+        ("inf", "L6"): ("invalid", f"source {neither} (inf); give IDs as text"),
+        ("True", "L8"): ("invalid", f"source {neither} (True); give IDs as text"),
+        ("S9", "False"): ("invalid", f"linked {neither} (False); give IDs as text"),
+        ("b'bytes'", "L10"): ("invalid", f"source {neither} (b'bytes'); give IDs as text"),
+        ("['x']", "L11"): ("invalid", f"source {neither} (['x']); give IDs as text"),
+        ("S12", "{'id': 1}"): ("invalid", f"linked {neither} ({{'id': 1}}); give IDs as text"),
+        ("", "L13"): ("invalid", "blank source ticket ID"),
+        ("", "L14"): ("invalid", "blank source ticket ID"),
+    }

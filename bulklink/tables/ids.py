@@ -40,6 +40,10 @@ MAX_ID = 256
 #: A CSV row with a value past the header's last column: a cell holding the delimiter
 #: unquoted (``Acme, Inc.``) has shifted the cells after it, so its IDs cannot be trusted.
 EXTRA_CELLS = 26
+#: An ID a Python caller gave (``link_pairs``) that is neither text nor a whole number held
+#: exactly: a bool, bytes, a list, a float past 15 digits or not whole, infinity. Its
+#: ``str()`` (``True``, ``1e+20``) is no ticket's ID, so it is never sent.
+NOT_AN_ID_SOURCE, NOT_AN_ID_LINKED = 27, 28
 # Generic words per code; :func:`invalid_text` names the character or error of the row.
 INVALID_REASONS = {
     BLANK_SOURCE: "blank source ticket ID",
@@ -54,6 +58,8 @@ INVALID_REASONS = {
     LOST_DIGITS_LINKED: "Excel stored the linked ID as a number and lost digits",
     TOO_LONG_SOURCE: f"source ticket ID is longer than {MAX_ID} characters",
     TOO_LONG_LINKED: f"linked ticket ID is longer than {MAX_ID} characters",
+    NOT_AN_ID_SOURCE: "source ticket ID is neither text nor a whole number held exactly",
+    NOT_AN_ID_LINKED: "linked ticket ID is neither text nor a whole number held exactly",
     EXTRA_CELLS: (
         "the row has more cells than the header: a cell holding the delimiter unquoted "
         "shifts the cells after it, so its IDs may not be the ones meant; quote that "
@@ -75,6 +81,8 @@ _SIDES = {
     EXCEL_ERROR_LINKED: 1,
     LOST_DIGITS_SOURCE: 0,
     LOST_DIGITS_LINKED: 1,
+    NOT_AN_ID_SOURCE: 0,
+    NOT_AN_ID_LINKED: 1,
 }
 _COLUMN = ("sourceTicketId", "linkedTicketId")
 
@@ -303,6 +311,8 @@ def invalid_text(code: int, source: str, linked: str) -> str:
     if side is None:
         return INVALID_REASONS[code]
     value = (source, linked)[side]
+    if code in (NOT_AN_ID_SOURCE, NOT_AN_ID_LINKED):
+        return f"{INVALID_REASONS[code]} ({value}); give IDs as text"
     if code >= _KIND_BASE:
         return _kind_text(code, _COLUMN[side], value)
     if code in (EXCEL_ERROR_SOURCE, EXCEL_ERROR_LINKED):

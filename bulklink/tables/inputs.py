@@ -16,6 +16,8 @@ import hashlib
 import io
 import itertools
 import json
+import math
+import numbers
 import os
 import re
 import stat
@@ -40,6 +42,8 @@ from bulklink.tables.ids import (
     EXCEL_ERROR_LINKED,
     EXCEL_ERROR_SOURCE,
     EXTRA_CELLS,
+    NOT_AN_ID_LINKED,
+    NOT_AN_ID_SOURCE,
     TOO_LONG_LINKED,
     TOO_LONG_SOURCE,
     TRIM,
@@ -57,6 +61,7 @@ from bulklink.tables.ids import KEEP as KEEP
 from bulklink.tables.ids import SELF_LINK as SELF_LINK
 from bulklink.tables.ids import SEND as SEND
 from bulklink.tables.report.schema import RESULT_COLUMNS
+from bulklink.tables.workbook import id_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -101,11 +106,35 @@ _SEP_LINE = re.compile(r"sep=(.)[ \t]*(?:\r\n|\r|\n|$)")  # Excel's delimiter li
 STILL_CHANGING = "input is still changing (being written?)"
 
 
-def clean_id(value: object) -> str:
-    """An ID from a Python caller as text: None and NaN (a pandas blank) are blank."""
-    if value is None or (isinstance(value, float) and value != value):
-        return ""
-    return str(value).strip(TRIM)
+def caller_id(value: object) -> tuple[str, bool]:
+    """An ID from a Python caller as the reader takes a cell: text trimmed, an int as its
+    digits, a whole float as its digits while a float holds them exactly (``123.0`` is
+    ``123``), None and NaN (a pandas blank) blank; and False for anything else (a bool,
+    bytes, a list, ``1e20``, ``1.5``, infinity), whose text is shown but never sent."""
+    if value is None:
+        return "", True
+    if isinstance(value, str):
+        return value.strip(TRIM), True
+    if isinstance(value, bool):  # an Integral, but no one's ID
+        return str(value), False
+    if isinstance(value, numbers.Integral):  # numpy's integers too
+        return str(int(value)), True
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        if math.isnan(number):
+            return "", True
+        text, cut = id_text(number)
+        return text, math.isfinite(number) and number.is_integer() and not cut
+    return str(value), False
+
+
+def caller_pair(source: object, linked: object) -> tuple[str, str, str | None]:
+    """A pair from a Python caller as text, and why it cannot be sent (None: it can)."""
+    (source_text, source_ok), (linked_text, linked_ok) = caller_id(source), caller_id(linked)
+    if not (source_ok and linked_ok):
+        code = NOT_AN_ID_LINKED if source_ok else NOT_AN_ID_SOURCE
+        return source_text, linked_text, invalid_text(code, source_text, linked_text)
+    return source_text, linked_text, invalid_reason(source_text, linked_text)
 
 
 def invalid_reason(source: str, linked: str) -> str | None:
