@@ -74,6 +74,8 @@ FORMATTED = [
     (42, '#"-X"', "42-X"),
     (123456, "000-000", "123-456"),  # digits fill placeholders split by text
     (1234, "#,##0", "1234"),  # grouping is no part of an ID: the digits
+    (-126, "00000", "-00126"),  # the sign first, as Excel shows it (was "0-126")
+    (-7, '"T-"0000', "-T-0007"),
 ]
 
 

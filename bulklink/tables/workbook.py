@@ -477,7 +477,10 @@ _EMPTY_PLACE = {"0": "0", "#": "", "?": " "}
 def _padded(code: str, number: int) -> str:
     """``number`` as Excel shows it in format ``code``, for formats made of digit
     placeholders (``00000``, ``000-000``), ``General`` or ``@``, and literal text
-    (``"ID-"0000``, ``"T-"#``); others (a decimal point, a date code) show the digits."""
+    (``"ID-"0000``, ``"T-"#``); others (a decimal point, a date code) show the digits.
+    A negative number in a one-section format is shown with its minus sign first."""
+    if number < 0 and ";" not in code:
+        return "-" + _padded(code, -number)
     parts: list[str | None] = []  # literal text, or None for a digit placeholder
     places: list[str] = []
     whole = False
