@@ -830,12 +830,19 @@ def sandbox(
         tls_cert=tls_cert,
         tls_key=tls_key,
     )
-    run_forever(
-        config,
-        host,
-        port,
-        lambda url: echo(f"sandbox listening on {url} (Ctrl-C to stop)", err=True),
-    )
+    try:
+        run_forever(
+            config,
+            host,
+            port,
+            lambda url: echo(f"sandbox listening on {url} (Ctrl-C to stop)", err=True),
+        )
+    except OSError as exc:  # a port in use, a host not this machine's, a bad certificate
+        import ssl
+
+        if isinstance(exc, ssl.SSLError):
+            _fail(f"--tls-cert/--tls-key cannot be loaded: {exc.reason or exc}", 2)
+        _fail(f"the sandbox cannot listen on {host} port {port}: {exc.strerror or exc}", 2)
 
 
 def _budget(spec: str | None, variants: tuple[str, ...]) -> dict[str, Any]:

@@ -528,3 +528,22 @@ def test_completion_script_is_generated(shell: str) -> None:
     assert done.returncode == 0, done.stderr
     assert "_BULKLINK_COMPLETE" in done.stdout
     assert "complete" in done.stdout
+
+
+def test_the_sandbox_on_a_port_in_use_or_with_a_bad_certificate_is_one_line(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Each ended in a traceback (exit 1)."""
+    port = sandbox.url.rsplit(":", 1)[1]
+    busy = invoke("sandbox", "--port", port)
+    assert busy.exit_code == 2, busy.output
+    assert (
+        busy.stderr.strip().splitlines() == [busy.stderr.strip()]
+        and "address already in use" in busy.stderr
+    )
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    tls = invoke("sandbox", "--port", "0", "--tls-cert", bad, "--tls-key", bad)
+    assert tls.exit_code == 2, tls.output
+    assert tls.stderr.startswith("bulklink: error: --tls-cert/--tls-key cannot be loaded")
+    assert "Traceback" not in busy.output + tls.output
