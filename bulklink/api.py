@@ -55,6 +55,7 @@ from bulklink.run.publish import (
     publish_refusal,
     refuse_unusable_files,
     run_files,
+    write_records,
 )
 from bulklink.state.ledger import Ledger
 from bulklink.state.lock import hold, hold_input, hold_read
@@ -263,8 +264,23 @@ def _published(
         late = lifetime.late(summary, "the report and the state store are written; "
                              "the notice and the metrics may not be")  # fmt: skip
         if late is not None:
+            _amend(prepared, ledger, summary)
             raise late
         return summary
+
+
+def _amend(prepared: _Prepared, ledger: Ledger, summary: Summary) -> None:
+    """A signal during the notice or the metrics changed the run's exit code after the
+    history and the summary JSON were written: all of them say the process's code."""
+    try:
+        ledger.finish(summary.counts, summary.exit_code)
+        last_success = ledger.last_success(prepared.output.job)
+    except (OSError, BulklinkError) as exc:
+        prepared.console.error(f"warning: cannot record the run's exit code: {exc}")
+        last_success = None
+    write_records(
+        prepared.output, summary, prepared.console, last_success=last_success, summary_json=True
+    )
 
 
 def _refused_run(
