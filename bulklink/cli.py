@@ -61,6 +61,8 @@ class _Group(click.Group):
         except click.UsageError:
             return
         given = {str(k): v for k, v in values.items()}
+        if given.get("dry_run"):
+            return  # a dry run writes and sends nothing, refused or not
         first = given.get("input" if name == "run" else "report")
         if isinstance(first, str):
             from bulklink.api import notify_refused_command

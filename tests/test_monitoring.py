@@ -487,6 +487,20 @@ def test_a_refused_night_writes_no_output_that_is_another_file(
     assert [r["exit_code"] for r in json.loads(invoke("runs", "--json").stdout)] == [2, 2]
 
 
+def test_a_refused_dry_run_writes_and_sends_nothing(
+    tmp_path: Path, sandbox: Sandbox, receiver: Receiver
+) -> None:
+    src = pairs_csv(tmp_path / "in.csv", 3)
+    metrics = tmp_path / "m.prom"
+    result = run_against(
+        sandbox, "run", src, "--dry-run", "--rate", "-1", "--metrics-file", metrics,
+        "--notify", receiver.url,
+    )  # fmt: skip
+    assert result.exit_code == 2, result.stderr
+    assert not metrics.exists() and receiver.raw == []
+    assert json.loads(invoke("runs", "--json").stdout) == []
+
+
 def test_a_run_stopped_by_sigterm_notifies_and_writes_metrics_with_its_exit_code(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox], receiver: Receiver
 ) -> None:
