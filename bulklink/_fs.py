@@ -77,19 +77,24 @@ def _names_of(path: Path, follows: bool) -> set[tuple[object, ...]]:
 def refuse_same_files(files: Sequence[tuple[str, Path | None, bool]]) -> None:
     """Refuse two roles (``the input``, ``--summary-json``...) given the same file, as
     ``(role, path, follows)``: one would destroy the other (a log appended to the input
-    is read as pairs the next night). The one check of it, before anything is written."""
+    is read as pairs the next night). The one check of it, before anything is written.
+    The message names the first two; the error's ``roles`` are all that share a file."""
     seen: dict[tuple[object, ...], str] = {}
+    clashes: list[tuple[str, str, Path]] = []
     for role, path, follows in files:
         if path is None:
             continue
         for key in _names_of(path, follows):
             other = seen.setdefault(key, role)
-            if other != role:
-                raise SameFileError(
-                    f"{role} {path} is the same file as {other}; bulklink would destroy "
-                    f"one with the other: choose another path for {role}",
-                    (other, role),
-                )
+            if other != role and (other, role, path) not in clashes:
+                clashes.append((other, role, path))
+    if clashes:
+        other, role, path = clashes[0]
+        raise SameFileError(
+            f"{role} {path} is the same file as {other}; bulklink would destroy "
+            f"one with the other: choose another path for {role}",
+            tuple(dict.fromkeys(r for clash in clashes for r in clash[:2])),
+        )
 
 
 _SYSTEM_FOLDERS = (Path("/dev"), Path("/proc"), Path("/sys"))

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bulklink._fs import refuse_same_files, refuse_unreplaceable
 from bulklink.console import Console
 from bulklink.errors import BulklinkError, LockedError, SameFileError, UsageError
 from bulklink.models import Pair, Summary
@@ -49,10 +48,17 @@ from bulklink.run.job import (
     scope_of,
 )
 from bulklink.run.pacing import auto_rate_plan
-from bulklink.run.publish import Output, notify_refusal, output_for, publish
-from bulklink.state.journal import journal_path
+from bulklink.run.publish import (
+    Output,
+    output_for,
+    publish,
+    publish_refusal,
+    refuse_unusable_files,
+    run_files,
+    write_records,
+)
 from bulklink.state.ledger import Ledger
-from bulklink.state.lock import hold, hold_input, hold_read, lock_path
+from bulklink.state.lock import hold, hold_input, hold_read
 from bulklink.state.scope import Scope
 from bulklink.state.store import RunRecord, Store, store_path
 from bulklink.stream import endpoint
@@ -69,7 +75,6 @@ from bulklink.tables.inputs import (
 from bulklink.tables.report.reader import carried_columns, kept_rows, open_report
 from bulklink.tables.report.schema import Layout
 from bulklink.tables.report.xlsx import refuse_beyond_limits
-from bulklink.text import utc_stamp
 
 
 @dataclass(slots=True)
@@ -90,21 +95,52 @@ def notify_refused_command(
     command: str, first: Where, output: Where | None, given: Mapping[str, Any], exc: UsageError
 ) -> None:
     """A command refused before its options existed (click's checks, a value the options
-    refuse, a report folder that is missing): the notice, from what the command says of
-    its webhook, so a typo in a crontab does not silence the job."""
-    keys = ("notify", "notify_on", "job", "allow_http", "proxy", "no_proxy", "ca_bundle")
+    refuse, a report folder that is missing): published as every refusal is, from what
+    the command says of its outputs, store and webhook, so a typo in a crontab does not
+    silence the job."""
+    keys = (
+        *("notify", "notify_on", "job", "summary_json", "metrics_file", "state", "no_state"),
+        *("base_url", "token", "token_file", "api_key", "api_key_file", "org_id", "sandbox"),
+        *("allow_http", "proxy", "no_proxy", "ca_bundle", "console"),
+    )
     try:
         options = RetryOptions(**{k: given[k] for k in keys if given.get(k) is not None})
     except (BulklinkError, TypeError, ValueError):
-        return  # the webhook or the network options are what was refused
+        return  # the outputs, the store or the webhook are what was refused
     report = Path(output) if output else Path(first)  # retry's, and a refused -o
     if command == "run" and not output:
         with contextlib.suppress(BulklinkError):  # the run's default report's name
             report = resolve_report(None if str(first) == "-" else Path(first), None)
-    console = given.get("console") or Console.silent()
-    # As given, refused or not: a token of the wrong type is no text to mask.
-    secrets = Redactor(v for v in (given.get("token"), given.get("api_key")) if isinstance(v, str))
-    notify_refusal(report, options, _refused(report, exc), console, secrets=secrets)
+    read = str(first) != "-" and (command == "run" or output is not None)
+    words = f"bulklink {command} {os.fsdecode(first)}"
+    _publish_refusal(exc, report, options, words, Path(first) if read else None)
+
+
+def _publish_refusal(
+    exc: BulklinkError, report: Path, options: RetryOptions, command: str, input: Path | None
+) -> None:
+    """A run refused before it could connect: where it would have linked, as far as its
+    options say, for the history."""
+    secrets = Redactor([options.token, options.api_key])
+    try:
+        scope = scope_of(connect(options))
+    except BulklinkError:
+        url = chosen_base_url(options).rstrip("/")
+        try:
+            org = chosen_org_id(options)
+        except BulklinkError:  # an org ID no header can hold: what was refused, maybe
+            org = None
+        scope = Scope.build(url, org, sandbox=options.sandbox)
+    publish_refusal(
+        exc,
+        report,
+        options,
+        command=command,
+        command_line=secrets(command_line(command)),
+        scope=scope,
+        input=input,
+        secrets=secrets,
+    )
 
 
 @file_entry(JobOptions, refused=functools.partial(notify_refused_command, "run"))
@@ -182,7 +218,7 @@ def _published(
     """
     output, console = prepared.output, prepared.console
     summary: Summary | None = None
-    refused = False  # it never started: the job wrote no summary JSON
+    refusal: BulklinkError | None = None  # it never started: the job published nothing
     with contextlib.ExitStack() as stack:
         try:
             for path in locks:
@@ -191,8 +227,8 @@ def _published(
                 stack.enter_context(hold_read(read, prepared.command))
             if input is not None:  # another report's run on it would send it all again
                 stack.enter_context(hold_input(input))
-        except LockedError as exc:
-            _publish_refusal(prepared, exc)
+        except LockedError as exc:  # a notice only: the files are the other run's
+            _refused_run(prepared, exc)
             raise
         lifetime = stack.enter_context(prepared.lifetime)
         try:
@@ -202,7 +238,7 @@ def _published(
                 relink=prepared.options.relink,
             )
         except BulklinkError as exc:  # a store that cannot be used: as bad input is
-            _publish_refusal(prepared, exc, files=True)
+            _refused_run(prepared, exc, store=False)
             raise
         stack.callback(ledger.close)
         previous = ledger.previous_run(output.report)
@@ -210,18 +246,13 @@ def _published(
             summary = work(ledger)
         except BulklinkError as exc:
             summary = getattr(exc, "summary", None)
-            if summary is None:  # it never started: record and publish the refusal
-                summary, refused = _refused(output.report, exc), True
-                ledger.record_refusal(
-                    prepared.command.split()[1],
-                    report=output.report,
-                    job=output.job,
-                    summary=summary,
-                    command_line=prepared.command_line,
-                )
+            refusal = exc if summary is None else None
             raise
         finally:
-            if summary is not None:
+            if refusal is not None:
+                failed = refusal
+                lifetime.cut_short(lambda: _refused_run(prepared, failed, ledger=ledger))
+            elif summary is not None:
                 ended = summary
                 lifetime.cut_short(
                     lambda: publish(
@@ -232,41 +263,46 @@ def _published(
                         last_success=ledger.last_success(output.job),
                         redact=prepared.console.redact,
                         connection=prepared.connection,
-                        summary_json=refused,
                     )
                 )
         late = lifetime.late(summary, "the report and the state store are written; "
                              "the notice and the metrics may not be")  # fmt: skip
         if late is not None:
+            _amend(prepared, ledger, summary)
             raise late
         return summary
 
 
-def _refused(report: Path, exc: BulklinkError) -> Summary:
-    now = utc_stamp()
-    return Summary(
-        report=str(report), started=now, finished=now, exit_code=exc.exit_code, stopped=str(exc)
+def _amend(prepared: _Prepared, ledger: Ledger, summary: Summary) -> None:
+    """A signal during the notice or the metrics changed the run's exit code after the
+    history and the summary JSON were written: all of them say the process's code."""
+    try:
+        ledger.finish(summary.counts, summary.exit_code)
+        last_success = ledger.last_success(prepared.output.job)
+    except (OSError, BulklinkError) as exc:
+        prepared.console.error(f"warning: cannot record the run's exit code: {exc}")
+        last_success = None
+    write_records(
+        prepared.output, summary, prepared.console, last_success=last_success, summary_json=True
     )
 
 
-def _publish_refusal(prepared: _Prepared, exc: BulklinkError, *, files: bool = False) -> None:
-    """A run refused before it could use the store. Another run holding the report: a
-    notice only (a night overran; the files are the other run's). A store that cannot be
-    used (``files``): the notice, the metrics and the summary JSON, as for bad input."""
-    output = prepared.output
-    if not files:
-        if output.notify_url is None:
-            return
-        output = dataclasses.replace(output, summary_json=None, metrics_file=None)
-    publish(
-        output,
-        _refused(prepared.output.report, exc),
-        prepared.console,
-        previous_exit_code=None,
-        last_success=None,
-        redact=prepared.console.redact,
-        connection=prepared.connection,
-        summary_json=files,
+def _refused_run(
+    prepared: _Prepared, exc: BulklinkError, *, ledger: Ledger | None = None, store: bool = True
+) -> None:
+    """A run refused once its options were resolved: another run holds the report, the
+    store cannot be used (``store`` False) or the input is bad (with the run's ``ledger``)."""
+    publish_refusal(
+        exc,
+        prepared.output.report,
+        prepared.options,
+        command=prepared.command,
+        command_line=prepared.command_line,
+        scope=scope_of(prepared.connection),
+        input=prepared.input,
+        secrets=prepared.console.redact,
+        ledger=ledger,
+        store=store,
     )
 
 
@@ -309,28 +345,27 @@ class _Prepared:
     command: str
     command_line: str  # for the run history: credentials and the webhook removed
     lifetime: Lifetime  # the signal handling, for the whole run
+    input: Path | None  # the file read, when it is not the report
 
 
 def _prepare(report: Path, command: str, options: RetryOptions, input: Path | None) -> _Prepared:
     """The one place ``run`` and ``retry`` resolve their options; no two of the files a
     run reads and writes may be one file (checked before anything is written). A refusal
-    here is notified too (the webhook's own checks permitting)."""
+    here is published as every refusal is."""
     console = options.console or Console.silent()
     try:
         connection = connect(options)
         output = output_for(report, options, allow_http=connection.allow_http)
         store = store_path(options, sandbox=connection.sandbox)
-        _refuse_unusable_files(input, report, output, console, store)
+        refuse_unusable_files(
+            run_files(
+                input, report, output.summary_json, output.metrics_file, console.log_path, store
+            )
+        )
     except BulklinkError as exc:
         if isinstance(exc, SameFileError) and "--log-file" in exc.roles:
             console.forget_log()  # not a word more into the file it would destroy
-        notify_refusal(
-            report,
-            options,
-            _refused(report, exc),
-            console,
-            secrets=Redactor([options.token, options.api_key]),
-        )
+        _publish_refusal(exc, report, options, command, input)
         raise
     # The webhook URL is a secret too: aiohttp's messages may quote it.
     console.redact = connection.redact | Redactor(urls=[output.notify_url])
@@ -346,31 +381,8 @@ def _prepare(report: Path, command: str, options: RetryOptions, input: Path | No
         command=command,
         command_line=console.redact(command_line(command)),
         lifetime=Lifetime(options.handle_signals),
+        input=input,
     )
-
-
-def _refuse_unusable_files(
-    input: Path | None, report: Path, output: Output, console: Console, store: Path | None
-) -> None:
-    """Every file the run reads or writes, by how it is written (``False``: by a rename,
-    which replaces a symbolic link at the name rather than write through it); none that
-    is renamed into place may be a device, a pipe or a folder."""
-    files: list[tuple[str, Path | None, bool]] = [
-        ("the input", input, True),
-        ("the report", report, False),
-        # The report's own side files before the paths a user gives, so that a
-        # refusal names the option to change; a lock that is another file is no lock.
-        ("the journal", journal_path(report), True),
-        ("the lock file", lock_path(report), True),
-        ("--summary-json", output.summary_json, False),
-        ("--metrics-file", output.metrics_file, False),
-        ("--log-file", console.log_path, True),
-        ("the state store", store, True),
-    ]
-    refuse_same_files(files)
-    for what, path, follows in files:
-        if path is not None and not follows:
-            refuse_unreplaceable(path, what)
 
 
 def _execute(

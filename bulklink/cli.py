@@ -63,6 +63,8 @@ class _Group(click.Group):
         except click.UsageError:
             return
         given = {str(k): v for k, v in values.items()}
+        if given.get("dry_run"):
+            return  # a dry run writes and sends nothing, refused or not
         first = given.get("input" if name == "run" else "report")
         if isinstance(first, str):
             from bulklink.api import notify_refused_command
@@ -394,8 +396,11 @@ def _fail(message: str, code: int) -> NoReturn:
 def echo(message: str, *, err: bool = False, raw: bool = False) -> None:
     """``click.echo`` for which a reader that went away (``| head``) changes nothing.
 
-    Text from data (IDs, server messages) has its control characters shown escaped, so
-    it cannot drive the terminal; ``raw`` is for JSON, which escapes them itself.
+    Standard output is the product of the commands that write it (``runs``, ``report``,
+    ``--dry-run``): a write to it that fails otherwise (a full disk) is exit 74, not an
+    empty file and exit 0. Text from data (IDs, server messages) has its control
+    characters shown escaped, so it cannot drive the terminal; ``raw`` is for JSON,
+    which escapes them itself.
     """
     if not raw:
         from bulklink.text import escape_controls
@@ -403,10 +408,12 @@ def echo(message: str, *, err: bool = False, raw: bool = False) -> None:
         message = escape_controls(message)
     try:
         click.echo(message, err=err)
-    except OSError:
+    except OSError as exc:
         from bulklink.console import mute
 
         mute(sys.stderr if err else sys.stdout)
+        if not err and not isinstance(exc, BrokenPipeError):
+            _fail(f"cannot write standard output: {exc.strerror or exc}", 74)
 
 
 def _print_summary(console: Console, summary: Summary) -> None:

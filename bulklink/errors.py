@@ -46,9 +46,10 @@ class UsageError(BulklinkError):
 
 
 class SameFileError(UsageError):
-    """Two roles of a run (the input, the report, ``--log-file``...) given one file."""
+    """Two roles of a run (the input, the report, ``--log-file``...) given one file;
+    ``roles`` names every role that shares a file with another."""
 
-    def __init__(self, message: str, roles: tuple[str, str]) -> None:
+    def __init__(self, message: str, roles: tuple[str, ...]) -> None:
         super().__init__(message)
         self.roles = roles
 

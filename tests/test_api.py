@@ -8,9 +8,13 @@ import dataclasses
 import fcntl
 import gc
 import inspect
+import json
 import logging
 import os
 import re
+import signal
+import subprocess
+import sys
 import time
 import typing
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -27,14 +31,17 @@ from bulklink.sandbox import Sandbox
 from tests.helpers import (
     KEY,
     ORG,
+    ROOT,
     TOKEN,
     env_for,
     input_pairs,
     invoke,
+    journal_of,
     make_jwt,
     pairs_csv,
     read_report,
     sent,
+    wait_until,
     write_csv,
 )
 
@@ -354,6 +361,82 @@ def test_dry_run_lists_only_the_requests_a_limit_lets_out(sandbox: Sandbox, tmp_
     none = invoke("run", src, "--dry-run", "--limit", "0", env=env).stdout
     assert "would send 0," in none and "first requests" not in none and "PATCH" not in none
     assert sandbox.requests == []
+
+
+#: A caller of run_job in a process of its own (signals reach only it): ``argv`` is the
+#: input, the report, the sandbox's URL, "loop" to call from inside a running event loop
+#: and "signals" for handle_signals=True. It installs handlers of its own first and prints
+#: how the call ended and which handlers are its own afterwards, as JSON.
+CALLER = """
+import asyncio, json, signal, sys
+import bulklink
+
+src, out, url, mode = sys.argv[1:5]
+def mine(signum, frame):
+    pass
+for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(sig, mine if "signals" in mode else signal.getsignal(sig))
+def call():
+    return bulklink.run_job(
+        src, out, base_url=url, token=sys.argv[5], org_id=sys.argv[6], rate=5, no_state=True,
+        handle_signals="signals" in mode,
+    )
+async def cell():
+    return call()
+try:
+    summary = asyncio.run(cell()) if "loop" in mode else call()
+    ended = {"returned": summary.exit_code}
+except bulklink.BulklinkError as exc:
+    ended = {"raised": type(exc).__name__, "exit_code": exc.exit_code,
+             "counts": exc.summary.counts if exc.summary else None}
+ended["own"] = [signal.getsignal(s) is mine for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
+print(json.dumps(ended))
+"""
+
+
+def call_run_job(sandbox: Sandbox, src: Path, out: Path, mode: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", CALLER, str(src), str(out), sandbox.url, mode, TOKEN, ORG],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_ctrl_c_stops_run_job_called_inside_a_running_event_loop(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    """A notebook: Ctrl-C stops dispatch as in plain code (the rest skipped, Interrupted
+    with its summary, the journal kept for a rerun), not after the whole file was sent."""
+    server = start_sandbox(latency=0.2)
+    n, src, out = 60, pairs_csv(tmp_path / "in.csv", 60), tmp_path / "out.csv"
+    with call_run_job(server, src, out, "loop") as proc:
+        wait_until(lambda: len(server.requests) >= 3, "3 requests")
+        os.kill(proc.pid, signal.SIGINT)
+        at_signal = len(server.requests)
+        stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    ended = json.loads(stdout)
+    assert ended["raised"] == "Interrupted" and ended["exit_code"] == 130, ended
+    assert len(server.requests) <= at_signal + 3, "sending went on after Ctrl-C"
+    assert ended["counts"]["skipped"] >= n - len(server.requests)
+    outcomes = [row["outcome"] for row in read_report(out)]
+    assert outcomes.count("skipped") == ended["counts"]["skipped"]
+    assert journal_of(out).exists()
+
+
+@pytest.mark.parametrize("mode", ["signals", "loop signals"])
+def test_handle_signals_puts_back_every_handler_of_the_caller(
+    sandbox: Sandbox, tmp_path: Path, mode: str
+) -> None:
+    """A scheduler daemon calling run_job each night keeps its own Ctrl-C handling."""
+    src, out = pairs_csv(tmp_path / "in.csv", 3), tmp_path / "out.csv"
+    with call_run_job(sandbox, src, out, mode) as proc:
+        stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert json.loads(stdout) == {"returned": 0, "own": [True, True, True]}
 
 
 # -- link_pairs -------------------------------------------------------------------------------

@@ -547,3 +547,40 @@ def test_the_sandbox_on_a_port_in_use_or_with_a_bad_certificate_is_one_line(
     assert tls.exit_code == 2, tls.output
     assert tls.stderr.startswith("bulklink: error: --tls-cert/--tls-key cannot be loaded")
     assert "Traceback" not in busy.output + tls.output
+
+
+# -- commands whose output is their product ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("runs",),
+        ("runs", "--json"),
+        ("report", "{report}"),
+        ("report", "--json", "{report}"),
+        ("run", "{src}", "--dry-run"),
+    ],
+)
+def test_a_command_whose_output_cannot_be_written_says_so_and_exits_74(
+    tmp_path: Path, sandbox: Sandbox, command: tuple[str, ...]
+) -> None:
+    """``bulklink runs --json > runs.json`` on a full disk: a wrapper must not get exit 0
+    and an empty file to parse."""
+    src = pairs_csv(tmp_path / "in.csv", 3)
+    assert run_against(sandbox, "run", src, *FAST_UNPACED).exit_code == 0
+    args = [a.format(src=src, report=tmp_path / "in.results.csv") for a in command]
+    with Path("/dev/full").open("w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bulklink", *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == 74, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "bulklink: error: cannot write standard output: No space left on device"
+    ]

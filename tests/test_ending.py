@@ -207,9 +207,11 @@ def test_a_signal_during_a_slow_notice_cuts_it_short_but_writes_everything_else(
     tmp_path: Path, sandbox: Sandbox, receiver: Receiver, signum: int, code: int
 ) -> None:
     n, log, state = 5, tmp_path / "run.log", tmp_path / "state.sqlite3"
+    summary, metrics = tmp_path / "s.json", tmp_path / "m.prom"
     receiver.answers = [(200, 30.0)]  # holds the notice for 30 s
     src = h.pairs_csv(tmp_path / "in.csv", n)
-    args = ("run", src, "--state", state, "--log-file", log, *FAST_UNPACED)
+    args = ("run", src, "--state", state, "--log-file", log, *FAST_UNPACED,
+            "--summary-json", summary, "--metrics-file", metrics)  # fmt: skip
     with h.spawn(sandbox, *args, "--notify", receiver.url, "--notify-on", "always") as proc:
         h.wait_until(lambda: len(receiver.raw) == 1, "the notice to be sent")
         t0 = time.monotonic()
@@ -226,6 +228,13 @@ def test_a_signal_during_a_slow_notice_cuts_it_short_but_writes_everything_else(
     assert summary_line in log.read_text()
     assert {r["outcome"] for r in h.read_report(tmp_path / "in.results.csv")} == {"linked"}
     assert linked_pairs(state) == set(h.input_pairs(n))
+    # One exit code per run: the process's is the summary's, the metrics' and the history's.
+    assert json.loads(summary.read_text(encoding="utf-8"))["exit_code"] == code
+    metric = metrics.read_text(encoding="utf-8")
+    assert f'bulklink_last_run_exit_code{{job="in.results"}} {float(code)}' in metric
+    assert 'bulklink_last_success_timestamp_seconds{job="in.results"} 0.0' in metric
+    [night] = json.loads(h.invoke("runs", "--state", state, "--json").stdout)
+    assert night["exit_code"] == code
 
 
 def test_a_signal_while_the_report_is_written_ends_143_not_as_a_bug(

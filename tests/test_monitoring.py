@@ -412,6 +412,95 @@ def test_a_run_refused_for_bad_input_notifies_and_writes_metrics(
     assert len(receiver.raw) == 3
 
 
+@pytest.mark.parametrize(
+    ("refusal", "env", "args"),
+    [
+        ("no token", {"THENA_TOKEN": None}, ()),
+        ("a token file missing", {"THENA_TOKEN": None}, ("--token-file", "{tmp}/nope")),
+        ("no org ID", {"THENA_ORG_ID": None}, ()),
+        ("a plain http base URL", {"THENA_BASE_URL": "http://10.1.2.3:9"}, ()),
+        ("a CA bundle missing", {"BULKLINK_CA_BUNDLE": "/nonexistent"}, ()),
+        ("a proxy it cannot use", {"BULKLINK_PROXY": "socks5://127.0.0.1:1"}, ()),
+        ("click's own check", {}, ("--rate", "-1")),
+        ("an option's value", {}, ("--deadline", "5x")),
+        ("the webhook itself", {}, ("--notify", "ftp://x")),
+        ("two files that are one", {}, ("--log-file", "{tmp}/in.csv")),
+    ],
+)
+def test_every_refused_night_is_in_the_files_the_history_and_ends_in_a_recovery(
+    tmp_path: Path,
+    sandbox: Sandbox,
+    receiver: Receiver,
+    refusal: str,
+    env: dict[str, str | None],
+    args: tuple[str, ...],
+) -> None:
+    """The typical broken night (a token file gone after a rotation, a variable lost): the
+    dashboard, the summary JSON and ``bulklink runs`` say exit 2, and the next good night
+    sends the recovery notice."""
+    src = pairs_csv(tmp_path / "in.csv", 3)
+    metrics, summary = tmp_path / "m.prom", tmp_path / "s.json"
+    outputs = ("--metrics-file", metrics, "--summary-json", summary, "--job", "nightly", *FAST)
+
+    def night(*extra: str, **env: str | None) -> int:
+        given: list[str | Path] = [*outputs, "--notify", receiver.url, *extra]
+        return run_against(sandbox, "run", src, *given, env=env).exit_code
+
+    assert night() == 0
+    wrong = [a.format(tmp=tmp_path) for a in args]
+    result = run_against(sandbox, "run", src, *outputs, "--notify", receiver.url, *wrong, env=env)
+    assert result.exit_code == 2, result.stderr
+    assert sandbox.requests[3:] == [], refusal
+    assert one(metric_values(metrics), "bulklink_last_run_exit_code") == 2
+    written = json.loads(summary.read_text(encoding="utf-8"))
+    assert written["exit_code"] == 2
+    assert written["stopped"] in result.stderr
+    bad, good = json.loads(invoke("runs", "--json").stdout)
+    assert (bad["exit_code"], good["exit_code"]) == (2, 0)
+    assert bad["job"] == "nightly" and bad["command_line"].startswith("bulklink run ")
+    assert night() == 0
+    assert "recovered" in receiver.bodies[-1]["text"].splitlines()[0]
+
+
+def test_a_refused_night_writes_no_output_that_is_another_file(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Outputs the run's own checks refuse (one file twice, the input) are left alone by
+    the refusal's summary and metrics; the history still has the night."""
+    src = pairs_csv(tmp_path / "in.csv", 3)
+    before = src.read_bytes()
+    shared = tmp_path / "shared"
+    shared.write_text("the previous night's\n", encoding="utf-8")
+    result = run_against(
+        sandbox, "run", src, "--summary-json", shared, "--metrics-file", shared, *FAST,
+        env={"THENA_TOKEN": None},
+    )  # fmt: skip
+    assert result.exit_code == 2, result.stderr
+    assert shared.read_text(encoding="utf-8") == "the previous night's\n"
+    result = run_against(
+        sandbox, "run", src, "--summary-json", src, "--metrics-file", tmp_path / "m.prom", *FAST,
+        env={"THENA_TOKEN": None},
+    )  # fmt: skip
+    assert result.exit_code == 2, result.stderr
+    assert src.read_bytes() == before
+    assert one(metric_values(tmp_path / "m.prom"), "bulklink_last_run_exit_code") == 2
+    assert [r["exit_code"] for r in json.loads(invoke("runs", "--json").stdout)] == [2, 2]
+
+
+def test_a_refused_dry_run_writes_and_sends_nothing(
+    tmp_path: Path, sandbox: Sandbox, receiver: Receiver
+) -> None:
+    src = pairs_csv(tmp_path / "in.csv", 3)
+    metrics = tmp_path / "m.prom"
+    result = run_against(
+        sandbox, "run", src, "--dry-run", "--rate", "-1", "--metrics-file", metrics,
+        "--notify", receiver.url,
+    )  # fmt: skip
+    assert result.exit_code == 2, result.stderr
+    assert not metrics.exists() and receiver.raw == []
+    assert json.loads(invoke("runs", "--json").stdout) == []
+
+
 def test_a_run_stopped_by_sigterm_notifies_and_writes_metrics_with_its_exit_code(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox], receiver: Receiver
 ) -> None:

@@ -104,6 +104,8 @@ class _Ending:
     throttled: int = 0  # of which 429
     average_rate: float = 0.0
     budget: BudgetSeen | None = None
+    #: A signal the caller's thread took while the run's loop is in a thread of its own.
+    forwarded: int = 0
 
 
 def execute(job: Job) -> Summary:
@@ -126,7 +128,11 @@ def execute(job: Job) -> Summary:
     ending = _Ending()
     assembler = Assembler(job.plan, job.layout, journal, writer, on_linked=job.ledger.on_linked)
     try:
-        _run_to_completion(lambda: _run(job, journal, assembler, ending, t0))
+        _run_to_completion(
+            lambda: _run(job, journal, assembler, ending, t0),
+            lambda signum: setattr(ending, "forwarded", ending.forwarded or signum),
+            STOP_SIGNALS if job.options.handle_signals else (signal.SIGINT,),
+        )
     except BaseException as exc:
         job.lifetime.after_sending()
         # A write failed past the runner (the report's own file, as the rest was written
@@ -349,14 +355,31 @@ def _discard(writer: ReportWriter) -> None:
         writer.tmp.unlink(missing_ok=True)
 
 
-def _run_to_completion(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+def _run_to_completion(
+    make: Callable[[], Coroutine[Any, Any, _T]],
+    forward: Callable[[int], None],
+    signals: tuple[int, ...],
+) -> _T:
     """``asyncio.run``, or in a thread of its own when the caller's thread runs a loop already
-    (a notebook, an async application): the job then blocks its caller, as any call does."""
+    (a notebook, an async application): the job then blocks its caller, as any call does.
+
+    There the signals reach the caller's thread, not the run's loop: while it waits,
+    ``signals`` (Ctrl-C's at least) are handed to ``forward``, which stops the run as in
+    the plain case, and the caller's handlers are put back after.
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(make())
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bulklink") as pool:
+    with (
+        contextlib.ExitStack() as handlers,
+        concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bulklink") as pool,
+    ):
+        if threading.current_thread() is threading.main_thread():
+            for sig in signals:
+                previous = signal.signal(sig, lambda signum, frame: forward(signum))
+                if previous is not None:
+                    handlers.callback(signal.signal, sig, previous)
         return pool.submit(lambda: asyncio.run(make())).result()
 
 
@@ -487,6 +510,8 @@ class _Run:
             last_sync = time.monotonic()
             while True:
                 await asyncio.sleep(0.5)
+                if self.ending.forwarded and not self.ending.signum:
+                    self.on_signal(self.ending.forwarded)
                 job.console.progress(self.assembler.done_this_run, runner.in_flight)
                 self.check_health()
                 await self.watch_input()
@@ -605,6 +630,11 @@ class Lifetime:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> Lifetime:
+        # SIGINT's handler is kept too: the event loop, removing its own, leaves Python's
+        # default in its place, not the caller's.
+        previous = signal.getsignal(signal.SIGINT) if self.enabled else None
+        if previous is not None:
+            self._previous[signal.SIGINT] = previous
         self._install((signal.SIGTERM, signal.SIGHUP))
         return self
 

@@ -2,31 +2,38 @@
 
 Each is best effort and independent: a failure is one warning (on the console and in the
 log) and never changes the run's exit code, so the report and the exit code stay what
-monitoring and cron act on. Runs that never started (bad input, another run holding the
-report) are published too: a nightly export that fails to read needs a human as much as
-one that fails to link.
+monitoring and cron act on. Runs that never started (bad input, a missing token, an
+option refused) are published too, by :func:`publish_refusal` alone: a nightly export that
+fails to read needs a human as much as one that fails to link.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from bulklink._fs import write_atomically
+from bulklink._fs import refuse_same_files, refuse_unreplaceable, write_atomically
 from bulklink.console import Console
-from bulklink.errors import BulklinkError, UsageError
+from bulklink.errors import BulklinkError, LockedError, SameFileError, UsageError
 from bulklink.models import Summary
 from bulklink.net.connection import Connection
 from bulklink.net.proxy import Proxies, resolve_proxies
 from bulklink.net.tls import Trust, resolve_trust
 from bulklink.options import OutputOptions, RetryOptions
 from bulklink.redaction import Redactor
+from bulklink.state.journal import journal_path
+from bulklink.state.ledger import Ledger
+from bulklink.state.lock import lock_path
+from bulklink.state.scope import Scope
+from bulklink.state.store import store_path
 from bulklink.tables.report.writers import report_format
+from bulklink.text import utc_stamp
 from bulklink.urls import check_url
 
 
@@ -67,28 +74,157 @@ def output_for(
     )
 
 
-def notify_refusal(
-    report: Path, options: RetryOptions, summary: Summary, console: Console, *, secrets: Redactor
+def run_files(
+    input: Path | None,
+    report: Path,
+    summary_json: Path | None,
+    metrics_file: Path | None,
+    log: Path | None,
+    store: Path | None,
+) -> list[tuple[str, Path | None, bool]]:
+    """Every file a run reads or writes, as :func:`~bulklink._fs.refuse_same_files` takes
+    them (``False``: written by a rename, which replaces a symbolic link at the name)."""
+    return [
+        ("the input", input, True),
+        ("the report", report, False),
+        # The report's own side files before the paths a user gives, so that a
+        # refusal names the option to change; a lock that is another file is no lock.
+        ("the journal", journal_path(report), True),
+        ("the lock file", lock_path(report), True),
+        ("--summary-json", summary_json, False),
+        ("--metrics-file", metrics_file, False),
+        ("--log-file", log, True),
+        ("the state store", store, True),
+    ]
+
+
+def refuse_unusable_files(files: Sequence[tuple[str, Path | None, bool]]) -> None:
+    """No two of a run's files may be one file, and none renamed into place may be a
+    device, a pipe or a folder."""
+    refuse_same_files(files)
+    for what, path, follows in files:
+        if path is not None and not follows:
+            refuse_unreplaceable(path, what)
+
+
+def refused(report: Path, exc: BulklinkError) -> Summary:
+    """The summary of a run that never started: no rows, the refusal's exit code and why."""
+    now = utc_stamp()
+    return Summary(
+        report=str(report), started=now, finished=now, exit_code=exc.exit_code, stopped=str(exc)
+    )
+
+
+def publish_refusal(
+    exc: BulklinkError,
+    report: Path,
+    options: RetryOptions,
+    *,
+    command: str,
+    command_line: str,
+    scope: Scope,
+    input: Path | None = None,
+    secrets: Callable[[str], str] = str,
+    ledger: Ledger | None = None,
+    store: bool = True,
 ) -> None:
-    """A run refused while its options were being resolved (a missing ``--metrics-file``
-    folder, a bad base URL): the notice alone, when the webhook and the network options
-    are valid themselves, so a typo in a crontab does not silence the job."""
-    url = (options.notify or os.environ.get("BULKLINK_NOTIFY_URL", "")).strip()
-    if not url:
-        return
+    """The one place a run refused before it started is published: the history row, the
+    summary JSON, the metrics and the notice, each as far as its own options are valid, so
+    the night a token file goes missing is on the dashboard and the next good one is a
+    recovery. ``ledger``: the run's own, when it holds one; ``store`` False: the store is
+    what was refused. Another run holding the report (:class:`LockedError`) gets the
+    notice alone: the files and the history are the other run's."""
+    console = options.console or Console.silent()
+    summary = refused(report, exc)
+    files = not isinstance(exc, LockedError)
+    path = _store_of(options) if files and store and ledger is None else None
+    # Nothing is written to a file the run's own checks refuse (two roles one file, a device).
+    summary_json, metrics_file = _path_of(options.summary_json), _path_of(options.metrics_file)
+    taken: tuple[str, ...] = ()
     try:
-        check_url(url, what="--notify", allow_http=options.allow_http, secret=True)
-        proxies, trust = resolve_proxies(options), resolve_trust(options)
-    except UsageError:
-        return  # the webhook itself is what was refused, or it cannot be reached as asked
+        refuse_same_files(
+            run_files(input, report, summary_json, metrics_file, console.log_path, path)
+        )
+    except SameFileError as clash:
+        taken = clash.roles
+    job = (options.job or "").strip() or report.stem
+    notice = _webhook(options)
     output = Output(
         report=report,
-        notify_url=url,
+        summary_json=_writable(summary_json, "--summary-json", taken) if files else None,
+        metrics_file=_writable(metrics_file, "--metrics-file", taken) if files else None,
+        notify_url=notice[0] if notice else None,
         notify_on=options.notify_on,
-        job=(options.job or "").strip() or report.stem,
+        job=job,
     )
-    redact = Redactor(proxies.secrets(), urls=[url]) | secrets
-    _notify(output, summary, console, None, redact, options.allow_http, proxies, trust)
+    previous, last_success = None, None
+    with contextlib.ExitStack() as stack:
+        if path is not None and "the state store" not in taken:
+            with contextlib.suppress(BulklinkError, OSError):  # a store it cannot use: no row
+                ledger = stack.enter_context(contextlib.closing(Ledger.open(path, scope)))
+        if ledger is not None and files:
+            try:
+                found = ledger.previous_run(report)
+                previous = found.exit_code if found else None
+                ledger.record_refusal(
+                    command.split()[1],
+                    report=report,
+                    job=job,
+                    summary=summary,
+                    command_line=command_line,
+                )
+                last_success = ledger.last_success(job)
+            except (OSError, BulklinkError) as error:
+                console.error(f"warning: cannot record the run in {ledger.path}: {error}")
+    write_records(output, summary, console, last_success=last_success, summary_json=True)
+    if notice is not None:
+        url, proxies, trust = notice
+        hide = Redactor(proxies.secrets(), urls=[url])
+        _notify(
+            output,
+            summary,
+            console,
+            previous,
+            lambda text: secrets(hide(text)),
+            options.allow_http,
+            proxies,
+            trust,
+        )
+
+
+def _path_of(value: str | Path | None) -> Path | None:
+    return Path(value) if value is not None else None
+
+
+def _writable(path: Path | None, flag: str, taken: tuple[str, ...]) -> Path | None:
+    """``path`` when a refused run may write it: in a folder that exists, no other role's
+    file, and no device or folder."""
+    if path is None or flag in taken or not path.parent.is_dir():
+        return None
+    try:
+        refuse_unreplaceable(path, flag)
+    except UsageError:
+        return None
+    return path
+
+
+def _store_of(options: RetryOptions) -> Path | None:
+    try:
+        return store_path(options, sandbox=options.sandbox)
+    except BulklinkError:
+        return None
+
+
+def _webhook(options: RetryOptions) -> tuple[str, Proxies, Trust] | None:
+    """The webhook and the way there, when they are valid themselves."""
+    url = (options.notify or os.environ.get("BULKLINK_NOTIFY_URL", "")).strip()
+    if not url:
+        return None
+    try:
+        check_url(url, what="--notify", allow_http=options.allow_http, secret=True)
+        return url, resolve_proxies(options), resolve_trust(options)
+    except UsageError:
+        return None  # the webhook itself is what was refused, or it cannot be reached as asked
 
 
 def _in_existing_folder(value: str | Path | None, flag: str) -> Path | None:
@@ -113,10 +249,32 @@ def publish(
     last_success: datetime | None,
     redact: Callable[[str], str],
     connection: Connection,
+) -> None:
+    """Write ``--metrics-file``; send the notice when one is due."""
+    write_records(output, summary, console, last_success=last_success)
+    if output.notify_url is not None:
+        _notify(
+            output,
+            summary,
+            console,
+            previous_exit_code,
+            redact,
+            connection.allow_http,
+            connection.proxies,
+            connection.trust,
+        )
+
+
+def write_records(
+    output: Output,
+    summary: Summary,
+    console: Console,
+    *,
+    last_success: datetime | None,
     summary_json: bool = False,
 ) -> None:
-    """Write ``--metrics-file`` (and ``--summary-json`` when the run did not get to it);
-    send the notice when one is due."""
+    """``--metrics-file`` (and ``--summary-json`` when the run did not get to it, or wrote
+    it before a late signal changed its exit code); a failure is a warning."""
     if summary_json and output.summary_json is not None:
         try:
             write_summary_json(output.summary_json, summary)
@@ -141,17 +299,6 @@ def publish(
         warning = write_metrics(output.metrics_file, content)
         if warning:
             console.error(warning)
-    if output.notify_url is not None:
-        _notify(
-            output,
-            summary,
-            console,
-            previous_exit_code,
-            redact,
-            connection.allow_http,
-            connection.proxies,
-            connection.trust,
-        )
 
 
 def _notify(
