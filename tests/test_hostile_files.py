@@ -822,3 +822,20 @@ def test_a_cp1252_csv_with_accented_ids_is_still_read_as_cp1252(
     result = run(sandbox, src)
     assert result.exit_code == 0, result.output
     assert sent_checked(sandbox) == [("Müller", "L1"), ("Grüße", "L2")]
+
+
+@pytest.mark.parametrize("option", ["--log-file", "--summary-json", "--metrics-file"])
+@pytest.mark.parametrize("side", ["-wal", "-shm", "-journal"])
+def test_an_output_at_the_state_stores_sqlite_file_is_refused_and_left_alone(
+    sandbox: Sandbox, tmp_path: Path, option: str, side: str
+) -> None:
+    """SQLite takes ``<store>-wal`` and ``-shm`` as its own: it reset or removed them,
+    and the log the user named there with them, and the run said exit 0."""
+    src = pairs_csv(tmp_path / "in.csv", 2)
+    store = tmp_path / "st.db"
+    named = tmp_path / f"st.db{side}"
+    named.write_text("last month of log lines\n")
+    line = one_line_usage_error(run(sandbox, src, "--state", store, option, named))
+    assert f"{option} {named} is the same file as the state store's {side} file" in line
+    assert named.read_text() == "last month of log lines\n"
+    assert sandbox.requests == []

@@ -91,11 +91,21 @@ def run_files(
         # refusal names the option to change; a lock that is another file is no lock.
         ("the journal", journal_path(report), True),
         ("the lock file", lock_path(report), True),
+        # SQLite's own files beside the store: it resets a -wal it cannot read and
+        # removes both -wal and -shm on closing, whatever they held.
+        *((f"the state store's {side} file", _beside(store, side), True) for side in _SQLITE_SIDES),
         ("--summary-json", summary_json, False),
         ("--metrics-file", metrics_file, False),
         ("--log-file", log, True),
         ("the state store", store, True),
     ]
+
+
+_SQLITE_SIDES = ("-wal", "-shm", "-journal")
+
+
+def _beside(store: Path | None, side: str) -> Path | None:
+    return None if store is None else store.with_name(store.name + side)
 
 
 def refuse_unusable_files(files: Sequence[tuple[str, Path | None, bool]]) -> None:
@@ -159,7 +169,7 @@ def publish_refusal(
     )
     previous, last_success = None, None
     with contextlib.ExitStack() as stack:
-        if path is not None and "the state store" not in taken:
+        if path is not None and not any(role.startswith("the state store") for role in taken):
             with contextlib.suppress(BulklinkError, OSError):  # a store it cannot use: no row
                 ledger = stack.enter_context(contextlib.closing(Ledger.open(path, scope)))
         if ledger is not None and files:
