@@ -757,3 +757,17 @@ def test_an_org_id_no_header_can_hold_is_one_line_and_nothing_sent(
     assert f"the organization ID from {origin} contains a control character" in line
     assert sandbox.requests == []
     assert not (tmp_path / "in.results.csv").exists()
+
+
+def test_a_token_file_that_is_a_pipe_no_one_writes_to_is_refused_not_waited_for(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Opening it waited for a writer for ever: no output, no deadline, a hung cron job."""
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    src = pairs_csv(tmp_path / "in.csv", 1)
+    env = {"THENA_ORG_ID": ORG, "THENA_BASE_URL": sandbox.url}
+    result = invoke("run", src, "--token-file", fifo, "--deadline", "5s", *FAST, env=env)
+    line = one_line_usage_error(result)
+    assert line.endswith(f"--token-file {fifo} is a named pipe that nothing wrote a credential to")
+    assert sandbox.requests == []

@@ -102,7 +102,12 @@ def _read_file(path: str | Path, flag: str) -> tuple[str, str]:
     """The file's credential and a warning ('' when none) about who else can read it."""
     name = f"{flag} {path}"
     try:
-        with Path(path).open("rb") as fh:
+        # Opened without waiting: a named pipe no one writes to (a secrets agent that is
+        # not running) would block the open for ever; read, it then has nothing (empty).
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)  # a pipe with a writer (`<(pass show ...)`) waits for it
+        with os.fdopen(fd, "rb") as fh:
             info = os.fstat(fh.fileno())
             data = fh.read(MAX_FILE + 1)
     except OSError as exc:
@@ -110,6 +115,8 @@ def _read_file(path: str | Path, flag: str) -> tuple[str, str]:
     if len(data) > MAX_FILE:
         raise UsageError(f"{name} is larger than {MAX_FILE // 1024} KB: is it the right file?")
     value = _decode(data, name).strip()
+    if not value and stat.S_ISFIFO(info.st_mode):
+        raise UsageError(f"{name} is a named pipe that nothing wrote a credential to")
     if not value:
         raise UsageError(f"{name} is empty")
     warning = ""
