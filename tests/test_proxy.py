@@ -302,6 +302,11 @@ def test_no_proxy_entries(case: str) -> None:
             "p4:4 (from BULKLINK_PROXY)",
         ),
         ({"HTTPS_PROXY": "p1:1", "no_proxy": "a.b"}, "https://x.a.b", "none"),
+        # ALL_PROXY for a scheme without its own, as curl reads it (it went direct).
+        ({"ALL_PROXY": "http://p5:5"}, "https://a.b", "p5:5 (from ALL_PROXY)"),
+        ({"all_proxy": "p6:6", "HTTP_PROXY": "p3:3"}, "https://a.b", "p6:6 (from all_proxy)"),
+        ({"all_proxy": "p6:6", "HTTPS_PROXY": "p1:1"}, "https://a.b", "p1:1 (from HTTPS_PROXY)"),
+        ({"ALL_PROXY": "p5:5", "NO_PROXY": "a.b"}, "https://a.b", "none"),
     ],
 )
 def test_which_proxy_the_environment_names(env: dict[str, str], url: str, expected: str) -> None:
@@ -317,6 +322,7 @@ def test_unsupported_proxies_are_refused_before_sending(
     src = pairs_csv(tmp_path / "in.csv", 2)
     one_line_usage_error(run(sandbox, src, "--proxy", value))
     one_line_usage_error(run(sandbox, src, env={"HTTPS_PROXY": value, "HTTP_PROXY": value}))
+    one_line_usage_error(run(sandbox, src, env={"ALL_PROXY": value}))
     assert sandbox.requests == []
     assert files_in(tmp_path) == ["in.csv"]
     with pytest.raises(UsageError, match="--proxy or --no-proxy"):

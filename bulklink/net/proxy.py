@@ -196,7 +196,8 @@ def _env_value(env: Mapping[str, str], name: str) -> tuple[str, str]:
 
 def resolve_proxies(options: ConnectionOptions, env: Mapping[str, str] | None = None) -> Proxies:
     """``--no-proxy`` or ``--proxy ''``: none; ``--proxy``, else ``BULKLINK_PROXY``: that
-    one; else ``https_proxy``/``HTTPS_PROXY``, ``http_proxy``/``HTTP_PROXY`` and
+    one; else ``https_proxy``/``HTTPS_PROXY``, ``http_proxy``/``HTTP_PROXY`` (either
+    falling back to ``all_proxy``/``ALL_PROXY``, as curl reads them) and
     ``no_proxy``/``NO_PROXY``. Checked before anything is sent."""
     env = os.environ if env is None else env
     if options.no_proxy and options.proxy:
@@ -211,6 +212,8 @@ def resolve_proxies(options: ConnectionOptions, env: Mapping[str, str] | None = 
     by_scheme: dict[str, Route] = {}
     for scheme in ("https", "http"):
         name, value = _env_value(env, f"{scheme}_proxy")
+        if not value:
+            name, value = _env_value(env, "all_proxy")
         if value:
             by_scheme[scheme] = parse_proxy(value, name)
     return Proxies(by_scheme=by_scheme, no_proxy=_env_value(env, "no_proxy")[1])
