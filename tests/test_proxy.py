@@ -314,7 +314,8 @@ def test_which_proxy_the_environment_names(env: dict[str, str], url: str, expect
 
 
 @pytest.mark.parametrize(
-    "value", ["socks5://127.0.0.1:1080", "https://proxy:443", "http://p:1/path"]
+    "value",
+    ["socks5://127.0.0.1:1080", "https://proxy:443", "http://p:1/path", "http://:pSECRET@p:1"],
 )
 def test_unsupported_proxies_are_refused_before_sending(
     sandbox: Sandbox, tmp_path: Path, value: str

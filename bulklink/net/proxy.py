@@ -173,6 +173,8 @@ def parse_proxy(value: str, source: str) -> Route:
         raise UsageError(f"{source} names no proxy host")
     if parts.path.strip("/") or parts.query or parts.fragment:
         raise UsageError(f"{source} must be a proxy's address only (http://host:port)")
+    if parts.password and not parts.username:  # it would be neither sent nor hidden
+        raise UsageError(f"{source} holds a password without a user name (http://user:pass@host)")
     shown = f"[{host}]" if ":" in host else host
     netloc = shown if port is None else f"{shown}:{port}"
     return Route(
