@@ -329,7 +329,9 @@ def parse_duration(value: float | str | None, option: str) -> float | None:
         seconds = float(value)
     else:
         text = value.strip().lower().replace(" ", "")
-        if text in ("off", "none", "never", ""):
+        if not text:  # "$GIVE_UP_AFTER" of an unset variable: not the same as "off"
+            raise UsageError(f"{option} is empty: give a duration such as 10m, or 0/off for none")
+        if text in ("off", "none", "never"):
             return None
         parts = re.fullmatch(r"((?:\d+(?:\.\d+)?[hms])+|\d+(?:\.\d+)?)", text)
         if parts is None:

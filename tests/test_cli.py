@@ -30,6 +30,7 @@ from tests.helpers import (
     ROOT,
     TOKEN,
     invoke,
+    make_xlsx,
     one_line_usage_error,
     pairs_csv,
     read_report,
@@ -584,3 +585,34 @@ def test_a_command_whose_output_cannot_be_written_says_so_and_exits_74(
     assert proc.stderr.splitlines() == [
         "bulklink: error: cannot write standard output: No space left on device"
     ]
+
+
+@pytest.mark.parametrize(
+    ("suffix", "option", "value"),
+    [
+        (".csv", "--sheet", "Pairs"),
+        (".xlsx", "--encoding", "utf-16"),
+        (".xlsx", "--delimiter", ";"),
+    ],
+)
+def test_an_option_the_inputs_kind_cannot_use_is_refused_not_ignored(
+    sandbox: Sandbox, tmp_path: Path, suffix: str, option: str, value: str
+) -> None:
+    """``--sheet`` on a CSV, ``--encoding`` on an .xlsx were taken and ignored: the run
+    did not do what was asked, and said nothing."""
+    rows = [["sourceTicketId", "linkedTicketId"], ["A1", "B1"]]
+    if suffix == ".csv":
+        src = write_csv(tmp_path / "in.csv", rows)
+    else:
+        src = make_xlsx(tmp_path / "in.xlsx", {"Pairs": rows})
+    line = one_line_usage_error(run(sandbox, src, option, value))
+    assert line.startswith(f"bulklink: error: {option} is for ")
+    assert sandbox.requests == []
+
+
+def test_an_empty_duration_is_refused_not_taken_for_off(sandbox: Sandbox, tmp_path: Path) -> None:
+    """``--give-up-after "$GIVE_UP"`` with the variable unset turned the give-up off."""
+    src = write_csv(tmp_path / "in.csv", [["sourceTicketId", "linkedTicketId"], ["A1", "B1"]])
+    line = one_line_usage_error(run(sandbox, src, "--give-up-after", ""))
+    assert "--give-up-after is empty" in line
+    assert sandbox.requests == []

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from bulklink._fs import create_temp
-from bulklink.errors import DiskError, InputError
+from bulklink.errors import DiskError, InputError, UsageError
 from bulklink.models import Pair
 from bulklink.options import ReadOptions
 from bulklink.tables.ids import ALREADY as ALREADY
@@ -345,11 +345,23 @@ class Table:
             raise InputError(f"input is a directory, not a file: {self.name}")
         if size == 0:
             raise InputError(f"input file is empty (0 bytes): {self.name}")
+        self._refuse_options_of_another_kind()
         if self.kind == "xlsx":
             return self._open_excel()
         if self.kind == "jsonl":
             return self._open_jsonl()
         return self._open_text()
+
+    def _refuse_options_of_another_kind(self) -> None:
+        """An option the input's kind has no use for was given for a reason: taken
+        silently, the run would not do what was asked (the sheet named is not read)."""
+        given = self.options
+        if given.sheet is not None and self.kind != "xlsx":
+            raise UsageError(f"--sheet is for .xlsx files; {self.name} is read as {self.kind}")
+        if self.kind in ("xlsx", "jsonl"):
+            for option, value in (("--encoding", given.encoding), ("--delimiter", given.delimiter)):
+                if value is not None:
+                    raise UsageError(f"{option} is for CSV files; {self.name} is .{self.kind}")
 
     def _open_text(self) -> list[str]:
         head, utf8 = self._hash_and_check()
