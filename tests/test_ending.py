@@ -150,9 +150,10 @@ def test_a_server_that_never_answers_cannot_hold_a_bounded_run(
     server = hanging_sandbox(start_sandbox, n, answered)
     src = h.pairs_csv(tmp_path / "in.csv", n)
     t0 = time.monotonic()
+    summary = tmp_path / "summary.json"
     result = h.run_against(
         server, "run", src, "--no-state", "--timeout", "3600", "--concurrency", "4",
-        *bound, *FAST_UNPACED,
+        "--summary-json", summary, *bound, *FAST_UNPACED,
     )  # fmt: skip
     elapsed = time.monotonic() - t0
     assert result.exit_code == 1, result.stderr
@@ -164,6 +165,8 @@ def test_a_server_that_never_answers_cannot_hold_a_bounded_run(
     assert all("abandoned" in r["error"] for r in asked), asked
     assert all("not attempted" in r["error"] for r in rows[answered + 4 :])
     assert len(server.requests) == answered + 4  # nothing sent after the stop
+    # The abandoned ones were sent: the summary counted 3, what was answered.
+    assert json.loads(summary.read_text())["requests"] == answered + 4
 
 
 @pytest.mark.parametrize(

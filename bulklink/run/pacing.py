@@ -207,10 +207,14 @@ class Pacer:
     def requests(self) -> int:
         """Answers fed back so far: the run's requests, retries included (for metrics).
 
-        Every attempt that got an answer counts, whatever it was (a connection error too);
-        one cancelled in flight when the run stops does not.
+        Every attempt that got an answer counts, whatever it was (a connection error too),
+        and one abandoned in flight when the run stopped (:meth:`on_abandoned`): it was sent.
         """
         return self._requests
+
+    def on_abandoned(self) -> None:
+        """A request sent and given up on at a stop: the API may have it all the same."""
+        self._requests += 1
 
     @property
     def throttled(self) -> int:

@@ -310,6 +310,7 @@ class Runner:
         return Result(pair.row, Outcome.SKIPPED, answer.http_status, error, attempts)
 
     def _abandoned(self, pair: Pair, attempts: int) -> Result:
+        self.pacer.on_abandoned()
         grace = min(STOP_GRACE, self.settings.timeout)
         why = f"no answer {grace:g}s after the run stopped ({self.stop_reason}): abandoned"
         return Result(pair.row, Outcome.SKIPPED, None, why, attempts)
