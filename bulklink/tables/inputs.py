@@ -493,17 +493,15 @@ class Table:
         try:
             with self.path.open(encoding=self.encoding, errors="replace", newline="") as fh:
                 rows = csv.reader(fh, delimiter=self.delimiter, strict=True)
-                start = 1
-                for _ in rows:
-                    start = rows.line_num + 1
-        except csv.Error as exc:
-            if "expected after" not in str(exc):
-                return  # not about quoting (a field past the csv module's limit, say)
-            raise InputError(
-                f"{self.name}: lines {start}-{rows.line_num} were read as one cell: a quote "
-                "that opens a cell is closed by one followed by more text (a stray quote at "
-                'the start of a cell?); remove it, or quote the cell ("" for a quote inside)'
-            ) from None
+                while (stray := _stray_quote(rows)) is not None:
+                    start, end = stray
+                    if end > start:  # "ok"x within one line hides no row: read on
+                        raise InputError(
+                            f"{self.name}: lines {start}-{end} were read as one cell: a "
+                            "quote that opens a cell is closed by one followed by more text "
+                            "(a stray quote at the start of a cell?); remove it, or quote "
+                            'the cell ("" for a quote inside)'
+                        )
         except OSError as exc:
             raise InputError(f"cannot read {self.name}: {exc.strerror}") from None
 
@@ -715,6 +713,19 @@ class Table:
 #: Double-byte encodings Excel writes "CSV" in on East Asian Windows (Shift-JIS, Korean,
 #: Big5, GBK), tried on a file that is not UTF-8 whose IDs are not ASCII read as cp1252.
 _EAST_ASIAN = ("cp932", "cp949", "big5", "gb18030")
+
+
+def _stray_quote(rows: Any) -> tuple[int, int] | None:
+    """Read ``rows`` (a strict csv reader) on to a quoted cell whose closing quote is
+    followed by more text: the lines its record spans (first, last); None at the end."""
+    start = rows.line_num + 1
+    try:
+        for _ in rows:
+            start = rows.line_num + 1
+    except csv.Error as exc:
+        if "expected after" in str(exc):
+            return start, int(rows.line_num)
+    return None  # the end, or an error not about quoting (a field past the module's limit)
 
 
 def _line_break_in(cells: list[str]) -> bool:
