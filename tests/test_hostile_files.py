@@ -788,8 +788,7 @@ def test_a_quoted_cell_spanning_lines_with_delimiters_in_it_is_read(
     src = tmp_path / "in.csv"
     # And a quote closed before more text within one line: a quirk that hides no row.
     src.write_text(
-        'note,sourceTicketId,linkedTicketId\n"ok"x,T0,L0\n"one, two,\nthree, four",T1,L1\n'
-        "x,T2,L2\n"
+        'note,sourceTicketId,linkedTicketId\n"ok"x,T0,L0\n"one, two,\nthree, four",T1,L1\nx,T2,L2\n'
     )
     result = run(sandbox, src)
     assert result.exit_code == 0, result.output
