@@ -648,3 +648,32 @@ def test_kill9_then_a_changed_input_sends_nothing_the_killed_run_linked(
     assert len(again) <= 4, sorted(again)
     rows = read_report(report)
     assert len(rows) == n + 1 and {r["outcome"] for r in rows} <= {"linked", "already-linked"}
+
+
+@pytest.mark.slow
+def test_a_killed_runs_links_are_kept_for_its_own_org_when_another_org_starts_fresh(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox]
+) -> None:
+    """A run against org B on the same report discarded org A's killed journal, and its
+    pairs with it: the next night against org A sent them all again."""
+    server = start_sandbox(latency=0.05, org_id=None)
+    n = 120
+    src = pairs_csv(tmp_path / "in.csv", n)
+    report = tmp_path / "in.results.csv"
+    args = ("run", src, "--concurrency", "4", *FAST)
+    with spawn(server, *args, "--org-id", "orgA") as proc:
+        wait_until(lambda: line_count(journal_of(report)) >= 30, "30 journaled rows")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
+    assert proc.returncode == SIGKILLED
+    linked_by_a = set(server.link_counts)
+    server.config.latency = 0
+    other = run_against(server, *args, "--org-id", "orgB")
+    assert other.exit_code == 0, other.stderr
+    assert "starting fresh" in other.stderr
+    since = len(server.requests)
+    again = run_against(server, *args, "--org-id", "orgA")
+    assert again.exit_code == 0, again.stderr
+    resent = set(sent(server, since)) & linked_by_a
+    assert len(resent) <= 4, sorted(resent)  # only those in flight at the kill
+    assert len(sent(server, since)) <= n - len(linked_by_a) + 4

@@ -233,11 +233,15 @@ class Journal:
 _HAND_OVER_BATCH = 10_000
 
 
-def hand_over_links(
-    path: Path, scope: Scope, keep_linked: Callable[[list[tuple[str, str, str]]], None]
-) -> None:
+#: Where pairs a journal holds go: the scope they were linked in, and a batch of them.
+KeepLinked = Callable[[Scope, list[tuple[str, str, str]]], None]
+
+
+def hand_over_links(path: Path, scope: Scope, keep_linked: KeepLinked) -> None:
     """The pairs an earlier run linked, from its journal, to ``keep_linked`` (the state
-    store) in batches of ``(source, linked, time)``, when it was written against ``scope``.
+    store) in batches of ``(source, linked, time)``, under the scope the journal was
+    written against: ``scope``'s, or another one (a run on the same report against
+    another org or server), whose pairs are then not lost when this run starts fresh.
 
     Called before the input is checked against the store, whether or not the journal will
     be resumed: a kill followed by ``--fresh`` or a changed input then loses no link.
@@ -249,17 +253,10 @@ def hand_over_links(
         _hand_over(fh, scope, keep_linked)
 
 
-def _hand_over(
-    fh: IO[bytes], scope: Scope, keep_linked: Callable[[list[tuple[str, str, str]]], None]
-) -> None:
-    try:
-        header = json.loads(fh.readline(_HEADER_MAX))
-    except ValueError:
+def _hand_over(fh: IO[bytes], scope: Scope, keep_linked: KeepLinked) -> None:
+    written = _written_in(fh.readline(_HEADER_MAX), scope)
+    if written is None:
         return
-    if not isinstance(header, dict) or header.get("bulklink_journal") != FORMAT:
-        return
-    if scope.mismatch(header.get("scope")):
-        return  # linked on another server or org: not this store scope's business
     batch: list[tuple[str, str, str]] = []
     for line in fh:
         if not checked_row(line) or b'"o":"linked"' not in line:
@@ -272,10 +269,24 @@ def _hand_over(
         if all(isinstance(v, str) and v for v in pair):
             batch.append(pair)
         if len(batch) >= _HAND_OVER_BATCH:
-            keep_linked(batch)
+            keep_linked(written, batch)
             batch = []
     if batch:
-        keep_linked(batch)
+        keep_linked(written, batch)
+
+
+def _written_in(first: bytes, scope: Scope) -> Scope | None:
+    """The scope a journal's header says it was written in: ``scope`` when it matches,
+    else the one it records (linked on another server or org: recorded there); None for
+    no journal of this format, or one that does not say."""
+    try:
+        header = json.loads(first)
+    except ValueError:
+        return None
+    if not isinstance(header, dict) or header.get("bulklink_journal") != FORMAT:
+        return None
+    found = header.get("scope")
+    return Scope.from_header(found) if scope.mismatch(found) else scope
 
 
 def journal_line(result: Result) -> bytes:

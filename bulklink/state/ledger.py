@@ -120,11 +120,12 @@ class Ledger:
         """One linked pair for the next batch (on the event loop)."""
         self._batch.append(pair)
 
-    def keep_linked(self, pairs: list[tuple[str, str, str]]) -> None:
-        """Pairs an earlier, killed run linked (from its journal): recorded unless known, so
-        a discarded journal loses no link; which run linked them is not known."""
+    def keep_linked(self, scope: Scope, pairs: list[tuple[str, str, str]]) -> None:
+        """Pairs an earlier, killed run linked in ``scope`` (from its journal): recorded
+        unless known, so a discarded journal loses no link; which run linked them is not
+        known."""
         if self._store is not None:
-            self._store.record_linked(self.scope, pairs, None, replace=False)
+            self._store.record_linked(scope, pairs, None, replace=False)
 
     def due(self, seconds_since_flush: float) -> bool:
         """Whether the ticker should commit the batch now."""

@@ -49,6 +49,21 @@ class Scope:
             return cls(base_url, key_hash(api_key))
         return cls(base_url, org_id or "")
 
+    @classmethod
+    def from_header(cls, found: Any) -> Scope | None:
+        """The scope a journal's header records (:meth:`header`), or None when it does not
+        say one whole."""
+        if not isinstance(found, dict):
+            return None
+        if found.get("sandbox") is True:
+            return cls(SANDBOX)
+        url, org, key = found.get("base_url"), found.get("org_id"), found.get("key_hash")
+        if not isinstance(url, str) or not url:
+            return None
+        if isinstance(key, str) and key.startswith(_KEY_PREFIX):
+            return cls(url, key)
+        return cls(url, org if isinstance(org, str) else "")
+
     @property
     def sandbox(self) -> bool:
         return self.base_url == SANDBOX
