@@ -35,7 +35,6 @@ from bulklink.options import (
     RetryOptions,
     RunsOptions,
     Where,
-    entry,
     file_entry,
 )
 from bulklink.redaction import Redactor
@@ -57,6 +56,7 @@ from bulklink.run.publish import (
     run_files,
     write_records,
 )
+from bulklink.state.journal import journal_path, resumable_rows
 from bulklink.state.ledger import Ledger
 from bulklink.state.lock import hold, hold_input, hold_read
 from bulklink.state.scope import Scope
@@ -438,14 +438,16 @@ def list_runs(state: str | Path | None = None, limit: int | None = 20) -> list[R
         return store.runs(options.limit)
 
 
-@entry(JobOptions)
-def dry_run(input: str | Path, options: JobOptions) -> DryRun:
+@file_entry(JobOptions)
+def dry_run(input: str | Path, output: str | Path | None, options: JobOptions) -> DryRun:
     """Read and validate ``input`` and say what a run would send; sends and writes nothing.
 
-    It takes :func:`run_job`'s options, so the same ones can be tried first; it uses the
-    read, state and scope options and ``limit``. With a state store (as a run would use
-    it), pairs it holds as linked in the run's scope are counted as ``already linked``;
-    the store is only read, never created.
+    It takes :func:`run_job`'s arguments, so the same ones can be tried first; it uses
+    the read, state and scope options, ``limit`` and ``fresh``. With a state store (as a
+    run would use it), pairs it holds as linked in the run's scope are counted as
+    ``already linked``; the store is only read, never created. Rows the journal beside
+    the report (``output``'s, else the input's default) holds, which the run would
+    resume, are counted as ``done earlier`` and not listed.
     """
     sandbox = options.sandbox
     path = store_path(options, sandbox=sandbox)
@@ -465,7 +467,8 @@ def dry_run(input: str | Path, options: JobOptions) -> DryRun:
         snapshot = stack.enter_context(Snapshot(input, beside=Path(tmp) / "input"))
         plan = scan(Table(snapshot, options), linked_times=ledger.lookup)
         name = "-" if str(input) == "-" else os.fsdecode(input)
-        found = _describe(plan, name, "<sandbox>" if sandbox else url, options.limit)
+        done = None if options.fresh else _resumable(input, output, plan, scope)
+        found = _describe(plan, name, "<sandbox>" if sandbox else url, options.limit, done)
         pace = auto_rate_plan(options) if options.auto_rate else ""
         return dataclasses.replace(found, network=network, pace=pace)
 
@@ -480,22 +483,56 @@ def _scope_key(options: ConnectionOptions) -> str | None:
         return None
 
 
-def _describe(plan: Plan, name: str, url: str, limit: int | None) -> DryRun:
-    """The dry run's counts and examples, as a run with ``limit`` would send."""
+def _resumable(input: str | Path, output: str | Path | None, plan: Plan, scope: Scope) -> Any:
+    """The journal's rows a run would resume (see :func:`resumable_rows`), or None."""
+    try:
+        stdin = str(input) == "-"
+        report = resolve_report(None if stdin else Path(input), Path(output) if output else None)
+        return resumable_rows(journal_path(report), plan.key, plan.rows, scope)
+    except BulklinkError:  # what the run itself would refuse, and say
+        return None
+
+
+def _pairs_at(plan: Plan, indices: Any) -> list[Pair]:
+    """The pairs of the input's rows at ``indices`` (0-based, ascending), read again."""
+    wanted = [int(i) for i in indices]
+    pairs: list[Pair] = []
+    for chunk in plan.table.chunks() if wanted else ():
+        while wanted and wanted[0] < chunk.end:
+            at = wanted.pop(0) - chunk.start
+            pairs.append(Pair(chunk.start + at + 1, chunk.source[at], chunk.linked[at]))
+        if not wanted:
+            break
+    return pairs
+
+
+def _describe(plan: Plan, name: str, url: str, limit: int | None, done: Any = None) -> DryRun:
+    """The dry run's counts and examples, as a run with ``limit`` would send, less the
+    rows ``done`` (a journal's offsets) says an earlier run finished."""
+    earlier = 0
+    examples = plan.send_examples
+    if done is not None:
+        import numpy as np
+
+        finished = np.frombuffer(done, dtype=np.int64) >= 0
+        left = (plan.codes == SEND) & ~finished
+        earlier = plan.counts.get(SEND, 0) - int(np.count_nonzero(left))
+        examples = _pairs_at(plan, np.flatnonzero(left)[: len(plan.send_examples)])
     counts = {
-        "send": plan.counts.get(SEND, 0),
+        "send": plan.counts.get(SEND, 0) - earlier,
         "invalid": sum(plan.counts.get(code, 0) for code in INVALID_REASONS),
         "duplicate": plan.counts.get(DUPLICATE, 0),
         "already linked": plan.counts.get(ALREADY, 0),
+        "done earlier": earlier,
     }
     if limit is not None and counts["send"] > limit:
+        counts["not sent (--limit)"] = counts["send"] - limit
         counts["send"] = limit
-        counts["not sent (--limit)"] = plan.counts.get(SEND, 0) - limit
     return DryRun(
         name,
         plan.rows,
         counts,
         plan.invalid_examples[:20],
-        plan.send_examples[:limit],  # a run sends the first ``limit`` (None: all)
+        examples[:limit],  # a run sends the first ``limit`` (None: all)
         url.rstrip("/"),
     )

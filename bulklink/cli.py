@@ -555,7 +555,7 @@ def run(
         from bulklink.api import dry_run as plan
 
         try:
-            info = plan(input, **options)
+            info = plan(input, output, **options)
         except BulklinkError as exc:
             _fail(str(exc), exc.exit_code)
         _print_dry_run(info)
@@ -580,6 +580,11 @@ def _print_dry_run(info: Any) -> None:
             else ""
         )
         + (f", skipped by --limit {held}" if held else "")
+        + (
+            f", resuming {info.counts['done earlier']} rows done by an earlier run"
+            if info.counts.get("done earlier")
+            else ""
+        )
         + " (nothing sent)"
     )
     echo(info.network)

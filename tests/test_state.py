@@ -677,3 +677,32 @@ def test_a_killed_runs_links_are_kept_for_its_own_org_when_another_org_starts_fr
     resent = set(sent(server, since)) & linked_by_a
     assert len(resent) <= 4, sorted(resent)  # only those in flight at the kill
     assert len(sent(server, since)) <= n - len(linked_by_a) + 4
+
+
+@pytest.mark.slow
+def test_a_dry_run_after_a_killed_run_counts_what_the_rerun_resumes(
+    tmp_path: Path, start_sandbox: Callable[..., Sandbox]
+) -> None:
+    """It said 'would send 100' and listed rows 1 to 5, while the rerun resumed the
+    journal and sent the other half."""
+    server = start_sandbox(latency=0.05)
+    n = 100
+    src = pairs_csv(tmp_path / "in.csv", n)
+    report = tmp_path / "in.results.csv"
+    args = ("run", src, "--concurrency", "1", "--no-state", *FAST)
+    with spawn(server, *args) as proc:
+        wait_until(lambda: line_count(journal_of(report)) >= 20, "20 journaled rows")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
+    done = line_count(journal_of(report)) - 1  # the header
+    server.config.latency = 0
+    since = len(server.requests)
+    preview = run_against(server, *args, "--dry-run")
+    assert preview.exit_code == 0, preview.stderr
+    assert f"would send {n - done}," in preview.stdout
+    assert f"resuming {done} rows done by an earlier run" in preview.stdout
+    assert f"row {done + 1}: PATCH" in preview.stdout and "row 1: PATCH" not in preview.stdout
+    assert len(server.requests) == since  # nothing sent
+    result = run_against(server, *args)
+    assert result.exit_code == 0, result.stderr
+    assert len(server.requests) - since == n - done

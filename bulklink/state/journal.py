@@ -81,7 +81,7 @@ class Journal:
     ) -> tuple[Journal, str]:
         """Open or create the journal; the message says what was found (for stderr)."""
         offsets = array("q", [-1]) * rows
-        expected: dict[str, Any] = {"bulklink_journal": FORMAT, "key": key, "rows": rows}
+        expected = _expected(key, rows)
         note = ""
         resumed = 0
         end = 0
@@ -228,6 +228,24 @@ class Journal:
     def remove(self) -> None:
         self.close()
         self.path.unlink(missing_ok=True)
+
+
+def _expected(key: str, rows: int) -> dict[str, Any]:
+    """What a journal's header must say to be resumed by a run of this input."""
+    return {"bulklink_journal": FORMAT, "key": key, "rows": rows}
+
+
+def resumable_rows(path: Path, key: str, rows: int, scope: Scope) -> array[int] | None:
+    """The rows a run would take as done from the journal at ``path`` (an offset of 0 or
+    more each), read only, for a dry run to say what the run would really send; None
+    when there is no journal this run would resume."""
+    fd = open_fixed(path, os.O_RDONLY, "the journal")
+    if fd is None:
+        return None
+    offsets = array("q", [-1]) * rows
+    with os.fdopen(fd, "rb") as fh:
+        done, _, _ = _load(fh, _expected(key, rows), scope, offsets)
+    return offsets if done else None
 
 
 _HAND_OVER_BATCH = 10_000
