@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import numbers
 import random
 import re
 import reprlib
@@ -67,6 +68,9 @@ class _Checked:
                 what = reprlib.repr(value) if shown else f"a value of type {type(value).__name__}"
                 words = " or ".join(_WORDS.get(kind, repr(kind)) for kind in allowed)
                 raise UsageError(f"--{name.replace('_', '-')} must be {words}, got {what}")
+            if isinstance(value, numbers.Integral) and not isinstance(value, int):
+                # numpy's integers (a DataFrame's cell): Python's own, which SQLite binds
+                object.__setattr__(self, name, int(value))
 
 
 #: How an error names a declared type; a ``Literal``'s values are named as themselves.
@@ -101,6 +105,10 @@ def _alternatives(hint: object) -> tuple[object, ...]:
     )
 
 
+#: What each declared number type takes: numpy's numbers too (a DataFrame's cells).
+_NUMBERS: dict[object, type] = {float: numbers.Real, int: numbers.Integral}
+
+
 def _is(value: object, allowed: tuple[object, ...]) -> bool:
     """Whether ``value`` is one of ``allowed``: a bool is no number, an int is a float
     (as for a type checker) but a float is no whole number (the CLI takes none either),
@@ -112,8 +120,8 @@ def _is(value: object, allowed: tuple[object, ...]) -> bool:
         elif isinstance(value, bool):
             if kind is bool:
                 return True
-        elif kind is float:
-            if isinstance(value, int | float):
+        elif kind in _NUMBERS:
+            if isinstance(value, _NUMBERS[kind]):
                 return True
         elif isinstance(kind, type) and isinstance(value, kind):
             return True

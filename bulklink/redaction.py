@@ -27,8 +27,9 @@ from bulklink.text import escape_name_bytes
 
 MASK = "***"
 MIN_SECRET = 4  # a shorter secret would mangle ordinary words when redacted
-#: A secret's first characters that mark what is left of it where a library cut a text
-#: short before bulklink saw it (aiohttp quotes a too-long header's first 100 bytes).
+#: A secret's first characters (of a JWT, its signature's) that mark what is left of it
+#: where a library cut a text short before bulklink saw it (aiohttp quotes a too-long
+#: header's first 100 bytes).
 _HEAD = 16
 _MIN_QUERY_VALUE = 8  # a webhook's ``sig=`` or ``key=``; ``sv=1.0`` is not a secret
 _MIN_PATH_SEGMENT = 16  # a Slack or Teams key segment; ``services`` or ``invoke`` is not
@@ -167,6 +168,16 @@ def _mask_runs(text: _Text, core: _Text, alphabet: _Text, mask: _Text) -> _Text:
     return text[:0].join(out)
 
 
+def _private_part(secret: str) -> str:
+    """What of ``secret`` is its own: of a JWT, its signature. The header and the claims
+    are base64 of JSON that other tokens start alike (``eyJhbGciOi...``, ``eyJzdWIi...``),
+    and no secret: another JWT in an answer is not taken for what is left of this one."""
+    parts = secret.split(".")
+    if secret.startswith("eyJ") and len(parts) == 3:
+        return parts[2]
+    return secret
+
+
 def _mask_heads(text: _Text, head: _Text, secret: _Text, mask: _Text) -> _Text:
     """``text`` with each run that begins like ``secret`` (its first :data:`_HEAD`
     characters at least) masked as far as it goes on like it: a secret cut short."""
@@ -200,7 +211,8 @@ class Redactor:
         self._forms_bytes = [form.encode("utf-8", "surrogatepass") for form in self.forms]
         self._cores = sorted({core for secret in found for core in base64_cores(secret)})
         self._cores_bytes = [core.encode() for core in self._cores]  # base64 is ASCII
-        self._heads = sorted((secret[:_HEAD], secret) for secret in found if len(secret) > _HEAD)
+        tails = {_private_part(secret) for secret in found}
+        self._heads = sorted((tail[:_HEAD], tail) for tail in tails if len(tail) > _HEAD)
         self._heads_bytes = [
             (head.encode("utf-8", "surrogatepass"), secret.encode("utf-8", "surrogatepass"))
             for head, secret in self._heads

@@ -611,3 +611,20 @@ def test_link_pairs_takes_ids_as_the_file_reader_does(sandbox: Sandbox) -> None:
         ("", "L13"): ("invalid", "blank source ticket ID"),
         ("", "L14"): ("invalid", "blank source ticket ID"),
     }
+
+
+def test_numpys_numbers_are_options_like_pythons(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A count read from a DataFrame is numpy's: the type check refused it (it was taken
+    before), and SQLite cannot bind one: they are Python's own numbers here."""
+    import numpy as np
+
+    src = pairs_csv(tmp_path / "in.csv", 3)
+    state = tmp_path / "state.sqlite3"
+    summary = bulklink.run_job(
+        src, base_url=sandbox.url, token=TOKEN, org_id=ORG, state=state,
+        limit=np.int64(2), concurrency=np.int32(2), rate=np.float64(0), max_retries=np.int64(1),
+    )  # fmt: skip
+    assert summary.counts["linked"] == 2 and len(sent(sandbox)) == 2
+    assert len(bulklink.list_runs(state, limit=np.int64(5))) == 1
+    with pytest.raises(bulklink.UsageError, match="--limit must be a whole number"):
+        bulklink.dry_run(src, limit=np.bool_(True))

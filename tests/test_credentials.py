@@ -771,3 +771,25 @@ def test_a_token_file_that_is_a_pipe_no_one_writes_to_is_refused_not_waited_for(
     line = one_line_usage_error(result)
     assert line.endswith(f"--token-file {fifo} is a named pipe that nothing wrote a credential to")
     assert sandbox.requests == []
+
+
+def test_another_jwt_in_an_answer_is_not_taken_for_the_tokens_remains(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    """Every JWT of one algorithm starts alike (its header, then its claims): a ticket
+    field holding another one came out as ``***hbGci...``."""
+    import time
+
+    token = make_jwt(exp=int(time.time()) + 3600, org="acme") + "AAAAAAAAAAAAAAAA"
+    other = make_jwt(exp=1, org="other").rsplit(".", 1)[0] + ".c2lnbmF0dXJlLW9mLWFub3RoZXI"
+    header = other.split(".")[0]
+    ticket = {"status": True, "data": {"id": "X", "title": other, "description": header}}
+    server = start_sandbox(token=token, script={"T00001": [Reply(200, ticket)]})
+    out = tmp_path / "out.csv"
+    result = run_against(
+        server, "run", pairs_csv(tmp_path / "in.csv", 1), "-o", out, *FAST,
+        env={"THENA_TOKEN": token},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    row = read_report(out)[0]
+    assert (row["ticket.title"], row["ticket.description"]) == (other, header)

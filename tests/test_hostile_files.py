@@ -817,14 +817,17 @@ def test_an_east_asian_csv_read_as_cp1252_is_refused_and_read_with_its_encoding(
     assert sent_checked(sandbox) == [("T1", "L1"), (first, "L2")]
 
 
+@pytest.mark.parametrize("first", ["Müller", "Grüße", "AÇÃO", "GRÖßE", "ÉTÉ-3", "Þór-2", "Ñoño"])
 def test_a_cp1252_csv_with_accented_ids_is_still_read_as_cp1252(
-    sandbox: Sandbox, tmp_path: Path
+    sandbox: Sandbox, tmp_path: Path, first: str
 ) -> None:
+    """Short IDs of accented letters decode as Chinese or Korean too: they are letters
+    read as cp1252, not the symbols a double-byte file's bytes make."""
     src = tmp_path / "in.csv"
-    src.write_bytes("sourceTicketId,linkedTicketId\nMüller,L1\nGrüße,L2\n".encode("cp1252"))
+    src.write_bytes(f"sourceTicketId,linkedTicketId\n{first},L1\nx,L2\n".encode("cp1252"))
     result = run(sandbox, src)
     assert result.exit_code == 0, result.output
-    assert sent_checked(sandbox) == [("Müller", "L1"), ("Grüße", "L2")]
+    assert sent_checked(sandbox) == [(first, "L1"), ("x", "L2")]
 
 
 @pytest.mark.parametrize("option", ["--log-file", "--summary-json", "--metrics-file"])

@@ -404,9 +404,13 @@ def test_proxy_credentials_echoed_into_answers_are_masked_in_the_report_and_summ
             "T00003": [
                 Reply(200, {"status": True, "data": {"id": "T00003", "title": f"via {secret}"}})
             ],
+            # The user name alone is no secret, and may be a word an answer holds.
+            "T00004": [
+                Reply(200, {"status": True, "data": {"id": "T00004", "title": "Customer puser"}})
+            ],
         }
     )
-    src = pairs_csv(tmp_path / "in.csv", 3)
+    src = pairs_csv(tmp_path / "in.csv", 4)
     summary = tmp_path / "summary.json"
     via = proxy.url.replace("//", f"//{secret}@")
     result = run(
@@ -415,7 +419,8 @@ def test_proxy_credentials_echoed_into_answers_are_masked_in_the_report_and_summ
     )  # fmt: skip
     assert result.exit_code == 1, result.output
     rows = read_report(tmp_path / "in.results.csv")
-    assert [r["outcome"] for r in rows] == ["failed", "failed", "linked"]
+    assert [r["outcome"] for r in rows] == ["failed", "failed", "linked", "linked"]
+    assert rows[3]["ticket.title"] == "Customer puser"
     assert "***" in rows[0]["error"] and "***" in rows[1]["error"]
     assert rows[2]["ticket.title"] == "via ***"
     for text in ((tmp_path / "in.results.csv").read_text(), summary.read_text(), result.output):

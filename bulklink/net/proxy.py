@@ -84,17 +84,14 @@ class Proxies:
         return [self.fixed] if self.fixed is not None else list(self.by_scheme.values())
 
     def secrets(self) -> list[str]:
-        """The proxies' credentials, for the one redactor."""
+        """The proxies' credentials, for the one redactor: the password, and the user
+        with it (``user:password``, and their base64 in ``Proxy-Authorization``). The
+        user name alone is no secret, and often a word (``support``) an answer holds."""
         return [
             secret
             for route in self.routes
             if route.user
-            for secret in (
-                f"{route.user}:{route.password}",
-                route.user,
-                route.password,
-                *route.typed,
-            )
+            for secret in (f"{route.user}:{route.password}", route.password, *route.typed)
         ]
 
     def describe(self, url: str) -> str:
@@ -183,7 +180,7 @@ def parse_proxy(value: str, source: str) -> Route:
         source=source,
         user=unquote(parts.username or ""),
         password=unquote(parts.password or ""),
-        typed=(parts.netloc.rpartition("@")[0], parts.username or "", parts.password or ""),
+        typed=(parts.netloc.rpartition("@")[0], parts.password or ""),
     )
 
 

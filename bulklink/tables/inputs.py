@@ -449,18 +449,18 @@ class Table:
         """A file that is not UTF-8 is read as cp1252. One whose IDs then look like East
         Asian text read wrongly (Excel's "CSV" on Japanese, Chinese or Korean Windows)
         would have them sent garbled (``チケット1`` as ``ƒ`ƒPƒbƒg1``): refused, asking for
-        --encoding. Looked at once, on the first ID beyond ASCII: when it is mostly such
-        characters, the whole file is text in a double-byte encoding, and the ID read in
-        it holds East Asian characters (an ID with a Latin letter or two, ``Müller``,
-        passes)."""
+        --encoding. Looked at once, on the first ID beyond ASCII: when, read as cp1252,
+        it holds what no Western ID does (a symbol such as ``¼`` or ``“``, ``ƒ``, a
+        backtick: the bytes of double-byte characters), the whole file is text in a
+        double-byte encoding, and the ID read in it holds East Asian characters. IDs of
+        accented letters (``AÇÃO``, ``Müller``) pass."""
         ids = next((ids for ids in (source, linked) if not "".join(ids).isascii()), None)
         if ids is None:
             return
         self._guessed = False
         row, shown = next((n, v) for n, v in enumerate(ids, start + 1) if not v.isascii())
-        odd = sum(not char.isascii() for char in shown)
-        if odd < 2 or odd * 5 < len(shown) * 2:
-            return
+        if not any(_misread(char) for char in shown):
+            return  # letters only (AÇÃO, Grüße): cp1252 text as it is
         decoders = {codec: codecs.getincrementaldecoder(codec)() for codec in _EAST_ASIAN}
         try:
             with self.path.open("rb") as fh:
@@ -708,6 +708,14 @@ class Table:
         if self._unnamed:
             empty, self._unnamed = self._unnamed - filled, set()
             self.other_cols = [c for c in self.other_cols if c not in empty]
+
+
+def _misread(char: str) -> bool:
+    """A character of an ID read as cp1252 that Western text does not put in an ID: a
+    symbol, a number sign or punctuation beyond ASCII, the florin ``ƒ``, a backtick."""
+    if char.isascii():
+        return char == "`"
+    return char == "\u0192" or not unicodedata.category(char).startswith("L")
 
 
 #: Double-byte encodings Excel writes "CSV" in on East Asian Windows (Shift-JIS, Korean,
