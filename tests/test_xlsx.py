@@ -76,6 +76,8 @@ FORMATTED = [
     (1234, "#,##0", "1234"),  # grouping is no part of an ID: the digits
     (-126, "00000", "-00126"),  # the sign first, as Excel shows it (was "0-126")
     (-7, '"T-"0000', "-T-0007"),
+    (-126, "00000_);(00000)", "(00126)"),  # a negative number's own section, no sign
+    (-126, "0000;-0000", "-0126"),
 ]
 
 

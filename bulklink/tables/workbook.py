@@ -478,9 +478,13 @@ def _padded(code: str, number: int) -> str:
     """``number`` as Excel shows it in format ``code``, for formats made of digit
     placeholders (``00000``, ``000-000``), ``General`` or ``@``, and literal text
     (``"ID-"0000``, ``"T-"#``); others (a decimal point, a date code) show the digits.
-    A negative number in a one-section format is shown with its minus sign first."""
-    if number < 0 and ";" not in code:
-        return "-" + _padded(code, -number)
+    A negative number takes the format's second section without its sign (``(00000)``
+    shows -126 as ``(00126)``), or the first with its minus sign first."""
+    if number < 0:
+        sections = code.split(";")
+        if len(sections) > 1 and sections[1].strip():
+            return _padded(sections[1], -number)
+        return "-" + _padded(sections[0], -number)
     parts: list[str | None] = []  # literal text, or None for a digit placeholder
     places: list[str] = []
     whole = False
