@@ -29,7 +29,7 @@ import reprlib
 import typing
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, ClassVar, Literal, ParamSpec, Protocol, TypeVar
 
 from bulklink.console import Console
@@ -461,6 +461,8 @@ def file_entry(
         def wrapper(
             path: Where, /, output: Where | None = None, *args: P.args, **kwargs: P.kwargs
         ) -> R:
+            _check_path(path, "the input", optional=False)
+            _check_path(output, "the output", optional=True)
             try:
                 built = options(*args, **kwargs)
             except UsageError as exc:
@@ -472,6 +474,15 @@ def file_entry(
         return _described(wrapper, func, options)
 
     return decorate
+
+
+def _check_path(value: object, what: str, *, optional: bool) -> None:
+    """A file argument is a path or text naming one (an empty one names none)."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str | PurePath) or not str(value):
+        shown = "empty text" if value == "" else f"a value of type {type(value).__name__}"
+        raise UsageError(f"{what} must be a path (str or pathlib.Path), got {shown}")
 
 
 def entry(

@@ -620,11 +620,32 @@ def test_numpys_numbers_are_options_like_pythons(sandbox: Sandbox, tmp_path: Pat
 
     src = pairs_csv(tmp_path / "in.csv", 3)
     state = tmp_path / "state.sqlite3"
+    counts: Any = {"limit": np.int64(2), "concurrency": np.int32(2), "max_retries": np.int64(1)}
     summary = bulklink.run_job(
         src, base_url=sandbox.url, token=TOKEN, org_id=ORG, state=state,
-        limit=np.int64(2), concurrency=np.int32(2), rate=np.float64(0), max_retries=np.int64(1),
+        rate=np.float64(0), **counts,
     )  # fmt: skip
     assert summary.counts["linked"] == 2 and len(sent(sandbox)) == 2
-    assert len(bulklink.list_runs(state, limit=np.int64(5))) == 1
+    five: Any = np.int64(5)
+    assert len(bulklink.list_runs(state, limit=five)) == 1
+    flag: Any = np.bool_(True)
     with pytest.raises(bulklink.UsageError, match="--limit must be a whole number"):
-        bulklink.dry_run(src, limit=np.bool_(True))
+        bulklink.dry_run(src, limit=flag)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        ((b"in.csv",), "the input must be a path (str or pathlib.Path), got a value of type bytes"),
+        ((None,), "the input must be a path (str or pathlib.Path), got a value of type NoneType"),
+        (("in.csv", ""), "the output must be a path (str or pathlib.Path), got empty text"),
+    ],
+)
+def test_a_file_argument_of_the_wrong_kind_is_a_usage_error(
+    sandbox: Sandbox, args: tuple[Any, ...], said: str
+) -> None:
+    """They were a raw TypeError, and an empty output wrote the default report."""
+    with pytest.raises(bulklink.UsageError) as refused:
+        bulklink.run_job(*args, base_url=sandbox.url, token=TOKEN, org_id=ORG)
+    assert str(refused.value) == said
+    assert sandbox.requests == []

@@ -474,6 +474,13 @@ _TOKEN = re.compile(
 _EMPTY_PLACE = {"0": "0", "#": "", "?": " "}
 
 
+def _negative(code: str, magnitude: int) -> str:
+    sections = code.split(";")
+    if len(sections) > 1 and sections[1].strip():
+        return _padded(sections[1], magnitude)
+    return "-" + _padded(sections[0], magnitude)
+
+
 def _padded(code: str, number: int) -> str:
     """``number`` as Excel shows it in format ``code``, for formats made of digit
     placeholders (``00000``, ``000-000``), ``General`` or ``@``, and literal text
@@ -481,10 +488,7 @@ def _padded(code: str, number: int) -> str:
     A negative number takes the format's second section without its sign (``(00000)``
     shows -126 as ``(00126)``), or the first with its minus sign first."""
     if number < 0:
-        sections = code.split(";")
-        if len(sections) > 1 and sections[1].strip():
-            return _padded(sections[1], -number)
-        return "-" + _padded(sections[0], -number)
+        return _negative(code, -number)
     parts: list[str | None] = []  # literal text, or None for a digit placeholder
     places: list[str] = []
     whole = False
