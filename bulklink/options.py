@@ -196,6 +196,11 @@ class ConnectionOptions(_Checked):
     no_proxy: bool = False
     ca_bundle: str | Path | None = None
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.sandbox and self.base_url is not None:  # the run would not go there
+            raise UsageError("give --sandbox or --base-url, not both")
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrafficOptions(_Checked):

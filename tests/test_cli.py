@@ -616,3 +616,11 @@ def test_an_empty_duration_is_refused_not_taken_for_off(sandbox: Sandbox, tmp_pa
     line = one_line_usage_error(run(sandbox, src, "--give-up-after", ""))
     assert "--give-up-after is empty" in line
     assert sandbox.requests == []
+
+
+def test_sandbox_and_base_url_together_are_refused(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The run went to the embedded sandbox and the --base-url given was never used."""
+    src = write_csv(tmp_path / "in.csv", [["sourceTicketId", "linkedTicketId"], ["A1", "B1"]])
+    result = invoke("run", src, "--sandbox", "--base-url", sandbox.url)
+    assert one_line_usage_error(result).endswith("give --sandbox or --base-url, not both")
+    assert sandbox.requests == []
