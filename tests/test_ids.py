@@ -522,7 +522,7 @@ def test_duplicates_of_linked_rows_exit_zero(sandbox: Sandbox, tmp_path: Path) -
     assert [r["outcome"] for r in report_of(path)] == ["linked", "linked", "duplicate"]
 
 
-@pytest.mark.parametrize("value", ["Err:502", "Err:522", "Loading..."])
+@pytest.mark.parametrize("value", ["Err:502", "Err:522", "Loading...", "#NV", "#WERT!", "#N/D"])
 def test_libreoffice_and_google_sheets_errors_are_invalid_like_excels(
     sandbox: Sandbox, tmp_path: Path, value: str
 ) -> None:
@@ -532,4 +532,5 @@ def test_libreoffice_and_google_sheets_errors_are_invalid_like_excels(
     result = run(sandbox, path)
     assert result.exit_code == 1, result.output
     assert sent(sandbox) == [("A1", "B1")]
-    assert report_of(path)[1]["error"] == f"spreadsheet error {value} in sourceTicketId"
+    kind = "Excel error" if value.startswith("#") else "spreadsheet error"
+    assert report_of(path)[1]["error"] == f"{kind} {value} in sourceTicketId"

@@ -110,6 +110,11 @@ EXCEL_ERRORS = frozenset(
         "#ERROR!",
         # Google Sheets' export of a formula still waiting for its data (IMPORTRANGE).
         "Loading...",
+        # As a German, French, Spanish, Italian or Portuguese Excel writes them in a CSV.
+        *("#NV", "#WERT!", "#BEZUG!", "#ZAHL!", "#NAME?", "#NULL!"),
+        *("#VALEUR!", "#NOM?", "#NOMBRE!", "#NUL!"),
+        *("#¡VALOR!", "#¿NOMBRE?", "#¡REF!", "#¡NUM!", "#¡DIV/0!", "#¡NULO!"),
+        *("#N/D", "#VALORE!", "#RIF!", "#NOME?", "#NULLO!", "#VALOR!"),
     }
     # LibreOffice Calc's error values (Err:502 invalid argument, Err:522 circular...),
     # which its CSV export writes where Excel writes #VALUE!.
