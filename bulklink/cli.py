@@ -6,6 +6,7 @@ Heavy libraries (pandas, aiohttp) are imported inside the commands that need the
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -882,4 +883,14 @@ def main() -> None:
     # numpy's OpenBLAS would start a thread per core at import, for linear algebra
     # bulklink never does; on a small machine they only take CPU from the event loop.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    cli(prog_name="bulklink")
+    try:
+        cli(prog_name="bulklink")
+    except OSError as exc:  # click's own --help or --version text, on a full disk
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EPIPE):
+            raise
+        from bulklink.console import mute
+
+        mute(sys.stdout)
+        if isinstance(exc, BrokenPipeError):
+            sys.exit(0)
+        _fail(f"cannot write standard output: {exc.strerror or exc}", 74)

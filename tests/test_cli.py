@@ -561,6 +561,9 @@ def test_the_sandbox_on_a_port_in_use_or_with_a_bad_certificate_is_one_line(
         ("report", "{report}"),
         ("report", "--json", "{report}"),
         ("run", "{src}", "--dry-run"),
+        ("--help",),  # click's own text: a traceback, exit 1
+        ("--version",),
+        ("run", "--help"),
     ],
 )
 def test_a_command_whose_output_cannot_be_written_says_so_and_exits_74(
