@@ -145,27 +145,41 @@ def _unescaped(match: re.Match[str]) -> str:
     return chr(int(code, 16)) if code else char
 
 
+def _mask_spans(
+    text: _Text, needle: _Text, mask: _Text, span: Callable[[int, int], tuple[int, int]]
+) -> _Text:
+    """``text`` with the span around each ``needle`` found masked: ``span(at, done)``
+    widens the find at ``at`` to ``(start, end)``, not back past ``done`` (the end of the
+    span before). Found by plain search: linear in ``text``."""
+    out: list[_Text] = []
+    done = 0
+    at = text.find(needle)
+    while at >= 0:
+        start, end = span(at, done)
+        out += [text[done:start], mask]
+        done = end
+        at = text.find(needle, done)
+    if not out:
+        return text
+    out.append(text[done:])
+    return text[:0].join(out)
+
+
 def _mask_runs(text: _Text, core: _Text, alphabet: _Text, mask: _Text) -> _Text:
     """``text`` with each run of base64 holding ``core`` masked whole. Found by plain
     search, then widened a character at a time: linear however long the runs are (a
     regular expression ``[base64]*core[base64]*`` backtracks quadratically in a long run
     that holds no core, such as an inline image of a ticket's description)."""
-    out: list[_Text] = []
-    done = 0
-    at = text.find(core)
-    while at >= 0:
+
+    def run(at: int, done: int) -> tuple[int, int]:
         start, end = at, at + len(core)
         while start > done and text[start - 1 : start] in alphabet:
             start -= 1
         while end < len(text) and text[end : end + 1] in alphabet:
             end += 1
-        out += [text[done:start], mask]
-        done = end
-        at = text.find(core, done)
-    if not out:
-        return text
-    out.append(text[done:])
-    return text[:0].join(out)
+        return start, end
+
+    return _mask_spans(text, core, mask, run)
 
 
 def _private_part(secret: str) -> str:
@@ -181,20 +195,14 @@ def _private_part(secret: str) -> str:
 def _mask_heads(text: _Text, head: _Text, secret: _Text, mask: _Text) -> _Text:
     """``text`` with each run that begins like ``secret`` (its first :data:`_HEAD`
     characters at least) masked as far as it goes on like it: a secret cut short."""
-    out: list[_Text] = []
-    done = 0
-    at = text.find(head)
-    while at >= 0:
+
+    def rest(at: int, done: int) -> tuple[int, int]:
         end = at + len(head)
         while end - at < len(secret) and text[end : end + 1] == secret[end - at : end - at + 1]:
             end += 1
-        out += [text[done:at], mask]
-        done = end
-        at = text.find(head, done)
-    if not out:
-        return text
-    out.append(text[done:])
-    return text[:0].join(out)
+        return at, end
+
+    return _mask_spans(text, head, mask, rest)
 
 
 class Redactor:

@@ -551,6 +551,34 @@ def test_a_formula_in_a_workbook_to_be_recalculated_is_never_calculated(
     assert error.startswith("sourceTicketId cell is a formula that was never calculated (=C3&D3)")
 
 
+def _respelt(plain: Path, path: Path, respell: Callable[[bytes], bytes]) -> Path:
+    """A copy of workbook ``plain`` whose first sheet's XML is ``respell``'s."""
+    import zipfile
+
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w") as out:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                data = respell(data)
+            out.writestr(item.filename, data)
+    return path
+
+
+def _prefixed(data: bytes) -> bytes:
+    """Every element with a namespace prefix, as OpenXML SDK writers spell them."""
+    import re
+
+    data = data.replace(b'<worksheet xmlns="', b'<worksheet xmlns:x="')
+    return re.sub(rb"<(/?)(\w+)([ >/])", rb"<\1x:\2\3", data)
+
+
+def _single_quoted(data: bytes) -> bytes:
+    """Every cell's attributes in single quotes."""
+    import re
+
+    return re.sub(rb"(<c [^>]*)", lambda m: m.group(1).replace(b'"', b"'"), data)
+
+
 @pytest.mark.parametrize("spelling", ["prefixed", "single quotes", "no references"])
 def test_the_sheets_xml_is_read_however_it_is_spelt(
     sandbox: Sandbox, tmp_path: Path, spelling: str
@@ -559,7 +587,6 @@ def test_the_sheets_xml_is_read_however_it_is_spelt(
     in single quotes are as valid as Excel's spelling: 123 formatted 00000 went as 123
     and a #N/A cell as a blank, since the XML pass saw no cell."""
     import re
-    import zipfile
 
     import xlsxwriter
 
@@ -572,19 +599,16 @@ def test_the_sheets_xml_is_read_however_it_is_spelt(
     sheet.write_formula(2, 0, "=NA()", None, "#N/A")
     sheet.write_string(2, 1, "L2")
     book.close()
-    path = tmp_path / "respelt.xlsx"
-    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w") as out:
-        for item in src.infolist():
-            data = src.read(item.filename)
-            if item.filename == "xl/worksheets/sheet1.xml":
-                if spelling == "prefixed":
-                    data = data.replace(b'<worksheet xmlns="', b'<worksheet xmlns:x="')
-                    data = re.sub(rb"<(/?)(\w+)([ >/])", rb"<\1x:\2\3", data)
-                elif spelling == "single quotes":
-                    data = re.sub(rb"(<c [^>]*)", lambda m: m.group(1).replace(b'"', b"'"), data)
-                else:  # r is optional on rows and cells: each follows the one before
-                    data = re.sub(rb'(<(?:c|row)\b[^>]*?) r="[A-Z]*[0-9]+"', rb"\1", data)
-            out.writestr(item.filename, data)
+
+    def respell(data: bytes) -> bytes:
+        if spelling == "prefixed":
+            return _prefixed(data)
+        if spelling == "single quotes":
+            return _single_quoted(data)
+        # r is optional on rows and cells: each follows the one before
+        return re.sub(rb'(<(?:c|row)\b[^>]*?) r="[A-Z]*[0-9]+"', rb"\1", data)
+
+    path = _respelt(plain, tmp_path / "respelt.xlsx", respell)
     result = run(sandbox, path)
     assert result.exit_code == 1, result.output
     assert sent_checked(sandbox) == [("00123", "L1")]
@@ -607,7 +631,6 @@ def test_odd_cells_are_found_however_spelt_in_a_sheet_without_number_formats(
     hold an error cell or a formula, found by byte search first: each spelling must
     count (``<x:f>``, ``t='e'``), or the cell is read as a blank or as its ID."""
     import re
-    import zipfile
 
     import xlsxwriter
 
@@ -622,23 +645,21 @@ def test_odd_cells_are_found_however_spelt_in_a_sheet_without_number_formats(
         sheet.write_formula(2, 0, "=A9", None, "T9")
     sheet.write_string(2, 1, "L2")
     book.close()
-    path = tmp_path / "respelt.xlsx"
-    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w") as out:
-        for item in src.infolist():
-            data = src.read(item.filename)
-            if item.filename == "xl/worksheets/sheet1.xml":
-                if spelling.endswith("error"):  # the cached error alone: no formula
-                    data = re.sub(rb"<f>[^<]*</f>", b"", data)
-                else:  # the formula alone: no value (never calculated), no type
-                    cell = rb'<c r="A3"[^>]*><f>A9</f><v>T9</v>'
-                    data = re.sub(cell, b'<c r="A3"><f>A9</f>', data)
-                    assert b'<c r="A3"><f>A9</f></c>' in data
-                if spelling == "prefixed formula":
-                    data = data.replace(b'<worksheet xmlns="', b'<worksheet xmlns:x="')
-                    data = re.sub(rb"<(/?)(\w+)([ >/])", rb"<\1x:\2\3", data)
-                if spelling == "single-quoted error":
-                    data = re.sub(rb"(<c [^>]*)", lambda m: m.group(1).replace(b'"', b"'"), data)
-            out.writestr(item.filename, data)
+
+    def respell(data: bytes) -> bytes:
+        if spelling.endswith("error"):  # the cached error alone: no formula
+            data = re.sub(rb"<f>[^<]*</f>", b"", data)
+        else:  # the formula alone: no value (never calculated), no type
+            cell = rb'<c r="A3"[^>]*><f>A9</f><v>T9</v>'
+            data = re.sub(cell, b'<c r="A3"><f>A9</f>', data)
+            assert b'<c r="A3"><f>A9</f></c>' in data
+        if spelling == "prefixed formula":
+            data = _prefixed(data)
+        if spelling == "single-quoted error":
+            data = _single_quoted(data)
+        return data
+
+    path = _respelt(plain, tmp_path / "respelt.xlsx", respell)
     result = run(sandbox, path)
     assert result.exit_code == 1, result.output
     assert sent_checked(sandbox) == [("T1", "L1")]
