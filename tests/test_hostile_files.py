@@ -845,3 +845,32 @@ def test_an_output_at_the_state_stores_sqlite_file_is_refused_and_left_alone(
     assert f"{option} {named} is the same file as the state store's {side} file" in line
     assert named.read_text() == "last month of log lines\n"
     assert sandbox.requests == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'title\tsourceTicketId\tlinkedTicketId\n"Urgent: printer\tT1\tL1\nLogin fails\tT2\tL2\n'
+        'Screen 27"\tT3\tL3\nMail down\tT5\tL5\n',
+        'sourceTicketId,linkedTicketId,note\nT1,L1,"Printer 27\nT2,L2,x\nT3,L3,Mail"\nT4,L4,y\n',
+    ],
+    ids=["tsv, closed before a tab", "csv, the last column"],
+)
+def test_a_stray_quote_closed_before_a_delimiter_that_hides_rows_is_refused(
+    sandbox: Sandbox, tmp_path: Path, text: str
+) -> None:
+    """The strict reading takes a quote closed right before a delimiter: the rows between
+    were neither sent nor reported, exit 0."""
+    src = tmp_path / ("in.tsv" if "\t" in text else "in.csv")
+    src.write_text(text)
+    line = one_line_usage_error(run(sandbox, src))
+    assert "row 1's" in line and "spans lines that are rows of their own" in line
+    assert sandbox.requests == []
+
+
+def test_a_note_with_commas_on_its_lines_is_read(sandbox: Sandbox, tmp_path: Path) -> None:
+    src = tmp_path / "in.csv"
+    src.write_text('n,sourceTicketId,linkedTicketId\n"Call back\nTomorrow,ASAP,thanks",T1,L1\n')
+    result = run(sandbox, src)
+    assert result.exit_code == 0, result.output
+    assert sent_checked(sandbox) == [("T1", "L1")]

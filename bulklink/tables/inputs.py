@@ -505,6 +505,26 @@ class Table:
         except OSError as exc:
             raise InputError(f"cannot read {self.name}: {exc.strerror}") from None
 
+    def _refuse_hidden_rows(self, cells: dict[str, list[str]], start: int) -> None:
+        """A stray quote closed right before a delimiter passes the strict reading too,
+        and still hides the rows between: a cell spanning lines, one of which is shaped
+        as a whole row of this file (as many cells as the header, both IDs one word),
+        holds rows no run would send or report. Refused, naming the row; the shape is
+        narrow (both IDs a word with a digit), so a note with commas in it is read."""
+        width = len(self.columns)
+        at = (self.columns.index(self.source_col), self.columns.index(self.linked_col))
+        for name, column in cells.items():
+            if not _line_break_in(column):
+                continue
+            for index, cell in enumerate(column):
+                lines = cell.splitlines()[1:] if "\n" in cell or "\r" in cell else ()
+                if any(_row_shaped(line.split(self.delimiter), width, at) for line in lines):
+                    raise InputError(
+                        f"{self.name}: row {start + index + 1}'s {name} cell spans lines that "
+                        "are rows of their own (a stray quote before it?): they would be "
+                        "neither sent nor reported; remove the quote, or quote the cell"
+                    )
+
     def _refuse_mixed_encodings(self) -> None:
         """A file that is not all UTF-8 but holds UTF-8 text (two exports pasted together)
         has no one encoding: read as cp1252, its UTF-8 IDs would be sent garbled
@@ -697,8 +717,11 @@ class Table:
             source = _trimmed(frame[self.source_col].tolist())
             linked = _trimmed(frame[self.linked_col].tolist())
             columns = {c: frame[c].tolist() for c in self.other_cols}
-            if self._frame is None and not self._quoting_checked:  # a CSV's
-                self._refuse_stray_quotes([source, linked, *columns.values()])
+            if self._frame is None:  # a CSV's
+                cells = {self.source_col: source, self.linked_col: linked, **columns}
+                if not self._quoting_checked:
+                    self._refuse_stray_quotes(list(cells.values()))
+                self._refuse_hidden_rows(cells, start)
             if self._guessed:
                 self._refuse_cjk(source, linked, start)
             filled.update(c for c in self._unnamed if any(v not in ("", None) for v in columns[c]))
@@ -734,6 +757,17 @@ def _stray_quote(rows: Any) -> tuple[int, int] | None:
         if "expected after" in str(exc):
             return start, int(rows.line_num)
     return None  # the end, or an error not about quoting (a field past the module's limit)
+
+
+def _row_shaped(fields: list[str], width: int, ids: tuple[int, int]) -> bool:
+    """A line's cells look like a whole row: the header's count, and in the ID columns
+    one word holding a digit each (a note's ``Tomorrow, ASAP, thanks`` is no row)."""
+    return len(fields) == width and all(
+        (value := fields[i].strip(TRIM))
+        and not any(char.isspace() for char in value)
+        and any(char.isdigit() for char in value)
+        for i in ids
+    )
 
 
 def _line_break_in(cells: list[str]) -> bool:
