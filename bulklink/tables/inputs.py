@@ -481,13 +481,13 @@ class Table:
                     "is that"
                 )
 
-    def _refuse_stray_quotes(self, cells: list[list[str]]) -> None:
+    def _refuse_stray_quotes(self) -> None:
         """A quoted cell may span lines; one whose closing quote is followed by more text
         began with a stray quote (``"Urgent: printer`` in a dump that quotes nothing), and
         the lines up to the next quote, rows and all, were read as that one cell: their
         pairs would be neither sent nor reported. Refused, naming the lines (the strict
-        reading of RFC 4180, looked at only once a chunk's ``cells`` hold a line break)."""
-        if not any(_line_break_in(column) for column in cells):
+        reading of RFC 4180, once, when a first cell spanning lines is seen)."""
+        if self._quoting_checked:
             return
         self._quoting_checked = True
         try:
@@ -505,7 +505,7 @@ class Table:
         except OSError as exc:
             raise InputError(f"cannot read {self.name}: {exc.strerror}") from None
 
-    def _refuse_hidden_rows(self, cells: dict[str, list[str]], start: int) -> None:
+    def _refuse_hidden_rows(self, spanning: dict[str, list[str]], start: int) -> None:
         """A stray quote closed right before a delimiter passes the strict reading too,
         and still hides the rows between: a cell spanning lines, one of which is shaped
         as a whole row of this file (as many cells as the header, both IDs one word),
@@ -513,9 +513,7 @@ class Table:
         narrow (both IDs a word with a digit), so a note with commas in it is read."""
         width = len(self.columns)
         at = (self.columns.index(self.source_col), self.columns.index(self.linked_col))
-        for name, column in cells.items():
-            if not _line_break_in(column):
-                continue
+        for name, column in spanning.items():  # the columns with a cell spanning lines
             for index, cell in enumerate(column):
                 lines = cell.splitlines()[1:] if "\n" in cell or "\r" in cell else ()
                 if any(_row_shaped(line.split(self.delimiter), width, at) for line in lines):
@@ -719,9 +717,10 @@ class Table:
             columns = {c: frame[c].tolist() for c in self.other_cols}
             if self._frame is None:  # a CSV's
                 cells = {self.source_col: source, self.linked_col: linked, **columns}
-                if not self._quoting_checked:
-                    self._refuse_stray_quotes(list(cells.values()))
-                self._refuse_hidden_rows(cells, start)
+                spanning = {name: col for name, col in cells.items() if _line_break_in(col)}
+                if spanning:  # the usual chunk has no cell spanning lines: nothing to look at
+                    self._refuse_stray_quotes()
+                    self._refuse_hidden_rows(spanning, start)
             if self._guessed:
                 self._refuse_cjk(source, linked, start)
             filled.update(c for c in self._unnamed if any(v not in ("", None) for v in columns[c]))
